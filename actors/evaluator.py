@@ -1,0 +1,73 @@
+"""Evaluator: the deterministic policy for N episodes on an env of its own."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from actors.envs import EnvConfig, make_env
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every_steps: int = 1000
+    """Evaluate the policy published at every multiple of this many env steps."""
+    episodes: int = 5
+    """Episodes per evaluation."""
+    num_workers: int = 1
+    """Evaluator actors; evaluations queue round robin over them."""
+    num_cpus: float = 0.5
+    """Ray CPUs per evaluator."""
+
+    def __post_init__(self):
+        for name in ("every_steps", "episodes", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"eval.{name}={getattr(self, name)}: expected an integer >= 1")
+
+
+class Evaluator:
+    """Runs a given policy deterministically.
+
+    Usage::
+
+        evaluator = Evaluator(env_config, make_policy, seed=0)
+        result = evaluator.evaluate(policy_state, episodes=5)   # {"return_mean", "returns", "lengths", ...}
+    """
+
+    def __init__(self, env_config: EnvConfig, make_policy: Callable[[], Any], seed: int = 0):
+        self._env = make_env(env_config)
+        self._policy = make_policy()
+        self._seed = seed
+        self._evaluations = 0
+
+    def evaluate(self, policy_state: Any, episodes: int, **tags: Any) -> dict[str, Any]:
+        """Mean return over ``episodes``; ``tags`` (e.g. env_steps, version) are echoed in the result."""
+        start = time.perf_counter()
+        self._policy.load_state(policy_state)
+        returns, lengths = [], []
+        for episode in range(episodes):
+            obs, _ = self._env.reset(seed=self._seed + 1000 * self._evaluations + episode)
+            total, length, done = 0.0, 0, False
+            while not done:
+                action = self._policy.act(np.asarray(obs, dtype=np.float32), deterministic=True)
+                obs, reward, terminated, truncated, _ = self._env.step(action)
+                total += float(reward)
+                length += 1
+                done = terminated or truncated
+            returns.append(total)
+            lengths.append(length)
+        self._evaluations += 1
+        return {
+            **tags,
+            "return_mean": float(np.mean(returns)),
+            "return_std": float(np.std(returns)),
+            "returns": returns,
+            "lengths": lengths,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def close(self) -> None:
+        self._env.close()

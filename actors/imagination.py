@@ -1,0 +1,192 @@
+"""Imagination workers: branched model rollouts from real start states (MBPO), written to ``imagined``.
+
+Dimensions: B start states per rollout batch, H horizon, O observation size, A action size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+IMAGINATION_WRITER_BASE = 1 << 20
+"""Writer ids of imagination workers start here, above any rollout worker's."""
+
+
+@dataclass(frozen=True)
+class ImaginationConfig:
+    num_workers: int = 1
+    """Imagination worker actors (0 turns imagination off)."""
+    batch_size: int = 256
+    """Start states (B) per rollout batch."""
+    starts_per_step: float = 4.0
+    """Start states sampled per real env step: the rate limiter holds imagination to this ratio."""
+    horizon_start: int = 1
+    """Rollout horizon H at the start of the schedule."""
+    horizon_end: int = 5
+    """Rollout horizon H at the end of the schedule."""
+    horizon_ramp_start: int = 2000
+    """Env steps at which H starts rising from horizon_start."""
+    horizon_ramp_end: int = 10000
+    """Env steps at which H reaches horizon_end."""
+    prefetch: int = 2
+    """Start-state batches requested ahead of use."""
+    num_cpus: float = 0.5
+    """Ray CPUs per imagination worker."""
+    device: str = "cpu"
+    """Torch device for model and policy forwards ('auto' picks CUDA when the actor has a GPU)."""
+
+    def __post_init__(self):
+        for name in ("num_workers", "horizon_ramp_start"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"imagination.{name}={getattr(self, name)}: expected an integer >= 0")
+        for name in ("batch_size", "horizon_start", "horizon_end", "prefetch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"imagination.{name}={getattr(self, name)}: expected an integer >= 1")
+        if self.starts_per_step <= 0:
+            raise ValueError(f"imagination.starts_per_step={self.starts_per_step}: expected a number > 0")
+        if self.horizon_ramp_end < self.horizon_ramp_start:
+            raise ValueError(
+                f"imagination.horizon_ramp_end={self.horizon_ramp_end}: expected >= horizon_ramp_start "
+                f"({self.horizon_ramp_start})"
+            )
+
+    def horizon(self, env_steps: int) -> int:
+        """H after ``env_steps`` real env steps: linear from horizon_start to horizon_end over the ramp."""
+        if env_steps <= self.horizon_ramp_start:
+            return self.horizon_start
+        if env_steps >= self.horizon_ramp_end:
+            return self.horizon_end
+        frac = (env_steps - self.horizon_ramp_start) / (self.horizon_ramp_end - self.horizon_ramp_start)
+        return int(self.horizon_start + frac * (self.horizon_end - self.horizon_start))
+
+
+def rollout(policy: Any, model: Any, obs: torch.Tensor, horizon: int) -> dict[str, torch.Tensor]:
+    """Roll ``model`` out for ``horizon`` steps under ``policy`` from ``obs`` (B, O).
+
+    Returns the live rows of every step stacked: a row stops after the model predicts termination or produces a
+    non-finite value (those rows are dropped, not written). Columns: obs, action, reward, next_obs, terminated,
+    truncated, start (index of the start state), step. The last step is marked truncated (the rollout was cut).
+    """
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "start", "step")}
+    start = torch.arange(obs.shape[0], device=obs.device)
+    nonfinite = 0
+    for h in range(horizon):
+        action = policy.act_tensor(obs)
+        next_obs, reward, terminated = model.step(obs, action)
+        finite = torch.isfinite(next_obs).all(dim=1) & torch.isfinite(reward)
+        nonfinite += int((~finite).sum())
+        obs, action, next_obs, reward, terminated, start = (
+            x[finite] for x in (obs, action, next_obs, reward, terminated, start)
+        )
+        rows["obs"].append(obs)
+        rows["action"].append(action)
+        rows["reward"].append(reward)
+        rows["next_obs"].append(next_obs)
+        rows["terminated"].append(terminated)
+        rows["truncated"].append(~terminated if h == horizon - 1 else torch.zeros_like(terminated))
+        rows["start"].append(start)
+        rows["step"].append(torch.full_like(start, h))
+        alive = ~terminated
+        obs, start = next_obs[alive], start[alive]
+        if obs.shape[0] == 0:
+            break
+    out = {k: torch.cat(v) for k, v in rows.items()}
+    out["nonfinite"] = torch.tensor(nonfinite)
+    return out
+
+
+class ImaginationWorker:
+    """Makes synthetic experience with the newest world model and policy.
+
+    Usage (the driver's loop, one call in flight per worker)::
+
+        worker = ImaginationWorker(config, replay, policy_weights, model_weights, make_policy, make_model)
+        while running:
+            report = worker.run(env_steps=driver_env_steps, max_seconds=2.0)
+    """
+
+    def __init__(
+        self,
+        config: ImaginationConfig,
+        replay: Any,
+        policy_weights: Any,
+        model_weights: Any,
+        make_policy: Callable[[], Any],
+        make_model: Callable[[], Any],
+        index: int = 0,
+        local: bool = False,
+    ):
+        self.config, self.index, self.writer_id = config, index, IMAGINATION_WRITER_BASE + index
+        self._replay, self._local = replay, local
+        self._policy_weights, self._model_weights = policy_weights, model_weights
+        self._policy, self._model = make_policy(), make_model()
+        self._pending: deque = deque()
+        self._seq = 0
+        self._rollouts = 0
+        self.transitions = 0
+
+    def _refresh(self) -> bool:
+        """Load newer weights; True once both a policy and a model are there."""
+        for client, target in ((self._policy_weights, self._policy), (self._model_weights, self._model)):
+            state = client.poll()
+            if state is not None:
+                target.load_state(state)
+        return self._policy_weights.version >= 0 and self._model_weights.version >= 0
+
+    def run(self, env_steps: int, max_seconds: float) -> dict[str, Any]:
+        """Roll out batches until ``max_seconds`` pass (or, in process, until no start states are ready)."""
+        start = time.perf_counter()
+        horizon = self.config.horizon(env_steps)
+        report = {"index": self.index, "transitions": 0, "rollouts": 0, "skipped_starts": 0, "stopped_nonfinite": 0,
+                  "terminated": 0, "horizon": horizon}
+        while time.perf_counter() - start < max_seconds:
+            while len(self._pending) < self.config.prefetch:
+                self._pending.append(self._replay.submit_sample("real", self.config.batch_size, "imagination"))
+            if not self._pending[0].done():
+                if self._local:
+                    break
+                time.sleep(0.005)
+                continue
+            starts = self._pending.popleft().result()
+            if not self._refresh():
+                report["skipped_starts"] += len(starts["obs"])
+                continue
+            self._imagine(starts, horizon, report)
+        report["seconds"] = time.perf_counter() - start
+        report["policy_version"] = self._policy_weights.version
+        report["model_version"] = self._model_weights.version
+        return report
+
+    def _imagine(self, starts: dict[str, np.ndarray], horizon: int, report: dict[str, Any]) -> None:
+        obs = torch.as_tensor(starts["obs"], dtype=torch.float32)
+        with torch.no_grad():
+            out = rollout(self._policy, self._model, obs, horizon)
+        n = int(out["obs"].shape[0])
+        episode_base = (self.writer_id << 32) | (self._rollouts * self.config.batch_size)
+        chunk = {
+            "obs": out["obs"].cpu().numpy(),
+            "action": out["action"].cpu().numpy(),
+            "reward": out["reward"].cpu().numpy(),
+            "next_obs": out["next_obs"].cpu().numpy(),
+            "terminated": out["terminated"].cpu().numpy(),
+            "truncated": out["truncated"].cpu().numpy(),
+            "episode_id": episode_base + out["start"].cpu().numpy().astype(np.int64),
+            "step": out["step"].cpu().numpy().astype(np.int64),
+            "policy_version": np.full(n, self._policy_weights.version, dtype=np.int64),
+            "writer_id": np.full(n, self.writer_id, dtype=np.int64),
+            "seq": np.arange(self._seq, self._seq + n, dtype=np.int64),
+        }
+        self._seq += n
+        self._rollouts += 1
+        if n:
+            self._replay.insert("imagined", chunk, self.writer_id)
+        report["transitions"] += n
+        report["rollouts"] += 1
+        report["terminated"] += int(out["terminated"].sum())
+        report["stopped_nonfinite"] += int(out["nonfinite"])
+        self.transitions += n

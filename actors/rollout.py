@@ -1,0 +1,200 @@
+"""Rollout workers: step a vector env, write fixed-size chunks of transitions to the ``real`` table.
+
+Dimensions: T chunk length (vector steps), N envs per worker, O observation size, A action size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from actors.envs import EnvConfig, make_vector_env
+
+RANDOM_POLICY_VERSION = -1
+"""``policy_version`` of rows whose actions were drawn uniformly during warm-up."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    num_workers: int = 1
+    """Rollout worker actors."""
+    envs_per_worker: int = 1
+    """Env copies in each worker's vector env (one batched policy forward per vector step)."""
+    vector_mode: str = "sync"
+    """'sync' steps the copies in the worker's process, 'async' in subprocesses."""
+    chunk_length: int = 50
+    """Vector steps per chunk written to replay; a chunk holds chunk_length * envs_per_worker rows."""
+    warmup_steps: int = 1000
+    """Env steps (all workers together) taken with uniform random actions before the policy acts."""
+    weights_poll_steps: int = 10
+    """Vector steps between non-blocking polls for newer policy weights."""
+    steps_per_call: int = 250
+    """Env steps per run() call, i.e. how often the driver hears from each worker."""
+    num_cpus: float = 1.0
+    """Ray CPUs per rollout worker."""
+
+    def __post_init__(self):
+        for name in ("num_workers", "envs_per_worker", "chunk_length", "weights_poll_steps", "steps_per_call"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rollout.{name}={getattr(self, name)}: expected an integer >= 1")
+        if self.warmup_steps < 0:
+            raise ValueError(f"rollout.warmup_steps={self.warmup_steps}: expected an integer >= 0")
+        if self.vector_mode not in ("sync", "async"):
+            raise ValueError(f"rollout.vector_mode={self.vector_mode!r}: expected 'sync' or 'async'")
+        if self.num_cpus < 0:
+            raise ValueError(f"rollout.num_cpus={self.num_cpus}: expected a number >= 0")
+
+
+class ChunkBuilder:
+    """Collects (T, N) vector steps and emits them slot-major, so each env slot's rows stay contiguous."""
+
+    def __init__(self, length: int, num_envs: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...]):
+        self.length, self.num_envs = length, num_envs
+        shapes = {
+            "obs": (obs_shape, np.float32),
+            "action": (action_shape, np.float32),
+            "reward": ((), np.float32),
+            "next_obs": (obs_shape, np.float32),
+            "terminated": ((), bool),
+            "truncated": ((), bool),
+            "episode_id": ((), np.int64),
+            "step": ((), np.int64),
+            "policy_version": ((), np.int64),
+        }
+        self._buf = {k: np.zeros((length, num_envs) + s, dtype=d) for k, (s, d) in shapes.items()}
+        self.t = 0
+
+    def add(self, **columns: Any) -> None:
+        for name, value in columns.items():
+            self._buf[name][self.t] = value
+        self.t += 1
+
+    @property
+    def full(self) -> bool:
+        return self.t == self.length
+
+    def take(self, writer_id: int, first_seq: int) -> dict[str, np.ndarray]:
+        """The first ``t`` steps as a chunk of t * N rows (slot-major); resets the builder."""
+        t, n = self.t, self.num_envs
+        chunk = {
+            name: np.ascontiguousarray(buf[:t].swapaxes(0, 1)).reshape((t * n,) + buf.shape[2:])
+            for name, buf in self._buf.items()
+        }
+        chunk["writer_id"] = np.full(t * n, writer_id, dtype=np.int64)
+        chunk["seq"] = np.arange(first_seq, first_seq + t * n, dtype=np.int64)
+        self.t = 0
+        return chunk
+
+
+class RolloutWorker:
+    """Collects real experience with the newest policy it has.
+
+    Usage (the driver's loop, one call in flight per worker)::
+
+        worker = RolloutWorker(env_config, rollout_config, replay, weights, make_policy, index=0, seed=0)
+        while budget_left:
+            report = worker.run(config.steps_per_call)   # env steps, finished episodes, policy version
+        worker.close()                                    # flushes the partial chunk
+    """
+
+    def __init__(
+        self,
+        env_config: EnvConfig,
+        config: RolloutConfig,
+        replay: Any,
+        weights: Any,
+        make_policy: Callable[[], Any],
+        index: int = 0,
+        seed: int = 0,
+    ):
+        self.config, self.index, self.writer_id = config, index, index
+        self._replay, self._weights = replay, weights
+        self._env = make_vector_env(env_config, config.envs_per_worker, config.vector_mode)
+        self._env.action_space.seed(seed)
+        self._policy = make_policy()
+        self._policy_version = RANDOM_POLICY_VERSION
+        n = config.envs_per_worker
+        obs_shape = self._env.single_observation_space.shape
+        act_shape = self._env.single_action_space.shape
+        self._chunk = ChunkBuilder(config.chunk_length, n, obs_shape, act_shape)
+        self._warmup_left = config.warmup_steps // config.num_workers + (index < config.warmup_steps % config.num_workers)
+        self._obs, _ = self._env.reset(seed=[seed + i for i in range(n)])
+        self._episodes_started = n
+        self._episode_id = np.array([self._new_episode_id(i) for i in range(n)], dtype=np.int64)
+        self._episode_step = np.zeros(n, dtype=np.int64)
+        self._episode_return = np.zeros(n, dtype=np.float64)
+        self._seq = 0
+        self.env_steps = 0
+
+    def _new_episode_id(self, counter: int) -> int:
+        return (self.writer_id << 32) | counter
+
+    # acting ---------------------------------------------------------------------------------------------------
+    def _refresh_policy(self) -> None:
+        state = self._weights.poll()
+        if state is not None:
+            self._policy.load_state(state)
+            self._policy_version = self._weights.version
+
+    def _act(self) -> tuple[np.ndarray, int]:
+        n = self.config.envs_per_worker
+        if self._warmup_left > 0 or self._policy_version == RANDOM_POLICY_VERSION:
+            self._warmup_left = max(0, self._warmup_left - n)
+            return self._env.action_space.sample().astype(np.float32), RANDOM_POLICY_VERSION
+        return self._policy.act(self._obs.astype(np.float32)), self._policy_version
+
+    # the loop -------------------------------------------------------------------------------------------------
+    def run(self, num_steps: int) -> dict[str, Any]:
+        """Take at least ``num_steps`` env steps; return what happened in them."""
+        start, steps, vector_step = time.perf_counter(), 0, 0
+        episodes: list[tuple[float, int]] = []
+        while steps < num_steps:
+            if vector_step % self.config.weights_poll_steps == 0:
+                self._refresh_policy()
+            action, version = self._act()
+            next_obs, reward, terminated, truncated, info = self._env.step(action)
+            done = terminated | truncated
+            final_next = next_obs.copy()
+            if done.any():
+                final_next[done] = np.stack(info["final_obs"][done])
+            self._chunk.add(
+                obs=self._obs, action=action, reward=reward, next_obs=final_next,
+                terminated=terminated, truncated=truncated, episode_id=self._episode_id,
+                step=self._episode_step, policy_version=version,
+            )
+            self._episode_return += reward
+            self._episode_step += 1
+            for i in np.flatnonzero(done):
+                episodes.append((float(self._episode_return[i]), int(self._episode_step[i])))
+                self._episode_id[i] = self._new_episode_id(self._episodes_started)
+                self._episodes_started += 1
+                self._episode_return[i], self._episode_step[i] = 0.0, 0
+            self._obs = next_obs
+            if self._chunk.full:
+                self._write_chunk()
+            steps += len(action)
+            vector_step += 1
+        self.env_steps += steps
+        return {
+            "index": self.index,
+            "env_steps": steps,
+            "total_env_steps": self.env_steps,
+            "episodes": episodes,
+            "policy_version": self._policy_version,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _write_chunk(self) -> None:
+        chunk = self._chunk.take(self.writer_id, self._seq)
+        self._seq += len(chunk["seq"])
+        self._replay.insert("real", chunk, self.writer_id)
+
+    def close(self) -> None:
+        """Write the partial chunk and wait until replay has acknowledged everything."""
+        if self._chunk.t:
+            self._write_chunk()
+        self._replay.flush()
+        self._env.close()

@@ -1,0 +1,338 @@
+"""Soft actor-critic: the learner (``SACLearner``) and its acting half (``Policy``).
+
+The critics are one ``EnsembleMLP`` with ``num_critics`` members, so every critic evaluation is a single
+batched forward. An update computes the critic, actor and temperature losses from the same parameters,
+then applies all three steps or none (when any loss or gradient norm is non-finite).
+
+Dimensions: B batch rows, E critics (``num_critics``), O obs dim, A action dim.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from learners._batch import to_tensors
+from learners._common import (
+    check_device_name, generator_state, load_generator_state, normalize_hidden_sizes, require, to_cpu,
+)
+from learners.networks import EnsembleMLP, mlp, resolve_device, seeded_init
+
+LOG_STD_MIN = -20.0
+LOG_STD_MAX = 2.0
+_LOG_2 = math.log(2.0)
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_BATCH_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Hyper-parameters of the SAC policy learner (and the policy-side schedule read by ``system/``)."""
+
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the actor and of each critic."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log(alpha), the entropy temperature."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak averaging rate of the target critics (1 = hard copy every update)."""
+    batch_size: int = 256
+    """Rows per update batch (sampled by ``system/``)."""
+    init_alpha: float = 0.2
+    """Initial entropy temperature."""
+    target_entropy: float | None = None
+    """Entropy target of automatic temperature tuning; None means -action_dim."""
+    critic_layer_norm: bool = False
+    """LayerNorm after each hidden layer of the critics."""
+    num_critics: int = 2
+    """Number of critics; targets and the actor use the minimum over them."""
+    updates_per_step: float = 1.0
+    """Policy updates per real env step (read by ``system/``)."""
+    real_ratio: float = 0.5
+    """Fraction of each batch drawn from real rather than imagined transitions (read by ``system/``)."""
+    learning_starts: int = 1000
+    """Real env steps before the first policy update (read by ``system/``)."""
+    publish_every: int = 10
+    """Policy updates between weight publications (read by ``system/``)."""
+    device: str = "auto"
+    """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
+
+    def __post_init__(self) -> None:
+        section = "policy"
+        normalize_hidden_sizes(self, section)
+        for name in ("actor_lr", "critic_lr", "alpha_lr", "init_alpha", "updates_per_step"):
+            value = getattr(self, name)
+            require(value > 0 and math.isfinite(value), section, name, value, f"0 < {name} < inf")
+        require(0 < self.gamma <= 1, section, "gamma", self.gamma, "0 < gamma <= 1")
+        require(0 < self.tau <= 1, section, "tau", self.tau, "0 < tau <= 1")
+        require(0 <= self.real_ratio <= 1, section, "real_ratio", self.real_ratio, "0 <= real_ratio <= 1")
+        require(self.batch_size >= 1, section, "batch_size", self.batch_size, "batch_size >= 1")
+        require(self.num_critics >= 2, section, "num_critics", self.num_critics, "num_critics >= 2")
+        require(self.learning_starts >= 0, section, "learning_starts", self.learning_starts, "learning_starts >= 0")
+        require(self.publish_every >= 1, section, "publish_every", self.publish_every, "publish_every >= 1")
+        require(
+            self.target_entropy is None or math.isfinite(self.target_entropy),
+            section, "target_entropy", self.target_entropy, "None or a finite float",
+        )
+        check_device_name(self.device, section)
+
+
+def _bound(value: Any, act_dim: int, name: str) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 0:
+        array = np.full(act_dim, float(array))
+    if array.shape != (act_dim,):
+        raise ValueError(f"{name} has shape {array.shape}, expected ({act_dim},) or a scalar")
+    return array
+
+
+class TanhGaussianActor(nn.Module):
+    """Gaussian policy squashed by tanh and scaled to the action box: obs (B, O) -> action (B, A), log_prob (B,)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_sizes: Sequence[int],
+        action_low: Any,
+        action_high: Any,
+    ):
+        super().__init__()
+        low = _bound(action_low, act_dim, "action_low")
+        high = _bound(action_high, act_dim, "action_high")
+        if not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
+            raise ValueError(f"action bounds low={low.tolist()}, high={high.tolist()}: expected finite, low < high")
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.trunk = mlp(obs_dim, 2 * act_dim, hidden_sizes, activation=nn.ReLU)
+        self.register_buffer("action_scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
+        self.register_buffer("action_bias", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
+
+    def forward(
+        self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Action in env units (B, A) and its log-density (B,); deterministic uses the Gaussian mean."""
+        mean, log_std = self.trunk(obs).chunk(2, dim=-1)
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        if deterministic:
+            noise = torch.zeros_like(mean)
+        else:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        pre_tanh = mean + log_std.exp() * noise
+        gaussian_log_prob = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1)
+        # log |d tanh(u)/du| = log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), stable for large |u|
+        log_det_tanh = (2.0 * (_LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+        log_prob = gaussian_log_prob - log_det_tanh - self.action_scale.log().sum()
+        action = torch.tanh(pre_tanh) * self.action_scale + self.action_bias
+        return action, log_prob
+
+
+class Policy:
+    """Acting half of SAC used by rollout workers, imagination workers and the evaluator.
+
+    Weights come from ``SACLearner.policy_state()`` via ``load_state``; stochastic actions are drawn from the
+    policy's own generator seeded with ``seed``, so a worker's action stream is reproducible.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: Any,
+        action_high: Any,
+        hidden_sizes: Sequence[int],
+        seed: int = 0,
+        device: str = "cpu",
+    ):
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.device = resolve_device(device)
+        with seeded_init(seed):
+            actor = TanhGaussianActor(obs_dim, act_dim, hidden_sizes, action_low, action_high)
+        self.actor = actor.to(self.device).eval().requires_grad_(False)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed)
+
+    def load_state(self, policy_state: Mapping[str, Tensor]) -> None:
+        """Load actor weights (``SACLearner.policy_state()``), from any device."""
+        self.actor.load_state_dict(policy_state)
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Actions (N, A) for observations (N, O), or (A,) for a single observation (O,); float32, env units."""
+        array = np.asarray(obs, dtype=np.float32)
+        if array.ndim not in (1, 2) or array.shape[-1] != self.obs_dim:
+            raise ValueError(f"obs has shape {array.shape}, expected (N, {self.obs_dim}) or ({self.obs_dim},)")
+        batch = torch.from_numpy(np.ascontiguousarray(array.reshape(-1, self.obs_dim))).to(self.device)
+        action = self._act(batch, deterministic).cpu().numpy()
+        return action[0] if array.ndim == 1 else action
+
+    def act_tensor(self, obs: Tensor, deterministic: bool = False) -> Tensor:
+        """Actions (N, A) for observations (N, O), returned on ``obs.device``."""
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs has shape {tuple(obs.shape)}, expected (N, {self.obs_dim})")
+        return self._act(obs.to(self.device, torch.float32), deterministic).to(obs.device)
+
+    @torch.no_grad()
+    def _act(self, obs: Tensor, deterministic: bool) -> Tensor:
+        action, _ = self.actor(obs, deterministic=deterministic, generator=self._generator)
+        return action
+
+
+class SACLearner:
+    """Soft actor-critic with ``num_critics`` fused critics, Polyak targets and automatic entropy tuning."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        action_low: Any,
+        action_high: Any,
+        config: PolicyConfig,
+        seed: int = 0,
+    ):
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
+        with seeded_init(seed):
+            self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden_sizes, action_low, action_high)
+            self.critic = EnsembleMLP(
+                config.num_critics, obs_dim + act_dim, 1, config.hidden_sizes,
+                activation=nn.ReLU, layer_norm=config.critic_layer_norm,
+            )
+        self.actor.to(self.device)
+        self.critic.to(self.device)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed)
+        self.num_updates = 0
+        """Applied (not skipped) updates."""
+        self.nonfinite_streak = 0
+        """Consecutive updates skipped because a loss or gradient norm was non-finite."""
+
+    @property
+    def alpha(self) -> float:
+        return float(self.log_alpha.detach().exp())
+
+    def _q(self, critic: EnsembleMLP, obs: Tensor, action: Tensor) -> Tensor:
+        """Q-values of every critic in one batched forward: (B, O), (B, A) -> (E, B)."""
+        inputs = torch.cat([obs, action], dim=-1)
+        return critic(inputs.expand(critic.ensemble_size, *inputs.shape)).squeeze(-1)
+
+    def _tensors(self, batch: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+        return to_tensors(batch, _BATCH_COLUMNS, self.obs_dim, self.act_dim, self.device)
+
+    @torch.no_grad()
+    def _targets(self, tensors: Mapping[str, Tensor], alpha: Tensor | None = None) -> Tensor:
+        """Soft Bellman targets (B,): r + gamma * (1 - terminated) * (min_E Q'(s', a') - alpha * log pi(a'|s')).
+
+        Truncated rows bootstrap like any non-terminal row; terminal rows never read the next-state value.
+        """
+        alpha = self.log_alpha.exp() if alpha is None else alpha
+        next_action, next_log_prob = self.actor(tensors["next_obs"], generator=self._generator)
+        next_q = self._q(self.target_critic, tensors["next_obs"], next_action).min(dim=0).values
+        next_value = torch.where(tensors["terminated"] > 0, 0.0, next_q - alpha * next_log_prob)
+        return tensors["reward"] + self.config.gamma * next_value
+
+    def update(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """One SAC update on ``batch`` (columns per docs/architecture.md; extra columns ignored).
+
+        Returns the metrics; if any loss or gradient norm is non-finite no parameter changes, the metrics
+        carry ``skipped: 1.0`` and ``nonfinite_streak`` grows.
+        """
+        tensors = self._tensors(batch)
+        alpha = self.log_alpha.detach().exp()
+        critic_params = list(self.critic.parameters())
+        actor_params = list(self.actor.parameters())
+
+        # targets
+        target = self._targets(tensors, alpha)
+
+        # losses
+        q = self._q(self.critic, tensors["obs"], tensors["action"])
+        critic_loss = (q - target).pow(2).mean(dim=1).sum()
+        action, log_prob = self.actor(tensors["obs"], generator=self._generator)
+        q_pi = self._q(self.critic, tensors["obs"], action).min(dim=0).values
+        actor_loss = (alpha * log_prob - q_pi).mean()
+        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+
+        # gradients (actor gradients stop at the actor: critic weights get none from the actor loss)
+        critic_grads = torch.autograd.grad(critic_loss, critic_params)
+        actor_grads = torch.autograd.grad(actor_loss, actor_params)
+        (alpha_grad,) = torch.autograd.grad(alpha_loss, [self.log_alpha])
+        values = torch.stack([
+            critic_loss.detach(), actor_loss.detach(), alpha, alpha_loss.detach(), -log_prob.detach().mean(),
+            q.detach().mean(), torch.nn.utils.get_total_norm(critic_grads),
+            torch.nn.utils.get_total_norm(actor_grads),
+        ]).tolist()
+        metrics = dict(zip(
+            ("critic_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "q_mean",
+             "critic_grad_norm", "actor_grad_norm"),
+            values,
+        ))
+        if not all(math.isfinite(v) for v in values):
+            self.nonfinite_streak += 1
+            return {**metrics, "skipped": 1.0}
+
+        # step
+        for param, grad in zip([*critic_params, *actor_params, self.log_alpha], [*critic_grads, *actor_grads, alpha_grad]):
+            param.grad = grad
+        self.critic_optimizer.step()
+        self.actor_optimizer.step()
+        self.alpha_optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.target_critic.parameters()), critic_params, self.config.tau)
+        self.num_updates += 1
+        self.nonfinite_streak = 0
+        return metrics
+
+    def policy_state(self) -> dict[str, Tensor]:
+        """CPU copy of the actor's weights, what ``Policy.load_state`` takes."""
+        return to_cpu(self.actor.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full learner state as CPU tensors and plain containers (loadable with ``weights_only=True``)."""
+        return to_cpu({
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "target_critic": self.target_critic.state_dict(),
+            "log_alpha": self.log_alpha,
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            "generator": generator_state(self._generator),
+            "num_updates": self.num_updates,
+            "nonfinite_streak": self.nonfinite_streak,
+        })
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()`` output onto this learner's device (the sampling generator is restored
+        only when it was saved from the same device type)."""
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.target_critic.load_state_dict(state["target_critic"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        load_generator_state(self._generator, state["generator"])
+        self.num_updates = int(state["num_updates"])
+        self.nonfinite_streak = int(state["nonfinite_streak"])

@@ -1,0 +1,436 @@
+"""Probabilistic ensemble dynamics model: the learner (``WorldModelLearner``) and its inference half (``WorldModel``).
+
+Each member maps normalised (obs, action) to a diagonal Gaussian over the normalised target
+``[next_obs - obs, reward]`` and a termination logit. Rows are split into train and holdout by a hash of
+(episode_id, step); holdout rows fill a FIFO validation buffer that ranks members and picks the elites used
+for imagination.
+
+Dimensions: E ensemble members, B batch rows (N in the inference API), O obs dim, A action dim,
+T = O + 1 target dim (state delta and reward).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from learners._batch import check_columns, to_tensors
+from learners._common import (
+    check_device_name, generator_state, load_generator_state, normalize_hidden_sizes, require, to_cpu,
+)
+from learners.networks import EnsembleMLP, resolve_device, seeded_init
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_FLOAT_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated")
+_ID_COLUMNS = ("episode_id", "step")
+_LOGVAR_BOUND_COEF = 0.01
+_VALIDATION_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Hyper-parameters of the dynamics ensemble (and the model-side schedule read by ``system/``)."""
+
+    enabled: bool = True
+    """Train the model and imagine rollouts; False runs model-free SAC (read by ``system/``)."""
+    ensemble_size: int = 7
+    """Number of ensemble members E."""
+    num_elites: int = 5
+    """Members with the lowest validation MSE used for imagination."""
+    hidden_sizes: tuple[int, ...] = (200, 200, 200, 200)
+    """Hidden layer widths of each member."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    weight_decay: float = 5e-5
+    """L2 coefficient on the linear weights, added to the loss as weight_decay * sum(W^2) / 2."""
+    batch_size: int = 256
+    """Rows per update batch (sampled by ``system/``)."""
+    holdout_ratio: float = 0.1
+    """Fraction of rows (by hash of episode_id, step) held out for validation and never trained on."""
+    validation_size: int = 5000
+    """Capacity of the FIFO buffer of holdout rows."""
+    validate_every: int = 250
+    """Updates between validations (member ranking and elite selection)."""
+    updates_per_step: float = 1.0
+    """Model updates per real env step (read by ``system/``)."""
+    learning_starts: int = 500
+    """Real env steps before the first model update (read by ``system/``)."""
+    publish_every: int = 250
+    """Model updates between weight publications (read by ``system/``)."""
+    device: str = "auto"
+    """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
+
+    def __post_init__(self) -> None:
+        section = "world_model"
+        normalize_hidden_sizes(self, section)
+        require(self.ensemble_size >= 1, section, "ensemble_size", self.ensemble_size, "ensemble_size >= 1")
+        require(
+            1 <= self.num_elites <= self.ensemble_size, section, "num_elites", self.num_elites,
+            f"1 <= num_elites <= ensemble_size={self.ensemble_size}",
+        )
+        for name in ("lr", "updates_per_step"):
+            value = getattr(self, name)
+            require(value > 0 and math.isfinite(value), section, name, value, f"0 < {name} < inf")
+        require(self.weight_decay >= 0, section, "weight_decay", self.weight_decay, "weight_decay >= 0")
+        require(0 <= self.holdout_ratio < 1, section, "holdout_ratio", self.holdout_ratio, "0 <= holdout_ratio < 1")
+        for name in ("batch_size", "validation_size", "validate_every", "publish_every"):
+            value = getattr(self, name)
+            require(value >= 1, section, name, value, f"{name} >= 1")
+        require(self.learning_starts >= 0, section, "learning_starts", self.learning_starts, "learning_starts >= 0")
+        check_device_name(self.device, section)
+
+
+def holdout_mask(episode_id: np.ndarray, step: np.ndarray, holdout_ratio: float) -> np.ndarray:
+    """Boolean (B,) mask of holdout rows: splitmix64 hash of (episode_id, step) mapped to [0, 1) < ratio.
+
+    Depends only on the row's identity, so a row lands on the same side every time it is sampled.
+    """
+    with np.errstate(over="ignore"):
+        x = np.asarray(episode_id).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        x = x + np.asarray(step).astype(np.uint64)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    fraction = (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return fraction < holdout_ratio
+
+
+class RunningNorm(nn.Module):
+    """Per-feature running mean and variance (Chan/Welford batch merge), kept as float64 buffers.
+
+    Features with (near) zero variance get std 1 so they are only centred. Before any data: mean 0, std 1.
+    """
+
+    def __init__(self, dim: int, min_std: float = 1e-6):
+        super().__init__()
+        self.dim = dim
+        self.min_std = min_std
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Merge a batch (B, D) into the running statistics."""
+        x = x.to(torch.float64)
+        batch_count = x.shape[0]
+        batch_mean = x.mean(dim=0)
+        batch_m2 = (x - batch_mean).pow(2).sum(dim=0)
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.mean += delta * (batch_count / total)
+        self.m2 += batch_m2 + delta.pow(2) * (self.count * batch_count / total)
+        self.count.copy_(total)
+
+    @property
+    def std(self) -> Tensor:
+        std = (self.m2 / self.count.clamp_min(1.0)).sqrt()
+        return torch.where(std < self.min_std, torch.ones_like(std), std)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        return x * self.std.to(x.dtype) + self.mean.to(x.dtype)
+
+
+class EnsembleDynamics(nn.Module):
+    """E members: normalised (obs, action) -> Gaussian (mean, log-variance) over the normalised target (T,)
+    and a termination logit. Also holds the input and target normalisers so one state dict has it all."""
+
+    def __init__(self, obs_dim: int, act_dim: int, ensemble_size: int, hidden_sizes: Sequence[int]):
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.target_dim = obs_dim + 1
+        self.ensemble_size = ensemble_size
+        self.net = EnsembleMLP(ensemble_size, obs_dim + act_dim, 2 * self.target_dim + 1, hidden_sizes, nn.SiLU)
+        self.max_logvar = nn.Parameter(torch.full((1, 1, self.target_dim), 0.5))
+        self.min_logvar = nn.Parameter(torch.full((1, 1, self.target_dim), -10.0))
+        self.input_norm = RunningNorm(obs_dim + act_dim)
+        self.target_norm = RunningNorm(self.target_dim)
+
+    def forward(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """obs (B, O) or (E, B, O), action likewise -> mean (E, B, T), logvar (E, B, T), logit (E, B)."""
+        inputs = self.input_norm.normalize(torch.cat([obs, action], dim=-1))
+        if inputs.dim() == 2:
+            inputs = inputs.expand(self.ensemble_size, *inputs.shape)
+        mean, raw_logvar, logit = self.net(inputs).split([self.target_dim, self.target_dim, 1], dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar, logit.squeeze(-1)
+
+    @staticmethod
+    def targets(obs: Tensor, next_obs: Tensor, reward: Tensor) -> Tensor:
+        """Env-unit regression target [next_obs - obs, reward]: (B, T)."""
+        return torch.cat([next_obs - obs, reward.unsqueeze(-1)], dim=-1)
+
+
+class _ValidationBuffer:
+    """FIFO ring of holdout rows on the learner's device: obs (C, O), action (C, A), target (C, T), terminated (C,)."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.capacity = capacity
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.action = torch.zeros(capacity, act_dim, device=device)
+        self.target = torch.zeros(capacity, obs_dim + 1, device=device)
+        self.terminated = torch.zeros(capacity, device=device)
+        self.size = 0
+        self._next = 0
+
+    def add(self, obs: Tensor, action: Tensor, target: Tensor, terminated: Tensor) -> None:
+        rows = min(obs.shape[0], self.capacity)
+        index = (self._next + torch.arange(rows, device=obs.device)) % self.capacity
+        self.obs[index] = obs[-rows:]
+        self.action[index] = action[-rows:]
+        self.target[index] = target[-rows:]
+        self.terminated[index] = terminated[-rows:]
+        self._next = (self._next + rows) % self.capacity
+        self.size = min(self.size + rows, self.capacity)
+
+    def data(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n = self.size
+        return self.obs[:n], self.action[:n], self.target[:n], self.terminated[:n]
+
+
+class WorldModelLearner:
+    """Trains ``EnsembleDynamics`` with per-member bootstrap resampling and ranks members on holdout rows."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: WorldModelConfig, seed: int = 0):
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.config = config
+        self.device = resolve_device(config.device)
+        with seeded_init(seed):
+            dynamics = EnsembleDynamics(obs_dim, act_dim, config.ensemble_size, config.hidden_sizes)
+        self.dynamics = dynamics.to(self.device)
+        self.optimizer = torch.optim.Adam(self.dynamics.parameters(), lr=config.lr)
+        self.validation = _ValidationBuffer(config.validation_size, obs_dim, act_dim, self.device)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed)
+        self._elites = list(range(config.num_elites))
+        self.member_val_mse: np.ndarray | None = None
+        """Validation MSE (normalised space) per member (E,), set by ``validate()``."""
+        self.num_updates = 0
+        """Applied (not skipped) updates."""
+        self.nonfinite_streak = 0
+        """Consecutive updates skipped because of non-finite inputs, loss or gradient norm."""
+
+    @property
+    def elites(self) -> list[int]:
+        """Indices of the elite members, ascending."""
+        return list(self._elites)
+
+    def update(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Route holdout rows to the validation buffer and take one gradient step on the training rows.
+
+        Returns ``loss`` (the optimised sum over members), ``nll`` and ``termination_loss`` (per-member means)
+        and ``grad_norm``, plus the ``validate()`` metrics every ``validate_every`` updates. ``skipped: 1.0``
+        marks an update that changed no weights: non-finite inputs, loss or gradient norm (counted in
+        ``nonfinite_streak``), or a batch made only of holdout rows.
+        """
+        check_columns(batch, _FLOAT_COLUMNS + _ID_COLUMNS, self.obs_dim, self.act_dim)
+        if not all(np.isfinite(batch[c]).all() for c in ("obs", "action", "reward", "next_obs")):
+            self.nonfinite_streak += 1
+            return {"skipped": 1.0}
+        holdout = holdout_mask(batch["episode_id"], batch["step"], self.config.holdout_ratio)
+        if holdout.any():
+            self._add_validation({c: batch[c][holdout] for c in _FLOAT_COLUMNS})
+        if holdout.all():
+            return {"skipped": 1.0}
+        train_rows = ~holdout
+        train = to_tensors({c: batch[c][train_rows] for c in _FLOAT_COLUMNS}, _FLOAT_COLUMNS, self.obs_dim,
+                           self.act_dim, self.device)
+        metrics = self._train_step(train, int(train_rows.sum()))
+        if "skipped" not in metrics and self.num_updates % self.config.validate_every == 0 and self.validation.size:
+            metrics.update(self.validate())
+        return metrics
+
+    def _add_validation(self, rows: Mapping[str, np.ndarray]) -> None:
+        t = to_tensors(rows, _FLOAT_COLUMNS, self.obs_dim, self.act_dim, self.device)
+        target = EnsembleDynamics.targets(t["obs"], t["next_obs"], t["reward"])
+        self.validation.add(t["obs"], t["action"], target, t["terminated"])
+
+    def _train_step(self, t: Mapping[str, Tensor], rows: int) -> dict[str, float]:
+        dynamics = self.dynamics
+        target = EnsembleDynamics.targets(t["obs"], t["next_obs"], t["reward"])
+        dynamics.input_norm.update(torch.cat([t["obs"], t["action"]], dim=-1))
+        dynamics.target_norm.update(target)
+
+        # targets: one bootstrap resample per member, gathered at once -> (E, B, ...)
+        index = torch.randint(rows, (dynamics.ensemble_size, rows), generator=self._generator, device=self.device)
+        normalized_target = dynamics.target_norm.normalize(target)[index]
+        terminated = t["terminated"][index]
+        mean, logvar, logit = dynamics(t["obs"][index], t["action"][index])
+
+        # losses: per-member means summed over members, so each member's gradient is independent of E
+        nll = 0.5 * (((mean - normalized_target).pow(2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2)) + _LOG_2PI)
+        termination_loss = F.binary_cross_entropy_with_logits(logit, terminated, reduction="none").mean(dim=1)
+        l2 = 0.5 * self.config.weight_decay * sum(w.pow(2).sum() for w in dynamics.net.linear_weights())
+        bound = _LOGVAR_BOUND_COEF * (dynamics.max_logvar.sum() - dynamics.min_logvar.sum())
+        loss = nll.sum() + termination_loss.sum() + l2 + bound
+
+        # step
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in dynamics.parameters() if p.grad is not None])
+        values = torch.stack([loss.detach(), nll.detach().mean(), termination_loss.detach().mean(), grad_norm]).tolist()
+        metrics = dict(zip(("loss", "nll", "termination_loss", "grad_norm"), values))
+        if not all(math.isfinite(v) for v in values):
+            self.nonfinite_streak += 1
+            return {**metrics, "skipped": 1.0}
+        self.optimizer.step()
+        self.num_updates += 1
+        self.nonfinite_streak = 0
+        return metrics
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Rank members on the validation buffer, reselect the elites, return elite-mean metrics.
+
+        ``val_mse`` and ``val_nll`` are in normalised target space; ``val_termination_acc`` thresholds each
+        member's termination probability at 0.5. Per-member MSEs are kept in ``member_val_mse``.
+        """
+        if self.validation.size == 0:
+            raise RuntimeError(
+                "validate(): the validation buffer is empty; it fills with holdout rows "
+                f"(holdout_ratio={self.config.holdout_ratio}) passed to update()"
+            )
+        dynamics = self.dynamics
+        obs, action, target, terminated = self.validation.data()
+        normalized_target = dynamics.target_norm.normalize(target)
+        sums = torch.zeros(3, dynamics.ensemble_size, dtype=torch.float64, device=self.device)
+        for start in range(0, obs.shape[0], _VALIDATION_CHUNK):
+            chunk = slice(start, start + _VALIDATION_CHUNK)
+            mean, logvar, logit = dynamics(obs[chunk], action[chunk])
+            error = (mean - normalized_target[chunk]).pow(2)
+            sums[0] += error.sum(dim=(1, 2))
+            sums[1] += (0.5 * (error * torch.exp(-logvar) + logvar + _LOG_2PI)).sum(dim=(1, 2))
+            sums[2] += ((logit > 0) == (terminated[chunk] > 0.5)).sum(dim=1)
+        rows = obs.shape[0]
+        counts = torch.tensor([rows * dynamics.target_dim, rows * dynamics.target_dim, rows], device=self.device)
+        member_mse, member_nll, member_acc = (sums / counts.unsqueeze(1)).cpu().numpy()
+        self.member_val_mse = member_mse
+        self._elites = sorted(np.argsort(member_mse, kind="stable")[: self.config.num_elites].tolist())
+        return {
+            "val_mse": float(member_mse[self._elites].mean()),
+            "val_nll": float(member_nll[self._elites].mean()),
+            "val_termination_acc": float(member_acc[self._elites].mean()),
+        }
+
+    def model_state(self) -> dict[str, Tensor]:
+        """CPU tensors for ``WorldModel.load_state``: weights, log-variance bounds, normalisers, elites (int64)."""
+        state = to_cpu(self.dynamics.state_dict())
+        state["elites"] = torch.tensor(self._elites, dtype=torch.int64)
+        return state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Full learner state (without the validation buffer) as CPU tensors and plain containers."""
+        return to_cpu({
+            "dynamics": self.dynamics.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "elites": torch.tensor(self._elites, dtype=torch.int64),
+            "member_val_mse": None if self.member_val_mse is None else torch.from_numpy(self.member_val_mse),
+            "generator": generator_state(self._generator),
+            "num_updates": self.num_updates,
+            "nonfinite_streak": self.nonfinite_streak,
+        })
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()`` output onto this learner's device."""
+        self.dynamics.load_state_dict(state["dynamics"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._elites = _check_elites(state["elites"], self.config.ensemble_size).tolist()
+        mse = state["member_val_mse"]
+        self.member_val_mse = None if mse is None else mse.cpu().numpy().astype(np.float64)
+        load_generator_state(self._generator, state["generator"])
+        self.num_updates = int(state["num_updates"])
+        self.nonfinite_streak = int(state["nonfinite_streak"])
+
+
+def _check_elites(elites: Tensor, ensemble_size: int) -> Tensor:
+    elites = torch.as_tensor(elites)
+    if elites.dim() != 1 or elites.numel() == 0 or elites.dtype != torch.int64:
+        raise ValueError(f"elites has shape {tuple(elites.shape)}, dtype {elites.dtype}; expected (K,) int64, K >= 1")
+    if int(elites.min()) < 0 or int(elites.max()) >= ensemble_size:
+        raise ValueError(f"elites {elites.tolist()}: expected indices in [0, {ensemble_size})")
+    return elites.cpu()
+
+
+class WorldModel:
+    """Inference half of the dynamics ensemble for imagination workers (weights from ``model_state()``)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, config: WorldModelConfig, seed: int = 0, device: str = "cpu"):
+        self.obs_dim = obs_dim
+        self.act_dim = act_dim
+        self.device = resolve_device(device)
+        with seeded_init(seed):
+            dynamics = EnsembleDynamics(obs_dim, act_dim, config.ensemble_size, config.hidden_sizes)
+        self.dynamics = dynamics.to(self.device).eval().requires_grad_(False)
+        self._elites = torch.arange(config.num_elites, device=self.device)
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(seed)
+
+    @property
+    def elites(self) -> list[int]:
+        return self._elites.tolist()
+
+    def load_state(self, model_state: Mapping[str, Tensor]) -> None:
+        """Load ``WorldModelLearner.model_state()`` (from any device)."""
+        state = dict(model_state)
+        elites = _check_elites(state.pop("elites"), self.dynamics.ensemble_size)
+        self.dynamics.load_state_dict(state)
+        self._elites = elites.to(self.device)
+
+    def _inputs(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs has shape {tuple(obs.shape)}, expected (N, {self.obs_dim})")
+        if action.dim() != 2 or action.shape != (obs.shape[0], self.act_dim):
+            raise ValueError(f"action has shape {tuple(action.shape)}, expected ({obs.shape[0]}, {self.act_dim})")
+        return obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def step(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample one transition per row from a random elite (drawn per row and call).
+
+        Returns next_obs (N, O), reward (N,), terminated (N,) bool, on ``obs.device``.
+        """
+        out_device = obs.device
+        obs, action = self._inputs(obs, action)
+        mean, logvar, logit = self.dynamics(obs, action)
+        rows = torch.arange(obs.shape[0], device=self.device)
+        pick = torch.randint(self._elites.numel(), (obs.shape[0],), generator=self._generator, device=self.device)
+        member = self._elites[pick]
+        mean, logvar, logit = mean[member, rows], logvar[member, rows], logit[member, rows]
+        noise = torch.randn(mean.shape, generator=self._generator, device=self.device)
+        sample = self.dynamics.target_norm.denormalize(mean + torch.exp(0.5 * logvar) * noise)
+        next_obs = obs + sample[:, : self.obs_dim]
+        return next_obs.to(out_device), sample[:, self.obs_dim].to(out_device), (logit > 0).to(out_device)
+
+    @torch.no_grad()
+    def predict(self, obs: Tensor, action: Tensor) -> dict[str, Tensor]:
+        """Every member's prediction in env units, on ``obs.device``.
+
+        ``mean`` (E, N, T): ``[..., :O]`` next-obs mean, ``[..., O]`` reward mean; ``var`` (E, N, T) the
+        matching variances; ``termination_prob`` (E, N).
+        """
+        out_device = obs.device
+        obs, action = self._inputs(obs, action)
+        norm = self.dynamics.target_norm
+        mean, logvar, logit = self.dynamics(obs, action)
+        mean = norm.denormalize(mean)
+        mean = torch.cat([mean[..., : self.obs_dim] + obs, mean[..., self.obs_dim:]], dim=-1)
+        var = torch.exp(logvar) * norm.std.to(logvar.dtype).pow(2)
+        return {
+            "mean": mean.to(out_device),
+            "var": var.to(out_device),
+            "termination_prob": torch.sigmoid(logit).to(out_device),
+        }

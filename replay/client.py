@@ -1,0 +1,414 @@
+"""ReplayClient: inserts spread over shards with bounded in-flight calls, samples split across shards.
+
+Written once against ``system.handles``: shards are ``LocalHandle``-wrapped :class:`ReplayShard` objects in
+process or Ray actor handles. In process a shard call cannot wait (it would block the only thread), so shard
+calls get ``timeout=0`` and the client retries with a short backoff; on Ray each call long-polls for
+``config.long_poll_s`` and the client retries "not now" answers until its own deadline.
+
+A client may be shared by threads (inserts and samples are guarded separately), but one per role is the norm.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from replay.config import ReplayConfig
+from system.handles import get, wait
+
+__all__ = ["PendingSample", "ReplayClient", "ReplayTimeout"]
+
+SIZE_REFRESH_S = 0.5
+"""How often a sampling client refreshes its view of shard sizes (asynchronously, between samples)."""
+
+_BACKOFF_MIN_S = 0.001
+_BACKOFF_MAX_S = 0.02
+_DIAGNOSE_TIMEOUT_S = 5.0
+
+
+class ReplayTimeout(RuntimeError):
+    """A replay insert, flush or sample did not complete before its deadline.
+
+    The message names the table, the consumer, how long the client waited, and the likely cause.
+    """
+
+
+@dataclass(eq=False)
+class _InflightInsert:
+    shard: int
+    table: str
+    chunk: Mapping[str, np.ndarray]
+    writer_id: int
+    rows: int
+    ref: Any
+    blocked_by: str | None = None
+    answered: bool = False
+
+
+@dataclass(eq=False)
+class _SamplePart:
+    shard: int
+    n: int
+    ref: Any
+    result: dict[str, np.ndarray] | None = None
+    refused: int = 0
+
+
+def _rows(chunk: Mapping[str, np.ndarray]) -> int:
+    for column in chunk.values():
+        return int(np.shape(column)[0])
+    return 0
+
+
+class _Backoff:
+    """Sleeps between retry rounds when shard calls do not wait themselves (in process, or long_poll_s=0)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.delay = _BACKOFF_MIN_S
+
+    def sleep(self, deadline: float) -> None:
+        if self.enabled:
+            time.sleep(max(0.0, min(self.delay, deadline - time.monotonic())))
+            self.delay = min(2 * self.delay, _BACKOFF_MAX_S)
+
+    def reset(self) -> None:
+        self.delay = _BACKOFF_MIN_S
+
+
+class ReplayClient:
+    """Talks to ``K`` replay shards for one role.
+
+    Args:
+        shards: shard handles (``LocalHandle`` or Ray actor handles of :class:`ReplayShard`).
+        config: timeouts, in-flight bound and long-poll time.
+        local: True when the shards run in this process (shard calls then never wait).
+        seed: seeds the rounding of sample splits.
+    """
+
+    def __init__(self, shards: Sequence[Any], config: ReplayConfig, local: bool, seed: int = 0):
+        if not shards:
+            raise ValueError("ReplayClient needs at least one shard handle, got none")
+        self._shards = list(shards)
+        self.config = config
+        self.local = bool(local)
+        self._call_timeout = 0.0 if self.local else float(config.long_poll_s)
+        self._rng = np.random.default_rng(seed)
+        self._inflight: list[_InflightInsert] = []
+        self._next_shard: dict[int, int] = {}
+        self._insert_lock = threading.Lock()
+        self._sizes_lock = threading.Lock()
+        self._sizes: dict[str, list[int | None]] = {}
+        self._size_refresh: dict[str, list[Any]] = {}
+        self._size_refreshed_at: dict[str, float] = {}
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
+    # ----------------------------------------------------------------------------------------------- inserts
+
+    def insert(self, table: str, chunk: Mapping[str, np.ndarray], writer_id: int) -> None:
+        """Submit a chunk without waiting for it to be stored.
+
+        Shards are chosen round robin per writer, starting at ``writer_id % K``; strict rotation keeps the
+        shards' insert streams equal, which is what per-shard rate limiters and size-proportional sampling
+        rely on. When ``max_inflight_inserts`` calls are in flight this blocks until one is acknowledged ("not
+        now" answers are resubmitted to the same shard with the same chunk, hence the same dedup key). Errors
+        of earlier inserts (a chunk that does not match the table) are raised here or by :meth:`flush`.
+
+        Raises:
+            ReplayTimeout: no slot freed within ``config.insert_timeout_s``.
+        """
+        deadline = time.monotonic() + self.config.insert_timeout_s
+        with self._insert_lock:
+            self._drain(self.config.max_inflight_inserts - 1, deadline, self.config.insert_timeout_s)
+            writer_id = int(writer_id)
+            shard = self._next_shard.get(writer_id, writer_id % len(self._shards))
+            self._next_shard[writer_id] = (shard + 1) % len(self._shards)
+            pending = _InflightInsert(shard, table, chunk, writer_id, _rows(chunk), ref=None)
+            pending.ref = self._submit_insert(pending)
+            self._inflight.append(pending)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every in-flight insert is stored (or found duplicate), resubmitting "not now" answers.
+
+        Raises:
+            ReplayTimeout: inserts still unacknowledged after ``timeout`` (default ``config.insert_timeout_s``).
+        """
+        timeout = self.config.insert_timeout_s if timeout is None else float(timeout)
+        with self._insert_lock:
+            self._drain(0, time.monotonic() + timeout, timeout)
+
+    def inflight(self) -> int:
+        """Insert calls submitted and not yet acknowledged."""
+        return len(self._inflight)
+
+    def pending_rows(self) -> int:
+        """Rows in insert calls not yet acknowledged."""
+        return sum(p.rows for p in self._inflight)
+
+    def _submit_insert(self, pending: _InflightInsert) -> Any:
+        handle = self._shards[pending.shard]
+        return handle.insert.remote(pending.table, pending.chunk, pending.writer_id, timeout=self._call_timeout)
+
+    def _reap_inserts(self, wait_s: float) -> bool:
+        """Process answered inserts, waiting up to ``wait_s`` for one; return whether any was resubmitted."""
+        if not self._inflight:
+            return False
+        by_ref = {p.ref: p for p in self._inflight}
+        refs = list(by_ref)
+        ready, _ = wait(refs, num_returns=1 if wait_s > 0 else len(refs), timeout=wait_s)
+        resubmitted = False
+        for ref in ready:
+            pending = by_ref[ref]
+            try:
+                ack = get(ref)
+            except BaseException:
+                self._inflight.remove(pending)
+                raise
+            pending.answered = True
+            self._remember_size(pending.table, pending.shard, ack["size"])
+            if ack["status"] == "not_now":
+                pending.blocked_by = ack.get("blocked_by")
+                pending.ref = self._submit_insert(pending)
+                resubmitted = True
+            else:
+                self._inflight.remove(pending)
+        return resubmitted
+
+    def _drain(self, max_left: int, deadline: float, timeout: float) -> None:
+        """Reap inserts until at most ``max_left`` are in flight; ReplayTimeout at ``deadline``."""
+        backoff = _Backoff(self._call_timeout == 0)
+        self._reap_inserts(0.0)
+        while len(self._inflight) > max_left:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReplayTimeout(self._insert_timeout_message(timeout))
+            wait_s = 0.0 if self.local else remaining
+            before = len(self._inflight)
+            resubmitted = self._reap_inserts(wait_s)
+            if len(self._inflight) < before:
+                backoff.reset()
+            elif resubmitted or self.local:
+                backoff.sleep(deadline)
+
+    def _insert_timeout_message(self, waited: float) -> str:
+        tables = sorted({p.table for p in self._inflight})
+        blockers = sorted({p.blocked_by for p in self._inflight if p.blocked_by})
+        shards = sorted({p.shard for p in self._inflight})
+        head = (
+            f"{len(self._inflight)} insert(s) ({self.pending_rows()} rows) into table(s) {tables} on shard(s) "
+            f"{shards} not acknowledged after waiting {waited:.3g} s"
+        )
+        if blockers:
+            return (
+                f"{head}: rate limiter: consumer(s) {blockers} are behind their samples-per-insert ratio, so the "
+                f"shards answer 'not now' (are those consumers sampling, and at the configured rate?)"
+            )
+        if any(not p.answered for p in self._inflight):
+            return f"{head}: the shard(s) did not answer (overloaded, dead, or all their threads busy waiting?)"
+        return head
+
+    # ----------------------------------------------------------------------------------------------- samples
+
+    def submit_sample(self, table: str, n: int, consumer: str | None = None) -> PendingSample:
+        """Start sampling ``n`` rows, split over shards in proportion to their last known sizes.
+
+        The split rounds the proportional quotas systematically (each shard gets the floor or the ceiling of
+        its quota, and exactly its quota in expectation); shards known to be empty get no rows unless all are,
+        then the split is even. When some shard size is not known yet this makes one blocking :meth:`sizes`
+        call; later sizes are refreshed asynchronously every :data:`SIZE_REFRESH_S`.
+        """
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"sample size must be >= 1, got {n}")
+        counts = self._split(n, self._known_sizes(table))
+        parts = [(shard, int(count)) for shard, count in enumerate(counts) if count > 0]
+        return PendingSample(self, table, n, consumer, parts)
+
+    def sample(self, table: str, n: int, consumer: str | None = None) -> dict[str, np.ndarray]:
+        """Sample ``n`` rows (blocking): ``submit_sample(table, n, consumer).result()``."""
+        return self.submit_sample(table, n, consumer).result()
+
+    def sizes(self, table: str) -> list[int]:
+        """Rows of ``table`` in every shard (blocking)."""
+        sizes = [int(s) for s in get([h.size.remote(table) for h in self._shards])]
+        with self._sizes_lock:
+            self._sizes[table] = list(sizes)
+            self._size_refreshed_at[table] = time.monotonic()
+        return sizes
+
+    def stats(self) -> list[dict]:
+        """Every shard's :meth:`ReplayShard.stats` (blocking)."""
+        return get([h.stats.remote() for h in self._shards])
+
+    def _remember_size(self, table: str, shard: int, size: int) -> None:
+        with self._sizes_lock:
+            known = self._sizes.setdefault(table, [None] * len(self._shards))
+            known[shard] = int(size)
+
+    def _known_sizes(self, table: str) -> list[int]:
+        with self._sizes_lock:
+            refs = self._size_refresh.get(table)
+            if refs is not None:
+                ready, _ = wait(refs, num_returns=len(refs), timeout=0.0)
+                if len(ready) == len(refs):
+                    del self._size_refresh[table]
+                    self._sizes[table] = [int(s) for s in get(refs)]
+                    self._size_refreshed_at[table] = time.monotonic()
+            known = self._sizes.get(table)
+            if known is not None and None not in known:
+                stale = time.monotonic() - self._size_refreshed_at.get(table, 0.0) > SIZE_REFRESH_S
+                if stale and table not in self._size_refresh:
+                    self._size_refresh[table] = [h.size.remote(table) for h in self._shards]
+                return list(known)
+        return self.sizes(table)
+
+    def _split(self, n: int, sizes: Sequence[int]) -> np.ndarray:
+        weights = np.asarray(sizes, dtype=np.float64)
+        if weights.sum() <= 0:
+            weights = np.ones(len(sizes))
+        quotas = np.cumsum(weights) / weights.sum() * n
+        quotas[-1] = n
+        edges = np.floor(np.concatenate(([0.0], quotas)) + self._rng.random())
+        return np.diff(edges).astype(np.int64)
+
+    def _submit_sample(self, table: str, part: _SamplePart, consumer: str | None) -> Any:
+        timeout = 0.0 if part.refused < len(self._shards) else self._call_timeout
+        return self._shards[part.shard].sample.remote(table, part.n, consumer, timeout=timeout)
+
+    def _sample_timeout_message(
+        self, table: str, n: int, consumer: str | None, waited: float, waiting: list[_SamplePart]
+    ) -> str:
+        head = f"sample of {n} rows from table {table!r} for consumer {consumer!r} timed out after {waited:.3g} s"
+        try:
+            stats = get([self._shards[p.shard].stats.remote() for p in waiting], timeout=_DIAGNOSE_TIMEOUT_S)
+        except Exception as exc:
+            return f"{head}; shard(s) {[p.shard for p in waiting]} did not answer ({type(exc).__name__})"
+        reasons = []
+        for part, shard_stats in zip(waiting, stats):
+            table_stats = shard_stats[table]
+            limits = table_stats["consumers"].get(consumer) if consumer is not None else None
+            where = f"shard {part.shard}"
+            if limits is not None and limits.get("min_size") is not None:
+                if limits["inserted"] < limits["min_size"]:
+                    reasons.append(
+                        f"{where}: only {limits['inserted']} of min_size {limits['min_size']} rows inserted "
+                        f"(no inserts arriving, or arriving too slowly)"
+                    )
+                else:
+                    reasons.append(
+                        f"{where}: rate limiter: consumer {consumer!r} is ahead of its samples-per-insert ratio "
+                        f"{limits['samples_per_insert']:g} by {-limits['lag']:g} sampled rows (error_buffer "
+                        f"{limits['error_buffer']:g}); it waits for inserts (are writers running?)"
+                    )
+            elif table_stats["size"] == 0:
+                reasons.append(f"{where}: table {table!r} is empty (no inserts arriving)")
+            else:
+                reasons.append(f"{where}: answered 'not now' with {table_stats['size']} rows stored")
+        return f"{head}; " + "; ".join(reasons)
+
+
+class PendingSample:
+    """A sample in flight, one shard call per part.
+
+    A part answered None (not admitted yet) is resubmitted to the next shard, so a batch is never held up by
+    one shard (empty, or this consumer ahead of its ratio there) while another could serve it. A part first
+    visits every shard without waiting and long-polls only after all of them refused it. This keeps
+    per-shard limiters live and balanced: a writer whose in-flight inserts all wait for this consumer on
+    shard A (the consumer is behind there) while this sample waited for inserts on shard B (it is ahead
+    there) would deadlock; instead the part moves to A at once and is admitted, which also pulls the
+    consumer's per-shard lags back together.
+    """
+
+    def __init__(
+        self, client: ReplayClient, table: str, n: int, consumer: str | None, parts: Sequence[tuple[int, int]]
+    ):
+        self._client = client
+        self._table = table
+        self._n = n
+        self._consumer = consumer
+        self._parts = [_SamplePart(shard, count, ref=None) for shard, count in parts]
+        for part in self._parts:
+            part.ref = client._submit_sample(table, part, consumer)
+        self._batch: dict[str, np.ndarray] | None = None
+
+    def _poll(self, wait_s: float) -> bool:
+        """Collect answered parts, waiting up to ``wait_s`` for one; return whether any was refused.
+
+        On Ray a refused part is resubmitted at once (the new call long-polls on the shard). In process a call
+        runs when submitted, so a refused part is asked again at the start of the next poll instead.
+        """
+        waiting = [p for p in self._parts if p.result is None]
+        for part in waiting:
+            if part.ref is None:
+                part.ref = self._client._submit_sample(self._table, part, self._consumer)
+        by_ref = {p.ref: p for p in waiting}
+        refs = list(by_ref)
+        ready, _ = wait(refs, num_returns=1 if wait_s > 0 else len(refs), timeout=wait_s)
+        refused = False
+        for ref in ready:
+            part = by_ref[ref]
+            value = get(ref)
+            if value is None:
+                part.refused += 1
+                part.shard = (part.shard + 1) % self._client.num_shards
+                if self._client.local:
+                    part.ref = None
+                else:
+                    part.ref = self._client._submit_sample(self._table, part, self._consumer)
+                refused = True
+            else:
+                part.result = value
+        return refused
+
+    def _complete(self) -> bool:
+        if self._batch is None and all(p.result is not None for p in self._parts):
+            if len(self._parts) == 1:
+                self._batch = self._parts[0].result
+            else:
+                names = self._parts[0].result.keys()
+                self._batch = {k: np.concatenate([p.result[k] for p in self._parts]) for k in names}
+            for part in self._parts:
+                part.result = part.ref = None
+        return self._batch is not None
+
+    def done(self) -> bool:
+        """Whether every part has its rows (non-blocking; resubmits parts that were refused)."""
+        if self._batch is not None:
+            return True
+        self._poll(0.0)
+        return self._complete()
+
+    def result(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Block until all parts arrived and return their rows concatenated in part order.
+
+        Raises:
+            ReplayTimeout: not complete after ``timeout`` seconds (default the client's ``sample_timeout_s``);
+                the message says which shards held back and why.
+        """
+        if self._batch is not None:
+            return self._batch
+        client = self._client
+        timeout = client.config.sample_timeout_s if timeout is None else float(timeout)
+        start = time.monotonic()
+        deadline = start + timeout
+        backoff = _Backoff(client._call_timeout == 0)
+        while True:
+            refused = self._poll(0.0 if client.local else max(0.0, deadline - time.monotonic()))
+            if self._complete():
+                return self._batch
+            if time.monotonic() >= deadline:
+                waiting = [p for p in self._parts if p.result is None]
+                raise ReplayTimeout(
+                    client._sample_timeout_message(
+                        self._table, self._n, self._consumer, time.monotonic() - start, waiting
+                    )
+                )
+            if refused or client.local:
+                backoff.sleep(deadline)

@@ -1,0 +1,79 @@
+"""Configuration of the replay service (shards, capacities, limiter slack, client timeouts)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from replay.rate_limiter import RateLimiterConfig
+
+__all__ = ["ReplayConfig"]
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """How replay is laid out and how its clients wait."""
+
+    num_shards: int = 2
+    """Replay shard actors; inserts are spread round robin, samples in proportion to shard sizes."""
+    real_capacity: int = 1_000_000
+    """Rows of table ``real`` over all shards (each shard holds ``shard_capacity(real_capacity)``)."""
+    imagined_capacity: int = 400_000
+    """Rows of table ``imagined`` over all shards."""
+    error_buffer_steps: int = 200
+    """How many inserted rows a consumer may lag or lead its samples-per-insert ratio, over the whole table (each
+    shard's limiter gets ``samples_per_insert * error_buffer_steps / num_shards``). Must be >= num_shards times the
+    rows of one inserted chunk."""
+    long_poll_s: float = 1.0
+    """How long one shard call waits before answering "not now" (Ray only; in process calls never wait)."""
+    sample_timeout_s: float = 600.0
+    """How long a client waits for a sample before raising ReplayTimeout."""
+    insert_timeout_s: float = 600.0
+    """How long a client waits for a free insert slot (or a flush) before raising ReplayTimeout."""
+    max_inflight_inserts: int = 4
+    """Insert calls one client keeps in flight before ``insert`` blocks."""
+    num_cpus: float = 0.5
+    """Ray CPUs reserved per shard actor (read by system/)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int":
+                ok = isinstance(value, int) and not isinstance(value, bool)
+                kind = "an int"
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                kind = "a finite number"
+            if not ok:
+                raise ValueError(f"replay.{f.name}={value!r}: expected {kind}")
+        bounds = {
+            "num_shards": (1, ">= 1"),
+            "real_capacity": (1, ">= 1"),
+            "imagined_capacity": (1, ">= 1"),
+            "error_buffer_steps": (1, ">= 1"),
+            "long_poll_s": (0, ">= 0"),
+            "max_inflight_inserts": (1, ">= 1"),
+            "num_cpus": (0, ">= 0"),
+        }
+        for name, (low, text) in bounds.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"replay.{name}={getattr(self, name)!r}: expected {text}")
+        for name in ("sample_timeout_s", "insert_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"replay.{name}={getattr(self, name)!r}: expected > 0")
+
+    def shard_capacity(self, total: int) -> int:
+        """Rows one shard holds of a table with ``total`` rows over all shards (rounded up)."""
+        return -(-total // self.num_shards)
+
+    def limiter(self, samples_per_insert: float, min_size: int) -> RateLimiterConfig:
+        """One shard's limiter for a consumer that needs ``min_size`` rows in the whole table before sampling.
+
+        Inserts go round robin and samples in proportion to shard sizes, so each shard sees 1/K of both: min size
+        and error buffer are split evenly, keeping the whole table within ``error_buffer_steps`` of the ratio.
+        """
+        return RateLimiterConfig(
+            samples_per_insert=samples_per_insert,
+            min_size=max(1, -(-min_size // self.num_shards)),
+            error_buffer=samples_per_insert * self.error_buffer_steps / self.num_shards,
+        )

@@ -1,0 +1,329 @@
+"""The driver: keeps one call in flight per role, schedules evaluations, stops, checkpoints, reports.
+
+It never blocks on one role: every call is a ref in ``self._inflight`` and the loop waits on all of them at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from actors.envs import EnvSpec
+from system.config import SystemConfig
+from system.handles import get, wait
+from system.run_dir import RunDir
+from system.wiring import System
+
+
+class RoleError(RuntimeError):
+    """A role failed; the message names the role and the cause."""
+
+
+@dataclass
+class _Call:
+    kind: str
+    index: int = 0
+    payload: Any = None
+
+
+@dataclass
+class Summary:
+    env_steps: int
+    wall_time_s: float
+    best_eval_return: float | None
+    last_eval_return: float | None
+    stopped_because: str
+    policy_version: int
+    run_dir: str
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an error raised in a role (Ray wraps it; unwrap to the original where possible)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error:" in line or "Exception:" in line:
+            return line
+    return lines[-1] if lines else type(exc).__name__
+
+
+class Driver:
+    """Runs a built system until the env-step budget or the target return.
+
+    Usage::
+
+        system = build_system(config, spec)
+        summary = Driver(config, spec, system, RunDir(path).create(config)).run()
+    """
+
+    def __init__(self, config: SystemConfig, spec: EnvSpec, system: System, run_dir: RunDir,
+                 on_report: Callable[[dict[str, Any]], None] | None = None):
+        self.config, self.spec, self.system, self.run_dir = config, spec, system, run_dir
+        self._on_report = on_report or (lambda row: None)
+        self._inflight: dict[Any, _Call] = {}
+        self._start = time.monotonic()
+        self.env_steps = 0
+        self._steps_in_flight = 0
+        self._episode_returns: deque[float] = deque(maxlen=20)
+        self._episodes = 0
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._rows: list[dict[str, Any]] = []
+        self.evals: list[dict[str, Any]] = []
+        self._next_eval = config.eval.every_steps
+        self._last_eval_mark = 0
+        self._eval_round_robin = 0
+        self._last_row_time = self._start
+        self._step_times: deque[tuple[float, int]] = deque([(self._start, 0)])
+        self._stop_reason: str | None = None
+        self._first_report_at: float | None = None
+
+    # submitting -----------------------------------------------------------------------------------------------
+    def _submit(self, ref: Any, call: _Call) -> None:
+        self._inflight[ref] = call
+
+    def _submit_rollout(self, i: int) -> None:
+        steps = self.config.rollout.steps_per_call
+        if self._stop_reason or self.env_steps + self._steps_in_flight >= self.config.run.total_env_steps:
+            return
+        steps = min(steps, self.config.run.total_env_steps - self.env_steps - self._steps_in_flight)
+        self._steps_in_flight += steps
+        self._submit(self.system.rollout[i].run.remote(steps), _Call("rollout", i, steps))
+
+    def _submit_learner(self, kind: str) -> None:
+        handle = getattr(self.system, kind)
+        self._submit(handle.run.remote(self.config.run.report_interval_s), _Call(kind))
+
+    def _submit_imagination(self, i: int) -> None:
+        ref = self.system.imagination[i].run.remote(self.env_steps, self.config.run.report_interval_s)
+        self._submit(ref, _Call("imagination", i))
+
+    def _request_eval(self, mark: int) -> None:
+        """Take the policy published now (at ``mark`` env steps) and queue it for evaluation."""
+        self._last_eval_mark = mark
+        self._submit(self.system.store.latest.remote("policy", -1), _Call("eval_weights", payload=mark))
+
+    # handling -------------------------------------------------------------------------------------------------
+    def _handle(self, ref: Any, call: _Call) -> None:
+        try:
+            result = get(ref)
+        except Exception as exc:
+            raise RoleError(f"{call.kind} {call.index} failed: {describe_error(exc)}") from None
+        if self._first_report_at is None:
+            self._first_report_at = time.monotonic()
+        getattr(self, f"_on_{call.kind}")(call, result)
+
+    def _on_rollout(self, call: _Call, report: dict[str, Any]) -> None:
+        self._steps_in_flight -= call.payload
+        self.env_steps += report["env_steps"]
+        for episode_return, _ in report["episodes"]:
+            self._episode_returns.append(episode_return)
+        self._episodes += len(report["episodes"])
+        self._latest["rollout"] = {"policy_version_acting": report["policy_version"]}
+        while self.env_steps >= self._next_eval:
+            self._request_eval(self._next_eval)
+            self._next_eval += self.config.eval.every_steps
+        self._submit_rollout(call.index)
+
+    def _on_policy(self, call: _Call, report: dict[str, Any]) -> None:
+        self._latest.setdefault("policy", {}).update(report)
+        if not self._stop_reason:
+            self._submit_learner("policy")
+
+    def _on_world_model(self, call: _Call, report: dict[str, Any]) -> None:
+        self._latest.setdefault("world_model", {}).update(report)
+        if not self._stop_reason:
+            self._submit_learner("world_model")
+
+    def _on_imagination(self, call: _Call, report: dict[str, Any]) -> None:
+        total = self._latest.setdefault("imagination", {"transitions": 0})
+        total["transitions"] += report["transitions"]
+        total["horizon"] = report["horizon"]
+        total["model_version"] = report["model_version"]
+        if not self._stop_reason:
+            self._submit_imagination(call.index)
+
+    def _on_eval_weights(self, call: _Call, latest: tuple[int, list] | None) -> None:
+        if latest is None:  # no policy published yet: the random policy is what acts
+            self.evals.append(self._eval_row(call.payload, -1, None))
+            return
+        version, box = latest
+        evaluator = self.system.evaluators[self._eval_round_robin % len(self.system.evaluators)]
+        self._eval_round_robin += 1
+        ref = evaluator.evaluate.remote(box[0], self.config.eval.episodes, env_steps=call.payload, version=version)
+        self._submit(ref, _Call("eval"))
+
+    def _on_eval(self, call: _Call, result: dict[str, Any]) -> None:
+        self.evals.append(self._eval_row(result["env_steps"], result["version"], result))
+        target = self.config.run.target_return
+        if target is not None and result["return_mean"] >= target and not self._stop_reason:
+            self._stop_reason = f"target return {target:g} reached at {result['env_steps']} env steps"
+
+    def _eval_row(self, env_steps: int, version: int, result: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "env_steps": env_steps,
+            "policy_version": version,
+            "return_mean": result["return_mean"] if result else float("nan"),
+            "return_std": result["return_std"] if result else float("nan"),
+            "length_mean": float(np.mean(result["lengths"])) if result else float("nan"),
+            "wall_time_s": time.monotonic() - self._start,
+        }
+
+    # reporting ------------------------------------------------------------------------------------------------
+    def _row(self) -> dict[str, Any]:
+        now = time.monotonic()
+        scored = [e for e in self.evals if not np.isnan(e["return_mean"])]
+        last_eval = max(scored, key=lambda e: e["env_steps"]) if scored else None
+        row: dict[str, Any] = {
+            "env_steps": self.env_steps,
+            "wall_time_s": now - self._start,
+            "env_steps_per_s": self._rate(now),
+            "episodes": self._episodes,
+            "train_return_mean": float(np.mean(self._episode_returns)) if self._episode_returns else float("nan"),
+            "eval_env_steps": last_eval["env_steps"] if last_eval else None,
+            "eval_return_mean": last_eval["return_mean"] if last_eval else float("nan"),
+        }
+        for role in ("policy", "world_model"):
+            for key, value in self._latest.get(role, {}).items():
+                row[key if key.startswith(role) else f"{role}_{key}"] = value
+        for key, value in self._latest.get("imagination", {}).items():
+            row[f"imagination_{key}"] = value
+        row.update(self._latest.get("rollout", {}))
+        self._last_row_time = now
+        return row
+
+    def _rate(self, now: float) -> float:
+        """Env steps per second over the last ~10 s (reports arrive in bursts of steps_per_call)."""
+        self._step_times.append((now, self.env_steps))
+        while len(self._step_times) > 2 and now - self._step_times[0][0] > 10.0:
+            self._step_times.popleft()
+        (t0, s0), (t1, s1) = self._step_times[0], self._step_times[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def _maybe_report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_row_time < self.config.run.report_interval_s:
+            return
+        row = self._row()
+        self._rows.append(row)
+        self._on_report(row)
+        if len(self._rows) % 10 == 0:
+            self.run_dir.write_table("metrics", self._rows)
+
+    # the loop -------------------------------------------------------------------------------------------------
+    def _start_roles(self) -> None:
+        self._submit_learner("policy")
+        if self.system.world_model is not None:
+            self._submit_learner("world_model")
+        for i in range(len(self.system.imagination)):
+            self._submit_imagination(i)
+        for i in range(len(self.system.rollout)):
+            self._submit_rollout(i)
+
+    def _rollouts_done(self) -> bool:
+        return not any(c.kind == "rollout" for c in self._inflight.values())
+
+    def _evals_done(self) -> bool:
+        return not any(c.kind in ("eval", "eval_weights") for c in self._inflight.values())
+
+    def _pump(self, timeout: float) -> None:
+        ready, _ = wait(list(self._inflight), num_returns=len(self._inflight), timeout=timeout)
+        for ref in ready:
+            self._handle(ref, self._inflight.pop(ref))
+
+    def run(self) -> Summary:
+        self._start_roles()
+        budget = self.config.run.total_env_steps
+        while True:
+            self._pump(timeout=0.1)
+            self._check_startup()
+            self._maybe_report()
+            if self._stop_reason:
+                break
+            if self.env_steps >= budget and self._rollouts_done():
+                if self._last_eval_mark < self.env_steps:
+                    self._request_eval(self.env_steps)
+                elif self._evals_done():
+                    self._stop_reason = f"env-step budget of {budget} reached"
+        return self._finish()
+
+    def _check_startup(self) -> None:
+        if self._first_report_at is None and time.monotonic() - self._start > self.config.run.startup_timeout_s:
+            pending = sorted({c.kind for c in self._inflight.values()})
+            raise RoleError(
+                f"no role reported within run.startup_timeout_s={self.config.run.startup_timeout_s:g}s "
+                f"(still starting: {', '.join(pending)}); check `ray status` for resources that cannot be placed"
+            )
+
+    def _finish(self) -> Summary:
+        """Let in-flight learner calls end (they return within one report interval), then checkpoint."""
+        deadline = time.monotonic() + 3 * self.config.run.report_interval_s + 30
+        keep = {"policy", "world_model", "imagination"}
+        while any(c.kind in keep for c in self._inflight.values()) and time.monotonic() < deadline:
+            self._pump(timeout=0.2)
+        self.checkpoint()
+        self._maybe_report(force=True)
+        self.run_dir.write_table("metrics", self._rows)
+        self.evals.sort(key=lambda e: e["env_steps"])
+        self.run_dir.write_table("evals", self.evals)
+        scored = [e["return_mean"] for e in self.evals if not np.isnan(e["return_mean"])]
+        if scored:
+            self.run_dir.plot_learning_curve(
+                [e for e in self.evals if not np.isnan(e["return_mean"])],
+                f"{self.config.env.id} ({self.run_dir.path.name})",
+            )
+        return Summary(
+            env_steps=self.env_steps,
+            wall_time_s=time.monotonic() - self._start,
+            best_eval_return=max(scored) if scored else None,
+            last_eval_return=scored[-1] if scored else None,
+            stopped_because=self._stop_reason or "stopped",
+            policy_version=self._latest.get("policy", {}).get("version", 0),
+            run_dir=str(self.run_dir.path),
+        )
+
+    def checkpoint(self) -> None:
+        """Full learner states and the newest acting weights, written atomically to the run directory."""
+        refs = {"policy": self.system.policy.state_dict.remote(), "actor_latest": self.system.store.latest.remote("policy", -1)}
+        if self.system.world_model is not None:
+            refs["world_model"] = self.system.world_model.state_dict.remote()
+        states = {name: get(ref) for name, ref in refs.items()}
+        latest = states.pop("actor_latest")
+        if latest is not None:
+            states["actor"] = get(latest[1][0])
+        meta = {
+            "env_id": self.config.env.id,
+            "obs_shape": list(self.spec.obs_shape),
+            "action_shape": list(self.spec.action_shape),
+            "env_steps": self.env_steps,
+            "policy_version": latest[0] if latest else 0,
+        }
+        self.run_dir.save_checkpoint(states, meta)
+
+
+def progress_printer(total: int, stream=sys.stderr) -> Callable[[dict[str, Any]], None]:
+    """A one-line live progress display (rewritten in place on a terminal, one line per report otherwise)."""
+    tty = stream.isatty()
+
+    def fmt(value: Any, spec: str) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "-"
+        return format(value, spec)
+
+    def show(row: dict[str, Any]) -> None:
+        line = (
+            f"steps {row['env_steps']:>7,}/{total:,} | {fmt(row['env_steps_per_s'], '.0f')} steps/s"
+            f" | eval {fmt(row['eval_return_mean'], '.1f')}"
+            f" | wm val {fmt(row.get('world_model_val_mse'), '.4f')}"
+            f" | policy v{row.get('policy_version', 0)} {fmt(row.get('policy_updates_per_s'), '.0f')} upd/s"
+        )
+        stream.write(("\r" + line + "\x1b[K") if tty else line + "\n")
+        stream.flush()
+
+    return show

@@ -1,0 +1,146 @@
+"""Learner loops: feed a learner from replay with a small prefetch deque, publish its weights.
+
+The learners themselves (``learners/``) take a batch and return metrics; these loops add the replay and weights
+edges so that the learners stay free of Ray and of replay.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+MAX_NONFINITE_STREAK = 100
+"""Consecutive skipped (non-finite) updates after which a learner stops with an error."""
+
+
+@dataclass(frozen=True)
+class BatchPart:
+    table: str
+    rows: int
+    consumer: str | None
+
+
+class LearnerLoop:
+    """Runs ``learner.update`` on batches from replay, as fast as the rate limiter admits.
+
+    Usage (the driver's loop, one call in flight per learner)::
+
+        loop = LearnerLoop("policy", learner, replay, publisher, parts, publish_every=10,
+                           publish_state=learner.policy_state)
+        while running:
+            report = loop.run(max_seconds=2.0)     # updates, rates, mean metrics, published version
+        state = loop.state_dict()                  # checkpoint
+    """
+
+    def __init__(
+        self,
+        name: str,
+        learner: Any,
+        replay: Any,
+        publisher: Any,
+        parts: Callable[[], list[BatchPart]],
+        publish_every: int,
+        publish_state: Callable[[], Any],
+        prefetch: int = 2,
+        local: bool = False,
+    ):
+        self.name, self.learner = name, learner
+        self._replay, self._publisher, self._parts = replay, publisher, parts
+        self._publish_every, self._publish_state = publish_every, publish_state
+        self._prefetch, self._local = prefetch, local
+        self._pending: deque[list] = deque()
+        self._published_at = 0
+
+    def _submit(self) -> None:
+        while len(self._pending) < self._prefetch:
+            self._pending.append(
+                [self._replay.submit_sample(p.table, p.rows, p.consumer) for p in self._parts() if p.rows > 0]
+            )
+
+    def _next_batch(self) -> dict[str, np.ndarray] | None:
+        """The oldest prefetched batch if all its parts have arrived, else None (never blocks)."""
+        self._submit()
+        head = self._pending[0]
+        if not all(part.done() for part in head):
+            return None
+        self._pending.popleft()
+        results = [part.result() for part in head]
+        if len(results) == 1:
+            return results[0]
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+    def run(self, max_seconds: float) -> dict[str, Any]:
+        """Update until ``max_seconds`` pass (in process: until no batch is ready); report what was done."""
+        start = time.perf_counter()
+        waited, updates = 0.0, 0
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        while time.perf_counter() - start < max_seconds:
+            batch = self._next_batch()
+            if batch is None:
+                if self._local:
+                    break
+                time.sleep(0.002)
+                waited += 0.002
+                continue
+            metrics = self.learner.update(batch)
+            updates += 1
+            for key, value in metrics.items():
+                sums[key] += float(value)
+                counts[key] += 1
+            self._check_finite()
+            if self.learner.num_updates - self._published_at >= self._publish_every:
+                self.publish_now()
+        elapsed = time.perf_counter() - start
+        report = {f"{self.name}_{k}": v / counts[k] for k, v in sums.items()}
+        report.update(
+            {
+                "updates": updates,
+                "total_updates": self.learner.num_updates,
+                "updates_per_s": updates / elapsed if elapsed > 0 else 0.0,
+                "sample_wait_fraction": waited / elapsed if elapsed > 0 else 0.0,
+                "version": self._publisher.version,
+            }
+        )
+        return report
+
+    def _check_finite(self) -> None:
+        streak = getattr(self.learner, "nonfinite_streak", 0)
+        if streak >= MAX_NONFINITE_STREAK:
+            raise RuntimeError(
+                f"{self.name} learner: loss was non-finite for {streak} updates in a row "
+                f"(expected finite losses; the last good weights are version {self._publisher.version})"
+            )
+
+    def publish_now(self) -> int:
+        """Publish the current weights regardless of the schedule (e.g. before a checkpoint)."""
+        self._published_at = self.learner.num_updates
+        return self._publisher.publish(self._publish_state())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.learner.state_dict()
+
+
+def policy_batch_parts(replay: Any, batch_size: int, real_ratio: float, imagination: bool) -> Callable[[], list[BatchPart]]:
+    """Policy batches: ``real_ratio`` of the rows from ``real`` (rate-limited), the rest from ``imagined``.
+
+    Until the ``imagined`` table holds a batch worth of rows (checked at most once a second), a batch is only its
+    real part.
+    """
+    n_real = batch_size if not imagination else max(1, round(batch_size * real_ratio))
+    n_imagined = batch_size - n_real
+    real_only = [BatchPart("real", n_real, "policy")]
+    mixed = real_only + [BatchPart("imagined", n_imagined, None)]
+    state = {"ready": n_imagined == 0, "checked": float("-inf")}
+
+    def parts() -> list[BatchPart]:
+        if not state["ready"] and time.monotonic() - state["checked"] > 1.0:
+            state["checked"] = time.monotonic()
+            state["ready"] = sum(replay.sizes("imagined")) >= n_imagined
+        return mixed if state["ready"] and n_imagined else real_only
+
+    return parts

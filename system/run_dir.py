@@ -1,0 +1,125 @@
+"""The run directory ``runs/<name>/``: resolved config, metrics table, evaluations, checkpoint, learning curve.
+
+Layout::
+
+    config.yaml            the resolved config (reloadable with config_from_dict)
+    metrics.parquet        one row per report: env_steps, wall_time_s, eval_return_mean, rates, losses
+    evals.parquet          one row per evaluation: env_steps, policy_version, return_mean, return_std, wall_time_s
+    checkpoint/            policy.pt, world_model.pt (full learner state), actor.pt (acting weights), meta.json
+    learning_curve.png     eval return vs env steps
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+
+from system.config import SystemConfig, config_from_dict, to_dict
+
+CHECKPOINT_FILES = ("actor.pt", "meta.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or unreadable."""
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint"
+
+    def create(self, config: SystemConfig) -> "RunDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        return self
+
+    def load_config(self) -> SystemConfig:
+        path = self.path / "config.yaml"
+        if not path.is_file():
+            raise CheckpointError(f"{str(self.path)!r} is not a run directory: {path.name} is missing")
+        return config_from_dict(yaml.safe_load(path.read_text()))
+
+    # tables ---------------------------------------------------------------------------------------------------
+    def write_table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns: dict[str, list] = {}
+        for row in rows:
+            for key in row:
+                columns.setdefault(key, [])
+        for key in columns:
+            columns[key] = [_scalar(row.get(key)) for row in rows]
+        tmp = self.path / f".{name}.parquet.tmp"
+        pq.write_table(pa.table(columns), tmp)
+        tmp.replace(self.path / f"{name}.parquet")
+
+    def read_table(self, name: str) -> pa.Table:
+        path = self.path / f"{name}.parquet"
+        if not path.is_file():
+            raise CheckpointError(f"{str(self.path)!r}: {path.name} is missing")
+        return pq.read_table(path)
+
+    # checkpoint -----------------------------------------------------------------------------------------------
+    def save_checkpoint(self, states: dict[str, Any], meta: dict[str, Any]) -> None:
+        """Write each state dict with torch.save (loadable with weights_only=True) and the meta as JSON."""
+        self.checkpoint.mkdir(parents=True, exist_ok=True)
+        for name, state in states.items():
+            tmp = self.checkpoint / f".{name}.pt.tmp"
+            torch.save(state, tmp)
+            tmp.replace(self.checkpoint / f"{name}.pt")
+        (self.checkpoint / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    def load_state(self, name: str, device: str = "cpu") -> Any:
+        for required in CHECKPOINT_FILES:
+            if not (self.checkpoint / required).is_file():
+                raise CheckpointError(f"checkpoint in {str(self.path)!r} is incomplete: {required} is missing")
+        path = self.checkpoint / f"{name}.pt"
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint in {str(self.path)!r} has no {path.name}")
+        try:
+            return torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt or not a dynaray checkpoint ({type(exc).__name__})") from None
+
+    # plot -----------------------------------------------------------------------------------------------------
+    def plot_learning_curve(self, evals: list[dict[str, Any]], title: str) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [e["env_steps"] for e in evals]
+        mean = [e["return_mean"] for e in evals]
+        std = [e["return_std"] for e in evals]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(steps, mean, marker="o", markersize=3)
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("eval return (deterministic)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out = self.path / "learning_curve.png"
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+
+def _scalar(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value

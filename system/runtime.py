@@ -1,0 +1,48 @@
+"""Starting and ending Ray for a run: an embedded local Ray by default, an existing cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from system.config import SystemConfig
+
+
+def needed_cpus(config: SystemConfig) -> float:
+    """Logical CPUs that every role of ``config`` asks Ray for."""
+    total = config.replay.num_shards * config.replay.num_cpus
+    total += config.rollout.num_workers * config.rollout.num_cpus
+    total += 1 + (1 if config.world_model.enabled else 0)  # learners
+    if config.imagination_enabled:
+        total += config.imagination.num_workers * config.imagination.num_cpus
+    total += config.eval.num_workers * config.eval.num_cpus
+    return total
+
+
+def start_ray(config: SystemConfig, namespace: str) -> str:
+    """Join ``ray.address`` (or RAY_ADDRESS), else start an embedded local Ray sized for the roles.
+
+    Returns a short description of where the run lives.
+    """
+    import ray
+
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    common = {"namespace": namespace, "logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **common)
+        return f"Ray cluster at {address}"
+    num_cpus = config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus(config)))
+    kwargs = {"num_cpus": num_cpus, "include_dashboard": config.ray.include_dashboard}
+    if config.ray.object_store_memory_mb:
+        kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
+    ray.init(**kwargs, **common)
+    return f"embedded local Ray ({num_cpus} logical CPUs)"
+
+
+def stop_ray() -> None:
+    """Disconnect (cluster) or end the embedded local Ray and every process it started."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

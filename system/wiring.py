@@ -1,0 +1,228 @@
+"""Every role and every edge of the system, in one place.
+
+``build_system(config, spec, local)`` makes each role either as a Ray actor (``local=False``) or as an in-process
+object behind a :class:`~system.handles.LocalHandle` (``local=True``, for tests and debugging); the role classes
+are the same plain classes either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from actors.envs import EnvSpec
+from actors.evaluator import Evaluator
+from actors.imagination import ImaginationWorker
+from actors.rollout import RolloutWorker
+from learners.networks import resolve_device
+from learners.sac import Policy, SACLearner
+from learners.world_model import WorldModel, WorldModelLearner
+from replay.client import ReplayClient
+from replay.schema import transition_columns
+from replay.shard import ReplayShard
+from replay.table import TableConfig
+from system.config import SystemConfig
+from system.handles import LocalHandle
+from system.loops import BatchPart, LearnerLoop, policy_batch_parts
+from system.weights import WeightsClient, WeightsPublisher, WeightsStore
+
+# Seed offsets per role, so that roles never share a random stream.
+SEED_ROLLOUT, SEED_IMAGINATION, SEED_EVAL, SEED_POLICY, SEED_MODEL, SEED_REPLAY = 0, 1000, 2000, 3000, 4000, 5000
+
+
+class PolicyLoop(LearnerLoop):
+    """The SAC learner fed with mixed real/imagined batches; publishes ``policy`` weights."""
+
+    def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool):
+        learner = SACLearner(spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high, config.policy,
+                             seed=config.seed + SEED_POLICY)
+        parts = policy_batch_parts(replay, config.policy.batch_size, config.policy.real_ratio,
+                                   config.imagination_enabled)
+        super().__init__("policy", learner, replay, WeightsPublisher(store, "policy", local), parts,
+                         config.policy.publish_every, learner.policy_state, local=local)
+
+
+class WorldModelLoop(LearnerLoop):
+    """The ensemble world-model learner fed from ``real``; publishes ``world_model`` weights."""
+
+    def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool):
+        learner = WorldModelLearner(spec.obs_dim, spec.action_dim, config.world_model, seed=config.seed + SEED_MODEL)
+        part = BatchPart("real", config.world_model.batch_size, "world_model")
+        super().__init__("world_model", learner, replay, WeightsPublisher(store, "world_model", local), lambda: [part],
+                         config.world_model.publish_every, learner.model_state, local=local)
+
+
+@dataclass
+class System:
+    """Handles of every role of one run."""
+
+    local: bool
+    shards: list = field(default_factory=list)
+    store: Any = None
+    rollout: list = field(default_factory=list)
+    imagination: list = field(default_factory=list)
+    evaluators: list = field(default_factory=list)
+    policy: Any = None
+    world_model: Any = None
+
+    def actors(self) -> list:
+        learners = [h for h in (self.policy, self.world_model) if h is not None]
+        return [*self.rollout, *self.imagination, *self.evaluators, *learners, *self.shards, self.store]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# replay tables and their rate limiters
+
+
+def _policy_real_rows(config: SystemConfig) -> int:
+    if not config.imagination_enabled:
+        return config.policy.batch_size
+    return max(1, round(config.policy.batch_size * config.policy.real_ratio))
+
+
+def real_table_limiters(config: SystemConfig) -> dict[str, tuple[float, int]]:
+    """Consumer -> (samples per inserted row, min rows), for the whole ``real`` table."""
+    limiters = {"policy": (config.policy.updates_per_step * _policy_real_rows(config), config.policy.learning_starts)}
+    if config.world_model.enabled:
+        wm = config.world_model
+        limiters["world_model"] = (wm.updates_per_step * wm.batch_size, wm.learning_starts)
+    if config.imagination_enabled:
+        limiters["imagination"] = (config.imagination.starts_per_step, config.world_model.learning_starts)
+    return limiters
+
+
+def table_configs(config: SystemConfig, spec: EnvSpec) -> list[TableConfig]:
+    """The tables every shard holds, with one rate limiter per consumer of ``real``."""
+    replay = config.replay
+    columns = transition_columns(spec.obs_shape, spec.action_shape)
+    limiters = tuple(
+        (consumer, replay.limiter(spi, min_rows)) for consumer, (spi, min_rows) in real_table_limiters(config).items()
+    )
+    tables = [TableConfig("real", replay.shard_capacity(replay.real_capacity), columns, limiters)]
+    if config.imagination_enabled:
+        tables.append(TableConfig("imagined", replay.shard_capacity(replay.imagined_capacity), columns))
+    return tables
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# making roles: Ray actors or in-process objects
+
+
+class InActor:
+    """An argument built where the role lives (clients hold locks and in-flight state: they do not travel)."""
+
+    def __init__(self, factory, *args, **kwargs):
+        self.build = partial(factory, *args, **kwargs)
+
+
+def _built(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    args = tuple(a.build() if isinstance(a, InActor) else a for a in args)
+    return args, {k: v.build() if isinstance(v, InActor) else v for k, v in kwargs.items()}
+
+
+def _remote_class(cls: type, torch_threads: int):
+    """``cls`` as a Ray actor class whose process uses ``torch_threads`` intra-op threads."""
+    import ray
+
+    def __init__(self, *args, **kwargs):
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        args, kwargs = _built(args, kwargs)
+        cls.__init__(self, *args, **kwargs)
+
+    return ray.remote(type(cls.__name__, (cls,), {"__init__": __init__}))
+
+
+class _Maker:
+    def __init__(self, config: SystemConfig, local: bool):
+        self.config, self.local = config, local
+
+    def __call__(self, cls: type, name: str, num_cpus: float, *args, max_concurrency: int = 1, **kwargs):
+        if self.local:
+            args, kwargs = _built(args, kwargs)
+            return LocalHandle(cls(*args, **kwargs))
+        actor = _remote_class(cls, self.config.run.torch_threads)
+        options = {"name": name, "num_cpus": num_cpus, "max_concurrency": max_concurrency}
+        return actor.options(**options).remote(*args, **kwargs)
+
+
+def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False) -> System:
+    """Create every role of a run and connect every edge."""
+    make = _Maker(config, local)
+    system = System(local=local)
+    rollout_cpus = config.rollout.num_cpus
+
+    # Replay shards: K actors, each holding its slice of every table; threaded so inserts and samples interleave.
+    tables = table_configs(config, spec)
+    system.shards = [
+        make(ReplayShard, f"replay-shard-{i}", config.replay.num_cpus, tables, seed=config.seed + SEED_REPLAY + i,
+             index=i, max_concurrency=16)
+        for i in range(config.replay.num_shards)
+    ]
+
+    def replay_client(seed: int) -> InActor:
+        return InActor(ReplayClient, system.shards, config.replay, local=local, seed=seed)
+
+    # Weights store: learners publish (version, ref) here; every acting role polls it.
+    system.store = make(WeightsStore, "weights-store", 0, max_concurrency=8)
+
+    policy_factory = partial(Policy, spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high,
+                             config.policy.hidden_sizes)
+
+    # Policy learner: samples real (+ imagined) batches from the shards, publishes "policy" to the store.
+    system.policy = make(PolicyLoop, "policy-learner", 1, config, spec, replay_client(config.seed + SEED_POLICY),
+                         system.store, local)
+
+    # World-model learner: samples real batches from the shards, publishes "world_model" to the store.
+    if config.world_model.enabled:
+        system.world_model = make(WorldModelLoop, "world-model-learner", 1, config, spec,
+                                  replay_client(config.seed + SEED_MODEL), system.store, local)
+
+    # Rollout workers: write chunks to "real" on the shards; poll "policy" from the store.
+    for i in range(config.rollout.num_workers):
+        seed = config.seed + SEED_ROLLOUT + 100 * i
+        system.rollout.append(
+            make(RolloutWorker, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
+                 replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
+                 index=i, seed=seed)
+        )
+
+    # Imagination workers: sample start states from "real", write model rollouts to "imagined";
+    # poll "policy" and "world_model" from the store.
+    if config.imagination_enabled:
+        device = str(resolve_device(config.imagination.device))
+        for i in range(config.imagination.num_workers):
+            seed = config.seed + SEED_IMAGINATION + 100 * i
+            system.imagination.append(
+                make(ImaginationWorker, f"imagination-{i}", config.imagination.num_cpus, config.imagination,
+                     replay_client(seed), WeightsClient(system.store, "policy"),
+                     WeightsClient(system.store, "world_model"),
+                     partial(policy_factory, seed=seed, device=device),
+                     partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model, seed=seed, device=device),
+                     index=i, local=local)
+            )
+
+    # Evaluators: receive the policy weights to evaluate from the driver (taken from the store at each mark).
+    for i in range(config.eval.num_workers):
+        seed = config.seed + SEED_EVAL + 100 * i
+        system.evaluators.append(
+            make(Evaluator, f"evaluator-{i}", config.eval.num_cpus, config.env, partial(policy_factory, seed=seed),
+                 seed=seed)
+        )
+    return system
+
+
+def kill_system(system: System) -> None:
+    """End every actor of the run (Ray) or close every in-process role."""
+    if system.local:
+        return
+    import ray
+
+    for handle in system.actors():
+        if handle is not None:
+            try:
+                ray.kill(handle)
+            except Exception:  # already dead
+                pass

@@ -1,0 +1,98 @@
+import numpy as np
+import pytest
+
+from actors.envs import EnvConfig
+from actors.rollout import RANDOM_POLICY_VERSION, ChunkBuilder, RolloutConfig, RolloutWorker
+from tests.conftest import StaticWeights
+
+
+class ConstantPolicy:
+    def __init__(self):
+        self.loaded = None
+
+    def load_state(self, state):
+        self.loaded = state
+
+    def act(self, obs, deterministic=False):
+        return np.full((obs.shape[0], 1), 0.5, dtype=np.float32)
+
+
+def make_worker(replay, weights=None, **overrides):
+    config = RolloutConfig(**{"envs_per_worker": 2, "chunk_length": 10, "warmup_steps": 0, **overrides})
+    env = EnvConfig("InvertedPendulum-v5", max_episode_steps=7)
+    return RolloutWorker(env, config, replay, weights or StaticWeights(), ConstantPolicy, index=3, seed=1)
+
+
+def test_chunk_builder_is_slot_major():
+    builder = ChunkBuilder(length=3, num_envs=2, obs_shape=(1,), action_shape=(1,))
+    for t in range(3):
+        builder.add(obs=np.array([[t], [10 + t]]), step=np.array([t, 10 + t]))
+    chunk = builder.take(writer_id=5, first_seq=100)
+    assert chunk["obs"][:, 0].tolist() == [0, 1, 2, 10, 11, 12]
+    assert chunk["seq"].tolist() == list(range(100, 106))
+    assert set(chunk["writer_id"]) == {5}
+    assert builder.t == 0
+
+
+def test_chunks_have_fixed_size_and_rows_are_consistent(recording_replay):
+    worker = make_worker(recording_replay)
+    report = worker.run(60)
+    assert report["env_steps"] == 60
+    assert all(len(c["obs"]) == 20 for _, c, _ in recording_replay.chunks)
+    rows = recording_replay.rows()
+    assert len(rows["obs"]) == 60
+    assert np.all(np.diff(rows["seq"]) == 1)
+    # Within each slot's run of rows, next_obs[t] == obs[t+1] unless the episode ended at t.
+    for start in range(0, 60, 10):
+        sl = slice(start, start + 10)
+        obs, nxt = rows["obs"][sl], rows["next_obs"][sl]
+        ended = rows["terminated"][sl] | rows["truncated"][sl]
+        same_episode = rows["episode_id"][sl][1:] == rows["episode_id"][sl][:-1]
+        np.testing.assert_array_equal(same_episode, ~ended[:-1])
+        np.testing.assert_allclose(nxt[:-1][~ended[:-1]], obs[1:][~ended[:-1]])
+
+
+def test_truncation_and_termination_stay_separate(recording_replay):
+    worker = make_worker(recording_replay)
+    report = worker.run(200)
+    rows = recording_replay.rows()
+    assert (rows["truncated"] & ~rows["terminated"]).any(), "time limit of 7 steps must truncate some episodes"
+    assert (rows["terminated"] & ~rows["truncated"]).any(), "random actions must topple the pendulum sometimes"
+    # A truncated row keeps the true final observation, not the reset observation of the next episode.
+    trunc = np.flatnonzero(rows["truncated"])
+    assert np.all(rows["step"][trunc] == 6)
+    assert all(length <= 7 for _, length in report["episodes"])
+    # Each episode id holds one unbroken run of steps 0, 1, 2, ... (ids never shared between slots).
+    for episode in np.unique(rows["episode_id"]):
+        steps = rows["step"][rows["episode_id"] == episode]
+        assert steps.tolist() == list(range(len(steps)))
+
+
+def test_warmup_is_random_then_policy_with_its_version(recording_replay):
+    weights = StaticWeights(state={"w": 1}, version=4)
+    worker = make_worker(recording_replay, weights, warmup_steps=20)
+    worker.run(60)
+    rows = recording_replay.rows()
+    versions = rows["policy_version"].reshape(3, 2, 10).transpose(0, 2, 1).reshape(-1)  # back to time order
+    assert np.all(versions[:20] == RANDOM_POLICY_VERSION)
+    assert np.all(versions[20:] == 4)
+    assert np.allclose(rows["action"][rows["policy_version"] == 4], 0.5)
+
+
+def test_no_policy_yet_keeps_acting_randomly(recording_replay):
+    worker = make_worker(recording_replay, StaticWeights(state=None))
+    worker.run(20)
+    assert np.all(recording_replay.rows()["policy_version"] == RANDOM_POLICY_VERSION)
+
+
+def test_close_flushes_partial_chunk(recording_replay):
+    worker = make_worker(recording_replay)
+    worker.run(6)
+    assert recording_replay.chunks == []
+    worker.close()
+    assert len(recording_replay.chunks[0][1]["obs"]) == 6 and recording_replay.flushed == 1
+
+
+def test_config_validation_names_the_key():
+    with pytest.raises(ValueError, match=r"rollout.chunk_length=0: expected an integer >= 1"):
+        RolloutConfig(chunk_length=0)

@@ -1,0 +1,43 @@
+"""Shared fixtures: fakes for the replay and weights edges, so that roles are tested as plain classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+class RecordingReplay:
+    """Stands in for ReplayClient on the insert side: keeps every chunk."""
+
+    def __init__(self):
+        self.chunks: list[tuple[str, dict, int]] = []
+        self.flushed = 0
+
+    def insert(self, table, chunk, writer_id):
+        self.chunks.append((table, {k: v.copy() for k, v in chunk.items()}, writer_id))
+
+    def flush(self, timeout=None):
+        self.flushed += 1
+
+    def rows(self, table="real") -> dict[str, np.ndarray]:
+        chunks = [c for t, c, _ in self.chunks if t == table]
+        return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+class StaticWeights:
+    """Stands in for WeightsClient: hands out one state once (or never)."""
+
+    def __init__(self, state=None, version=0):
+        self._state, self._version = state, version
+        self.version = -1
+
+    def poll(self):
+        if self._state is None or self.version == self._version:
+            return None
+        self.version = self._version
+        return self._state
+
+
+@pytest.fixture
+def recording_replay():
+    return RecordingReplay()

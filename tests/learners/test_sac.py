@@ -1,0 +1,229 @@
+"""SAC learner and policy: Bellman targets, learning signal, entropy tuning, checkpoints, acting."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from learners import Policy, PolicyConfig, SACLearner
+
+O, A = 3, 2
+LOW, HIGH = np.array([-2.0, 0.0]), np.array([2.0, 1.0])
+SMALL = dict(hidden_sizes=(32, 32), device="cpu")
+
+
+def make_learner(seed=0, **overrides):
+    return SACLearner(O, A, LOW, HIGH, PolicyConfig(**{**SMALL, **overrides}), seed=seed)
+
+
+def make_batch(rows=64, seed=0, **columns):
+    rng = np.random.default_rng(seed)
+    batch = {
+        "obs": rng.normal(size=(rows, O)).astype(np.float32),
+        "action": rng.uniform(LOW, HIGH, size=(rows, A)).astype(np.float32),
+        "reward": rng.normal(size=rows).astype(np.float32),
+        "next_obs": rng.normal(size=(rows, O)).astype(np.float32),
+        "terminated": np.zeros(rows, dtype=bool),
+        "truncated": np.zeros(rows, dtype=bool),
+        "episode_id": np.arange(rows, dtype=np.int64),
+    }
+    batch.update(columns)
+    return batch
+
+
+METRICS = {"critic_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "q_mean", "critic_grad_norm",
+           "actor_grad_norm"}
+
+
+def test_update_metrics_and_counters():
+    learner = make_learner()
+    metrics = learner.update(make_batch())
+    assert set(metrics) == METRICS
+    assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
+    assert learner.num_updates == 1 and learner.nonfinite_streak == 0
+
+
+def test_critic_loss_drops_on_a_fixed_batch():
+    learner = make_learner(critic_lr=3e-3)
+    batch = make_batch()
+    batch["reward"] = 2.0 * batch["obs"][:, 0]
+    losses = [learner.update(batch)["critic_loss"] for _ in range(50)]
+    assert np.mean(losses[-5:]) < 0.25 * losses[0]
+
+
+def test_q_ranks_high_reward_state_above_low_reward_state():
+    learner = make_learner(critic_lr=1e-3)
+    rows = 64
+    obs = np.zeros((rows, O), dtype=np.float32)
+    obs[: rows // 2, 0], obs[rows // 2:, 0] = 1.0, -1.0
+    reward = np.where(obs[:, 0] > 0, 1.0, -1.0).astype(np.float32)
+    batch = make_batch(rows, obs=obs, reward=reward, next_obs=obs)
+    tensors = learner._tensors(batch)
+    @torch.no_grad()
+    def gap():
+        q = learner._q(learner.critic, tensors["obs"], tensors["action"]).mean(0)
+        return float(q[: rows // 2].mean() - q[rows // 2:].mean())
+    before = gap()
+    for _ in range(100):
+        learner.update(batch)
+    assert gap() > before + 1.0
+
+
+def test_terminated_rows_do_not_bootstrap_truncated_rows_do():
+    learner = make_learner()
+    rows = 16
+    flags = np.ones(rows, dtype=bool)
+    def targets(**columns):
+        learner._generator.manual_seed(123)
+        return learner._targets(learner._tensors(make_batch(rows, **columns)))
+    plain = targets()
+    truncated = targets(truncated=flags)
+    terminated = targets(terminated=flags)
+    reward = torch.from_numpy(make_batch(rows)["reward"])
+    torch.testing.assert_close(truncated, plain)
+    torch.testing.assert_close(terminated, reward)
+    assert (plain - reward).abs().min() > 1e-3
+
+
+def test_target_uses_min_over_critics_and_soft_value():
+    learner = make_learner(num_critics=3)
+    tensors = learner._tensors(make_batch(8))
+    learner._generator.manual_seed(7)
+    target = learner._targets(tensors)
+    learner._generator.manual_seed(7)
+    with torch.no_grad():
+        next_action, next_log_prob = learner.actor(tensors["next_obs"], generator=learner._generator)
+        next_q = learner._q(learner.target_critic, tensors["next_obs"], next_action)
+    assert next_q.shape == (3, 8)
+    expected = tensors["reward"] + 0.99 * (next_q.min(0).values - learner.alpha * next_log_prob)
+    torch.testing.assert_close(target, expected)
+
+
+@pytest.mark.parametrize("target_entropy, direction", [(100.0, 1), (-100.0, -1)])
+def test_alpha_moves_toward_entropy_target(target_entropy, direction):
+    learner = make_learner(target_entropy=target_entropy, alpha_lr=1e-2)
+    before = learner.alpha
+    for _ in range(3):
+        learner.update(make_batch())
+    assert direction * (learner.alpha - before) > 0
+
+
+def test_target_critic_tracks_critic_by_polyak_averaging():
+    learner = make_learner(tau=0.5)
+    target_before = [p.clone() for p in learner.target_critic.parameters()]
+    learner.update(make_batch())
+    for old, new, online in zip(target_before, learner.target_critic.parameters(), learner.critic.parameters()):
+        torch.testing.assert_close(new, 0.5 * old + 0.5 * online)
+
+
+def test_nonfinite_loss_skips_the_step():
+    learner = make_learner()
+    before = {k: v.clone() for k, v in learner.actor.state_dict().items()}
+    bad = make_batch(reward=np.full(64, np.nan, dtype=np.float32))
+    for streak in (1, 2):
+        metrics = learner.update(bad)
+        assert metrics["skipped"] == 1.0 and learner.nonfinite_streak == streak
+    assert learner.num_updates == 0
+    for key, value in learner.actor.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    assert "skipped" not in learner.update(make_batch())
+    assert learner.nonfinite_streak == 0 and learner.num_updates == 1
+
+
+def test_bad_batch_shapes_are_reported():
+    learner = make_learner()
+    with pytest.raises(ValueError, match=r"batch\['obs'\] has shape \(64, 5\), expected \(N, 3\)"):
+        learner.update(make_batch(obs=np.zeros((64, 5), dtype=np.float32)))
+    batch = make_batch()
+    del batch["truncated"]
+    with pytest.raises(KeyError, match="truncated"):
+        learner.update(batch)
+
+
+def test_state_dict_round_trip_with_weights_only(tmp_path):
+    learner = make_learner(seed=0)
+    batch = make_batch()
+    for _ in range(3):
+        learner.update(batch)
+    path = tmp_path / "sac.pt"
+    torch.save(learner.state_dict(), path)
+    restored = make_learner(seed=1)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    obs = torch.from_numpy(batch["obs"])
+    with torch.no_grad():
+        expected = learner.actor(obs, deterministic=True)[0]
+        torch.testing.assert_close(restored.actor(obs, deterministic=True)[0], expected)
+    assert restored.num_updates == 3 and restored.alpha == learner.alpha
+    assert restored.update(batch) == learner.update(batch)
+
+
+def test_policy_act_shapes_bounds_and_reproducibility():
+    learner = make_learner()
+    policy = Policy(O, A, LOW, HIGH, SMALL["hidden_sizes"], seed=5)
+    policy.load_state(learner.policy_state())
+    assert all(v.device.type == "cpu" for v in learner.policy_state().values())
+    obs = np.random.default_rng(0).normal(size=(1000, O)).astype(np.float32) * 10
+    actions = policy.act(obs)
+    assert actions.shape == (1000, A) and actions.dtype == np.float32
+    assert (actions >= LOW).all() and (actions <= HIGH).all()
+    assert policy.act(obs[0]).shape == (A,)
+    np.testing.assert_array_equal(policy.act(obs, deterministic=True), policy.act(obs, deterministic=True))
+    with torch.no_grad():
+        expected = learner.actor(torch.from_numpy(obs), deterministic=True)[0].numpy()
+    np.testing.assert_allclose(policy.act(obs, deterministic=True), expected, rtol=1e-6)
+    same_seed = Policy(O, A, LOW, HIGH, SMALL["hidden_sizes"], seed=5)
+    same_seed.load_state(learner.policy_state())
+    fresh = Policy(O, A, LOW, HIGH, SMALL["hidden_sizes"], seed=5)
+    fresh.load_state(learner.policy_state())
+    np.testing.assert_array_equal(same_seed.act(obs), fresh.act(obs))
+    assert not np.array_equal(same_seed.act(obs), same_seed.act(obs))
+    tensor_actions = policy.act_tensor(torch.from_numpy(obs), deterministic=True)
+    assert tensor_actions.shape == (1000, A)
+
+
+def test_policy_rejects_wrong_obs_shape():
+    policy = Policy(O, A, LOW, HIGH, (8,))
+    with pytest.raises(ValueError, match=r"obs has shape \(4, 5\), expected \(N, 3\)"):
+        policy.act(np.zeros((4, 5)))
+    with pytest.raises(ValueError, match=r"obs has shape \(4,\), expected \(N, 3\)"):
+        policy.act_tensor(torch.zeros(4))
+
+
+def test_log_prob_matches_change_of_variables():
+    learner = make_learner()
+    obs = torch.randn(4096, O)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        action, log_prob = learner.actor(obs[:1].expand(4096, O), generator=generator)
+    scale = torch.as_tensor((HIGH - LOW) / 2, dtype=torch.float32)
+    bias = torch.as_tensor((HIGH + LOW) / 2, dtype=torch.float32)
+    with torch.no_grad():
+        mean, log_std = learner.actor.trunk(obs[:1]).chunk(2, -1)
+        log_std = log_std.clamp(-20, 2)
+        squashed = ((action - bias) / scale).clamp(-1 + 1e-6, 1 - 1e-6)
+        pre_tanh = torch.atanh(squashed)
+        normal = torch.distributions.Normal(mean, log_std.exp())
+        expected = (normal.log_prob(pre_tanh) - torch.log(scale * (1 - squashed.pow(2)))).sum(-1)
+    torch.testing.assert_close(log_prob, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("gamma", 1.5, "policy.gamma=1.5: expected 0 < gamma <= 1"),
+    ("tau", 0.0, "policy.tau=0.0: expected 0 < tau <= 1"),
+    ("real_ratio", -0.1, "policy.real_ratio=-0.1: expected 0 <= real_ratio <= 1"),
+    ("num_critics", 1, "policy.num_critics=1: expected num_critics >= 2"),
+    ("hidden_sizes", (), "policy.hidden_sizes=()"),
+    ("actor_lr", 0.0, "policy.actor_lr=0.0"),
+    ("batch_size", 0, "policy.batch_size=0"),
+    ("device", "gpu", "policy.device='gpu'"),
+])
+def test_policy_config_validation(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        PolicyConfig(**{field: value})
+
+
+def test_policy_config_accepts_list_hidden_sizes():
+    config = PolicyConfig(hidden_sizes=[64, 64])
+    assert config.hidden_sizes == (64, 64)
+    assert dataclasses.replace(config, gamma=0.9).gamma == 0.9
