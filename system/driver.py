@@ -20,6 +20,12 @@ from system.run_dir import RunDir
 from system.wiring import System
 
 
+CONSUMERS = ("policy", "world_model", "imagination")
+"""Roles that consume replay at a configured ratio (and so drain once the env-step budget is collected)."""
+DRAIN_TIMEOUT_S = 120.0
+"""Longest wait for the consumers to finish what their ratios owe at the end of the budget."""
+
+
 class RoleError(RuntimeError):
     """A role failed; the message names the role and the cause."""
 
@@ -126,19 +132,25 @@ class Driver:
             self._episode_returns.append(episode_return)
         self._episodes += len(report["episodes"])
         self._latest["rollout"] = {"policy_version_acting": report["policy_version"]}
-        while self.env_steps >= self._next_eval:
+        while self.env_steps >= self._next_eval and self._next_eval < self.config.run.total_env_steps:
             self._request_eval(self._next_eval)
             self._next_eval += self.config.eval.every_steps
         self._submit_rollout(call.index)
 
+    def _keep_going(self, progress: int) -> bool:
+        """Resubmit a consumer of replay unless stopping, or draining and its rate limiter admits nothing more."""
+        if self._stop_reason:
+            return False
+        return not (self._draining() and progress == 0)
+
     def _on_policy(self, call: _Call, report: dict[str, Any]) -> None:
         self._latest.setdefault("policy", {}).update(report)
-        if not self._stop_reason:
+        if self._keep_going(report["updates"]):
             self._submit_learner("policy")
 
     def _on_world_model(self, call: _Call, report: dict[str, Any]) -> None:
         self._latest.setdefault("world_model", {}).update(report)
-        if not self._stop_reason:
+        if self._keep_going(report["updates"]):
             self._submit_learner("world_model")
 
     def _on_imagination(self, call: _Call, report: dict[str, Any]) -> None:
@@ -146,7 +158,7 @@ class Driver:
         total["transitions"] += report["transitions"]
         total["horizon"] = report["horizon"]
         total["model_version"] = report["model_version"]
-        if not self._stop_reason:
+        if self._keep_going(report["rollouts"] + report["skipped_starts"]):
             self._submit_imagination(call.index)
 
     def _on_eval_weights(self, call: _Call, latest: tuple[int, list] | None) -> None:
@@ -229,6 +241,13 @@ class Driver:
     def _rollouts_done(self) -> bool:
         return not any(c.kind == "rollout" for c in self._inflight.values())
 
+    def _draining(self) -> bool:
+        """The budget is collected: learners and imagination finish the updates their ratios still owe."""
+        return self.env_steps >= self.config.run.total_env_steps and self._rollouts_done()
+
+    def _consumers_busy(self) -> bool:
+        return any(c.kind in CONSUMERS for c in self._inflight.values())
+
     def _evals_done(self) -> bool:
         return not any(c.kind in ("eval", "eval_weights") for c in self._inflight.values())
 
@@ -240,17 +259,22 @@ class Driver:
     def run(self) -> Summary:
         self._start_roles()
         budget = self.config.run.total_env_steps
+        drain_started = 0.0
         while True:
             self._pump(timeout=0.1)
             self._check_startup()
             self._maybe_report()
             if self._stop_reason:
                 break
-            if self.env_steps >= budget and self._rollouts_done():
-                if self._last_eval_mark < self.env_steps:
-                    self._request_eval(self.env_steps)
-                elif self._evals_done():
-                    self._stop_reason = f"env-step budget of {budget} reached"
+            if not self._draining():
+                continue
+            drain_started = drain_started or time.monotonic()
+            if self._consumers_busy() and time.monotonic() - drain_started < DRAIN_TIMEOUT_S:
+                continue
+            if self._last_eval_mark < self.env_steps:
+                self._request_eval(self.env_steps)
+            elif self._evals_done():
+                self._stop_reason = f"env-step budget of {budget} reached"
         return self._finish()
 
     def _check_startup(self) -> None:
@@ -264,8 +288,7 @@ class Driver:
     def _finish(self) -> Summary:
         """Let in-flight learner calls end (they return within one report interval), then checkpoint."""
         deadline = time.monotonic() + 3 * self.config.run.report_interval_s + 30
-        keep = {"policy", "world_model", "imagination"}
-        while any(c.kind in keep for c in self._inflight.values()) and time.monotonic() < deadline:
+        while self._consumers_busy() and time.monotonic() < deadline:
             self._pump(timeout=0.2)
         self.checkpoint()
         self._maybe_report(force=True)

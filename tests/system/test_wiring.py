@@ -1,0 +1,60 @@
+"""The same factories as a real run, in one process: every edge carries data, every ratio holds."""
+
+import numpy as np
+import pytest
+
+from actors.envs import probe_env
+from system.config import load_config
+from system.wiring import build_system, real_table_limiters
+
+
+@pytest.fixture
+def config():
+    return load_config(["debug"], ["world_model.publish_every=20", "replay.insert_timeout_s=5",
+                                   "replay.sample_timeout_s=5"])
+
+
+def total(shards, table):
+    return sum(s.wrapped.size(table) for s in shards)
+
+
+def test_every_edge_carries_data_in_process(config):
+    spec = probe_env(config.env)
+    system = build_system(config, spec, local=True)
+    rollout, policy, model = system.rollout[0].wrapped, system.policy.wrapped, system.world_model.wrapped
+    imagination = system.imagination[0].wrapped
+
+    # rollout -> real (warm-up inserts are never held back)
+    rollout.run(300)
+    assert total(system.shards, "real") == 300
+
+    # real -> learners, bounded by their rate limiters' error buffers; learners -> store
+    policy_report = policy.run(max_seconds=30)
+    model_report = model.run(max_seconds=30)
+    error_steps = config.replay.error_buffer_steps
+    assert policy_report["total_updates"] == pytest.approx(config.policy.updates_per_step * error_steps, rel=0.1)
+    assert model_report["total_updates"] == pytest.approx(config.world_model.updates_per_step * error_steps, rel=0.1)
+    versions = system.store.wrapped.versions()
+    assert versions["policy"] >= 1 and versions["world_model"] >= 1
+
+    # real start states + both weights -> imagination -> imagined
+    report = imagination.run(env_steps=300, max_seconds=30)
+    assert report["model_version"] >= 1 and report["policy_version"] >= 1
+    assert report["transitions"] > 0 and total(system.shards, "imagined") == report["transitions"]
+
+    # store -> rollout: the policy acts, rows carry its version
+    rollout.run(100)
+    rows = system.shards[0].wrapped.sample("real", 2000)
+    assert (rows["policy_version"] >= 1).any()
+
+
+def test_rate_limiter_ratios_come_from_config(config):
+    limiters = real_table_limiters(config)
+    n_real = round(config.policy.batch_size * config.policy.real_ratio)
+    assert limiters["policy"] == (config.policy.updates_per_step * n_real, config.policy.learning_starts)
+    assert limiters["world_model"][0] == config.world_model.updates_per_step * config.world_model.batch_size
+    assert limiters["imagination"][0] == config.imagination.starts_per_step
+
+    model_free = load_config(["debug", "model_free"])
+    assert set(real_table_limiters(model_free)) == {"policy"}
+    assert real_table_limiters(model_free)["policy"][0] == model_free.policy.updates_per_step * model_free.policy.batch_size
