@@ -21,7 +21,7 @@ def test_default_preset_is_inverted_pendulum():
 
 def test_presets_merge_in_order_then_overrides():
     config = load_config(["debug", "model_free"], ["policy.batch_size=32", "seed=7", "policy.hidden_sizes=[8, 8]"])
-    assert config.run.total_env_steps == 1500  # from debug
+    assert config.run.total_env_steps == 2000  # from debug
     assert not config.imagination_enabled  # from model_free
     assert config.policy.batch_size == 32 and config.seed == 7
     assert config.policy.hidden_sizes == (8, 8)
