@@ -6,6 +6,11 @@ calls get ``timeout=0`` and the client retries with a short backoff; on Ray each
 ``config.long_poll_s`` and the client retries "not now" answers until its own deadline.
 
 A client may be shared by threads (inserts and samples are guarded separately), but one per role is the norm.
+
+Row keys across shards: a shard's row key (its table's insert counter when the row was written) is made unique
+over the client's ``K`` shards as ``key = local_key * K + shard``, ``shard`` being the shard's position in the
+client's shard list; :meth:`ReplayClient.update_priorities` decodes ``shard = key % K`` and
+``local_key = key // K``. Keys are only meaningful to a client with the same shard list.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from replay.config import ReplayConfig
+from replay.table import KEY_COLUMN
 from system.handles import get, wait
 
 __all__ = ["PendingSample", "ReplayClient", "ReplayTimeout"]
@@ -28,6 +34,8 @@ SIZE_REFRESH_S = 0.5
 _BACKOFF_MIN_S = 0.001
 _BACKOFF_MAX_S = 0.02
 _DIAGNOSE_TIMEOUT_S = 5.0
+MAX_INFLIGHT_PRIORITY_UPDATES = 64
+"""Priority-update calls a client keeps unacknowledged before :meth:`ReplayClient.update_priorities` waits."""
 
 
 class ReplayTimeout(RuntimeError):
@@ -105,6 +113,8 @@ class ReplayClient:
         self._sizes: dict[str, list[int | None]] = {}
         self._size_refresh: dict[str, list[Any]] = {}
         self._size_refreshed_at: dict[str, float] = {}
+        self._priority_lock = threading.Lock()
+        self._priority_refs: list[Any] = []
 
     @property
     def num_shards(self) -> int:
@@ -216,24 +226,137 @@ class ReplayClient:
 
     # ----------------------------------------------------------------------------------------------- samples
 
-    def submit_sample(self, table: str, n: int, consumer: str | None = None) -> PendingSample:
-        """Start sampling ``n`` rows, split over shards in proportion to their last known sizes.
+    def submit_sample(
+        self,
+        table: str,
+        n: int,
+        consumer: str | None = None,
+        with_keys: bool = False,
+        sequence_length: int | None = None,
+    ) -> PendingSample:
+        """Start sampling ``n`` rows (or ``n`` sequences), split over shards in proportion to their last known sizes.
 
         The split rounds the proportional quotas systematically (each shard gets the floor or the ceiling of
         its quota, and exactly its quota in expectation); shards known to be empty get no rows unless all are,
         then the split is even. When some shard size is not known yet this makes one blocking :meth:`sizes`
         call; later sizes are refreshed asynchronously every :data:`SIZE_REFRESH_S`.
+
+        Args:
+            with_keys: add columns ``key`` (int64, unique over shards, see the module docstring) and ``weight``
+                (float32 importance weights, 1 on uniform tables), for :meth:`update_priorities`.
+            sequence_length: sample ``n`` sequences of this many rows with
+                :meth:`replay.shard.ReplayShard.sample_sequences` instead; columns are ``(n, length, ...)``, parts
+                concatenated along axis 0. Not combinable with ``with_keys``.
         """
         n = int(n)
         if n < 1:
             raise ValueError(f"sample size must be >= 1, got {n}")
+        if sequence_length is not None:
+            if isinstance(sequence_length, bool) or not isinstance(sequence_length, (int, np.integer)):
+                raise ValueError(f"sequence_length must be an int or None, got {sequence_length!r}")
+            if sequence_length < 1:
+                raise ValueError(f"sequence_length must be >= 1, got {sequence_length}")
+            if with_keys:
+                raise ValueError("with_keys=True is not supported with sequence_length: sequences carry no keys")
+            sequence_length = int(sequence_length)
         counts = self._split(n, self._known_sizes(table))
         parts = [(shard, int(count)) for shard, count in enumerate(counts) if count > 0]
-        return PendingSample(self, table, n, consumer, parts)
+        return PendingSample(self, table, n, consumer, parts, bool(with_keys), sequence_length)
 
-    def sample(self, table: str, n: int, consumer: str | None = None) -> dict[str, np.ndarray]:
-        """Sample ``n`` rows (blocking): ``submit_sample(table, n, consumer).result()``."""
-        return self.submit_sample(table, n, consumer).result()
+    def sample(
+        self,
+        table: str,
+        n: int,
+        consumer: str | None = None,
+        with_keys: bool = False,
+        sequence_length: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Sample ``n`` rows or sequences (blocking): ``submit_sample(...).result()``."""
+        return self.submit_sample(table, n, consumer, with_keys, sequence_length).result()
+
+    # ------------------------------------------------------------------------------------------- priorities
+
+    def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray) -> None:
+        """Send new priorities for sampled rows to their shards without waiting for them to be applied.
+
+        ``keys`` are the ``key`` column of a ``with_keys`` sample from this client; each goes to shard
+        ``key % K`` as ``key // K``. Keys of rows evicted since are ignored by the shards. The calls are
+        fire-and-forget: their refs are kept (at most :data:`MAX_INFLIGHT_PRIORITY_UPDATES`; past that this
+        waits for the oldest) and reaped without blocking on every call, so an error of an earlier update (an
+        unknown table, a dead shard) is raised by a later :meth:`update_priorities` or by
+        :meth:`flush_priorities`.
+
+        Raises:
+            ValueError: keys and priorities are not 1-D of one length, a key is negative, or a priority is
+                negative or not finite; nothing is sent then.
+            ReplayTimeout: the oldest update was not acknowledged within ``config.insert_timeout_s``.
+        """
+        keys = np.asarray(keys)
+        priorities = np.asarray(priorities)
+        if keys.ndim != 1 or priorities.shape != keys.shape:
+            raise ValueError(
+                f"update_priorities needs 1-D keys and priorities of the same length, got shapes {keys.shape} "
+                f"and {priorities.shape}"
+            )
+        if keys.size and keys.dtype.kind not in "iu":
+            raise ValueError(f"keys must be integers from a with_keys sample, got dtype {keys.dtype}")
+        if keys.size and keys.min() < 0:
+            first = int(np.flatnonzero(keys < 0)[0])
+            raise ValueError(f"keys must be >= 0 (from a with_keys sample), got keys[{first}] = {int(keys[first])}")
+        if priorities.size and priorities.dtype.kind not in "biuf":
+            raise ValueError(f"priorities must be numbers, got dtype {priorities.dtype}")
+        priorities = priorities.astype(np.float64)
+        bad = ~np.isfinite(priorities) | (priorities < 0)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"priorities must be finite and >= 0; {int(bad.sum())} of {len(priorities)} are not, e.g. "
+                f"priorities[{first}] = {float(priorities[first])!r}; nothing was sent"
+            )
+        keys = keys.astype(np.int64)
+        k = len(self._shards)
+        shards = keys % k
+        with self._priority_lock:
+            self._reap_priorities(MAX_INFLIGHT_PRIORITY_UPDATES - 1)
+            for shard in np.unique(shards).tolist():
+                mine = shards == shard
+                ref = self._shards[shard].update_priorities.remote(table, keys[mine] // k, priorities[mine])
+                self._priority_refs.append(ref)
+
+    def flush_priorities(self, timeout: float | None = None) -> None:
+        """Block until every priority update sent is applied, raising the first error of any of them.
+
+        Raises:
+            ReplayTimeout: updates still unacknowledged after ``timeout`` (default ``config.insert_timeout_s``).
+        """
+        with self._priority_lock:
+            self._reap_priorities(0, timeout)
+
+    def _reap_priorities(self, max_left: int, timeout: float | None = None) -> None:
+        """Drop acknowledged priority updates (raising an error one of them had), then wait for the oldest ones
+        until at most ``max_left`` are in flight. Call with ``_priority_lock`` held."""
+        if not self._priority_refs:
+            return
+        ready, _ = wait(self._priority_refs, num_returns=len(self._priority_refs), timeout=0.0)
+        self._collect_priorities(ready)
+        excess = len(self._priority_refs) - max_left
+        if excess > 0:
+            timeout = self.config.insert_timeout_s if timeout is None else float(timeout)
+            oldest = self._priority_refs[:excess]
+            ready, _ = wait(oldest, num_returns=excess, timeout=timeout)
+            self._collect_priorities(ready)
+            if len(ready) < excess:
+                raise ReplayTimeout(
+                    f"{len(self._priority_refs)} priority update(s) in flight, {excess - len(ready)} of the oldest "
+                    f"{excess} not acknowledged after waiting {timeout:.3g} s (shards overloaded or dead?)"
+                )
+
+    def _collect_priorities(self, ready: list[Any]) -> None:
+        """Forget the answered update refs in ``ready`` one by one, raising the first error among them (the refs
+        after it stay, so their errors surface on a later call)."""
+        for ref in ready:
+            self._priority_refs.remove(ref)
+            get(ref)
 
     def sizes(self, table: str) -> list[int]:
         """Rows of ``table`` in every shard (blocking)."""
@@ -278,14 +401,28 @@ class ReplayClient:
         edges = np.floor(np.concatenate(([0.0], quotas)) + self._rng.random())
         return np.diff(edges).astype(np.int64)
 
-    def _submit_sample(self, table: str, part: _SamplePart, consumer: str | None) -> Any:
+    def _submit_sample(
+        self, table: str, part: _SamplePart, consumer: str | None, with_keys: bool, sequence_length: int | None
+    ) -> Any:
         timeout = 0.0 if part.refused < len(self._shards) else self._call_timeout
-        return self._shards[part.shard].sample.remote(table, part.n, consumer, timeout=timeout)
+        handle = self._shards[part.shard]
+        if sequence_length is not None:
+            return handle.sample_sequences.remote(table, part.n, sequence_length, consumer, timeout=timeout)
+        if with_keys:
+            return handle.sample.remote(table, part.n, consumer, timeout=timeout, with_keys=True)
+        return handle.sample.remote(table, part.n, consumer, timeout=timeout)
 
     def _sample_timeout_message(
-        self, table: str, n: int, consumer: str | None, waited: float, waiting: list[_SamplePart]
+        self,
+        table: str,
+        n: int,
+        consumer: str | None,
+        waited: float,
+        waiting: list[_SamplePart],
+        sequence_length: int | None = None,
     ) -> str:
-        head = f"sample of {n} rows from table {table!r} for consumer {consumer!r} timed out after {waited:.3g} s"
+        what = f"{n} rows" if sequence_length is None else f"{n} sequences of {sequence_length} rows"
+        head = f"sample of {what} from table {table!r} for consumer {consumer!r} timed out after {waited:.3g} s"
         try:
             stats = get([self._shards[p.shard].stats.remote() for p in waiting], timeout=_DIAGNOSE_TIMEOUT_S)
         except Exception as exc:
@@ -309,6 +446,11 @@ class ReplayClient:
                     )
             elif table_stats["size"] == 0:
                 reasons.append(f"{where}: table {table!r} is empty (no inserts arriving)")
+            elif sequence_length is not None:
+                reasons.append(
+                    f"{where}: no valid start for a sequence of {sequence_length} rows among "
+                    f"{table_stats['size']} stored (episodes shorter than that, or interleaved writers?)"
+                )
             else:
                 reasons.append(f"{where}: answered 'not now' with {table_stats['size']} rows stored")
         return f"{head}; " + "; ".join(reasons)
@@ -327,16 +469,30 @@ class PendingSample:
     """
 
     def __init__(
-        self, client: ReplayClient, table: str, n: int, consumer: str | None, parts: Sequence[tuple[int, int]]
+        self,
+        client: ReplayClient,
+        table: str,
+        n: int,
+        consumer: str | None,
+        parts: Sequence[tuple[int, int]],
+        with_keys: bool = False,
+        sequence_length: int | None = None,
     ):
         self._client = client
         self._table = table
         self._n = n
         self._consumer = consumer
+        self._with_keys = with_keys
+        self._sequence_length = sequence_length
         self._parts = [_SamplePart(shard, count, ref=None) for shard, count in parts]
         for part in self._parts:
-            part.ref = client._submit_sample(table, part, consumer)
+            part.ref = self._submit(part)
         self._batch: dict[str, np.ndarray] | None = None
+
+    def _submit(self, part: _SamplePart) -> Any:
+        return self._client._submit_sample(
+            self._table, part, self._consumer, self._with_keys, self._sequence_length
+        )
 
     def _poll(self, wait_s: float) -> bool:
         """Collect answered parts, waiting up to ``wait_s`` for one; return whether any was refused.
@@ -347,7 +503,7 @@ class PendingSample:
         waiting = [p for p in self._parts if p.result is None]
         for part in waiting:
             if part.ref is None:
-                part.ref = self._client._submit_sample(self._table, part, self._consumer)
+                part.ref = self._submit(part)
         by_ref = {p.ref: p for p in waiting}
         refs = list(by_ref)
         ready, _ = wait(refs, num_returns=1 if wait_s > 0 else len(refs), timeout=wait_s)
@@ -361,9 +517,11 @@ class PendingSample:
                 if self._client.local:
                     part.ref = None
                 else:
-                    part.ref = self._client._submit_sample(self._table, part, self._consumer)
+                    part.ref = self._submit(part)
                 refused = True
             else:
+                if self._with_keys:
+                    value[KEY_COLUMN] = value[KEY_COLUMN] * self._client.num_shards + part.shard
                 part.result = value
         return refused
 
@@ -407,7 +565,7 @@ class PendingSample:
                 waiting = [p for p in self._parts if p.result is None]
                 raise ReplayTimeout(
                     client._sample_timeout_message(
-                        self._table, self._n, self._consumer, time.monotonic() - start, waiting
+                        self._table, self._n, self._consumer, time.monotonic() - start, waiting, self._sequence_length
                     )
                 )
             if refused or client.local:

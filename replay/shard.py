@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -177,13 +177,48 @@ class ReplayShard:
             state.cond.notify_all()
             return {"status": "ok", "size": state.table.size}
 
+    @staticmethod
+    def _limiter(state: _TableState, rows: int, consumer: str | None) -> RateLimiter | None:
+        """The consumer's limiter (None when unlimited), after checking it could ever admit ``rows`` rows."""
+        limiter = state.limiters.get(consumer) if consumer is not None else None
+        if limiter is not None:
+            limiter.check_sample(rows)
+        return limiter
+
+    @staticmethod
+    def _admit(
+        state: _TableState, rows: int, limiter: RateLimiter | None, timeout: float, available: Callable[[], bool]
+    ) -> bool:
+        """Wait up to ``timeout`` s until ``available()`` (the table can serve the sample) and the limiter, if
+        any, admits ``rows``; count a refusal. Call with ``state.cond`` held."""
+
+        def ready() -> bool:
+            return available() and (limiter is None or limiter.can_sample(rows))
+
+        if ready() or (timeout > 0 and state.cond.wait_for(ready, timeout)):
+            return True
+        state.samples_waited += 1
+        return False
+
+    @staticmethod
+    def _account(state: _TableState, rows: int, consumer: str | None, limiter: RateLimiter | None) -> None:
+        """Count ``rows`` sampled rows for the table and the consumer; call with ``state.cond`` held."""
+        state.sampled += rows
+        if limiter is not None:
+            limiter.on_sample(rows)
+            state.cond.notify_all()
+        elif consumer is not None:
+            state.unlimited_sampled[consumer] = state.unlimited_sampled.get(consumer, 0) + rows
+
     def sample(
-        self, table: str, n: int, consumer: str | None = None, timeout: float = 0.0
+        self, table: str, n: int, consumer: str | None = None, timeout: float = 0.0, with_keys: bool = False
     ) -> dict[str, np.ndarray] | None:
-        """Draw ``n`` rows uniformly with replacement, or None if not admitted within ``timeout`` seconds.
+        """Draw ``n`` rows with replacement by the table's sampler, or None if not admitted within ``timeout`` s.
 
         A consumer with a limiter waits for it (table at ``min_size``, not ahead of its ratio); any other
-        consumer, or None, waits only for a non-empty table.
+        consumer, or None, waits only for a non-empty table. With ``with_keys`` the batch also has columns
+        ``key`` (int64 row keys of this shard, for :meth:`update_priorities`) and ``weight`` (float32 importance
+        weights; all 1 for a uniform table).
 
         Raises:
             KeyError: unknown table.
@@ -193,29 +228,58 @@ class ReplayShard:
         n = int(n)
         if n < 1:
             raise ValueError(f"sample size must be >= 1, got {n}")
-        limiter = state.limiters.get(consumer) if consumer is not None else None
-        if limiter is not None:
-            limiter.check_sample(n)
-
-            def ready() -> bool:
-                return limiter.can_sample(n)
-        else:
-
-            def ready() -> bool:
-                return state.table.size > 0
-
+        limiter = self._limiter(state, n, consumer)
         with state.cond:
-            if not ready() and not (timeout > 0 and state.cond.wait_for(ready, timeout)):
-                state.samples_waited += 1
+            if not self._admit(state, n, limiter, timeout, lambda: state.table.size > 0):
                 return None
-            batch = state.table.gather(state.table.sample_indices(n, state.rng))
-            state.sampled += n
-            if limiter is not None:
-                limiter.on_sample(n)
-                state.cond.notify_all()
-            elif consumer is not None:
-                state.unlimited_sampled[consumer] = state.unlimited_sampled.get(consumer, 0) + n
+            batch = state.table.sample(n, state.rng, with_keys=with_keys)
+            self._account(state, n, consumer, limiter)
             return batch
+
+    def sample_sequences(
+        self, table: str, n: int, length: int, consumer: str | None = None, timeout: float = 0.0
+    ) -> dict[str, np.ndarray] | None:
+        """Draw ``n`` sequences of ``length`` rows, columns shaped ``(n, length) + spec.shape``, or None.
+
+        Each sequence is ``length`` rows inserted one after another into this shard that are consecutive steps
+        of one episode (see :meth:`replay.table.Table.sample_sequences`); starts are uniform over the valid ones,
+        with replacement. Rate limiting counts ``n * length`` rows. A call waits up to ``timeout`` seconds for
+        the limiter and for at least one valid start, and answers None ("not now") if either is missing.
+
+        Raises:
+            KeyError: unknown table.
+            ValueError: ``n < 1``; ``length`` not in [1, capacity]; the table has no ``episode_id``/``step``
+                columns; or the consumer's limiter could never admit ``n * length`` rows at once.
+        """
+        state = self._state(table)
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"sample size must be >= 1, got {n}")
+        with state.cond:
+            state.table.sequence_starts(length)
+        rows = n * int(length)
+        limiter = self._limiter(state, rows, consumer)
+        with state.cond:
+            if not self._admit(state, rows, limiter, timeout, lambda: state.table.sequence_starts(length) > 0):
+                return None
+            batch = state.table.sample_sequences(n, length, state.rng)
+            self._account(state, rows, consumer, limiter)
+            return batch
+
+    def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray) -> int:
+        """Set the priorities of rows by their keys (the ``key`` column of a ``with_keys`` sample of this shard).
+
+        Keys of rows already evicted (their slot now holds a newer row) are silently ignored; of a key given
+        twice the last priority wins. On a uniform table nothing is updated. Returns the rows updated.
+
+        Raises:
+            KeyError: unknown table.
+            ValueError: keys and priorities are not 1-D of one length, or a priority is negative or not finite;
+                nothing is updated then.
+        """
+        state = self._state(table)
+        with state.cond:
+            return state.table.update_priorities(keys, priorities)
 
     def size(self, table: str) -> int:
         """Rows stored in ``table`` now."""

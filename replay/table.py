@@ -2,14 +2,25 @@
 
 Storage is one preallocated array per column, shape ``(capacity,) + spec.shape``; a chunk of N rows is written
 with at most two slice copies per column. Which slots new rows overwrite is the remover's decision
-(:class:`FifoRemover`), which slots a sample reads is the sampler's (:class:`UniformSampler`); both only see slot
-numbers, so a prioritized sampler can replace the uniform one without touching storage.
+(:class:`FifoRemover`), which slots a sample reads is the sampler's (:class:`UniformSampler` or
+:class:`PrioritizedSampler`, chosen by :attr:`TableConfig.sampler`); both only see slot numbers.
+
+Row keys: every row gets a key, the table's insert counter when the row was written (rows of a chunk get
+consecutive keys, including rows of an oversized chunk that were never stored), so keys are unique and never
+reused. Stored rows are exactly the keys ``[inserted - size, inserted)`` and the newest one sits just before the
+write cursor, so key and slot convert into each other by arithmetic (:meth:`Table.slots_of`,
+:meth:`Table.keys_of`) without a per-slot key array.
+
+Sequences: :meth:`Table.sample_sequences` draws runs of rows that are consecutive steps of one episode and
+consecutive keys (see :class:`_SequenceIndex`).
 
 :class:`Table` is not thread-safe: :class:`replay.shard.ReplayShard` serialises access with one lock per table.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -18,21 +29,50 @@ import numpy as np
 from replay.rate_limiter import RateLimiterConfig
 from replay.schema import ColumnSpec, validate_chunk
 
-__all__ = ["FifoRemover", "Table", "TableConfig", "UniformSampler"]
+__all__ = [
+    "KEY_COLUMN",
+    "SAMPLERS",
+    "WEIGHT_COLUMN",
+    "FifoRemover",
+    "PrioritizedSampler",
+    "SumTree",
+    "Table",
+    "TableConfig",
+    "UniformSampler",
+]
+
+SAMPLERS = ("uniform", "prioritized")
+"""Values of :attr:`TableConfig.sampler`."""
+KEY_COLUMN = "key"
+"""Extra batch column (int64) with each sampled row's key, returned when sampling ``with_keys``."""
+WEIGHT_COLUMN = "weight"
+"""Extra batch column (float32) with each sampled row's importance weight, returned with :data:`KEY_COLUMN`."""
+MAX_CACHED_SEQUENCE_LENGTHS = 4
+"""Sequence lengths whose valid-start index a table maintains at once; the least recently used is dropped."""
+
+
+def _finite_non_negative(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 @dataclass(frozen=True)
 class TableConfig:
-    """One table of a shard: its name, capacity in rows, columns, and per-consumer rate limiters."""
+    """One table of a shard: its name, capacity in rows, columns, per-consumer rate limiters and sampler."""
 
     name: str
     """Table name, e.g. ``"real"`` or ``"imagined"``."""
     capacity: int
     """Rows this table holds in one shard; older rows are evicted first."""
     columns: tuple[ColumnSpec, ...]
-    """Row schema, e.g. :func:`replay.schema.transition_columns`."""
+    """Row schema, e.g. :func:`replay.schema.transition_columns`. ``"key"`` and ``"weight"`` are reserved."""
     limiters: tuple[tuple[str, RateLimiterConfig], ...] = ()
     """``(consumer name, limiter)`` pairs; consumers not listed sample without rate limiting."""
+    sampler: str = "uniform"
+    """``"uniform"`` (with replacement) or ``"prioritized"`` (proportional to ``priority ** priority_exponent``)."""
+    priority_exponent: float = 0.6
+    """Alpha of prioritized replay: ``P(i) = p_i^alpha / sum_j p_j^alpha``; 0 samples uniformly."""
+    importance_exponent: float = 0.4
+    """Beta of prioritized replay, in [0, 1]: weights ``(N * P(i))^-beta``, normalised by the batch maximum."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -45,6 +85,9 @@ class TableConfig:
         names = [c.name for c in columns]
         if len(set(names)) != len(names):
             raise ValueError(f"TableConfig {self.name!r}: duplicate column names in {names}")
+        reserved = sorted({KEY_COLUMN, WEIGHT_COLUMN} & set(names))
+        if reserved:
+            raise ValueError(f"TableConfig {self.name!r}: column names {reserved} are reserved for sampled batches")
         limiters = tuple(self.limiters.items() if isinstance(self.limiters, Mapping) else self.limiters)
         consumers = []
         for pair in limiters:
@@ -56,6 +99,18 @@ class TableConfig:
             consumers.append(pair[0])
         if len(set(consumers)) != len(consumers):
             raise ValueError(f"TableConfig {self.name!r}: duplicate consumer names in limiters {consumers}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"TableConfig {self.name!r}: sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if not _finite_non_negative(self.priority_exponent):
+            raise ValueError(
+                f"TableConfig {self.name!r}: priority_exponent must be a finite number >= 0, "
+                f"got {self.priority_exponent!r}"
+            )
+        if not _finite_non_negative(self.importance_exponent) or self.importance_exponent > 1:
+            raise ValueError(
+                f"TableConfig {self.name!r}: importance_exponent must be a number in [0, 1], "
+                f"got {self.importance_exponent!r}"
+            )
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "limiters", tuple((name, cfg) for name, cfg in limiters))
 
@@ -113,17 +168,212 @@ class UniformSampler:
             raise ValueError("cannot sample from an empty table")
         return rng.integers(0, self.occupied, size=n, dtype=np.int64)
 
+    def weights(self, slots: np.ndarray) -> np.ndarray:
+        """Importance weights of sampled slots: all 1 (the sampling distribution is the uniform one)."""
+        return np.ones(len(slots), dtype=np.float32)
+
+
+class SumTree:
+    """Array-based binary sum tree over ``size`` float64 leaves, for sampling proportional to leaf values.
+
+    The leaf count is rounded up to a power of two ``P``; node ``i`` (1-based) has children ``2i`` and
+    ``2i + 1`` and leaf ``j`` is node ``P + j``, so ``tree[1]`` is the total. Padding leaves stay 0. Parents are
+    always recomputed as the sum of their two children (never adjusted by deltas), so sums carry no drift and a
+    parent is positive exactly when one of its children is. Updates and samples are vectorised over a batch: one
+    numpy operation per tree level, O(batch * log P) work.
+    """
+
+    __slots__ = ("size", "leaves", "depth", "tree")
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"SumTree size must be >= 1, got {size}")
+        self.size = size
+        self.depth = max(0, (size - 1).bit_length())
+        self.leaves = 1 << self.depth
+        self.tree = np.zeros(2 * self.leaves, dtype=np.float64)
+
+    @property
+    def total(self) -> float:
+        """Sum of all leaves."""
+        return float(self.tree[1])
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """Values of the leaves at ``indices``."""
+        return self.tree[np.asarray(indices, dtype=np.int64) + self.leaves]
+
+    def set_range(self, start: int, stop: int, value: float) -> None:
+        """Set leaves ``[start, stop)`` to ``value`` and update their ancestors (contiguous slices per level)."""
+        if not 0 <= start <= stop <= self.size:
+            raise ValueError(f"SumTree range [{start}, {stop}) outside [0, {self.size})")
+        if start == stop:
+            return
+        lo, hi = start + self.leaves, stop + self.leaves
+        self.tree[lo:hi] = value
+        for _ in range(self.depth):
+            lo, hi = lo // 2, (hi - 1) // 2 + 1
+            self.tree[lo:hi] = self.tree[2 * lo : 2 * hi : 2] + self.tree[2 * lo + 1 : 2 * hi : 2]
+
+    def set(self, indices: np.ndarray, values: np.ndarray) -> None:
+        """Set the leaves at distinct ``indices`` to ``values`` and update their ancestors."""
+        nodes = np.asarray(indices, dtype=np.int64) + self.leaves
+        self.tree[nodes] = values
+        tree = self.tree
+        for _ in range(self.depth):
+            nodes >>= 1
+            left = nodes << 1
+            # a parent listed twice is written twice with the same sum, so no deduplication is needed
+            tree[nodes] = tree.take(left) + tree.take(left + 1)
+
+    def find(self, mass: np.ndarray) -> np.ndarray:
+        """Leaf index of each prefix-sum position ``mass`` in ``[0, total)``, descending all of them together.
+
+        At each level a position goes right when it is at least the left child's sum and the right child is
+        non-empty (the guard keeps rounding from ever landing on a zero leaf), subtracting the left sum.
+        """
+        mass = np.array(mass, dtype=np.float64)
+        nodes = np.ones(mass.shape, dtype=np.int64)
+        tree = self.tree
+        for _ in range(self.depth):
+            nodes <<= 1
+            left = tree.take(nodes)
+            right = mass >= left
+            right &= tree.take(nodes + 1) > 0
+            np.subtract(mass, left, out=mass, where=right)
+            nodes += right
+        nodes -= self.leaves
+        return nodes
+
+
+class PrioritizedSampler:
+    """Samples occupied slots with probability proportional to ``priority ** alpha`` (Reverb's Prioritized).
+
+    A :class:`SumTree` over the slots holds ``priority ** alpha``; unoccupied slots hold 0, and an evicted row's
+    slot loses its priority when FIFO eviction overwrites it with the new row. New rows get the largest priority
+    seen so far (a running maximum starting at 1.0, raised by :meth:`update`), so every row is likely to be sampled
+    at least once before its priority is learnt. When every stored priority is 0 the sampler falls back to uniform
+    over occupied slots (weights then all 1).
+
+    Args:
+        capacity: slots of the table.
+        alpha: priority exponent (0 samples uniformly).
+        beta: importance exponent of :meth:`weights`.
+    """
+
+    __slots__ = ("alpha", "beta", "tree", "occupied", "max_priority")
+
+    def __init__(self, capacity: int, alpha: float, beta: float):
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.tree = SumTree(capacity)
+        self.occupied = 0
+        self.max_priority = 1.0
+
+    def on_write(self, start: int, stop: int) -> None:
+        """Slots ``[start, stop)`` now hold new rows: give them the maximum priority."""
+        self.occupied = max(self.occupied, stop)
+        self.tree.set_range(start, stop, self.max_priority**self.alpha)
+
+    def update(self, slots: np.ndarray, priorities: np.ndarray) -> None:
+        """Set the priorities of distinct occupied ``slots`` (finite, >= 0, checked by the caller)."""
+        if len(slots) == 0:
+            return
+        priorities = np.asarray(priorities, dtype=np.float64)
+        self.tree.set(slots, priorities**self.alpha)
+        self.max_priority = max(self.max_priority, float(priorities.max()))
+
+    def priorities(self, slots: np.ndarray) -> np.ndarray:
+        """``priority ** alpha`` of ``slots`` as stored in the tree."""
+        return self.tree.get(slots)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` slots drawn with replacement, each with probability ``tree[slot] / total`` (O(n log capacity))."""
+        if self.occupied == 0:
+            raise ValueError("cannot sample from an empty table")
+        total = self.tree.total
+        if total <= 0:
+            return rng.integers(0, self.occupied, size=n, dtype=np.int64)
+        return self.tree.find(rng.random(n) * total)
+
+    def weights(self, slots: np.ndarray) -> np.ndarray:
+        """Importance weights ``(N * P(i))^-beta / max_batch``, N the occupied slots, as float32.
+
+        Normalising by the largest weight in the batch keeps every weight in (0, 1]. With all priorities 0 the
+        sample was uniform and the weights are all 1.
+        """
+        total = self.tree.total
+        if total <= 0:
+            return np.ones(len(slots), dtype=np.float32)
+        weights = (self.occupied * self.tree.get(slots) / total) ** -self.beta
+        return (weights / weights.max()).astype(np.float32)
+
+
+class _SequenceIndex:
+    """The end keys of valid sequences of one length, kept up to date as rows come and go.
+
+    A sequence of ``length`` rows ending at key ``e`` is valid when row ``e``'s backward chain (consecutive keys
+    that are consecutive steps of one episode, see ``Table._chain``) is at least ``length`` long and its first
+    key ``e - length + 1`` is still stored. Ends are appended in key order when rows are written (O(rows written))
+    and dropped from the front when their first row is evicted (a binary search), so the sorted live range is
+    ``ends[head:tail]``; the buffer holds ``2 * capacity`` keys and is compacted when the tail reaches its end.
+    """
+
+    __slots__ = ("length", "ends", "head", "tail")
+
+    def __init__(self, length: int, capacity: int, ends: np.ndarray):
+        self.length = length
+        self.ends = np.empty(2 * capacity, dtype=np.int64)
+        self.ends[: len(ends)] = ends
+        self.head, self.tail = 0, len(ends)
+
+    def append(self, ends: np.ndarray) -> None:
+        """Add the sorted end keys of newly written rows (all newer than the stored ones)."""
+        m = len(ends)
+        if self.tail + m > len(self.ends):
+            live = self.tail - self.head
+            self.ends[:live] = self.ends[self.head : self.tail]
+            self.head, self.tail = 0, live
+        self.ends[self.tail : self.tail + m] = ends
+        self.tail += m
+
+    def expire(self, oldest: int) -> None:
+        """Drop ends whose first row's key is below ``oldest`` (the oldest stored key)."""
+        live = self.ends[self.head : self.tail]
+        self.head += int(np.searchsorted(live, oldest + self.length - 1, side="left"))
+
+    @property
+    def count(self) -> int:
+        """Valid start positions."""
+        return self.tail - self.head
+
+    def sample_starts(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """First keys of ``n`` valid sequences drawn uniformly with replacement."""
+        picks = rng.integers(self.head, self.tail, size=n, dtype=np.int64)
+        return self.ends[picks] - (self.length - 1)
+
 
 class Table:
-    """Columnar ring buffer of ``config.capacity`` rows with FIFO eviction and uniform sampling."""
+    """Columnar ring buffer of ``config.capacity`` rows with FIFO eviction and uniform or prioritized sampling."""
 
     def __init__(self, config: TableConfig):
         self.config = config
         self._storage = {c.name: np.zeros((config.capacity,) + c.shape, dtype=c.np_dtype) for c in config.columns}
         self._remover = FifoRemover(config.capacity)
-        self._sampler = UniformSampler()
+        if config.sampler == "prioritized":
+            self._sampler: UniformSampler | PrioritizedSampler = PrioritizedSampler(
+                config.capacity, config.priority_exponent, config.importance_exponent
+            )
+        else:
+            self._sampler = UniformSampler()
         self._inserted = 0
         self._evicted = 0
+        specs = {c.name: c for c in config.columns}
+        self._episodic = all(
+            name in specs and specs[name].shape == () and np.dtype(specs[name].dtype).kind in "iu"
+            for name in ("episode_id", "step")
+        )
+        self._chain = np.zeros(config.capacity, dtype=np.int64) if self._episodic else None
+        self._sequences: OrderedDict[int, _SequenceIndex] = OrderedDict()
 
     @property
     def name(self) -> str:
@@ -148,6 +398,16 @@ class Table:
         """Rows removed to make room; ``inserted - evicted == size``."""
         return self._evicted
 
+    @property
+    def oldest_key(self) -> int:
+        """Key of the oldest stored row (equals :attr:`inserted` when the table is empty)."""
+        return self._inserted - self.size
+
+    @property
+    def prioritized(self) -> bool:
+        """Whether this table samples by priority."""
+        return isinstance(self._sampler, PrioritizedSampler)
+
     def insert(self, chunk: Mapping[str, np.ndarray]) -> int:
         """Validate and write a chunk; return its row count. Raises :class:`SchemaError` and stores nothing."""
         n = validate_chunk(chunk, self.config.columns)
@@ -160,24 +420,177 @@ class Table:
         Rows wrap around the end of the buffer; the oldest stored rows are evicted. Of a chunk larger than the
         capacity only the newest ``capacity`` rows are kept (the rest count as evicted).
         """
+        if n == 0:
+            return
         skip = max(0, n - self.capacity)
+        chain = self._chunk_chain(chunk, n)[skip:] if self._episodic else None
         runs, evicted = self._remover.allocate(n - skip)
         src = skip
         for start, stop in runs:
             end = src + stop - start
             for name, store in self._storage.items():
                 store[start:stop] = chunk[name][src:end]
+            if chain is not None:
+                self._chain[start:stop] = chain[src - skip : end - skip]
             self._sampler.on_write(start, stop)
             src = end
+        first_key = self._inserted + skip
         self._inserted += n
         self._evicted += evicted + skip
+        if chain is not None:
+            for index in self._sequences.values():
+                index.append(first_key + np.flatnonzero(chain >= index.length))
+                index.expire(self.oldest_key)
+
+    def _chunk_chain(self, chunk: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+        """Backward chain length of each chunk row: 1 + the previous key's chain when the previous key is the
+        same episode's previous step, else 1 (computed before the write, while the previous row is stored)."""
+        episode = np.asarray(chunk["episode_id"][:n], dtype=np.int64)
+        step = np.asarray(chunk["step"][:n], dtype=np.int64)
+        links = np.empty(n, dtype=bool)
+        links[1:] = (episode[1:] == episode[:-1]) & (step[1:] == step[:-1] + 1)
+        prev_chain = 0
+        if self.size > 0:
+            prev = (self._remover.cursor - 1) % self.capacity
+            links[0] = episode[0] == self._storage["episode_id"][prev] and step[0] == self._storage["step"][prev] + 1
+            prev_chain = int(self._chain[prev])
+        else:
+            links[0] = False
+        positions = np.arange(n, dtype=np.int64)
+        last_break = np.maximum.accumulate(np.where(links, -1, positions))
+        return np.where(last_break < 0, positions + 1 + prev_chain, positions - last_break + 1)
+
+    def slots_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of row ``keys`` and a mask of the keys still stored (evicted or future keys are False)."""
+        keys = np.asarray(keys, dtype=np.int64)
+        stored = (keys >= self.oldest_key) & (keys < self._inserted)
+        slots = (self._remover.cursor - (self._inserted - keys)) % self.capacity
+        return slots, stored
+
+    def keys_of(self, slots: np.ndarray) -> np.ndarray:
+        """Keys of the rows stored at occupied ``slots``."""
+        slots = np.asarray(slots, dtype=np.int64)
+        return self._inserted - 1 - (self._remover.cursor - 1 - slots) % self.capacity
 
     def sample_indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` slots of stored rows, drawn by the table's sampler (uniform with replacement)."""
+        """``n`` slots of stored rows, drawn by the table's sampler (with replacement)."""
         return self._sampler.sample(n, rng)
 
+    def sample(self, n: int, rng: np.random.Generator, with_keys: bool = False) -> dict[str, np.ndarray]:
+        """``n`` rows drawn by the table's sampler; ``with_keys`` adds :data:`KEY_COLUMN` (int64 row keys) and
+        :data:`WEIGHT_COLUMN` (float32 importance weights, all 1 for a uniform table)."""
+        slots = self._sampler.sample(n, rng)
+        batch = self.gather(slots)
+        if with_keys:
+            batch[KEY_COLUMN] = self.keys_of(slots)
+            batch[WEIGHT_COLUMN] = self._sampler.weights(slots)
+        return batch
+
+    def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> int:
+        """Set the priorities of the rows with ``keys``; return how many rows were updated.
+
+        Keys no longer stored (evicted: their slot holds a newer row) are ignored; of a key given twice the last
+        priority wins. A uniform table validates the arguments and updates nothing (returns 0), so a learner can
+        treat both kinds of table alike.
+
+        Raises:
+            ValueError: ``keys`` and ``priorities`` are not 1-D of the same length, keys are not integers, or a
+                priority is negative or not finite; nothing is updated then.
+        """
+        keys = np.asarray(keys)
+        priorities = np.asarray(priorities)
+        if keys.ndim != 1 or priorities.shape != keys.shape:
+            raise ValueError(
+                f"table {self.name!r}: update_priorities needs 1-D keys and priorities of the same length, got "
+                f"shapes {keys.shape} and {priorities.shape}"
+            )
+        if keys.size and keys.dtype.kind not in "iu":
+            raise ValueError(f"table {self.name!r}: keys must be integers, got dtype {keys.dtype}")
+        if priorities.size and priorities.dtype.kind not in "biuf":
+            raise ValueError(f"table {self.name!r}: priorities must be numbers, got dtype {priorities.dtype}")
+        priorities = priorities.astype(np.float64)
+        bad = ~np.isfinite(priorities) | (priorities < 0)
+        if bad.any():
+            where = np.flatnonzero(bad)
+            first = int(where[0])
+            raise ValueError(
+                f"table {self.name!r}: priorities must be finite and >= 0; {len(where)} of {len(priorities)} are "
+                f"not, e.g. priorities[{first}] = {float(priorities[first])!r} (key {int(keys[first])}); nothing "
+                f"was updated"
+            )
+        if not self.prioritized:
+            return 0
+        slots, stored = self.slots_of(keys)
+        slots, priorities = slots[stored], priorities[stored]
+        last = len(slots) - 1 - np.unique(slots[::-1], return_index=True)[1]
+        self._sampler.update(slots[last], priorities[last])
+        return len(last)
+
+    def priorities(self, keys: np.ndarray) -> np.ndarray:
+        """``priority ** alpha`` of stored rows with ``keys`` (as the sum tree holds it; prioritized tables only)."""
+        if not self.prioritized:
+            raise ValueError(f"table {self.name!r} uses sampler {self.config.sampler!r}, which keeps no priorities")
+        slots, stored = self.slots_of(keys)
+        if not stored.all():
+            raise KeyError(f"table {self.name!r}: keys {np.asarray(keys)[~stored][:5].tolist()} are not stored")
+        return self._sampler.priorities(slots)
+
+    def _sequence_index(self, length: int) -> _SequenceIndex:
+        """The valid-end index for ``length``, built in O(size) on first use and maintained on every write."""
+        if not self._episodic:
+            raise ValueError(
+                f"table {self.name!r}: sequence sampling needs scalar integer columns 'episode_id' and 'step', "
+                f"got columns {[c.name for c in self.config.columns]}"
+            )
+        is_int = isinstance(length, (int, np.integer)) and not isinstance(length, bool)
+        if not is_int or not 1 <= length <= self.capacity:
+            raise ValueError(
+                f"table {self.name!r}: sequence length must be an int in [1, capacity={self.capacity}], got {length!r}"
+            )
+        length = int(length)
+        index = self._sequences.get(length)
+        if index is None:
+            chain = self._chain[self.ordered_slots()]
+            ends = self.oldest_key + np.flatnonzero(chain >= length)
+            index = _SequenceIndex(length, self.capacity, ends)
+            index.expire(self.oldest_key)
+            self._sequences[length] = index
+            if len(self._sequences) > MAX_CACHED_SEQUENCE_LENGTHS:
+                self._sequences.popitem(last=False)
+        else:
+            self._sequences.move_to_end(length)
+        return index
+
+    def sequence_starts(self, length: int) -> int:
+        """How many valid sequences of ``length`` rows start in the stored rows.
+
+        Raises:
+            ValueError: the table has no ``episode_id``/``step`` columns, or ``length`` is not in [1, capacity].
+        """
+        return self._sequence_index(length).count
+
+    def sample_sequences(self, n: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray] | None:
+        """``n`` sequences of ``length`` rows, columns shaped ``(n, length) + spec.shape``, or None if none exists.
+
+        A sequence is ``length`` consecutive keys (so it never crosses the write cursor or rows written in
+        between by another writer) that are consecutive steps of one episode. Starts are uniform over all valid
+        ones, with replacement, whatever the table's sampler.
+
+        Validity is maintained incrementally rather than computed at sample time: each write records every row's
+        backward chain length (O(rows written)) and appends the rows that end a valid sequence to a sorted index
+        per cached length, and evictions drop index entries from the front by binary search. A sample is then
+        O(n * length) regardless of capacity, where a mask computed at sample time would cost O(capacity)
+        whenever a write happened since the last sample, which between inserts and samples is nearly always.
+        """
+        index = self._sequence_index(length)
+        if index.count == 0:
+            return None
+        starts = index.sample_starts(n, rng)
+        slots, _ = self.slots_of(starts[:, None] + np.arange(length, dtype=np.int64))
+        return self.gather(slots)
+
     def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Copy the rows at ``indices`` out of every column."""
+        """Copy the rows at ``indices`` out of every column (shape ``indices.shape + spec.shape``)."""
         return {name: store.take(indices, axis=0) for name, store in self._storage.items()}
 
     def ordered_slots(self) -> np.ndarray:
