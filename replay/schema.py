@@ -171,13 +171,18 @@ def arrow_schema(columns: Sequence[ColumnSpec]) -> pa.Schema:
     return _arrow_schema(tuple(columns))
 
 
-def chunk_to_record_batch(chunk: Mapping[str, np.ndarray], columns: Sequence[ColumnSpec]) -> pa.RecordBatch:
+def chunk_to_record_batch(
+    chunk: Mapping[str, np.ndarray], columns: Sequence[ColumnSpec], validate: bool = True
+) -> pa.RecordBatch:
     """Convert a validated chunk to a record batch of :func:`arrow_schema` (zero-copy for contiguous numbers).
+
+    ``validate=False`` skips :func:`validate_chunk`, for chunks the caller has already validated.
 
     Raises:
         SchemaError: the chunk does not match ``columns`` (see :func:`validate_chunk`).
     """
-    validate_chunk(chunk, columns)
+    if validate:
+        validate_chunk(chunk, columns)
     schema = arrow_schema(columns)
     arrays = []
     for spec in columns:

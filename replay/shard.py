@@ -7,21 +7,33 @@ condition variable; waiting inserts and samples sleep on the condition and are w
 Waiting calls hold a thread of a threaded actor: give the actor more threads than the calls that can wait at
 once (writers x in-flight inserts + sampling consumers), or samples queue behind waiting inserts until those
 time out.
+
+Persistence (opt-in, ``directory`` plus :attr:`TableConfig.persist`): every insert and priority update of a
+persisted table is written to its write-ahead log before it is applied and acknowledged, and a shard built over an
+existing directory recovers the newest snapshot plus the logs after it (:mod:`replay.persistence`). What is
+recovered: rows in FIFO order, insert counter and row keys, dedup state, priorities. What restarts: the ``sampled``,
+``duplicates`` and wait counters start at 0, and each rate limiter restarts from the recovered size as if its
+consumer were exactly on target (``inserted = size``, ``sampled = samples_per_insert * (size - min_size)``), so
+neither side is blocked by history from before the restart.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from replay.persistence import FSYNC_MODES, InsertRecord, SnapshotImage, TableStore, table_directory
 from replay.rate_limiter import RateLimiter
 from replay.schema import SchemaError, validate_chunk
 from replay.table import Table, TableConfig
 
 __all__ = ["ReplayShard"]
+
+logger = logging.getLogger(__name__)
 
 DEDUP_WINDOW = 1024
 """Chunks per writer whose keys are remembered exactly; older keys collapse into a floor."""
@@ -45,6 +57,18 @@ class _SeenChunks:
     def __contains__(self, key: int) -> bool:
         return key in self._keys or (self._floor is not None and key <= self._floor)
 
+    def state(self) -> tuple[list[int], int | None]:
+        """Remembered keys in arrival order and the floor, for snapshots."""
+        return list(self._order), self._floor
+
+    @classmethod
+    def from_state(cls, keys: Sequence[int], floor: int | None) -> "_SeenChunks":
+        seen = cls()
+        seen._order.extend(int(k) for k in keys)
+        seen._keys.update(seen._order)
+        seen._floor = None if floor is None else int(floor)
+        return seen
+
     def add(self, key: int) -> None:
         self._keys.add(key)
         self._order.append(key)
@@ -57,8 +81,11 @@ class _SeenChunks:
 class _TableState:
     """One table plus everything the shard keeps about it, guarded by ``cond``."""
 
-    def __init__(self, config: TableConfig, rng: np.random.Generator):
+    def __init__(self, config: TableConfig, rng: np.random.Generator, store: TableStore | None = None):
         self.table = Table(config)
+        self.store = store
+        self.snapshot_lock = threading.Lock()
+        self.since_snapshot = 0
         self.cond = threading.Condition(threading.Lock())
         self.limiters = {name: RateLimiter(cfg, name=name) for name, cfg in config.limiters}
         self.unlimited_sampled: dict[str, int] = {}
@@ -97,9 +124,27 @@ class ReplayShard:
         tables: one :class:`TableConfig` per table; each needs a scalar int64 ``seq`` column (the dedup key).
         seed: seeds the samplers, together with ``index`` (non-negative ints).
         index: this shard's number among its siblings, so that shards sample different streams.
+        directory: where tables with ``persist=True`` keep their logs and snapshots
+            (``<directory>/shard-<index>/<table>/``); None (default) persists nothing. Existing files are recovered.
+        fsync: ``"none"`` (records reach the OS before an insert is acknowledged: a killed process loses nothing),
+            ``"every_insert"`` (also ``os.fsync`` before acknowledging: survives power loss) or ``"interval"``
+            (``os.fsync`` at most every ``fsync_interval_ms``, on the insert path).
+        fsync_interval_ms: see ``fsync``.
+
+    Raises:
+        RuntimeError: another live shard uses the same table directory.
+        SchemaError: files on disk do not match a table's configuration.
     """
 
-    def __init__(self, tables: Sequence[TableConfig], seed: int = 0, index: int = 0):
+    def __init__(
+        self,
+        tables: Sequence[TableConfig],
+        seed: int = 0,
+        index: int = 0,
+        directory: str | None = None,
+        fsync: str = "none",
+        fsync_interval_ms: int = 100,
+    ):
         tables = list(tables)
         if not tables:
             raise ValueError("ReplayShard needs at least one TableConfig, got none")
@@ -110,9 +155,56 @@ class ReplayShard:
             seq = next((c for c in cfg.columns if c.name == "seq"), None)
             if seq is None or seq.shape != () or seq.dtype != "int64":
                 raise ValueError(f"ReplayShard: table {cfg.name!r} needs a scalar int64 'seq' column, got {seq}")
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"ReplayShard: fsync must be one of {FSYNC_MODES}, got {fsync!r}")
         self.index = index
+        self.directory = directory
         seeds = np.random.SeedSequence([seed, index]).spawn(len(tables))
-        self._tables = {cfg.name: _TableState(cfg, np.random.default_rng(s)) for cfg, s in zip(tables, seeds)}
+        self._tables: dict[str, _TableState] = {}
+        try:
+            for cfg, s in zip(tables, seeds):
+                store = None
+                if directory is not None and cfg.persist:
+                    root = table_directory(directory, index, cfg.name)
+                    store = TableStore(root, cfg, fsync=fsync, fsync_interval_ms=fsync_interval_ms)
+                state = self._tables[cfg.name] = _TableState(cfg, np.random.default_rng(s), store)
+                if store is not None:
+                    self._recover(state)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _recover(state: _TableState) -> None:
+        """Rebuild a persisted table from its snapshot and logs (see :mod:`replay.persistence`)."""
+        snapshot, records = state.store.recover()
+        table = state.table
+        if snapshot is not None:
+            table.restore(snapshot.chunk, snapshot.inserted, snapshot.priorities, snapshot.max_priority)
+            state.seen = {w: _SeenChunks.from_state(keys, floor) for w, (keys, floor) in snapshot.seen.items()}
+        for record in records:
+            if isinstance(record, InsertRecord):
+                table.write(record.chunk, record.rows)
+                seen = state.seen.get(record.writer_id)
+                if seen is None:
+                    seen = state.seen[record.writer_id] = _SeenChunks()
+                seen.add(int(record.chunk["seq"][0]))
+                state.since_snapshot += record.rows
+            else:
+                table.update_priorities(record.keys, record.priorities)
+        size = table.size
+        for limiter in state.limiters.values():
+            c = limiter.config
+            limiter.inserted = size
+            limiter.sampled = max(0, int(c.samples_per_insert * (size - c.min_size)))
+        if snapshot is not None or table.inserted:
+            logger.info(
+                "replay table %r recovered from %s: %d rows, inserted %d",
+                table.name,
+                state.store.root,
+                size,
+                table.inserted,
+            )
 
     def _state(self, table: str) -> _TableState:
         try:
@@ -149,6 +241,7 @@ class ReplayShard:
         for limiter in state.limiters.values():
             limiter.check_insert(n)
         key = int(chunk["seq"][0])
+        store = state.store
 
         def duplicate() -> bool:
             seen = state.seen.get(writer_id)
@@ -167,6 +260,9 @@ class ReplayShard:
             if blocker is not None:
                 state.inserts_waited += 1
                 return {"status": "not_now", "size": state.table.size, "blocked_by": blocker}
+            if store is not None:
+                store.append_insert(chunk, writer_id)  # logged (and flushed) before it is applied
+                state.since_snapshot += n
             state.table.write(chunk, n)
             for limiter in state.limiters.values():
                 limiter.on_insert(n)
@@ -175,7 +271,71 @@ class ReplayShard:
                 seen = state.seen[writer_id] = _SeenChunks()
             seen.add(key)
             state.cond.notify_all()
-            return {"status": "ok", "size": state.table.size}
+            result = {"status": "ok", "size": state.table.size}
+            every = state.table.config.snapshot_every_inserts
+            due = store is not None and every > 0 and state.since_snapshot >= every
+        if due:
+            self._auto_snapshot(state)
+        return result
+
+    def _auto_snapshot(self, state: _TableState) -> None:
+        """Snapshot after an acknowledged insert; skipped if one is running, and a failure only logs (the data
+        is safe in the logs, and the next insert tries again)."""
+        if not state.snapshot_lock.acquire(blocking=False):
+            return
+        try:
+            self._snapshot(state)
+        except Exception:  # noqa: BLE001 - the insert succeeded; report and go on
+            logger.exception("automatic snapshot of replay table %r failed", state.table.name)
+        finally:
+            state.snapshot_lock.release()
+
+    def snapshot(self, table: str) -> dict:
+        """Write a Parquet snapshot of a persisted table, start a new log generation and delete older ones.
+
+        Sampling and inserting go on while the file is written: the rows are copied and the logs rotated under
+        the table lock, and inserts after that go to the new generation's log. Waits for a snapshot in progress.
+
+        Returns:
+            ``{"generation": g, "rows": rows, "inserted": counter, "path": file, "removed": [deleted files]}``.
+
+        Raises:
+            KeyError: unknown table.
+            ValueError: the table is not persisted.
+        """
+        state = self._state(table)
+        if state.store is None:
+            raise ValueError(
+                f"table {table!r} is not persisted (needs TableConfig.persist=True and a ReplayShard directory)"
+            )
+        with state.snapshot_lock:
+            return self._snapshot(state)
+
+    @staticmethod
+    def _snapshot(state: _TableState) -> dict:
+        """The snapshot itself; call with ``state.snapshot_lock`` held."""
+        with state.cond:
+            if state.store.closed:
+                raise RuntimeError(f"replay table {state.table.name!r}: persistence was closed")
+            rows, inserted, priorities, max_priority = state.table.export()
+            seen = {w: s.state() for w, s in state.seen.items()}
+            generation = state.store.rotate()
+            state.since_snapshot = 0
+        image = SnapshotImage(rows, inserted, priorities, max_priority, seen)
+        path = state.store.write_snapshot(generation, image)
+        removed = state.store.remove_before(generation)
+        n = len(next(iter(rows.values())))
+        return {"generation": generation, "rows": n, "inserted": inserted, "path": path, "removed": removed}
+
+    def close(self) -> None:
+        """Close the logs of persisted tables (fsynced unless ``fsync="none"``) and release their directories.
+
+        Inserts into a persisted table fail afterwards; sampling still works. Idempotent.
+        """
+        for state in self._tables.values():
+            if state.store is not None:
+                with state.snapshot_lock, state.cond:
+                    state.store.close()
 
     @staticmethod
     def _limiter(state: _TableState, rows: int, consumer: str | None) -> RateLimiter | None:
@@ -279,6 +439,11 @@ class ReplayShard:
         """
         state = self._state(table)
         with state.cond:
+            if state.store is None or not state.table.prioritized:
+                return state.table.update_priorities(keys, priorities)
+            keys, priorities = state.table.check_priorities(keys, priorities)
+            if len(keys):
+                state.store.append_priorities(keys, priorities, state.table.inserted)
             return state.table.update_priorities(keys, priorities)
 
     def size(self, table: str) -> int:

@@ -73,6 +73,11 @@ class TableConfig:
     """Alpha of prioritized replay: ``P(i) = p_i^alpha / sum_j p_j^alpha``; 0 samples uniformly."""
     importance_exponent: float = 0.4
     """Beta of prioritized replay, in [0, 1]: weights ``(N * P(i))^-beta``, normalised by the batch maximum."""
+    persist: bool = False
+    """Log inserts and priority updates and snapshot the table (see :mod:`replay.persistence`); only takes effect
+    when the shard is given a directory."""
+    snapshot_every_inserts: int = 0
+    """With persistence, snapshot automatically once this many rows were inserted since the last snapshot; 0 never."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -111,6 +116,11 @@ class TableConfig:
                 f"TableConfig {self.name!r}: importance_exponent must be a number in [0, 1], "
                 f"got {self.importance_exponent!r}"
             )
+        if not isinstance(self.persist, bool):
+            raise ValueError(f"TableConfig {self.name!r}: persist must be a bool, got {self.persist!r}")
+        every = self.snapshot_every_inserts
+        if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+            raise ValueError(f"TableConfig {self.name!r}: snapshot_every_inserts must be an int >= 0, got {every!r}")
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "limiters", tuple((name, cfg) for name, cfg in limiters))
 
@@ -285,6 +295,12 @@ class PrioritizedSampler:
     def priorities(self, slots: np.ndarray) -> np.ndarray:
         """``priority ** alpha`` of ``slots`` as stored in the tree."""
         return self.tree.get(slots)
+
+    def restore(self, slots: np.ndarray, weights: np.ndarray, max_priority: float) -> None:
+        """Set the tree values (``priority ** alpha``) of occupied ``slots`` directly, and the running maximum."""
+        if len(slots):
+            self.tree.set(slots, np.asarray(weights, dtype=np.float64))
+        self.max_priority = float(max_priority)
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` slots drawn with replacement, each with probability ``tree[slot] / total`` (O(n log capacity))."""
@@ -497,6 +513,21 @@ class Table:
             ValueError: ``keys`` and ``priorities`` are not 1-D of the same length, keys are not integers, or a
                 priority is negative or not finite; nothing is updated then.
         """
+        keys, priorities = self.check_priorities(keys, priorities)
+        if not self.prioritized:
+            return 0
+        slots, stored = self.slots_of(keys)
+        slots, priorities = slots[stored], priorities[stored]
+        last = len(slots) - 1 - np.unique(slots[::-1], return_index=True)[1]
+        self._sampler.update(slots[last], priorities[last])
+        return len(last)
+
+    def check_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Validate the arguments of :meth:`update_priorities`; return them as int64 keys and float64 priorities.
+
+        Raises:
+            ValueError: as :meth:`update_priorities`.
+        """
         keys = np.asarray(keys)
         priorities = np.asarray(priorities)
         if keys.ndim != 1 or priorities.shape != keys.shape:
@@ -518,13 +549,7 @@ class Table:
                 f"not, e.g. priorities[{first}] = {float(priorities[first])!r} (key {int(keys[first])}); nothing "
                 f"was updated"
             )
-        if not self.prioritized:
-            return 0
-        slots, stored = self.slots_of(keys)
-        slots, priorities = slots[stored], priorities[stored]
-        last = len(slots) - 1 - np.unique(slots[::-1], return_index=True)[1]
-        self._sampler.update(slots[last], priorities[last])
-        return len(last)
+        return keys.astype(np.int64), priorities
 
     def priorities(self, keys: np.ndarray) -> np.ndarray:
         """``priority ** alpha`` of stored rows with ``keys`` (as the sum tree holds it; prioritized tables only)."""
@@ -596,6 +621,48 @@ class Table:
     def ordered_slots(self) -> np.ndarray:
         """Slots of the stored rows from the oldest to the newest."""
         return self._remover.ordered_slots()
+
+    def export(self) -> tuple[dict[str, np.ndarray], int, np.ndarray | None, float | None]:
+        """A copy of the stored rows oldest to newest, the insert counter (the rows have keys
+        ``[inserted - size, inserted)``), and for a prioritized table each row's ``priority ** alpha`` and the
+        sampler's running maximum priority (else None, None)."""
+        slots = self.ordered_slots()
+        rows = self.gather(slots)
+        if self.prioritized:
+            return rows, self._inserted, self._sampler.priorities(slots).copy(), self._sampler.max_priority
+        return rows, self._inserted, None, None
+
+    def restore(
+        self,
+        rows: Mapping[str, np.ndarray],
+        inserted: int,
+        priorities: np.ndarray | None = None,
+        max_priority: float | None = None,
+    ) -> None:
+        """Load what :meth:`export` returned into this empty table: afterwards it stores ``rows`` with the keys
+        ``[inserted - len(rows), inserted)`` and, if given (prioritized tables), their priorities.
+
+        Raises:
+            ValueError: the table is not empty, there are more rows than the capacity or than ``inserted``, or
+                ``priorities`` has the wrong length.
+            SchemaError: ``rows`` does not match the table's columns.
+        """
+        if self._inserted or self.size:
+            raise ValueError(f"table {self.name!r}: restore needs an empty table, it has inserted {self._inserted}")
+        n = validate_chunk(rows, self.config.columns)
+        if n > self.capacity or n > inserted:
+            raise ValueError(
+                f"table {self.name!r}: cannot restore {n} rows with inserted={inserted} into capacity {self.capacity}"
+            )
+        if priorities is not None and len(priorities) != n:
+            raise ValueError(f"table {self.name!r}: {len(priorities)} priorities for {n} rows")
+        self._sequences.clear()
+        self._inserted = self._evicted = inserted - n
+        self.write(rows, n)
+        if self.prioritized and priorities is not None:
+            self._sampler.restore(
+                np.arange(n, dtype=np.int64), priorities, 1.0 if max_priority is None else max_priority
+            )
 
     def stats(self) -> dict:
         """size, capacity, inserted, evicted."""

@@ -4,8 +4,10 @@ Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NE
 """
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -81,3 +83,23 @@ def test_eval_reloads_the_checkpoint(trained_run):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "InvertedPendulum-v5: mean return" in proc.stdout
+
+
+def test_ctrl_c_stops_every_role_and_leaves_no_ray_processes(tmp_path):
+    before = ray_pids()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "system.cli", "train", "debug", "name=interrupted", f"run.runs_dir={tmp_path}",
+         "run.progress=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    for line in proc.stdout:  # wait until the run has started its roles
+        if "run directory" in line:
+            break
+    time.sleep(5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    assert "interrupted; stopping every role" in out
+    assert "Traceback" not in out, out[-2000:]
+    time.sleep(1)
+    assert not ray_pids() - before, "Ray processes left behind after Ctrl-C"

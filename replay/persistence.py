@@ -1,0 +1,488 @@
+"""Zero-loss persistence of one shard table: an Arrow IPC write-ahead log plus Parquet snapshots.
+
+Layout, per persisted table, under ``<directory>/shard-<index>/<table>/``::
+
+    LOCK                      flock'ed by the live shard, so two shards never write one directory
+    wal-<g>.arrows            Arrow IPC stream: one record batch per acknowledged insert, the table's
+                              :func:`replay.schema.arrow_schema`; the batch's custom metadata holds the
+                              ``writer_id`` the insert was called with (the dedup key is that and ``seq[0]``)
+    priorities-<g>.arrows     Arrow IPC stream of priority updates (prioritized tables): columns ``key`` (int64),
+                              ``priority`` (float64) and ``inserted`` (int64, the table's insert counter when the
+                              update was made, so recovery interleaves updates and inserts in their original order)
+    snapshot-<g>.parquet      the table as it was when generation ``g`` began: the rows oldest to newest (vectors as
+                              ``fixed_size_list``), plus ``__key`` (int64 row key) and, for prioritized tables,
+                              ``__priority`` (float64, ``priority ** priority_exponent`` as the sum tree holds it);
+                              counters and dedup state as JSON in the schema metadata under ``dynaray.replay``
+
+A generation ``g`` is the state of the newest snapshot ``<= g`` plus logs ``g, g+1, ...`` in order. Recovery loads
+the newest complete snapshot (temp files of an interrupted snapshot are removed) and replays every log of that
+generation or newer; a process always appends to a fresh generation (one past the highest on disk), so it never
+appends after a torn record. A torn record (the process died in the middle of a write) is cut off with a warning
+naming the file and the bytes dropped; everything before it is recovered.
+
+Durability: every record is written to the OS (``sink.flush()`` of an ``OSFile``, unbuffered) before the caller
+acknowledges the insert, so a killed process loses nothing acknowledged. Against power loss, ``fsync`` chooses
+``"every_insert"`` (``os.fsync`` before acknowledging), ``"interval"`` (at most every ``fsync_interval_ms``, on the
+insert path: up to that window of acknowledged inserts can be lost) or ``"none"`` (the OS decides).
+
+:class:`TableStore` is not thread-safe: the shard calls it under the table's lock, except for
+:meth:`TableStore.write_snapshot` and :meth:`TableStore.remove_before`, which touch only files no writer uses.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from replay.schema import SchemaError, arrow_schema, chunk_to_record_batch, record_batch_to_chunk
+from replay.table import TableConfig
+
+__all__ = [
+    "FSYNC_MODES",
+    "KEY_FIELD",
+    "PRIORITY_FIELD",
+    "SNAPSHOT_METADATA_KEY",
+    "InsertRecord",
+    "PriorityRecord",
+    "SnapshotImage",
+    "TableStore",
+    "table_directory",
+]
+
+logger = logging.getLogger(__name__)
+
+FSYNC_MODES = ("none", "every_insert", "interval")
+"""Values of ``ReplayShard(fsync=...)``."""
+KEY_FIELD = "__key"
+"""Snapshot column with each row's key."""
+PRIORITY_FIELD = "__priority"
+"""Snapshot column with each row's sampling weight ``priority ** alpha`` (prioritized tables)."""
+SNAPSHOT_METADATA_KEY = b"dynaray.replay"
+"""Schema metadata key of a snapshot's JSON: format version, table, inserted, max_priority, dedup state."""
+FORMAT_VERSION = 1
+_WRITER_KEY = b"writer_id"
+_PRIORITY_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.int64(), nullable=False),
+        pa.field("priority", pa.float64(), nullable=False),
+        pa.field("inserted", pa.int64(), nullable=False),
+    ]
+)
+_FILE_RE = re.compile(r"^(wal|priorities|snapshot)-(\d+)\.(arrows|parquet)$")
+
+
+def table_directory(directory: str, shard_index: int, table: str) -> str:
+    """Where one table of one shard keeps its files."""
+    return os.path.join(directory, f"shard-{shard_index}", table)
+
+
+@dataclass
+class SnapshotImage:
+    """A consistent copy of a table: what a snapshot stores and recovery restores."""
+
+    chunk: dict[str, np.ndarray]
+    """Stored rows, oldest to newest."""
+    inserted: int
+    """The table's insert counter; the rows have keys ``[inserted - rows, inserted)``."""
+    priorities: np.ndarray | None = None
+    """Sampling weight (``priority ** alpha``) per row, prioritized tables only."""
+    max_priority: float | None = None
+    """The prioritized sampler's running maximum priority (new rows get it)."""
+    seen: dict[int, tuple[list[int], int | None]] = field(default_factory=dict)
+    """Dedup state per writer: remembered chunk keys in arrival order, and the floor below which all count."""
+
+
+@dataclass
+class InsertRecord:
+    """One logged insert: the chunk and the ``writer_id`` the call carried."""
+
+    writer_id: int
+    chunk: dict[str, np.ndarray]
+    rows: int
+
+
+@dataclass
+class PriorityRecord:
+    """One logged priority update."""
+
+    keys: np.ndarray
+    priorities: np.ndarray
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _StreamLog:
+    """An append-only Arrow IPC stream file, flushed to the OS after every record."""
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self.path = path
+        self.sink = pa.OSFile(path, "wb")
+        try:
+            self.writer = pa.ipc.new_stream(self.sink, schema)
+            self.sink.flush()
+        except BaseException:
+            self.sink.close()
+            raise
+
+    def append(self, batch: pa.RecordBatch, custom_metadata: Mapping[bytes, bytes] | None = None) -> None:
+        self.writer.write_batch(batch, custom_metadata=custom_metadata)
+        self.sink.flush()
+
+    def fsync(self) -> None:
+        os.fsync(self.sink.fileno())
+
+    def close(self, fsync: bool) -> None:
+        try:
+            self.writer.close()
+            self.sink.flush()
+            if fsync:
+                self.fsync()
+        finally:
+            self.sink.close()
+
+
+class TableStore:
+    """The files of one persisted table: logging, rotation, snapshots, and recovery.
+
+    Args:
+        root: the table's directory (see :func:`table_directory`); created if missing.
+        config: the table's configuration (its columns give the log schema).
+        fsync: one of :data:`FSYNC_MODES`.
+        fsync_interval_ms: with ``fsync="interval"``, the longest time between two fsyncs of the logs.
+
+    Raises:
+        RuntimeError: another live shard holds the directory.
+    """
+
+    def __init__(self, root: str, config: TableConfig, fsync: str = "none", fsync_interval_ms: int = 100):
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {FSYNC_MODES}, got {fsync!r}")
+        if not isinstance(fsync_interval_ms, int) or isinstance(fsync_interval_ms, bool) or fsync_interval_ms < 0:
+            raise ValueError(f"fsync_interval_ms must be an int >= 0, got {fsync_interval_ms!r}")
+        reserved = sorted({KEY_FIELD, PRIORITY_FIELD} & {c.name for c in config.columns})
+        if reserved:
+            raise ValueError(f"table {config.name!r}: column names {reserved} are reserved by persistence")
+        self.root = root
+        self.config = config
+        self.schema = arrow_schema(config.columns)
+        self.fsync_mode = fsync
+        self.fsync_interval_s = fsync_interval_ms / 1000.0
+        os.makedirs(root, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(root, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise RuntimeError(f"replay directory {root} is in use by another live shard") from None
+        self.generation = 0
+        """Generation new records go to (set by :meth:`recover`)."""
+        self._wal: _StreamLog | None = None
+        self._priorities: _StreamLog | None = None
+        self._last_fsync = time.monotonic()
+        self._dirty = False
+        self._closed = False
+
+    # ---- files -------------------------------------------------------------------------------------------------
+
+    def _path(self, kind: str, generation: int) -> str:
+        ext = "parquet" if kind == "snapshot" else "arrows"
+        return os.path.join(self.root, f"{kind}-{generation}.{ext}")
+
+    def _files(self) -> dict[str, dict[int, str]]:
+        found: dict[str, dict[int, str]] = {"wal": {}, "priorities": {}, "snapshot": {}}
+        for name in os.listdir(self.root):
+            match = _FILE_RE.match(name)
+            if match and (match.group(1) == "snapshot") == (match.group(3) == "parquet"):
+                found[match.group(1)][int(match.group(2))] = os.path.join(self.root, name)
+        return found
+
+    def generations(self) -> dict[str, list[int]]:
+        """Generations on disk per file kind (``wal``, ``priorities``, ``snapshot``), ascending."""
+        return {kind: sorted(gens) for kind, gens in self._files().items()}
+
+    # ---- recovery ----------------------------------------------------------------------------------------------
+
+    def recover(self) -> tuple[SnapshotImage | None, Iterator[InsertRecord | PriorityRecord]]:
+        """The newest snapshot (or None) and the logged records after it, in their original order.
+
+        Leftover temp files of an interrupted snapshot are removed, and torn tails are cut off (with a warning).
+        Records are read lazily as the iterator advances; new records go to a generation past every one on disk.
+
+        Raises:
+            SchemaError: a file does not match the table's configuration (columns changed between runs).
+        """
+        for name in os.listdir(self.root):
+            if name.endswith(".tmp"):
+                os.unlink(os.path.join(self.root, name))
+        files = self._files()
+        every = [g for gens in files.values() for g in gens]
+        self.generation = max(every) + 1 if every else 0
+        snapshot = None
+        base = min(every) if every else 0
+        if files["snapshot"]:
+            base = max(files["snapshot"])
+            snapshot = self._read_snapshot(files["snapshot"][base])
+        start = snapshot.inserted if snapshot is not None else 0
+        logged = sorted(g for g in set(files["wal"]) | set(files["priorities"]) if g >= base)
+        return snapshot, self._replay(logged, files, start)
+
+    def _replay(
+        self, generations: list[int], files: dict[str, dict[int, str]], inserted: int
+    ) -> Iterator[InsertRecord | PriorityRecord]:
+        for gen in generations:
+            updates = self._read_priorities(files["priorities"][gen]) if gen in files["priorities"] else []
+            pending = 0
+            inserts = self._read_stream(files["wal"][gen], self.schema) if gen in files["wal"] else iter(())
+            for batch, metadata in inserts:
+                while pending < len(updates) and updates[pending][2] <= inserted:
+                    yield PriorityRecord(updates[pending][0], updates[pending][1])
+                    pending += 1
+                if metadata is None or _WRITER_KEY not in metadata:
+                    raise SchemaError(f"{files['wal'][gen]}: record batch without {_WRITER_KEY.decode()} metadata")
+                chunk = record_batch_to_chunk(batch, self.config.columns)
+                yield InsertRecord(int(metadata[_WRITER_KEY]), chunk, batch.num_rows)
+                inserted += batch.num_rows
+            for keys, priorities, _ in updates[pending:]:
+                yield PriorityRecord(keys, priorities)
+
+    def _read_priorities(self, path: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
+        out = []
+        for batch, _ in self._read_stream(path, _PRIORITY_SCHEMA):
+            keys = batch.column(0).to_numpy()
+            priorities = batch.column(1).to_numpy()
+            at = batch.column(2).to_numpy()
+            if len(at) and not (at == at[0]).all():
+                raise SchemaError(f"{path}: one priority update spans several insert counters")
+            if len(at):
+                out.append((keys, priorities, int(at[0])))
+        return out
+
+    def _read_stream(self, path: str, schema: pa.Schema) -> Iterator[tuple[pa.RecordBatch, pa.KeyValueMetadata]]:
+        """Record batches of a log with their custom metadata; a torn tail is truncated away with a warning."""
+        size = os.path.getsize(path)
+        good = 0
+        error: Exception | None = None
+        with pa.OSFile(path, "rb") as source:
+            try:
+                reader = pa.ipc.open_stream(source) if size else None
+            except pa.ArrowInvalid as exc:
+                reader, error = None, exc
+            if reader is not None:
+                if not reader.schema.equals(schema):
+                    raise SchemaError(
+                        f"{path}: log schema {reader.schema} does not match the table's {schema} "
+                        f"(did the table's columns change between runs?)"
+                    )
+                good = source.tell()
+                while True:
+                    try:
+                        batch, metadata = reader.read_next_batch_with_custom_metadata()
+                    except StopIteration:
+                        good = source.tell()
+                        break
+                    except pa.ArrowInvalid as exc:
+                        error = exc
+                        break
+                    good = source.tell()
+                    yield batch, metadata
+        if good < size:
+            dropped = size - good
+            message = (
+                f"replay log {path}: cut off a torn final record, dropping {dropped} byte(s) after offset {good} "
+                f"({error if error is not None else 'trailing bytes'})"
+            )
+            logger.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            os.truncate(path, good)
+
+    def _read_snapshot(self, path: str) -> SnapshotImage:
+        table = pq.read_table(path)
+        raw = (table.schema.metadata or {}).get(SNAPSHOT_METADATA_KEY)
+        if raw is None:
+            raise SchemaError(f"{path}: not a replay snapshot (no {SNAPSHOT_METADATA_KEY.decode()} metadata)")
+        meta = json.loads(raw)
+        if meta.get("version") != FORMAT_VERSION:
+            raise SchemaError(f"{path}: snapshot format version {meta.get('version')}, expected {FORMAT_VERSION}")
+        names = [c.name for c in self.config.columns]
+        missing = [n for n in names + [KEY_FIELD] if n not in table.column_names]
+        if missing:
+            raise SchemaError(f"{path}: snapshot lacks column(s) {missing} (did the table's columns change?)")
+        rows = table.num_rows
+        if rows > self.config.capacity:
+            raise SchemaError(f"{path}: snapshot holds {rows} rows, more than the capacity {self.config.capacity}")
+        inserted = int(meta["inserted"])
+        keys = table.column(KEY_FIELD).to_numpy()
+        if not np.array_equal(keys, np.arange(inserted - rows, inserted, dtype=np.int64)):
+            raise SchemaError(f"{path}: snapshot keys are not the consecutive keys ending at inserted={inserted}")
+        data = pa.Table.from_arrays([table.column(n) for n in names], schema=self.schema).combine_chunks()
+        batches = data.to_batches()
+        if batches:
+            chunk = record_batch_to_chunk(batches[0], self.config.columns)
+        else:
+            chunk = {c.name: np.zeros((0,) + c.shape, dtype=c.np_dtype) for c in self.config.columns}
+        priorities = None
+        if PRIORITY_FIELD in table.column_names:
+            priorities = table.column(PRIORITY_FIELD).to_numpy()
+        seen = {int(w): (list(s["keys"]), s["floor"]) for w, s in meta["seen"].items()}
+        return SnapshotImage(chunk, inserted, priorities, meta.get("max_priority"), seen)
+
+    # ---- logging -----------------------------------------------------------------------------------------------
+
+    def _open(self, kind: str, schema: pa.Schema) -> _StreamLog:
+        if self._closed:
+            raise RuntimeError(f"replay table {self.config.name!r}: persistence was closed")
+        log = _StreamLog(self._path(kind, self.generation), schema)
+        if self.fsync_mode != "none":
+            _fsync_directory(self.root)
+        return log
+
+    def _after_write(self) -> None:
+        self._dirty = True
+        if self.fsync_mode == "every_insert":
+            self._sync()
+        elif self.fsync_mode == "interval" and time.monotonic() - self._last_fsync >= self.fsync_interval_s:
+            self._sync()
+
+    def _sync(self) -> None:
+        for log in (self._wal, self._priorities):
+            if log is not None:
+                log.fsync()
+        self._last_fsync = time.monotonic()
+        self._dirty = False
+
+    def _append(self, attr: str, kind: str, schema: pa.Schema, batch: pa.RecordBatch, metadata=None) -> None:
+        log = getattr(self, attr)
+        if log is None:
+            log = self._open(kind, schema)
+            setattr(self, attr, log)
+        try:
+            log.append(batch, metadata)
+            self._after_write()
+        except BaseException:
+            # the file may end in a partial record: never append after it; recovery cuts it off
+            setattr(self, attr, None)
+            try:
+                log.close(fsync=False)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                logger.exception("closing %s after a failed write", log.path)
+            self.generation += 1
+            self._rotate_others(attr)
+            raise
+
+    def _rotate_others(self, failed: str) -> None:
+        other = "_priorities" if failed == "_wal" else "_wal"
+        log = getattr(self, other)
+        if log is not None:
+            setattr(self, other, None)
+            log.close(fsync=self.fsync_mode != "none")
+
+    def append_insert(self, chunk: Mapping[str, np.ndarray], writer_id: int) -> None:
+        """Log an insert (a chunk that passed :func:`replay.schema.validate_chunk`) before it is applied."""
+        batch = chunk_to_record_batch(chunk, self.config.columns, validate=False)
+        self._append("_wal", "wal", self.schema, batch, {_WRITER_KEY: str(int(writer_id)).encode()})
+
+    def append_priorities(self, keys: np.ndarray, priorities: np.ndarray, inserted: int) -> None:
+        """Log a validated priority update made when the table's insert counter was ``inserted``."""
+        n = len(keys)
+        batch = pa.RecordBatch.from_arrays(
+            [
+                pa.array(np.asarray(keys, dtype=np.int64)),
+                pa.array(np.asarray(priorities, dtype=np.float64)),
+                pa.array(np.full(n, inserted, dtype=np.int64)),
+            ],
+            schema=_PRIORITY_SCHEMA,
+        )
+        self._append("_priorities", "priorities", _PRIORITY_SCHEMA, batch)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def rotate(self) -> int:
+        """Close the current logs and start the next generation; return it. Later records go to its logs."""
+        sync = self.fsync_mode != "none"
+        for attr in ("_wal", "_priorities"):
+            log = getattr(self, attr)
+            if log is not None:
+                setattr(self, attr, None)
+                log.close(fsync=sync)
+        self.generation += 1
+        self._dirty = False
+        return self.generation
+
+    def close(self) -> None:
+        """Close the logs (fsynced unless ``fsync="none"``) and release the directory."""
+        if self._closed:
+            return
+        try:
+            self.rotate()
+        finally:
+            self._closed = True
+            os.close(self._lock_fd)
+
+    # ---- snapshots ---------------------------------------------------------------------------------------------
+
+    def write_snapshot(self, generation: int, image: SnapshotImage) -> str:
+        """Write ``image`` as ``snapshot-<generation>.parquet`` (temp file, fsync, atomic rename); return its path."""
+        batch = chunk_to_record_batch(image.chunk, self.config.columns, validate=False)
+        rows = batch.num_rows
+        arrays = list(batch.columns) + [pa.array(np.arange(image.inserted - rows, image.inserted, dtype=np.int64))]
+        fields = list(self.schema) + [pa.field(KEY_FIELD, pa.int64(), nullable=False)]
+        if image.priorities is not None:
+            arrays.append(pa.array(np.asarray(image.priorities, dtype=np.float64)))
+            fields.append(pa.field(PRIORITY_FIELD, pa.float64(), nullable=False))
+        meta = {
+            "version": FORMAT_VERSION,
+            "table": self.config.name,
+            "generation": generation,
+            "inserted": image.inserted,
+            "max_priority": image.max_priority,
+            "priority_exponent": self.config.priority_exponent if image.priorities is not None else None,
+            "seen": {str(w): {"keys": keys, "floor": floor} for w, (keys, floor) in image.seen.items()},
+        }
+        schema = pa.schema(fields, metadata={SNAPSHOT_METADATA_KEY: json.dumps(meta).encode()})
+        table = pa.Table.from_arrays(arrays, schema=schema)
+        path = self._path("snapshot", generation)
+        tmp = path + ".tmp"
+        try:
+            pq.write_table(table, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _fsync_directory(self.root)
+        return path
+
+    def remove_before(self, generation: int) -> list[str]:
+        """Delete logs and snapshots of generations older than ``generation`` (after its snapshot is durable)."""
+        removed = []
+        for gens in self._files().values():
+            for gen, path in gens.items():
+                if gen < generation:
+                    os.unlink(path)
+                    removed.append(path)
+        return removed
