@@ -79,6 +79,7 @@ _PRIORITY_SCHEMA = pa.schema(
         pa.field("inserted", pa.int64(), nullable=False),
     ]
 )
+_END_MARKERS = (b"", b"\xff\xff\xff\xff\x00\x00\x00\x00", b"\x00\x00\x00\x00")
 _FILE_RE = re.compile(r"^(wal|priorities|snapshot)-(\d+)\.(arrows|parquet)$")
 
 
@@ -126,6 +127,12 @@ def _fsync_directory(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _is_torn(exc: Exception) -> bool:
+    """Whether a read error means the stream ends in a partial message (Arrow reports a short metadata read as
+    ``ArrowInvalid`` and a short body read as an ``OSError`` without errno), not a failing disk (errno set)."""
+    return isinstance(exc, pa.ArrowInvalid) or (isinstance(exc, OSError) and exc.errno is None)
 
 
 class _StreamLog:
@@ -282,7 +289,9 @@ class TableStore:
         with pa.OSFile(path, "rb") as source:
             try:
                 reader = pa.ipc.open_stream(source) if size else None
-            except pa.ArrowInvalid as exc:
+            except (pa.ArrowInvalid, OSError) as exc:
+                if not _is_torn(exc):
+                    raise
                 reader, error = None, exc
             if reader is not None:
                 if not reader.schema.equals(schema):
@@ -295,9 +304,15 @@ class TableStore:
                     try:
                         batch, metadata = reader.read_next_batch_with_custom_metadata()
                     except StopIteration:
-                        good = source.tell()
+                        # the reader also stops quietly at a partial length prefix; only an end-of-stream marker
+                        # (or nothing) may follow the last batch
+                        source.seek(good)
+                        if source.read(size - good) in _END_MARKERS:
+                            good = size
                         break
-                    except pa.ArrowInvalid as exc:
+                    except (pa.ArrowInvalid, OSError) as exc:
+                        if not _is_torn(exc):
+                            raise
                         error = exc
                         break
                     good = source.tell()

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -26,7 +27,8 @@ def config(capacity=1000, sampler="uniform", persist=True, every=0, limiters=())
 
 def fill(shard, chunks, start=0, writer_id=0):
     for i in range(start, start + chunks):
-        assert shard.insert("real", make_chunk(CHUNK, start_seq=i * CHUNK, writer_id=writer_id), writer_id)["status"] == "ok"
+        chunk = make_chunk(CHUNK, start_seq=i * CHUNK, writer_id=writer_id)
+        assert shard.insert("real", chunk, writer_id)["status"] == "ok"
 
 
 def rows(shard, table="real"):
@@ -39,12 +41,12 @@ def rows(shard, table="real"):
 
 
 def assert_same(a, b):
-    (ra, pa_), (rb, pb) = rows(a), rows(b)
+    (ra, pra), (rb, prb) = rows(a), rows(b)
     assert ra.keys() == rb.keys()
     for name in ra:
         np.testing.assert_array_equal(ra[name], rb[name], err_msg=name)
-    if pa_ is not None:
-        np.testing.assert_allclose(pa_, pb)
+    if pra is not None:
+        np.testing.assert_allclose(pra, prb)
     assert a.stats()["real"]["inserted"] == b.stats()["real"]["inserted"]
 
 
@@ -149,7 +151,8 @@ def test_snapshot_then_more_inserts_recovers_everything(tmp_path):
     # the snapshot is plain Parquet: vectors as fixed_size_list, readable by pandas
     path = os.path.join(table_dir(tmp_path), f"snapshot-{info['generation']}.parquet")
     table = pq.read_table(path)
-    assert str(table.schema.field("obs").type) == "fixed_size_list<item: float>[4]"
+    obs_type = table.schema.field("obs").type
+    assert pa.types.is_fixed_size_list(obs_type) and obs_type.list_size == 4 and obs_type.value_type == pa.float32()
     frame = pd.read_parquet(path)
     assert len(frame) == 8 * CHUNK and list(frame[KEY_FIELD]) == list(range(8 * CHUNK))
     assert PRIORITY_FIELD in frame
