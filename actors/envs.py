@@ -78,7 +78,10 @@ def make_env(config: EnvConfig) -> gym.Env:
     """Make one env from config; raises :class:`EnvError` with close matches for an unknown id."""
     kwargs = dict(config.kwargs)
     if ":" in config.id:
-        env = _load_class(config.id)(**kwargs)
+        try:
+            env = _load_class(config.id)(**kwargs)
+        except TypeError as exc:
+            raise EnvError(f"env.kwargs={kwargs!r} do not fit {config.id!r}: {exc}") from None
         if not isinstance(env, gym.Env):
             raise EnvError(f"env.id={config.id!r}: expected a gymnasium.Env, got {type(env).__name__}")
         if config.max_episode_steps is not None:
@@ -92,6 +95,8 @@ def make_env(config: EnvConfig) -> gym.Env:
         return gym.make(config.id, **kwargs)
     except gym.error.Error as exc:
         raise EnvError(f"env.id={config.id!r}: {exc}") from None
+    except TypeError as exc:
+        raise EnvError(f"env.kwargs={dict(config.kwargs)!r} do not fit {config.id!r}: {exc}") from None
 
 
 def make_vector_env(config: EnvConfig, num_envs: int, mode: str = "sync") -> gym.vector.VectorEnv:

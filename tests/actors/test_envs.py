@@ -42,3 +42,8 @@ def test_bad_module_path():
 def test_action_space_sac_cannot_handle(cls, message):
     with pytest.raises(EnvError, match=message):
         env_spec(cls())
+
+
+def test_kwargs_the_env_does_not_take():
+    with pytest.raises(EnvError, match=r"env.kwargs=\{'foo': 1\} do not fit 'InvertedPendulum-v5'"):
+        make_env(EnvConfig("InvertedPendulum-v5", kwargs={"foo": 1}))
