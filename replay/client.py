@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from replay.config import ReplayConfig
-from replay.table import KEY_COLUMN
+from replay.table import KEY_COLUMN, check_priority_update
 from system.handles import get, wait
 
 __all__ = ["PendingSample", "ReplayClient", "ReplayTimeout"]
@@ -291,29 +291,7 @@ class ReplayClient:
                 negative or not finite; nothing is sent then.
             ReplayTimeout: the oldest update was not acknowledged within ``config.insert_timeout_s``.
         """
-        keys = np.asarray(keys)
-        priorities = np.asarray(priorities)
-        if keys.ndim != 1 or priorities.shape != keys.shape:
-            raise ValueError(
-                f"update_priorities needs 1-D keys and priorities of the same length, got shapes {keys.shape} "
-                f"and {priorities.shape}"
-            )
-        if keys.size and keys.dtype.kind not in "iu":
-            raise ValueError(f"keys must be integers from a with_keys sample, got dtype {keys.dtype}")
-        if keys.size and keys.min() < 0:
-            first = int(np.flatnonzero(keys < 0)[0])
-            raise ValueError(f"keys must be >= 0 (from a with_keys sample), got keys[{first}] = {int(keys[first])}")
-        if priorities.size and priorities.dtype.kind not in "biuf":
-            raise ValueError(f"priorities must be numbers, got dtype {priorities.dtype}")
-        priorities = priorities.astype(np.float64)
-        bad = ~np.isfinite(priorities) | (priorities < 0)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"priorities must be finite and >= 0; {int(bad.sum())} of {len(priorities)} are not, e.g. "
-                f"priorities[{first}] = {float(priorities[first])!r}; nothing was sent"
-            )
-        keys = keys.astype(np.int64)
+        keys, priorities = check_priority_update(keys, priorities, f"table {table!r}", "nothing was sent")
         k = len(self._shards)
         shards = keys % k
         with self._priority_lock:

@@ -528,28 +528,7 @@ class Table:
         Raises:
             ValueError: as :meth:`update_priorities`.
         """
-        keys = np.asarray(keys)
-        priorities = np.asarray(priorities)
-        if keys.ndim != 1 or priorities.shape != keys.shape:
-            raise ValueError(
-                f"table {self.name!r}: update_priorities needs 1-D keys and priorities of the same length, got "
-                f"shapes {keys.shape} and {priorities.shape}"
-            )
-        if keys.size and keys.dtype.kind not in "iu":
-            raise ValueError(f"table {self.name!r}: keys must be integers, got dtype {keys.dtype}")
-        if priorities.size and priorities.dtype.kind not in "biuf":
-            raise ValueError(f"table {self.name!r}: priorities must be numbers, got dtype {priorities.dtype}")
-        priorities = priorities.astype(np.float64)
-        bad = ~np.isfinite(priorities) | (priorities < 0)
-        if bad.any():
-            where = np.flatnonzero(bad)
-            first = int(where[0])
-            raise ValueError(
-                f"table {self.name!r}: priorities must be finite and >= 0; {len(where)} of {len(priorities)} are "
-                f"not, e.g. priorities[{first}] = {float(priorities[first])!r} (key {int(keys[first])}); nothing "
-                f"was updated"
-            )
-        return keys.astype(np.int64), priorities
+        return check_priority_update(keys, priorities, f"table {self.name!r}", "nothing was updated")
 
     def priorities(self, keys: np.ndarray) -> np.ndarray:
         """``priority ** alpha`` of stored rows with ``keys`` (as the sum tree holds it; prioritized tables only)."""
@@ -667,3 +646,36 @@ class Table:
     def stats(self) -> dict:
         """size, capacity, inserted, evicted."""
         return {"size": self.size, "capacity": self.capacity, "inserted": self._inserted, "evicted": self._evicted}
+
+
+def check_priority_update(
+    keys: np.ndarray, priorities: np.ndarray, where: str, outcome: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate an ``update_priorities`` call: 1-D integer keys >= 0, finite priorities >= 0 of the same length.
+
+    Returns int64 keys and float64 priorities. Errors start with ``where`` and end with ``outcome``.
+    """
+    keys, priorities = np.asarray(keys), np.asarray(priorities)
+    if keys.ndim != 1 or priorities.shape != keys.shape:
+        raise ValueError(
+            f"{where}: update_priorities needs 1-D keys and priorities of the same length, got shapes {keys.shape} "
+            f"and {priorities.shape}; {outcome}"
+        )
+    if keys.size and keys.dtype.kind not in "iu":
+        raise ValueError(f"{where}: keys must be integers from a with_keys sample, got dtype {keys.dtype}; {outcome}")
+    if keys.size and keys.min() < 0:
+        first = int(np.flatnonzero(keys < 0)[0])
+        raise ValueError(
+            f"{where}: keys must be >= 0 (from a with_keys sample), got keys[{first}] = {int(keys[first])}; {outcome}"
+        )
+    if priorities.size and priorities.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: priorities must be numbers, got dtype {priorities.dtype}; {outcome}")
+    priorities = priorities.astype(np.float64)
+    bad = ~np.isfinite(priorities) | (priorities < 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{where}: priorities must be finite and >= 0; {int(bad.sum())} of {len(priorities)} are not, e.g. "
+            f"priorities[{first}] = {float(priorities[first])!r} (key {int(keys[first])}); {outcome}"
+        )
+    return keys.astype(np.int64), priorities

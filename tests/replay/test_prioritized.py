@@ -165,7 +165,7 @@ def test_client_routes_keys_to_their_shards():
     assert shards[0]._tables["real"].table.priorities(np.array([4])).tolist() == [5.0]
     assert shards[2]._tables["real"].table.priorities(np.array([7])).tolist() == [9.0]  # last one wins
     assert shards[1]._tables["real"].table.priorities(np.array([1])).tolist() == [3.0]
-    with pytest.raises(ValueError, match=r"priorities\[0\] = -1.0; nothing was sent"):
+    with pytest.raises(ValueError, match=r"priorities\[0\] = -1.0 \(key 0\); nothing was sent"):
         client.update_priorities("real", np.array([0]), np.array([-1.0]))
     with pytest.raises(ValueError, match=r"keys must be >= 0 \(from a with_keys sample\), got keys\[1\] = -3"):
         client.update_priorities("real", np.array([0, -3]), np.ones(2))
