@@ -97,7 +97,7 @@ class RolloutWorker:
         worker = RolloutWorker(env_config, rollout_config, replay, weights, make_policy, index=0, seed=0)
         while budget_left:
             report = worker.run(config.steps_per_call)   # env steps, finished episodes, policy version
-        worker.close()                                    # flushes the partial chunk
+        worker.flush()                                    # the partial chunk, and every insert acknowledged
     """
 
     def __init__(
@@ -192,9 +192,13 @@ class RolloutWorker:
         self._seq += len(chunk["seq"])
         self._replay.insert("real", chunk, self.writer_id)
 
-    def close(self) -> None:
-        """Write the partial chunk and wait until replay has acknowledged everything."""
+    def flush(self) -> None:
+        """Write the partial chunk and wait until replay has acknowledged everything written so far."""
         if self._chunk.t:
             self._write_chunk()
         self._replay.flush()
+
+    def close(self) -> None:
+        """Flush, then close the envs."""
+        self.flush()
         self._env.close()

@@ -11,6 +11,12 @@ Row keys across shards: a shard's row key (its table's insert counter when the r
 over the client's ``K`` shards as ``key = local_key * K + shard``, ``shard`` being the shard's position in the
 client's shard list; :meth:`ReplayClient.update_priorities` decodes ``shard = key % K`` and
 ``local_key = key // K``. Keys are only meaningful to a client with the same shard list.
+
+Shard restarts: a shard actor that dies is restarted by Ray (``max_restarts``) and recovers its persisted tables.
+A call that fails because its shard died is retried, not raised: an insert goes to the same shard again with the
+same chunk (the shard deduplicates by writer id and first ``seq``, so an insert that was logged before the crash
+is stored once), a sample part moves on to the next shard, a priority update is sent again (updates are
+idempotent). Only a shard that keeps failing for ``config.shard_restart_timeout_s`` raises :class:`ReplayTimeout`.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 
 from replay.config import ReplayConfig
 from replay.table import KEY_COLUMN, check_priority_update
-from system.handles import get, wait
+from system.handles import get, is_actor_failure, wait
 
 __all__ = ["PendingSample", "ReplayClient", "ReplayTimeout"]
 
@@ -34,6 +40,7 @@ SIZE_REFRESH_S = 0.5
 _BACKOFF_MIN_S = 0.001
 _BACKOFF_MAX_S = 0.02
 _DIAGNOSE_TIMEOUT_S = 5.0
+_SHARD_DOWN_BACKOFF_S = 0.05
 MAX_INFLIGHT_PRIORITY_UPDATES = 64
 """Priority-update calls a client keeps unacknowledged before :meth:`ReplayClient.update_priorities` waits."""
 
@@ -114,7 +121,11 @@ class ReplayClient:
         self._size_refresh: dict[str, list[Any]] = {}
         self._size_refreshed_at: dict[str, float] = {}
         self._priority_lock = threading.Lock()
-        self._priority_refs: list[Any] = []
+        self._priority_updates: dict[Any, tuple[int, str, np.ndarray, np.ndarray]] = {}
+        self._outage_lock = threading.Lock()
+        self._down_since: dict[int, float] = {}
+        self.shard_failures = 0
+        """Calls that failed because their shard's actor died (each was retried)."""
 
     @property
     def num_shards(self) -> int:
@@ -178,9 +189,15 @@ class ReplayClient:
             pending = by_ref[ref]
             try:
                 ack = get(ref)
-            except BaseException:
+            except BaseException as exc:
+                if is_actor_failure(exc):
+                    self._retry_after_failure(pending.shard, exc, on_give_up=lambda: self._inflight.remove(pending))
+                    pending.ref = self._submit_insert(pending)
+                    resubmitted = True
+                    continue
                 self._inflight.remove(pending)
                 raise
+            self._shard_answered(pending.shard)
             pending.answered = True
             self._remember_size(pending.table, pending.shard, ack["size"])
             if ack["status"] == "not_now":
@@ -298,8 +315,11 @@ class ReplayClient:
             self._reap_priorities(MAX_INFLIGHT_PRIORITY_UPDATES - 1)
             for shard in np.unique(shards).tolist():
                 mine = shards == shard
-                ref = self._shards[shard].update_priorities.remote(table, keys[mine] // k, priorities[mine])
-                self._priority_refs.append(ref)
+                self._send_priorities(shard, table, keys[mine] // k, priorities[mine])
+
+    def _send_priorities(self, shard: int, table: str, keys: np.ndarray, priorities: np.ndarray) -> None:
+        ref = self._shards[shard].update_priorities.remote(table, keys, priorities)
+        self._priority_updates[ref] = (shard, table, keys, priorities)
 
     def flush_priorities(self, timeout: float | None = None) -> None:
         """Block until every priority update sent is applied, raising the first error of any of them.
@@ -313,32 +333,85 @@ class ReplayClient:
     def _reap_priorities(self, max_left: int, timeout: float | None = None) -> None:
         """Drop acknowledged priority updates (raising an error one of them had), then wait for the oldest ones
         until at most ``max_left`` are in flight. Call with ``_priority_lock`` held."""
-        if not self._priority_refs:
+        if not self._priority_updates:
             return
-        ready, _ = wait(self._priority_refs, num_returns=len(self._priority_refs), timeout=0.0)
+        pending = list(self._priority_updates)
+        ready, _ = wait(pending, num_returns=len(pending), timeout=0.0)
         self._collect_priorities(ready)
-        excess = len(self._priority_refs) - max_left
-        if excess > 0:
-            timeout = self.config.insert_timeout_s if timeout is None else float(timeout)
-            oldest = self._priority_refs[:excess]
-            ready, _ = wait(oldest, num_returns=excess, timeout=timeout)
+        timeout = self.config.insert_timeout_s if timeout is None else float(timeout)
+        deadline = time.monotonic() + timeout
+        while len(self._priority_updates) > max_left:
+            excess = len(self._priority_updates) - max_left
+            oldest = list(self._priority_updates)[:excess]
+            ready, _ = wait(oldest, num_returns=excess, timeout=max(0.0, deadline - time.monotonic()))
             self._collect_priorities(ready)
-            if len(ready) < excess:
+            if len(ready) < excess and time.monotonic() >= deadline:
                 raise ReplayTimeout(
-                    f"{len(self._priority_refs)} priority update(s) in flight, {excess - len(ready)} of the oldest "
-                    f"{excess} not acknowledged after waiting {timeout:.3g} s (shards overloaded or dead?)"
+                    f"{len(self._priority_updates)} priority update(s) in flight, {excess - len(ready)} of the "
+                    f"oldest {excess} not acknowledged after waiting {timeout:.3g} s (shards overloaded or dead?)"
                 )
 
     def _collect_priorities(self, ready: list[Any]) -> None:
-        """Forget the answered update refs in ``ready`` one by one, raising the first error among them (the refs
-        after it stay, so their errors surface on a later call)."""
+        """Forget the answered updates in ``ready`` one by one, raising the first error among them (the refs after
+        it stay, so their errors surface on a later call); an update whose shard died is sent again."""
         for ref in ready:
-            self._priority_refs.remove(ref)
-            get(ref)
+            shard, table, keys, priorities = self._priority_updates.pop(ref)
+            try:
+                get(ref)
+            except BaseException as exc:
+                if not is_actor_failure(exc):
+                    raise
+                self._retry_after_failure(shard, exc)
+                self._send_priorities(shard, table, keys, priorities)
+            else:
+                self._shard_answered(shard)
+
+    # ------------------------------------------------------------------------------------------ shard outages
+
+    def _retry_after_failure(self, shard: int, exc: BaseException, on_give_up=None) -> None:
+        """Note that a call to ``shard`` failed because its actor died, pause briefly, and return so that the
+        caller retries; raise ReplayTimeout once the shard has failed every call for ``shard_restart_timeout_s``
+        (calling ``on_give_up`` first)."""
+        now = time.monotonic()
+        with self._outage_lock:
+            since = self._down_since.setdefault(shard, now)
+            self.shard_failures += 1
+        if now - since > self.config.shard_restart_timeout_s:
+            if on_give_up is not None:
+                on_give_up()
+            raise ReplayTimeout(
+                f"replay shard {shard} failed every call for {now - since:.3g} s (its actor died and was not "
+                f"restarted: max_restarts used up, or its node is gone?): {exc}"
+            ) from exc
+        time.sleep(_SHARD_DOWN_BACKOFF_S)
+
+    def _shard_answered(self, shard: int) -> None:
+        if self._down_since:
+            with self._outage_lock:
+                self._down_since.pop(shard, None)
+
+    def _ask_each(self, method: str, *args: Any) -> list[Any]:
+        """Call ``method`` on every shard and wait for all answers, retrying shards that died meanwhile."""
+        refs = [getattr(h, method).remote(*args) for h in self._shards]
+        answers = []
+        for shard, ref in enumerate(refs):
+            while True:
+                try:
+                    answers.append(get(ref))
+                    break
+                except BaseException as exc:
+                    if not is_actor_failure(exc):
+                        raise
+                    self._retry_after_failure(shard, exc)
+                    ref = getattr(self._shards[shard], method).remote(*args)
+            self._shard_answered(shard)
+        return answers
+
+    # --------------------------------------------------------------------------------------------- shard state
 
     def sizes(self, table: str) -> list[int]:
         """Rows of ``table`` in every shard (blocking)."""
-        sizes = [int(s) for s in get([h.size.remote(table) for h in self._shards])]
+        sizes = [int(s) for s in self._ask_each("size", table)]
         with self._sizes_lock:
             self._sizes[table] = list(sizes)
             self._size_refreshed_at[table] = time.monotonic()
@@ -346,7 +419,7 @@ class ReplayClient:
 
     def stats(self) -> list[dict]:
         """Every shard's :meth:`ReplayShard.stats` (blocking)."""
-        return get([h.stats.remote() for h in self._shards])
+        return self._ask_each("stats")
 
     def _remember_size(self, table: str, shard: int, size: int) -> None:
         with self._sizes_lock:
@@ -360,7 +433,11 @@ class ReplayClient:
                 ready, _ = wait(refs, num_returns=len(refs), timeout=0.0)
                 if len(ready) == len(refs):
                     del self._size_refresh[table]
-                    self._sizes[table] = [int(s) for s in get(refs)]
+                    try:
+                        self._sizes[table] = [int(s) for s in get(refs)]
+                    except BaseException as exc:
+                        if not is_actor_failure(exc):
+                            raise
                     self._size_refreshed_at[table] = time.monotonic()
             known = self._sizes.get(table)
             if known is not None and None not in known:
@@ -488,7 +565,15 @@ class PendingSample:
         refused = False
         for ref in ready:
             part = by_ref[ref]
-            value = get(ref)
+            try:
+                value = get(ref)
+            except BaseException as exc:
+                if not is_actor_failure(exc):
+                    raise
+                self._client._retry_after_failure(part.shard, exc)
+                value = None
+            else:
+                self._client._shard_answered(part.shard)
             if value is None:
                 part.refused += 1
                 part.shard = (part.shard + 1) % self._client.num_shards

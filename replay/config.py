@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from replay.persistence import FSYNC_MODES
 from replay.rate_limiter import RateLimiterConfig
 
 __all__ = ["ReplayConfig"]
@@ -34,11 +35,32 @@ class ReplayConfig:
     """Insert calls one client keeps in flight before ``insert`` blocks."""
     num_cpus: float = 0.5
     """Ray CPUs reserved per shard actor (read by system/)."""
+    directory: str = ""
+    """Where shards persist tables (``shard-<i>/<table>/`` below it); empty: the run directory's ``replay/``. A
+    directory that already holds tables (an earlier run's, or an imported dataset) is recovered and continued."""
+    persist_real: bool = True
+    """Write table ``real`` to the directory: a write-ahead log before every acknowledged insert, plus snapshots."""
+    persist_imagined: bool = False
+    """Write table ``imagined`` too (model rollouts are cheap to make again, so off by default)."""
+    fsync: str = "none"
+    """``none`` (a killed shard loses nothing acknowledged), ``every_insert`` or ``interval`` (also survive a
+    machine crash, fully or up to ``fsync_interval_ms``)."""
+    fsync_interval_ms: int = 100
+    """With ``fsync: interval``, the most milliseconds of acknowledged inserts a machine crash can lose."""
+    snapshot_every_rows: int = 200_000
+    """Compact a persisted table into a Parquet snapshot after this many inserted rows (whole table; 0 never)."""
+    max_restarts: int = 10
+    """How often Ray restarts a shard actor that died (it recovers its persisted tables); -1 without limit."""
+    shard_restart_timeout_s: float = 120.0
+    """How long a client keeps retrying calls to a shard that died (while Ray restarts it) before it gives up."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type == "int":
+            if f.type in ("str", "bool"):
+                ok = type(value).__name__ == f.type
+                kind = f"a {f.type}"
+            elif f.type == "int":
                 ok = isinstance(value, int) and not isinstance(value, bool)
                 kind = "an int"
             else:
@@ -54,11 +76,16 @@ class ReplayConfig:
             "long_poll_s": (0, ">= 0"),
             "max_inflight_inserts": (1, ">= 1"),
             "num_cpus": (0, ">= 0"),
+            "fsync_interval_ms": (1, ">= 1"),
+            "snapshot_every_rows": (0, ">= 0"),
+            "max_restarts": (-1, ">= -1"),
         }
         for name, (low, text) in bounds.items():
             if getattr(self, name) < low:
                 raise ValueError(f"replay.{name}={getattr(self, name)!r}: expected {text}")
-        for name in ("sample_timeout_s", "insert_timeout_s"):
+        if self.fsync not in FSYNC_MODES:
+            raise ValueError(f"replay.fsync={self.fsync!r}: expected one of {list(FSYNC_MODES)}")
+        for name in ("sample_timeout_s", "insert_timeout_s", "shard_restart_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"replay.{name}={getattr(self, name)!r}: expected > 0")
 

@@ -69,7 +69,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         where = start_ray(config, namespace=f"dynaray-{config.name}")
         print(f"dynaray: run {config.name} on {where}; run directory {run_dir.path}", file=sys.stderr)
-        system = build_system(config, spec)
+        system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)))
         summary = Driver(config, spec, system, run_dir, on_report=show).run()
     except RoleError as exc:
         return _fail(str(exc), EXIT_FAILED)

@@ -95,8 +95,13 @@ class Driver:
         self._inflight[ref] = call
 
     def _submit_rollout(self, i: int) -> None:
+        """Ask rollout worker ``i`` for more steps, or, once the budget is handed out, to flush what it wrote (its
+        last inserts may wait for the learners' rate limiters, so the learners go on until every row is in)."""
         steps = self.config.rollout.steps_per_call
-        if self._stop_reason or self.env_steps + self._steps_in_flight >= self.config.run.total_env_steps:
+        if self._stop_reason:
+            return
+        if self.env_steps + self._steps_in_flight >= self.config.run.total_env_steps:
+            self._submit(self.system.rollout[i].flush.remote(), _Call("rollout_flush", i))
             return
         steps = min(steps, self.config.run.total_env_steps - self.env_steps - self._steps_in_flight)
         self._steps_in_flight += steps
@@ -136,6 +141,9 @@ class Driver:
             self._request_eval(self._next_eval)
             self._next_eval += self.config.eval.every_steps
         self._submit_rollout(call.index)
+
+    def _on_rollout_flush(self, call: _Call, result: None) -> None:
+        pass
 
     def _keep_going(self, progress: int) -> bool:
         """Resubmit a consumer of replay unless stopping, or draining and its rate limiter admits nothing more."""
@@ -239,7 +247,7 @@ class Driver:
             self._submit_rollout(i)
 
     def _rollouts_done(self) -> bool:
-        return not any(c.kind == "rollout" for c in self._inflight.values())
+        return not any(c.kind in ("rollout", "rollout_flush") for c in self._inflight.values())
 
     def _draining(self) -> bool:
         """The budget is collected: learners and imagination finish the updates their ratios still owe."""

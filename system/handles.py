@@ -8,6 +8,7 @@ result. Nothing here imports Ray unless a Ray ref is actually passed in.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Sequence
 
 
@@ -85,3 +86,13 @@ def wait(refs: Sequence[Any], num_returns: int = 1, timeout: float | None = 0.0)
     import ray
 
     return ray.wait(refs, num_returns=min(num_returns, len(refs)), timeout=timeout)
+
+
+def is_actor_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the actor behind a call died or is restarting (Ray only: never true in process).
+
+    Such a call may or may not have run; a caller that retries it must make the retry harmless (the replay
+    shards deduplicate inserts by writer id and sequence number for this).
+    """
+    exceptions = sys.modules.get("ray.exceptions")
+    return exceptions is not None and isinstance(exc, exceptions.RayActorError)

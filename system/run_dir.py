@@ -7,6 +7,7 @@ Layout::
     evals.parquet          one row per evaluation: env_steps, policy_version, return_mean, return_std, wall_time_s
     checkpoint/            policy.pt, world_model.pt (full learner state), actor.pt (acting weights), meta.json
     learning_curve.png     eval return vs env steps
+    replay/                persisted replay tables, shard-<i>/<table>/ (unless replay.directory points elsewhere)
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class CheckpointError(ValueError):
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+
+    def replay_directory(self, config: SystemConfig) -> Path:
+        """Where the run's shards persist their tables: ``replay.directory`` if set, else ``<run dir>/replay``
+        (absolute, since shard actors do not share the driver's working directory)."""
+        return Path(config.replay.directory or self.path / "replay").resolve()
 
     @property
     def checkpoint(self) -> Path:

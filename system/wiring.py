@@ -99,9 +99,14 @@ def table_configs(config: SystemConfig, spec: EnvSpec) -> list[TableConfig]:
     limiters = tuple(
         (consumer, replay.limiter(spi, min_rows)) for consumer, (spi, min_rows) in real_table_limiters(config).items()
     )
-    tables = [TableConfig("real", replay.shard_capacity(replay.real_capacity), columns, limiters)]
+    snapshot_every = replay.shard_capacity(replay.snapshot_every_rows)
+    tables = [
+        TableConfig("real", replay.shard_capacity(replay.real_capacity), columns, limiters,
+                    persist=replay.persist_real, snapshot_every_inserts=snapshot_every)
+    ]
     if config.imagination_enabled:
-        tables.append(TableConfig("imagined", replay.shard_capacity(replay.imagined_capacity), columns))
+        tables.append(TableConfig("imagined", replay.shard_capacity(replay.imagined_capacity), columns,
+                                  persist=replay.persist_imagined, snapshot_every_inserts=snapshot_every))
     return tables
 
 
@@ -139,26 +144,35 @@ class _Maker:
     def __init__(self, config: SystemConfig, local: bool):
         self.config, self.local = config, local
 
-    def __call__(self, cls: type, name: str, num_cpus: float, *args, max_concurrency: int = 1, **kwargs):
+    def __call__(self, cls: type, name: str, num_cpus: float, *args, max_concurrency: int = 1, max_restarts: int = 0,
+                 **kwargs):
         if self.local:
             args, kwargs = _built(args, kwargs)
             return LocalHandle(cls(*args, **kwargs))
         actor = _remote_class(cls, self.config.run.torch_threads)
-        options = {"name": name, "num_cpus": num_cpus, "max_concurrency": max_concurrency}
+        options = {"name": name, "num_cpus": num_cpus, "max_concurrency": max_concurrency,
+                   "max_restarts": max_restarts}
         return actor.options(**options).remote(*args, **kwargs)
 
 
-def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False) -> System:
-    """Create every role of a run and connect every edge."""
+def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, replay_dir: str | None = None) -> System:
+    """Create every role of a run and connect every edge.
+
+    ``replay_dir``: where the shards persist their tables (an absolute path every shard's node can write; see
+    ``ReplayConfig.directory``); None persists nothing.
+    """
     make = _Maker(config, local)
     system = System(local=local)
     rollout_cpus = config.rollout.num_cpus
 
     # Replay shards: K actors, each holding its slice of every table; threaded so inserts and samples interleave.
+    # Ray restarts a shard that dies, and the restarted shard recovers its persisted tables from replay_dir.
     tables = table_configs(config, spec)
     system.shards = [
         make(ReplayShard, f"replay-shard-{i}", config.replay.num_cpus, tables, seed=config.seed + SEED_REPLAY + i,
-             index=i, max_concurrency=16)
+             index=i, directory=replay_dir, fsync=config.replay.fsync,
+             fsync_interval_ms=config.replay.fsync_interval_ms, max_concurrency=16,
+             max_restarts=config.replay.max_restarts)
         for i in range(config.replay.num_shards)
     ]
 

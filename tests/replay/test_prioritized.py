@@ -175,4 +175,4 @@ def test_client_routes_keys_to_their_shards():
     with pytest.raises(KeyError, match="unknown table 'nope'"):
         client.flush_priorities()
     client.flush_priorities()
-    assert client._priority_refs == []
+    assert client._priority_updates == {}

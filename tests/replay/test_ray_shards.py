@@ -5,12 +5,14 @@ Ray must run inside a loopback-only network namespace here, so this module runs 
 """
 
 import os
+import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from replay import RateLimiterConfig, ReplayClient, ReplayConfig, ReplayShard
+from replay import RateLimiterConfig, ReplayClient, ReplayConfig, ReplayShard, TableConfig
 from tests.replay.helpers import make_chunk, table_config
 
 pytestmark = [
@@ -84,3 +86,83 @@ def test_client_inserts_while_a_thread_samples_and_the_ratio_holds(ray_shards):
     assert rows > 20 * MIN_SIZE
     assert abs(total_sampled - SPI * (rows - 2 * MIN_SIZE)) <= 2 * ERROR_BUFFER
     assert writer.sizes("real") == [s["real"]["size"] for s in stats]
+
+
+def _call(shard, fn):
+    """Run ``fn(shard_object)`` inside the shard actor."""
+    import ray
+
+    return ray.get(shard.__ray_call__.remote(fn), timeout=60)
+
+
+def _priority(seq: np.ndarray) -> np.ndarray:
+    """The priority every update gives a row: fixed per row, so the last update applied does not matter."""
+    return 1.0 + seq % 7
+
+
+def test_sigkilled_shard_restarts_with_every_acknowledged_row_once_and_its_priorities(ray_shards, tmp_path):
+    import ray
+
+    columns = table_config().columns
+    tables = [TableConfig("real", 100_000, columns, sampler="prioritized", persist=True, snapshot_every_inserts=2000)]
+    actor = ray.remote(ReplayShard).options(max_concurrency=8, max_restarts=3)
+    shards = [actor.remote(tables, seed=0, index=i, directory=str(tmp_path)) for i in range(2)]
+    config = ReplayConfig(num_shards=2, long_poll_s=0.2, sample_timeout_s=60.0, insert_timeout_s=60.0,
+                          shard_restart_timeout_s=60.0)
+    writer = ReplayClient(shards, config, local=False, seed=0)
+    learner = ReplayClient(shards, config, local=False, seed=1)
+    stop = threading.Event()
+    errors = []
+    sampled_seq: dict[int, int] = {}
+    written = []
+
+    def write():
+        try:
+            while not stop.is_set():
+                writer.insert("real", make_chunk(CHUNK, start_seq=CHUNK * len(written), writer_id=5), writer_id=5)
+                written.append(CHUNK)
+            writer.flush()
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    def learn():
+        try:
+            while not stop.is_set():
+                batch = learner.sample("real", BATCH, with_keys=True)
+                learner.update_priorities("real", batch["key"], _priority(batch["seq"]))
+                sampled_seq.update(zip(batch["key"].tolist(), batch["seq"].tolist()))
+            learner.flush_priorities()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write), threading.Thread(target=learn)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    pid = _call(shards[0], lambda shard: os.getpid())
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(2.5)  # the shard restarts, recovers, and both clients go on
+    stop.set()
+    for thread in threads:
+        thread.join(120.0)
+    assert not any(t.is_alive() for t in threads) and not errors, errors
+
+    assert _call(shards[0], lambda shard: os.getpid()) != pid
+    assert writer.shard_failures + learner.shard_failures > 0
+    rows = sum(written)
+    exported = [_call(shard, lambda s: s._tables["real"].table.export()[0]) for shard in shards]
+    seqs = np.concatenate([columns["seq"] for columns in exported])
+    assert np.sort(seqs).tolist() == list(range(rows)), f"{rows} rows acknowledged, {len(seqs)} stored"
+    assert all((columns["writer_id"] == 5).all() for columns in exported)
+    assert rows > 10 * CHUNK
+
+    keys = np.array(sorted(sampled_seq), dtype=np.int64)
+    alpha = tables[0].priority_exponent
+    expected = _priority(np.array([sampled_seq[k] for k in keys.tolist()])) ** alpha  # the sum tree holds p^alpha
+    for index, shard in enumerate(shards):
+        mine = keys % 2 == index
+        local = keys[mine] // 2
+        stored = _call(shard, lambda s: s._tables["real"].table.priorities(local))
+        np.testing.assert_allclose(stored, expected[mine])
+    for shard in shards:
+        ray.kill(shard)
