@@ -324,11 +324,26 @@ class PrioritizedSampler:
         return (weights / weights.max()).astype(np.float32)
 
 
+def _chain_lengths(episode: np.ndarray, step: np.ndarray, carried: int = 0) -> np.ndarray:
+    """Backward chain length of each of consecutive rows: 1 + the previous row's chain when the previous row is the
+    same episode's previous step, else 1. ``carried`` is the chain of the row before the first one when the first
+    row continues it, else 0."""
+    n = len(episode)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    links = np.empty(n, dtype=bool)
+    links[0] = carried > 0
+    links[1:] = (episode[1:] == episode[:-1]) & (step[1:] == step[:-1] + 1)
+    positions = np.arange(n, dtype=np.int64)
+    last_break = np.maximum.accumulate(np.where(links, -1, positions))
+    return np.where(last_break < 0, positions + 1 + carried, positions - last_break + 1)
+
+
 class _SequenceIndex:
     """The end keys of valid sequences of one length, kept up to date as rows come and go.
 
     A sequence of ``length`` rows ending at key ``e`` is valid when row ``e``'s backward chain (consecutive keys
-    that are consecutive steps of one episode, see ``Table._chain``) is at least ``length`` long and its first
+    that are consecutive steps of one episode, see :func:`_chain_lengths`) is at least ``length`` long and its first
     key ``e - length + 1`` is still stored. Ends are appended in key order when rows are written (O(rows written))
     and dropped from the front when their first row is evicted (a binary search), so the sorted live range is
     ``ends[head:tail]``; the buffer holds ``2 * capacity`` keys and is compacted when the tail reaches its end.
@@ -388,7 +403,9 @@ class Table:
             name in specs and specs[name].shape == () and np.dtype(specs[name].dtype).kind in "iu"
             for name in ("episode_id", "step")
         )
-        self._chain = np.zeros(config.capacity, dtype=np.int64) if self._episodic else None
+        self._last_chain = 0
+        """Backward chain length of the newest stored row. Rows keep no chain array (8 bytes a row): a sequence index
+        for a new length recomputes the chains from ``episode_id`` and ``step``."""
         self._sequences: OrderedDict[int, _SequenceIndex] = OrderedDict()
 
     @property
@@ -446,14 +463,13 @@ class Table:
             end = src + stop - start
             for name, store in self._storage.items():
                 store[start:stop] = chunk[name][src:end]
-            if chain is not None:
-                self._chain[start:stop] = chain[src - skip : end - skip]
             self._sampler.on_write(start, stop)
             src = end
         first_key = self._inserted + skip
         self._inserted += n
         self._evicted += evicted + skip
         if chain is not None:
+            self._last_chain = int(chain[-1])
             for index in self._sequences.values():
                 index.append(first_key + np.flatnonzero(chain >= index.length))
                 index.expire(self.oldest_key)
@@ -463,18 +479,12 @@ class Table:
         same episode's previous step, else 1 (computed before the write, while the previous row is stored)."""
         episode = np.asarray(chunk["episode_id"][:n], dtype=np.int64)
         step = np.asarray(chunk["step"][:n], dtype=np.int64)
-        links = np.empty(n, dtype=bool)
-        links[1:] = (episode[1:] == episode[:-1]) & (step[1:] == step[:-1] + 1)
-        prev_chain = 0
+        carried = 0
         if self.size > 0:
             prev = (self._remover.cursor - 1) % self.capacity
-            links[0] = episode[0] == self._storage["episode_id"][prev] and step[0] == self._storage["step"][prev] + 1
-            prev_chain = int(self._chain[prev])
-        else:
-            links[0] = False
-        positions = np.arange(n, dtype=np.int64)
-        last_break = np.maximum.accumulate(np.where(links, -1, positions))
-        return np.where(last_break < 0, positions + 1 + prev_chain, positions - last_break + 1)
+            if episode[0] == self._storage["episode_id"][prev] and step[0] == self._storage["step"][prev] + 1:
+                carried = self._last_chain
+        return _chain_lengths(episode, step, carried)
 
     def slots_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Slots of row ``keys`` and a mask of the keys still stored (evicted or future keys are False)."""
@@ -554,7 +564,8 @@ class Table:
         length = int(length)
         index = self._sequences.get(length)
         if index is None:
-            chain = self._chain[self.ordered_slots()]
+            slots = self.ordered_slots()
+            chain = _chain_lengths(self._storage["episode_id"][slots], self._storage["step"][slots])
             ends = self.oldest_key + np.flatnonzero(chain >= length)
             index = _SequenceIndex(length, self.capacity, ends)
             index.expire(self.oldest_key)
