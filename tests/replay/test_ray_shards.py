@@ -166,3 +166,36 @@ def test_sigkilled_shard_restarts_with_every_acknowledged_row_once_and_its_prior
         np.testing.assert_allclose(stored, expected[mine])
     for shard in shards:
         ray.kill(shard)
+
+
+def test_sequences_and_prioritized_keys_through_ray_shards(ray_shards):
+    import ray
+
+    tables = [table_config(capacity=5000), TableConfig("prio", 5000, table_config().columns, sampler="prioritized")]
+    actor = ray.remote(ReplayShard).options(max_concurrency=4)
+    shards = [actor.remote(tables, seed=0, index=i) for i in range(2)]
+    client = ReplayClient(shards, ReplayConfig(num_shards=2, long_poll_s=0.2, sample_timeout_s=30.0), local=False)
+    for table in ("real", "prio"):  # episodes of 10 steps (make_chunk); chunks alternate between the shards
+        for start in range(0, 40 * CHUNK, CHUNK):
+            client.insert(table, make_chunk(CHUNK, start_seq=start, writer_id=1), writer_id=1)
+    client.flush()
+
+    batch = client.sample("real", 50, sequence_length=4)
+    assert batch["obs"].shape == (50, 4, 4)
+    assert (batch["episode_id"] == batch["episode_id"][:, :1]).all()
+    assert (np.diff(batch["step"], axis=1) == 1).all() and (np.diff(batch["seq"], axis=1) == 1).all()
+
+    keys = np.unique(client.sample("prio", 64, with_keys=True)["key"])
+    high = np.concatenate([keys[keys % 2 == 0][:2], keys[keys % 2 == 1][:2]])  # two rows on each shard: samples
+    assert len(np.unique(high)) == 4  # are split over shards by size, then prioritized within each shard
+    client.update_priorities("prio", high, np.full(4, 1000.0))
+    client.flush_priorities()
+    counts = np.zeros(4)
+    for _ in range(5):
+        keys = client.sample("prio", 256, with_keys=True)["key"]
+        counts += np.isin(keys, high).sum()
+    # 4 rows of 1280 with priority 1000 vs 1 (alpha 0.6, 1000 ** 0.6 = 63): they hold 4 * 63 / (4 * 63 + 1276).
+    share = counts[0] / (5 * 256)
+    assert 0.85 * 4 * 63 / (4 * 63 + 1276) < share < 1.15 * 4 * 63 / (4 * 63 + 1276), share
+    for shard in shards:
+        ray.kill(shard)
