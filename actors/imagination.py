@@ -13,8 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-IMAGINATION_WRITER_BASE = 1 << 20
-"""Writer ids of imagination workers start here, above any rollout worker's."""
+from actors.writers import episode_id, new_writer_id
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ class ImaginationWorker:
         index: int = 0,
         local: bool = False,
     ):
-        self.config, self.index, self.writer_id = config, index, IMAGINATION_WRITER_BASE + index
+        self.config, self.index, self.writer_id = config, index, new_writer_id("imagination", index)
         self._replay, self._local = replay, local
         self._policy_weights, self._model_weights = policy_weights, model_weights
         self._policy, self._model = make_policy(), make_model()
@@ -167,7 +166,7 @@ class ImaginationWorker:
         with torch.no_grad():
             out = rollout(self._policy, self._model, obs, horizon)
         n = int(out["obs"].shape[0])
-        episode_base = (self.writer_id << 32) | (self._rollouts * self.config.batch_size)
+        first = self._rollouts * self.config.batch_size
         chunk = {
             "obs": out["obs"].cpu().numpy(),
             "action": out["action"].cpu().numpy(),
@@ -175,7 +174,7 @@ class ImaginationWorker:
             "next_obs": out["next_obs"].cpu().numpy(),
             "terminated": out["terminated"].cpu().numpy(),
             "truncated": out["truncated"].cpu().numpy(),
-            "episode_id": episode_base + out["start"].cpu().numpy().astype(np.int64),
+            "episode_id": episode_id(self.writer_id, first + out["start"].cpu().numpy().astype(np.int64)),
             "step": out["step"].cpu().numpy().astype(np.int64),
             "policy_version": np.full(n, self._policy_weights.version, dtype=np.int64),
             "writer_id": np.full(n, self.writer_id, dtype=np.int64),

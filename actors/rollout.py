@@ -5,6 +5,7 @@ Dimensions: T chunk length (vector steps), N envs per worker, O observation size
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -12,6 +13,9 @@ from typing import Any, Callable
 import numpy as np
 
 from actors.envs import EnvConfig, make_vector_env
+from actors.writers import episode_id, new_writer_id
+
+logger = logging.getLogger(__name__)
 
 RANDOM_POLICY_VERSION = -1
 """``policy_version`` of rows whose actions were drawn uniformly during warm-up."""
@@ -35,11 +39,19 @@ class RolloutConfig:
     """Env steps per run() call, i.e. how often the driver hears from each worker."""
     num_cpus: float = 1.0
     """Ray CPUs per rollout worker."""
+    max_restarts: int = 10
+    """How often Ray restarts a rollout worker whose process died (it resumes from the current weights)."""
+    max_env_errors_in_a_row: int = 20
+    """Env failures (an exception, or NaN/inf in an observation or reward) a worker survives in a row by making
+    its envs afresh; one more stops the run with the env's error."""
 
     def __post_init__(self):
-        for name in ("num_workers", "envs_per_worker", "chunk_length", "weights_poll_steps", "steps_per_call"):
+        for name in ("num_workers", "envs_per_worker", "chunk_length", "weights_poll_steps", "steps_per_call",
+                     "max_env_errors_in_a_row"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout.{name}={getattr(self, name)}: expected an integer >= 1")
+        if self.max_restarts < -1:
+            raise ValueError(f"rollout.max_restarts={self.max_restarts}: expected an integer >= -1 (-1: no limit)")
         if self.warmup_steps < 0:
             raise ValueError(f"rollout.warmup_steps={self.warmup_steps}: expected an integer >= 0")
         if self.vector_mode not in ("sync", "async"):
@@ -88,6 +100,10 @@ class ChunkBuilder:
         self.t = 0
         return chunk
 
+    def clear(self) -> None:
+        """Drop the steps collected so far."""
+        self.t = 0
+
 
 class RolloutWorker:
     """Collects real experience with the newest policy it has.
@@ -110,27 +126,54 @@ class RolloutWorker:
         index: int = 0,
         seed: int = 0,
     ):
-        self.config, self.index, self.writer_id = config, index, index
+        self.config, self.index, self.writer_id = config, index, new_writer_id("rollout", index)
+        self._env_config, self._seed = env_config, seed
         self._replay, self._weights = replay, weights
-        self._env = make_vector_env(env_config, config.envs_per_worker, config.vector_mode)
-        self._env.action_space.seed(seed)
         self._policy = make_policy()
         self._policy_version = RANDOM_POLICY_VERSION
-        n = config.envs_per_worker
-        obs_shape = self._env.single_observation_space.shape
-        act_shape = self._env.single_action_space.shape
-        self._chunk = ChunkBuilder(config.chunk_length, n, obs_shape, act_shape)
         self._warmup_left = config.warmup_steps // config.num_workers + (index < config.warmup_steps % config.num_workers)
-        self._obs, _ = self._env.reset(seed=[seed + i for i in range(n)])
-        self._episodes_started = n
-        self._episode_id = np.array([self._new_episode_id(i) for i in range(n)], dtype=np.int64)
-        self._episode_step = np.zeros(n, dtype=np.int64)
-        self._episode_return = np.zeros(n, dtype=np.float64)
+        self._episodes_started = 0
         self._seq = 0
         self.env_steps = 0
+        self.env_errors = 0
+        self._errors_in_a_row = 0
+        self._start_envs()
+        self._chunk = ChunkBuilder(config.chunk_length, config.envs_per_worker,
+                                   self._env.single_observation_space.shape, self._env.single_action_space.shape)
+
+    def _start_envs(self) -> None:
+        """Make the vector env and begin a new episode in every slot."""
+        n = self.config.envs_per_worker
+        self._env = make_vector_env(self._env_config, n, self.config.vector_mode)
+        reseed = self._seed + 7919 * self.env_errors
+        self._env.action_space.seed(reseed)
+        self._obs, _ = self._env.reset(seed=[reseed + i for i in range(n)])
+        self._episode_id = np.array([self._new_episode_id(self._episodes_started + i) for i in range(n)], dtype=np.int64)
+        self._episodes_started += n
+        self._episode_step = np.zeros(n, dtype=np.int64)
+        self._episode_return = np.zeros(n, dtype=np.float64)
+
+    def _restart_envs(self, error: str) -> None:
+        """After an env failure: drop the unfinished chunk (no episode is stitched to another), make the envs
+        afresh and start new episodes; raise once ``max_env_errors_in_a_row`` is passed."""
+        self.env_errors += 1
+        self._errors_in_a_row += 1
+        if self._errors_in_a_row > self.config.max_env_errors_in_a_row:
+            raise RuntimeError(
+                f"env {self._env_config.id!r} failed {self._errors_in_a_row} times in a row on rollout worker "
+                f"{self.index} (rollout.max_env_errors_in_a_row={self.config.max_env_errors_in_a_row}); last: {error}"
+            )
+        logger.warning("rollout worker %d: env %r failed (%s); dropping the unfinished chunk, making new envs",
+                       self.index, self._env_config.id, error)
+        self._chunk.clear()
+        try:
+            self._env.close()
+        except Exception:  # the broken env may fail to close too; the new one replaces it either way
+            pass
+        self._start_envs()
 
     def _new_episode_id(self, counter: int) -> int:
-        return (self.writer_id << 32) | counter
+        return episode_id(self.writer_id, counter)
 
     # acting ---------------------------------------------------------------------------------------------------
     def _refresh_policy(self) -> None:
@@ -155,11 +198,22 @@ class RolloutWorker:
             if vector_step % self.config.weights_poll_steps == 0:
                 self._refresh_policy()
             action, version = self._act()
-            next_obs, reward, terminated, truncated, info = self._env.step(action)
-            done = terminated | truncated
-            final_next = next_obs.copy()
-            if done.any():
-                final_next[done] = np.stack(info["final_obs"][done])
+            try:
+                next_obs, reward, terminated, truncated, info = self._env.step(action)
+                done = terminated | truncated
+                final_next = next_obs.copy()
+                if done.any():
+                    final_next[done] = np.stack(info["final_obs"][done])
+            except Exception as exc:
+                self._restart_envs(f"{type(exc).__name__}: {exc}")
+                continue
+            finite = (np.isfinite(final_next).reshape(len(action), -1).all(axis=1) & np.isfinite(reward)
+                      & np.isfinite(next_obs).reshape(len(action), -1).all(axis=1))
+            if not finite.all():
+                self._restart_envs(f"NaN or inf in the observation or reward of env slot(s) "
+                                   f"{np.flatnonzero(~finite).tolist()}")
+                continue
+            self._errors_in_a_row = 0
             self._chunk.add(
                 obs=self._obs, action=action, reward=reward, next_obs=final_next,
                 terminated=terminated, truncated=truncated, episode_id=self._episode_id,
@@ -184,6 +238,7 @@ class RolloutWorker:
             "total_env_steps": self.env_steps,
             "episodes": episodes,
             "policy_version": self._policy_version,
+            "env_errors": self.env_errors,
             "seconds": time.perf_counter() - start,
         }
 

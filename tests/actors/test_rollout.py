@@ -96,3 +96,41 @@ def test_close_flushes_partial_chunk(recording_replay):
 def test_config_validation_names_the_key():
     with pytest.raises(ValueError, match=r"rollout.chunk_length=0: expected an integer >= 1"):
         RolloutConfig(chunk_length=0)
+
+
+def flaky_worker(replay, **kwargs):
+    env = EnvConfig("tests.actors.flaky_env:FlakyEnv", kwargs=kwargs)
+    config = RolloutConfig(envs_per_worker=2, chunk_length=4, warmup_steps=0, max_env_errors_in_a_row=3)
+    return RolloutWorker(env, config, replay, StaticWeights(), ConstantPolicy, index=0, seed=1)
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan", "nan_reward"])
+def test_a_failing_env_is_made_afresh_and_counted_and_no_episode_is_stitched(recording_replay, mode):
+    worker = flaky_worker(recording_replay, fail_every=7, mode=mode)
+    report = worker.run(100)
+    assert report["env_steps"] == 100
+    assert report["env_errors"] >= 5  # every env instance fails at its 7th step
+    worker.flush()
+    rows = recording_replay.rows()
+    assert np.isfinite(rows["obs"]).all() and np.isfinite(rows["next_obs"]).all() and np.isfinite(rows["reward"]).all()
+    for episode in np.unique(rows["episode_id"]):  # every stored episode: consecutive steps from 0
+        mine = rows["episode_id"] == episode
+        assert rows["step"][mine].tolist() == list(range(mine.sum()))
+        np.testing.assert_array_equal(rows["obs"][mine][:, 0], np.arange(mine.sum()))
+    assert len(rows["obs"]) <= 100  # the unfinished chunk of each failure is dropped
+
+
+def test_an_env_that_keeps_failing_stops_the_worker_with_its_error(recording_replay):
+    worker = flaky_worker(recording_replay, fail_every=1)
+    with pytest.raises(RuntimeError, match=r"FlakyEnv' failed 4 times in a row .*simulator blew up at step 1"):
+        worker.run(10)
+
+
+def test_every_worker_incarnation_writes_under_its_own_writer_id(recording_replay):
+    first, second = make_worker(recording_replay), make_worker(recording_replay)
+    assert first.writer_id != second.writer_id
+    first.run(20)
+    second.run(20)
+    assert len(recording_replay.rows()["seq"]) == 40
+    ids = {(w, int(c["seq"][0])) for _, c, w in recording_replay.chunks}
+    assert len(ids) == len(recording_replay.chunks)  # no dedup key repeats: a restarted worker loses nothing

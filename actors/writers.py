@@ -1,0 +1,53 @@
+"""Writer ids: who wrote a replay row, unique per role, index and process incarnation.
+
+A replay shard deduplicates inserts by ``(writer_id, first seq of the chunk)`` and every writer numbers its rows
+from 0. A worker that Ray restarts after a crash starts numbering from 0 again, so each incarnation of a worker
+writes under a fresh writer id; otherwise its first chunks would be dropped as duplicates of its predecessor's::
+
+    writer_id  = incarnation << 16 | role << 12 | index        (< 2**39)
+    episode_id = writer_id << 24 | (episode counter mod 2**24)  (< 2**63)
+
+``incarnation`` is 23 random bits drawn when the writer starts (two incarnations of one worker collide with
+probability 2**-23 per restart); ``role`` tells rollout workers, imagination workers, the ingest gateway and
+offline imports apart; ``index`` is the worker's number in its pool. Episode ids are then unique across writers
+and incarnations, and within one writer they wrap only after 16.7 million episodes.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+__all__ = ["ROLES", "episode_id", "new_writer_id", "writer_index", "writer_role"]
+
+ROLES = {"rollout": 0, "imagination": 1, "gateway": 2, "import": 3}
+"""Role numbers of the writers of replay rows."""
+INDEX_BITS, ROLE_BITS, INCARNATION_BITS, EPISODE_BITS = 12, 4, 23, 24
+
+
+def new_writer_id(role: str, index: int, incarnation: int | None = None) -> int:
+    """A writer id for worker ``index`` of ``role``; ``incarnation`` defaults to fresh random bits."""
+    if role not in ROLES:
+        raise ValueError(f"unknown writer role {role!r}; expected one of {sorted(ROLES)}")
+    if not 0 <= index < 1 << INDEX_BITS:
+        raise ValueError(f"writer index {index} out of range: expected 0 <= index < {1 << INDEX_BITS}")
+    if incarnation is None:
+        incarnation = secrets.randbits(INCARNATION_BITS)
+    if not 0 <= incarnation < 1 << INCARNATION_BITS:
+        raise ValueError(f"incarnation {incarnation} out of range: expected 0 <= incarnation < {1 << INCARNATION_BITS}")
+    return incarnation << (ROLE_BITS + INDEX_BITS) | ROLES[role] << INDEX_BITS | index
+
+
+def writer_index(writer_id: int) -> int:
+    """The pool index encoded in ``writer_id``."""
+    return writer_id & ((1 << INDEX_BITS) - 1)
+
+
+def writer_role(writer_id: int) -> str:
+    """The role name encoded in ``writer_id``."""
+    number = (writer_id >> INDEX_BITS) & ((1 << ROLE_BITS) - 1)
+    return next(name for name, n in ROLES.items() if n == number)
+
+
+def episode_id(writer_id: int, counter):
+    """Episode id of the ``counter``-th episode a writer started (int, or an int64 array of counters)."""
+    return (writer_id << EPISODE_BITS) | (counter & ((1 << EPISODE_BITS) - 1))
