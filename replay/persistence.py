@@ -27,6 +27,11 @@ insert path: up to that window of acknowledged inserts can be lost) or ``"none"`
 
 :class:`TableStore` is not thread-safe: the shard calls it under the table's lock, except for
 :meth:`TableStore.write_snapshot` and :meth:`TableStore.remove_before`, which touch only files no writer uses.
+
+Readers outside the shard (export, inspection: :mod:`replay.offline`) open a store with ``read_only=True``: it takes
+no LOCK and changes no file, so it can read a directory a live shard is writing; :meth:`TableStore.recover` then
+leaves temp files alone and skips a torn final record (a live writer may be in the middle of it) with a warning
+instead of cutting it off.
 """
 
 from __future__ import annotations
@@ -173,12 +178,22 @@ class TableStore:
         config: the table's configuration (its columns give the log schema).
         fsync: one of :data:`FSYNC_MODES`.
         fsync_interval_ms: with ``fsync="interval"``, the longest time between two fsyncs of the logs.
+        read_only: only read (:meth:`recover`, :meth:`generations`): no LOCK, no file created, changed or removed,
+            and every write refused.
 
     Raises:
         RuntimeError: another live shard holds the directory.
+        FileNotFoundError: ``read_only`` and ``root`` is not a directory.
     """
 
-    def __init__(self, root: str, config: TableConfig, fsync: str = "none", fsync_interval_ms: int = 100):
+    def __init__(
+        self,
+        root: str,
+        config: TableConfig,
+        fsync: str = "none",
+        fsync_interval_ms: int = 100,
+        read_only: bool = False,
+    ):
         if fsync not in FSYNC_MODES:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, got {fsync!r}")
         if not isinstance(fsync_interval_ms, int) or isinstance(fsync_interval_ms, bool) or fsync_interval_ms < 0:
@@ -191,13 +206,19 @@ class TableStore:
         self.schema = arrow_schema(config.columns)
         self.fsync_mode = fsync
         self.fsync_interval_s = fsync_interval_ms / 1000.0
-        os.makedirs(root, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(root, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise RuntimeError(f"replay directory {root} is in use by another live shard") from None
+        self.read_only = read_only
+        self._lock_fd: int | None = None
+        if read_only:
+            if not os.path.isdir(root):
+                raise FileNotFoundError(f"replay table directory {root} does not exist")
+        else:
+            os.makedirs(root, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(root, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._lock_fd)
+                raise RuntimeError(f"replay directory {root} is in use by another live shard") from None
         self.generation = 0
         """Generation new records go to (set by :meth:`recover`)."""
         self._wal: _StreamLog | None = None
@@ -231,12 +252,13 @@ class TableStore:
 
         Leftover temp files of an interrupted snapshot are removed, and torn tails are cut off (with a warning).
         Records are read lazily as the iterator advances; new records go to a generation past every one on disk.
+        A read-only store changes nothing: temp files stay and a torn tail is only skipped (with a warning).
 
         Raises:
             SchemaError: a file does not match the table's configuration (columns changed between runs).
         """
         for name in os.listdir(self.root):
-            if name.endswith(".tmp"):
+            if name.endswith(".tmp") and not self.read_only:
                 os.unlink(os.path.join(self.root, name))
         files = self._files()
         every = [g for gens in files.values() for g in gens]
@@ -282,7 +304,8 @@ class TableStore:
         return out
 
     def _read_stream(self, path: str, schema: pa.Schema) -> Iterator[tuple[pa.RecordBatch, pa.KeyValueMetadata]]:
-        """Record batches of a log with their custom metadata; a torn tail is truncated away with a warning."""
+        """Record batches of a log with their custom metadata; a torn tail is truncated away (read-only: skipped)
+        with a warning."""
         size = os.path.getsize(path)
         good = 0
         error: Exception | None = None
@@ -319,13 +342,15 @@ class TableStore:
                     yield batch, metadata
         if good < size:
             dropped = size - good
+            action = "skipped" if self.read_only else "cut off"
             message = (
-                f"replay log {path}: cut off a torn final record, dropping {dropped} byte(s) after offset {good} "
+                f"replay log {path}: {action} a torn final record, dropping {dropped} byte(s) after offset {good} "
                 f"({error if error is not None else 'trailing bytes'})"
             )
             logger.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
-            os.truncate(path, good)
+            if not self.read_only:
+                os.truncate(path, good)
 
     def _read_snapshot(self, path: str) -> SnapshotImage:
         table = pq.read_table(path)
@@ -360,7 +385,12 @@ class TableStore:
 
     # ---- logging -----------------------------------------------------------------------------------------------
 
+    def _refuse_if_read_only(self) -> None:
+        if self.read_only:
+            raise RuntimeError(f"replay table {self.config.name!r}: {self.root} was opened read-only")
+
     def _open(self, kind: str, schema: pa.Schema) -> _StreamLog:
+        self._refuse_if_read_only()
         if self._closed:
             raise RuntimeError(f"replay table {self.config.name!r}: persistence was closed")
         log = _StreamLog(self._path(kind, self.generation), schema)
@@ -451,12 +481,14 @@ class TableStore:
             self.rotate()
         finally:
             self._closed = True
-            os.close(self._lock_fd)
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
 
     # ---- snapshots ---------------------------------------------------------------------------------------------
 
     def write_snapshot(self, generation: int, image: SnapshotImage) -> str:
         """Write ``image`` as ``snapshot-<generation>.parquet`` (temp file, fsync, atomic rename); return its path."""
+        self._refuse_if_read_only()
         batch = chunk_to_record_batch(image.chunk, self.config.columns, validate=False)
         rows = batch.num_rows
         arrays = list(batch.columns) + [pa.array(np.arange(image.inserted - rows, image.inserted, dtype=np.int64))]
@@ -494,6 +526,7 @@ class TableStore:
 
     def remove_before(self, generation: int) -> list[str]:
         """Delete logs and snapshots of generations older than ``generation`` (after its snapshot is durable)."""
+        self._refuse_if_read_only()
         removed = []
         for gens in self._files().values():
             for gen, path in gens.items():

@@ -3,7 +3,8 @@
 A chunk (or batch) is ``dict[str, np.ndarray]`` with one row per transition: every column has shape
 ``(N,) + spec.shape``. :func:`validate_chunk` is the one place that decides whether a chunk fits a table;
 :func:`arrow_schema`, :func:`chunk_to_record_batch` and :func:`record_batch_to_chunk` map tables to Arrow
-(vectors as ``fixed_size_list``) for snapshots and logs.
+(vectors as ``fixed_size_list``) for snapshots and logs; :func:`columns_from_arrow_schema` is the inverse of
+:func:`arrow_schema`, for reading files without knowing their table's configuration.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "SchemaError",
     "arrow_schema",
     "chunk_to_record_batch",
+    "columns_from_arrow_schema",
     "record_batch_to_chunk",
     "transition_columns",
     "validate_chunk",
@@ -169,6 +171,48 @@ def arrow_schema(columns: Sequence[ColumnSpec]) -> pa.Schema:
     under ``b"shape"``. Fields are not nullable.
     """
     return _arrow_schema(tuple(columns))
+
+
+def columns_from_arrow_schema(schema: pa.Schema, skip: Sequence[str] = ()) -> tuple[ColumnSpec, ...]:
+    """The columns whose :func:`arrow_schema` is ``schema`` (its inverse), leaving out the fields named in ``skip``.
+
+    Scalars map to their numpy dtype; ``fixed_size_list<dtype>[size]`` to a vector of shape ``(size,)``, or to the
+    shape stored in the field metadata under ``b"shape"`` (multi-dimensional values).
+
+    Raises:
+        SchemaError: a field whose type is neither a bool/integer/float scalar nor a fixed-size list of one, or
+            whose stored shape does not match its list size; the message names the field.
+    """
+    columns = []
+    for arrow_field in schema:
+        if arrow_field.name in skip:
+            continue
+        arrow_type, shape = arrow_field.type, ()
+        if pa.types.is_fixed_size_list(arrow_type):
+            size = arrow_type.list_size
+            shape = (size,)
+            raw = (arrow_field.metadata or {}).get(_SHAPE_METADATA_KEY)
+            if raw is not None:
+                try:
+                    shape = tuple(int(d) for d in json.loads(raw))
+                except (ValueError, TypeError):
+                    raise SchemaError(f"column {arrow_field.name!r}: unreadable shape metadata {raw!r}") from None
+                if math.prod(shape) != size:
+                    raise SchemaError(
+                        f"column {arrow_field.name!r}: shape metadata {list(shape)} does not match the list size {size}"
+                    )
+            arrow_type = arrow_type.value_type
+        if not (pa.types.is_boolean(arrow_type) or pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)):
+            raise SchemaError(
+                f"column {arrow_field.name!r}: Arrow type {arrow_field.type} is not a bool, integer or float scalar "
+                f"or a fixed_size_list of one"
+            )
+        try:
+            dtype = np.dtype(arrow_type.to_pandas_dtype()).name
+            columns.append(ColumnSpec(arrow_field.name, shape, dtype))
+        except (NotImplementedError, ValueError) as exc:
+            raise SchemaError(f"column {arrow_field.name!r}: {exc}") from None
+    return tuple(columns)
 
 
 def chunk_to_record_batch(

@@ -2,6 +2,7 @@
 
     dynaray train [PRESET ...] [key=value ...] [--address ADDR]
     dynaray eval RUN_DIR [--episodes N]
+    dynaray replay export RUN_DIR --to DIR | import DATASET --to REPLAY_DIR | inspect RUN_DIR   (docs/replay.md)
 
 Bad input (config, env id, checkpoint) ends in one line on stderr and a non-zero exit code, with no Ray
 processes left behind.
@@ -15,6 +16,8 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from system.replay_cli import register as register_replay_verbs
 
 EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -143,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
     p.add_argument("--seed", type=int, default=12345, help="seed for the eval env resets")
     p.set_defaults(func=evaluate)
+
+    register_replay_verbs(verbs)  # dynaray replay export|import|inspect
     return parser
 
 
