@@ -38,11 +38,15 @@ class ImaginationConfig:
     """Ray CPUs per imagination worker."""
     device: str = "cpu"
     """Torch device for model and policy forwards ('auto' picks CUDA when the actor has a GPU)."""
+    max_restarts: int = 10
+    """How often Ray restarts an imagination worker whose process died; -1 without limit."""
 
     def __post_init__(self):
         for name in ("num_workers", "horizon_ramp_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"imagination.{name}={getattr(self, name)}: expected an integer >= 0")
+        if self.max_restarts < -1:
+            raise ValueError(f"imagination.max_restarts={self.max_restarts}: expected an integer >= -1 (-1: no limit)")
         for name in ("batch_size", "horizon_start", "horizon_end", "prefetch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"imagination.{name}={getattr(self, name)}: expected an integer >= 1")
@@ -141,7 +145,7 @@ class ImaginationWorker:
         """Roll out batches until ``max_seconds`` pass (or, in process, until no start states are ready)."""
         start = time.perf_counter()
         horizon = self.config.horizon(env_steps)
-        report = {"index": self.index, "transitions": 0, "rollouts": 0, "skipped_starts": 0, "stopped_nonfinite": 0,
+        report = {"index": self.index, "writer_id": self.writer_id, "transitions": 0, "rollouts": 0, "skipped_starts": 0, "stopped_nonfinite": 0,
                   "terminated": 0, "horizon": horizon}
         while time.perf_counter() - start < max_seconds:
             while len(self._pending) < self.config.prefetch:

@@ -91,8 +91,8 @@ class ChunkBuilder:
     def take(self, writer_id: int, first_seq: int) -> dict[str, np.ndarray]:
         """The first ``t`` steps as a chunk of t * N rows (slot-major); resets the builder."""
         t, n = self.t, self.num_envs
-        chunk = {
-            name: np.ascontiguousarray(buf[:t].swapaxes(0, 1)).reshape((t * n,) + buf.shape[2:])
+        chunk = {  # copies, never views of the buffer: a chunk may be sent again after the buffer is refilled
+            name: buf[:t].swapaxes(0, 1).reshape((t * n,) + buf.shape[2:]).copy()
             for name, buf in self._buf.items()
         }
         chunk["writer_id"] = np.full(t * n, writer_id, dtype=np.int64)
@@ -190,8 +190,15 @@ class RolloutWorker:
         return self._policy.act(self._obs.astype(np.float32)), self._policy_version
 
     # the loop -------------------------------------------------------------------------------------------------
-    def run(self, num_steps: int) -> dict[str, Any]:
-        """Take at least ``num_steps`` env steps; return what happened in them."""
+    def run(self, num_steps: int, random_steps: int | None = None) -> dict[str, Any]:
+        """Take at least ``num_steps`` env steps; return what happened in them.
+
+        ``random_steps``: how many of them act uniformly at random (the driver hands out the run's warm-up this
+        way, so that restarted or added workers do not warm up again); None keeps this worker's own share of
+        ``warmup_steps``.
+        """
+        if random_steps is not None:
+            self._warmup_left = random_steps
         start, steps, vector_step = time.perf_counter(), 0, 0
         episodes: list[tuple[float, int]] = []
         while steps < num_steps:
@@ -234,6 +241,7 @@ class RolloutWorker:
         self.env_steps += steps
         return {
             "index": self.index,
+            "writer_id": self.writer_id,
             "env_steps": steps,
             "total_env_steps": self.env_steps,
             "episodes": episodes,

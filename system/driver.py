@@ -5,9 +5,10 @@ It never blocks on one role: every call is a ref in ``self._inflight`` and the l
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,9 +16,17 @@ import numpy as np
 
 from actors.envs import EnvSpec
 from system.config import SystemConfig
-from system.handles import get, wait
+from system.handles import get, is_actor_failure, wait
 from system.run_dir import RunDir
 from system.wiring import System
+
+logger = logging.getLogger(__name__)
+
+RESTARTABLE = {"rollout": "rollout", "rollout_flush": "rollout", "imagination": "imagination"}
+"""Call kinds whose worker Ray restarts when its process dies (``max_restarts`` in the role's config) -> role."""
+MAX_LOST_CALLS_IN_A_ROW = 5
+"""Calls of one worker lost to a dead process in a row before the run stops (one death can fail two calls: the
+one running and one sent before Ray noticed)."""
 
 
 CONSUMERS = ("policy", "world_model", "imagination")
@@ -89,6 +98,10 @@ class Driver:
         self._step_times: deque[tuple[float, int]] = deque([(self._start, 0)])
         self._stop_reason: str | None = None
         self._first_report_at: float | None = None
+        self._restarts: Counter[str] = Counter({"rollout": 0, "imagination": 0})
+        self._lost_calls: Counter[tuple[str, int]] = Counter()
+        self._incarnations: dict[tuple[str, int], int] = {}
+        self._env_errors: dict[int, int] = {}
 
     # submitting -----------------------------------------------------------------------------------------------
     def _submit(self, ref: Any, call: _Call) -> None:
@@ -103,9 +116,11 @@ class Driver:
         if self.env_steps + self._steps_in_flight >= self.config.run.total_env_steps:
             self._submit(self.system.rollout[i].flush.remote(), _Call("rollout_flush", i))
             return
-        steps = min(steps, self.config.run.total_env_steps - self.env_steps - self._steps_in_flight)
+        handed_out = self.env_steps + self._steps_in_flight
+        steps = min(steps, self.config.run.total_env_steps - handed_out)
+        random_steps = min(steps, max(0, self.config.rollout.warmup_steps - handed_out))
         self._steps_in_flight += steps
-        self._submit(self.system.rollout[i].run.remote(steps), _Call("rollout", i, steps))
+        self._submit(self.system.rollout[i].run.remote(steps, random_steps), _Call("rollout", i, steps))
 
     def _submit_learner(self, kind: str) -> None:
         handle = getattr(self.system, kind)
@@ -125,25 +140,60 @@ class Driver:
         try:
             result = get(ref)
         except Exception as exc:
+            if self._restarted(call, exc):
+                return
             raise RoleError(f"{call.kind} {call.index} failed: {describe_error(exc)}") from None
         if self._first_report_at is None:
             self._first_report_at = time.monotonic()
         getattr(self, f"_on_{call.kind}")(call, result)
 
+    def _restarted(self, call: _Call, exc: BaseException) -> bool:
+        """Whether ``call`` failed because its worker's process died and Ray restarts it: then give the worker
+        its work again (its unfinished chunk died with it). False for any other failure, for a worker whose
+        constructor failed, and for a worker whose calls failed :data:`MAX_LOST_CALLS_IN_A_ROW` times in a row
+        (Ray gave up on it after its ``max_restarts``, or it dies at once each time)."""
+        if call.kind not in RESTARTABLE or not is_actor_failure(exc) or getattr(exc, "actor_init_failed", False):
+            return False
+        role = RESTARTABLE[call.kind]
+        self._lost_calls[(role, call.index)] += 1
+        if self._lost_calls[(role, call.index)] > MAX_LOST_CALLS_IN_A_ROW:
+            return False
+        logger.warning("%s worker %d died (%s); Ray restarts it and it goes on", role, call.index,
+                       describe_error(exc))
+        if call.kind == "rollout":
+            self._steps_in_flight -= call.payload
+            self._submit_rollout(call.index)
+        elif call.kind == "rollout_flush":
+            self._submit(self.system.rollout[call.index].flush.remote(), call)
+        else:
+            self._submit_imagination(call.index)
+        return True
+
+    def _count_incarnation(self, role: str, report: dict[str, Any]) -> None:
+        """A report from a worker: its writer id tells whether Ray restarted it since its last report."""
+        self._lost_calls[(role, report["index"])] = 0
+        seen = self._incarnations.setdefault((role, report["index"]), report["writer_id"])
+        if seen != report["writer_id"]:
+            self._incarnations[(role, report["index"])] = report["writer_id"]
+            self._restarts[role] += 1
+
     def _on_rollout(self, call: _Call, report: dict[str, Any]) -> None:
+        self._count_incarnation("rollout", report)
         self._steps_in_flight -= call.payload
         self.env_steps += report["env_steps"]
         for episode_return, _ in report["episodes"]:
             self._episode_returns.append(episode_return)
         self._episodes += len(report["episodes"])
-        self._latest["rollout"] = {"policy_version_acting": report["policy_version"]}
+        self._env_errors[call.index] = report["env_errors"]
+        self._latest["rollout"] = {"policy_version_acting": report["policy_version"],
+                                   "rollout_env_errors": sum(self._env_errors.values())}
         while self.env_steps >= self._next_eval and self._next_eval < self.config.run.total_env_steps:
             self._request_eval(self._next_eval)
             self._next_eval += self.config.eval.every_steps
         self._submit_rollout(call.index)
 
     def _on_rollout_flush(self, call: _Call, result: None) -> None:
-        pass
+        self._lost_calls[("rollout", call.index)] = 0
 
     def _keep_going(self, progress: int) -> bool:
         """Resubmit a consumer of replay unless stopping, or draining and its rate limiter admits nothing more."""
@@ -162,6 +212,7 @@ class Driver:
             self._submit_learner("world_model")
 
     def _on_imagination(self, call: _Call, report: dict[str, Any]) -> None:
+        self._count_incarnation("imagination", report)
         total = self._latest.setdefault("imagination", {"transitions": 0})
         total["transitions"] += report["transitions"]
         total["horizon"] = report["horizon"]
@@ -215,6 +266,7 @@ class Driver:
         for key, value in self._latest.get("imagination", {}).items():
             row[f"imagination_{key}"] = value
         row.update(self._latest.get("rollout", {}))
+        row.update({f"{role}_restarts": n for role, n in self._restarts.items()})
         self._last_row_time = now
         return row
 

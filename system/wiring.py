@@ -200,7 +200,7 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
         system.rollout.append(
             make(RolloutWorker, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
                  replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
-                 index=i, seed=seed)
+                 index=i, seed=seed, max_restarts=config.rollout.max_restarts)
         )
 
     # Imagination workers: sample start states from "real", write model rollouts to "imagined";
@@ -215,7 +215,7 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
                      WeightsClient(system.store, "world_model"),
                      partial(policy_factory, seed=seed, device=device),
                      partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model, seed=seed, device=device),
-                     index=i, local=local)
+                     index=i, local=local, max_restarts=config.imagination.max_restarts)
             )
 
     # Evaluators: receive the policy weights to evaluate from the driver (taken from the store at each mark).

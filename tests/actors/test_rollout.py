@@ -34,6 +34,16 @@ def test_chunk_builder_is_slot_major():
     assert builder.t == 0
 
 
+def test_chunks_own_their_rows_even_with_one_env():
+    builder = ChunkBuilder(length=2, num_envs=1, obs_shape=(1,), action_shape=(1,))
+    for t in range(2):
+        builder.add(obs=np.array([[t]]))
+    chunk = builder.take(writer_id=0, first_seq=0)
+    for t in range(2):  # refill: a chunk resubmitted after a "not now" must still hold its own rows
+        builder.add(obs=np.array([[7]]))
+    assert chunk["obs"][:, 0].tolist() == [0, 1]
+
+
 def test_chunks_have_fixed_size_and_rows_are_consistent(recording_replay):
     worker = make_worker(recording_replay)
     report = worker.run(60)
