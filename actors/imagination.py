@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from actors.writers import episode_id, new_writer_id
+from replay.writers import episode_id, new_writer_id
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from actors.envs import EnvConfig, make_vector_env
-from actors.writers import episode_id, new_writer_id
+from replay.writers import episode_id, new_writer_id
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ shards), so a training run started with ``replay.directory=<that directory>`` re
 * ``.npz`` per episode in the Minari layout: ``observations`` (T+1 rows), ``actions``, ``rewards``,
   ``terminations`` and ``truncations`` (T rows each).
 
-Imported rows carry writer id :data:`IMPORT_WRITER_ID` (role ``import`` of :mod:`actors.writers`, which no rollout
+Imported rows carry writer id :data:`IMPORT_WRITER_ID` (role ``import`` of :mod:`replay.writers`, which no rollout
 or imagination worker id can have), ``seq`` numbers past every imported row already there, episode ids
-``actors.writers.episode_id(IMPORT_WRITER_ID, n)`` with ``n`` past every imported episode already there, and
+``replay.writers.episode_id(IMPORT_WRITER_ID, n)`` with ``n`` past every imported episode already there, and
 ``policy_version`` -1.
 """
 
@@ -51,7 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actors.writers import EPISODE_BITS, episode_id, new_writer_id
+from replay.writers import EPISODE_BITS, episode_id, new_writer_id
 from replay.persistence import (
     KEY_FIELD,
     PRIORITY_FIELD,

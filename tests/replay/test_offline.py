@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors.writers import EPISODE_BITS, writer_role
+from replay.writers import EPISODE_BITS, writer_role
 from replay import ReplayShard, SchemaError, TableConfig, arrow_schema, transition_columns
 from replay.offline import (
     IMPORT_WRITER_ID,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from actors.writers import episode_id, new_writer_id, writer_index, writer_role
+from replay.writers import episode_id, new_writer_id, writer_index, writer_role
 
 
 def test_writer_ids_encode_role_and_index_and_differ_per_incarnation():
