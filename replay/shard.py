@@ -15,17 +15,27 @@ recovered: rows in FIFO order, insert counter and row keys, dedup state, priorit
 ``duplicates`` and wait counters start at 0, and each rate limiter restarts from the recovered size as if its
 consumer were exactly on target (``inserted = size``, ``sampled = samples_per_insert * (size - min_size)``), so
 neither side is blocked by history from before the restart.
+
+Cold tier (:attr:`TableConfig.disk_capacity` ``> 0``, needs ``directory``): rows evicted from memory go to Parquet
+segment files under ``<directory>/shard-<index>/<table>/cold/`` (:mod:`replay.cold`) and stay sampleable. A full
+segment is written by the inserting thread after it released the table lock, so sampling is never held up by it.
+A snapshot first writes (and fsyncs) every evicted row to a segment file, so that the logs it deletes hold no row
+that exists nowhere else. Recovery replays the logs, whose evictions the cold tier skips for the keys it already
+holds, then checks that the cold tier ends where memory begins (:meth:`replay.table.Table.reconcile_cold`); a
+table that is not persisted starts with an empty cold tier.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from replay.cold import COLD_DIRECTORY, ColdTier
 from replay.persistence import FSYNC_MODES, InsertRecord, SnapshotImage, TableStore, table_directory
 from replay.rate_limiter import RateLimiter
 from replay.schema import SchemaError, validate_chunk
@@ -81,8 +91,14 @@ class _SeenChunks:
 class _TableState:
     """One table plus everything the shard keeps about it, guarded by ``cond``."""
 
-    def __init__(self, config: TableConfig, rng: np.random.Generator, store: TableStore | None = None):
-        self.table = Table(config)
+    def __init__(
+        self,
+        config: TableConfig,
+        rng: np.random.Generator,
+        store: TableStore | None = None,
+        cold: ColdTier | None = None,
+    ):
+        self.table = Table(config, cold)
         self.store = store
         self.snapshot_lock = threading.Lock()
         self.since_snapshot = 0
@@ -125,13 +141,15 @@ class ReplayShard:
         seed: seeds the samplers, together with ``index`` (non-negative ints).
         index: this shard's number among its siblings, so that shards sample different streams.
         directory: where tables with ``persist=True`` keep their logs and snapshots
-            (``<directory>/shard-<index>/<table>/``); None (default) persists nothing. Existing files are recovered.
+            (``<directory>/shard-<index>/<table>/``) and tables with ``disk_capacity > 0`` their cold tier (its
+            ``cold/`` subdirectory); None (default) persists nothing. Existing files are recovered.
         fsync: ``"none"`` (records reach the OS before an insert is acknowledged: a killed process loses nothing),
             ``"every_insert"`` (also ``os.fsync`` before acknowledging: survives power loss) or ``"interval"``
             (``os.fsync`` at most every ``fsync_interval_ms``, on the insert path).
         fsync_interval_ms: see ``fsync``.
 
     Raises:
+        ValueError: a table has ``disk_capacity > 0`` but no ``directory`` was given.
         RuntimeError: another live shard uses the same table directory.
         SchemaError: files on disk do not match a table's configuration.
     """
@@ -157,17 +175,38 @@ class ReplayShard:
                 raise ValueError(f"ReplayShard: table {cfg.name!r} needs a scalar int64 'seq' column, got {seq}")
         if fsync not in FSYNC_MODES:
             raise ValueError(f"ReplayShard: fsync must be one of {FSYNC_MODES}, got {fsync!r}")
+        cold_tables = [cfg.name for cfg in tables if cfg.disk_capacity > 0]
+        if cold_tables and directory is None:
+            raise ValueError(
+                f"ReplayShard: tables {cold_tables} have disk_capacity > 0 and keep rows on disk, which needs a "
+                f"directory; got directory=None"
+            )
         self.index = index
         self.directory = directory
         seeds = np.random.SeedSequence([seed, index]).spawn(len(tables))
         self._tables: dict[str, _TableState] = {}
         try:
             for cfg, s in zip(tables, seeds):
-                store = None
-                if directory is not None and cfg.persist:
-                    root = table_directory(directory, index, cfg.name)
-                    store = TableStore(root, cfg, fsync=fsync, fsync_interval_ms=fsync_interval_ms)
-                state = self._tables[cfg.name] = _TableState(cfg, np.random.default_rng(s), store)
+                store = cold = None
+                try:
+                    if directory is not None and cfg.persist:
+                        root = table_directory(directory, index, cfg.name)
+                        store = TableStore(root, cfg, fsync=fsync, fsync_interval_ms=fsync_interval_ms)
+                    if cfg.disk_capacity > 0:
+                        cold = ColdTier(
+                            os.path.join(table_directory(directory, index, cfg.name), COLD_DIRECTORY),
+                            cfg.name,
+                            cfg.columns,
+                            cfg.disk_capacity,
+                            cfg.disk_segment_rows,
+                            recover=store is not None,
+                            write_behind=True,
+                        )
+                except BaseException:
+                    if store is not None:
+                        store.close()
+                    raise
+                state = self._tables[cfg.name] = _TableState(cfg, np.random.default_rng(s), store, cold)
                 if store is not None:
                     self._recover(state)
         except BaseException:
@@ -182,9 +221,12 @@ class ReplayShard:
         if snapshot is not None:
             table.restore(snapshot.chunk, snapshot.inserted, snapshot.priorities, snapshot.max_priority)
             state.seen = {w: _SeenChunks.from_state(keys, floor) for w, (keys, floor) in snapshot.seen.items()}
+        cold = table.cold
         for record in records:
             if isinstance(record, InsertRecord):
                 table.write(record.chunk, record.rows)
+                if cold is not None and cold.has_pending:
+                    cold.flush()
                 seen = state.seen.get(record.writer_id)
                 if seen is None:
                     seen = state.seen[record.writer_id] = _SeenChunks()
@@ -192,6 +234,7 @@ class ReplayShard:
                 state.since_snapshot += record.rows
             else:
                 table.update_priorities(record.keys, record.priorities)
+        table.reconcile_cold()
         size = table.size
         for limiter in state.limiters.values():
             c = limiter.config
@@ -274,9 +317,22 @@ class ReplayShard:
             result = {"status": "ok", "size": state.table.size}
             every = state.table.config.snapshot_every_inserts
             due = store is not None and every > 0 and state.since_snapshot >= every
+            spill = state.table.cold is not None and state.table.cold.has_pending
+        if spill:
+            self._write_cold(state)
         if due:
             self._auto_snapshot(state)
         return result
+
+    @staticmethod
+    def _write_cold(state: _TableState) -> None:
+        """Write the cold tier's full segments after an acknowledged insert, outside the table lock; skipped if
+        another thread is at it, and a failure only logs (the rows stay sampleable in memory and the next insert
+        tries again)."""
+        try:
+            state.table.cold.flush(guard=state.cond, blocking=False)
+        except Exception:  # noqa: BLE001 - the insert succeeded; report and go on
+            logger.exception("writing a cold-tier segment of replay table %r failed", state.table.name)
 
     def _auto_snapshot(self, state: _TableState) -> None:
         """Snapshot after an acknowledged insert; skipped if one is running, and a failure only logs (the data
@@ -321,6 +377,9 @@ class ReplayShard:
             seen = {w: s.state() for w, s in state.seen.items()}
             generation = state.store.rotate()
             state.since_snapshot = 0
+        if state.table.cold is not None:
+            # every row evicted before the copy must be in a segment file before older logs are deleted
+            state.table.cold.flush(guard=state.cond, include_staged=True)
         image = SnapshotImage(rows, inserted, priorities, max_priority, seen)
         path = state.store.write_snapshot(generation, image)
         removed = state.store.remove_before(generation)
@@ -330,12 +389,15 @@ class ReplayShard:
     def close(self) -> None:
         """Close the logs of persisted tables (fsynced unless ``fsync="none"``) and release their directories.
 
-        Inserts into a persisted table fail afterwards; sampling still works. Idempotent.
+        Inserts into a persisted table fail afterwards; sampling still works. Cold tiers stop writing segment files
+        (rows evicted afterwards stay in memory). Idempotent.
         """
         for state in self._tables.values():
             if state.store is not None:
                 with state.snapshot_lock, state.cond:
                     state.store.close()
+            if state.table.cold is not None:
+                state.table.cold.close(guard=state.cond)
 
     @staticmethod
     def _limiter(state: _TableState, rows: int, consumer: str | None) -> RateLimiter | None:
@@ -447,7 +509,7 @@ class ReplayShard:
             return state.table.update_priorities(keys, priorities)
 
     def size(self, table: str) -> int:
-        """Rows stored in ``table`` now."""
+        """Rows stored in ``table`` now (sampleable: in memory plus in its cold tier)."""
         state = self._state(table)
         with state.cond:
             return state.table.size
@@ -459,7 +521,9 @@ class ReplayShard:
     def stats(self) -> dict[str, dict]:
         """Per table: size, capacity, inserted, evicted, sampled, duplicates, inserts_waited (answers "not
         now"), samples_waited (answers None), and ``consumers``: per consumer ``sampled`` and
-        ``samples_per_insert`` (None when unlimited), plus the limiter's lag, min_size and error_buffer."""
+        ``samples_per_insert`` (None when unlimited), plus the limiter's lag, min_size and error_buffer. A table
+        with a cold tier also reports memory_rows, disk_rows, staged_rows, disk_files, disk_bytes, spilled and
+        disk_capacity (see :meth:`replay.table.Table.stats`); its size is memory_rows + disk_rows + staged_rows."""
         out = {}
         for name, state in self._tables.items():
             with state.cond:

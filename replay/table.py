@@ -14,20 +14,30 @@ write cursor, so key and slot convert into each other by arithmetic (:meth:`Tabl
 Sequences: :meth:`Table.sample_sequences` draws runs of rows that are consecutive steps of one episode and
 consecutive keys (see :class:`_SequenceIndex`).
 
+Larger than memory: with :attr:`TableConfig.disk_capacity` ``> 0`` the rows the ring evicts go to a
+:class:`replay.cold.ColdTier` (Parquet segment files) instead of being dropped, and uniform samples draw over the
+rows in memory and on disk alike. The cold tier holds the keys just below the ring's, so stored keys are still
+``[inserted - size, inserted)``; only the ring's part maps to slots.
+
 :class:`Table` is not thread-safe: :class:`replay.shard.ReplayShard` serialises access with one lock per table.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from replay.rate_limiter import RateLimiterConfig
 from replay.schema import ColumnSpec, validate_chunk
+
+if TYPE_CHECKING:
+    from replay.cold import ColdTier
 
 __all__ = [
     "KEY_COLUMN",
@@ -47,8 +57,15 @@ KEY_COLUMN = "key"
 """Extra batch column (int64) with each sampled row's key, returned when sampling ``with_keys``."""
 WEIGHT_COLUMN = "weight"
 """Extra batch column (float32) with each sampled row's importance weight, returned with :data:`KEY_COLUMN`."""
+logger = logging.getLogger(__name__)
+
 MAX_CACHED_SEQUENCE_LENGTHS = 4
 """Sequence lengths whose valid-start index a table maintains at once; the least recently used is dropped."""
+
+
+def _warn(message: str) -> None:
+    logger.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _finite_non_negative(value: object) -> bool:
@@ -78,6 +95,13 @@ class TableConfig:
     when the shard is given a directory."""
     snapshot_every_inserts: int = 0
     """With persistence, snapshot automatically once this many rows were inserted since the last snapshot; 0 never."""
+    disk_capacity: int = 0
+    """Rows this table keeps in Parquet files beyond ``capacity`` in one shard (a cold tier, :mod:`replay.cold`):
+    evicted rows go there, the oldest are dropped beyond this, and uniform samples draw over memory and disk rows
+    alike; 0 keeps none. Needs a shard directory and ``sampler="uniform"``, and rules out sequence sampling."""
+    disk_segment_rows: int = 0
+    """Rows per cold-tier segment file, which is also how many evicted rows wait in memory before a file is
+    written; 0 picks about 32 MiB of raw row bytes. Capped at ``disk_capacity``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -121,6 +145,15 @@ class TableConfig:
         every = self.snapshot_every_inserts
         if not isinstance(every, int) or isinstance(every, bool) or every < 0:
             raise ValueError(f"TableConfig {self.name!r}: snapshot_every_inserts must be an int >= 0, got {every!r}")
+        for field_name in ("disk_capacity", "disk_segment_rows"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"TableConfig {self.name!r}: {field_name} must be an int >= 0, got {value!r}")
+        if self.disk_capacity > 0 and self.sampler != "uniform":
+            raise ValueError(
+                f"TableConfig {self.name!r}: disk_capacity > 0 (a cold tier on disk) needs sampler='uniform', got "
+                f"sampler={self.sampler!r} (priorities of rows on disk are not kept)"
+            )
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "limiters", tuple((name, cfg) for name, cfg in limiters))
 
@@ -384,10 +417,29 @@ class _SequenceIndex:
 
 
 class Table:
-    """Columnar ring buffer of ``config.capacity`` rows with FIFO eviction and uniform or prioritized sampling."""
+    """Columnar ring buffer of ``config.capacity`` rows with FIFO eviction and uniform or prioritized sampling.
 
-    def __init__(self, config: TableConfig):
+    Args:
+        config: the table's configuration.
+        cold: the cold tier rows evicted from the ring go to; required exactly when ``config.disk_capacity > 0``
+            (:class:`replay.shard.ReplayShard` makes it under its directory).
+    """
+
+    def __init__(self, config: TableConfig, cold: ColdTier | None = None):
+        if (config.disk_capacity > 0) != (cold is not None):
+            raise ValueError(
+                f"table {config.name!r} has disk_capacity={config.disk_capacity}: a cold tier is needed exactly "
+                f"when disk_capacity > 0, got {'one' if cold is not None else 'none'} (ReplayShard makes it under "
+                f"its directory)"
+            )
+        if cold is not None and (cold.columns != config.columns or cold.disk_capacity != config.disk_capacity):
+            raise ValueError(
+                f"table {config.name!r}: the cold tier was made for disk_capacity={cold.disk_capacity} and columns "
+                f"{[c.name for c in cold.columns]}, the table has disk_capacity={config.disk_capacity} and columns "
+                f"{[c.name for c in config.columns]}"
+            )
         self.config = config
+        self._cold = cold
         self._storage = {c.name: np.zeros((config.capacity,) + c.shape, dtype=c.np_dtype) for c in config.columns}
         self._remover = FifoRemover(config.capacity)
         if config.sampler == "prioritized":
@@ -397,9 +449,8 @@ class Table:
         else:
             self._sampler = UniformSampler()
         self._inserted = 0
-        self._evicted = 0
         specs = {c.name: c for c in config.columns}
-        self._episodic = all(
+        self._episodic = cold is None and all(
             name in specs and specs[name].shape == () and np.dtype(specs[name].dtype).kind in "iu"
             for name in ("episode_id", "step")
         )
@@ -417,8 +468,20 @@ class Table:
         return self.config.capacity
 
     @property
+    def cold(self) -> ColdTier | None:
+        """The cold tier on disk, if the table has one."""
+        return self._cold
+
+    @property
     def size(self) -> int:
-        """Rows stored now."""
+        """Rows stored now (and sampleable): in memory plus in the cold tier."""
+        if self._cold is None:
+            return self._remover.size
+        return self._remover.size + self._cold.size
+
+    @property
+    def memory_size(self) -> int:
+        """Rows in the in-memory ring (all of :attr:`size` without a cold tier)."""
         return self._remover.size
 
     @property
@@ -428,8 +491,9 @@ class Table:
 
     @property
     def evicted(self) -> int:
-        """Rows removed to make room; ``inserted - evicted == size``."""
-        return self._evicted
+        """Rows removed from the table (from memory, or from the cold tier when it has one); ``inserted - evicted
+        == size``."""
+        return self._inserted - self.size
 
     @property
     def oldest_key(self) -> int:
@@ -456,8 +520,10 @@ class Table:
         if n == 0:
             return
         skip = max(0, n - self.capacity)
+        if self._cold is not None:
+            self._spill(chunk, n, skip)
         chain = self._chunk_chain(chunk, n)[skip:] if self._episodic else None
-        runs, evicted = self._remover.allocate(n - skip)
+        runs, _ = self._remover.allocate(n - skip)
         src = skip
         for start, stop in runs:
             end = src + stop - start
@@ -467,12 +533,29 @@ class Table:
             src = end
         first_key = self._inserted + skip
         self._inserted += n
-        self._evicted += evicted + skip
         if chain is not None:
             self._last_chain = int(chain[-1])
             for index in self._sequences.values():
                 index.append(first_key + np.flatnonzero(chain >= index.length))
                 index.expire(self.oldest_key)
+        if self._cold is not None and not self._cold.write_behind and self._cold.has_pending:
+            self._cold.flush()
+
+    def _spill(self, chunk: Mapping[str, np.ndarray], n: int, skip: int) -> None:
+        """Hand the cold tier the rows a write of ``n`` rows is about to evict, oldest first: the oldest rows in
+        memory, then the ``skip`` first rows of an oversized chunk (they are older than the rows kept)."""
+        stored = self._remover.size
+        evict = max(0, stored + n - skip - self.capacity)
+        key = self._inserted - stored
+        oldest = (self._remover.cursor - stored) % self.capacity
+        while evict > 0:
+            stop = min(oldest + evict, self.capacity)
+            self._cold.append({name: store[oldest:stop] for name, store in self._storage.items()}, key, stop - oldest)
+            key += stop - oldest
+            evict -= stop - oldest
+            oldest = 0
+        if skip:
+            self._cold.append({name: chunk[name][:skip] for name in self._storage}, self._inserted, skip)
 
     def _chunk_chain(self, chunk: Mapping[str, np.ndarray], n: int) -> np.ndarray:
         """Backward chain length of each chunk row: 1 + the previous key's chain when the previous key is the
@@ -480,16 +563,17 @@ class Table:
         episode = np.asarray(chunk["episode_id"][:n], dtype=np.int64)
         step = np.asarray(chunk["step"][:n], dtype=np.int64)
         carried = 0
-        if self.size > 0:
+        if self._remover.size > 0:
             prev = (self._remover.cursor - 1) % self.capacity
             if episode[0] == self._storage["episode_id"][prev] and step[0] == self._storage["step"][prev] + 1:
                 carried = self._last_chain
         return _chain_lengths(episode, step, carried)
 
     def slots_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Slots of row ``keys`` and a mask of the keys still stored (evicted or future keys are False)."""
+        """Slots of row ``keys`` and a mask of the keys still stored in memory (evicted, cold or future keys are
+        False)."""
         keys = np.asarray(keys, dtype=np.int64)
-        stored = (keys >= self.oldest_key) & (keys < self._inserted)
+        stored = (keys >= self._inserted - self._remover.size) & (keys < self._inserted)
         slots = (self._remover.cursor - (self._inserted - keys)) % self.capacity
         return slots, stored
 
@@ -499,17 +583,51 @@ class Table:
         return self._inserted - 1 - (self._remover.cursor - 1 - slots) % self.capacity
 
     def sample_indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` slots of stored rows, drawn by the table's sampler (with replacement)."""
+        """``n`` slots of stored rows, drawn by the table's sampler (with replacement).
+
+        Raises:
+            ValueError: the table has a cold tier (its rows have no slots; use :meth:`sample`).
+        """
+        if self._cold is not None:
+            raise ValueError(f"table {self.name!r} keeps rows on disk, which have no slots; use sample()")
         return self._sampler.sample(n, rng)
 
     def sample(self, n: int, rng: np.random.Generator, with_keys: bool = False) -> dict[str, np.ndarray]:
         """``n`` rows drawn by the table's sampler; ``with_keys`` adds :data:`KEY_COLUMN` (int64 row keys) and
-        :data:`WEIGHT_COLUMN` (float32 importance weights, all 1 for a uniform table)."""
+        :data:`WEIGHT_COLUMN` (float32 importance weights, all 1 for a uniform table).
+
+        With a cold tier each row is drawn uniformly over all :attr:`size` rows, in memory and on disk.
+        """
+        if self._cold is not None and self._cold.size > 0:
+            return self._sample_with_cold(n, rng, with_keys)
         slots = self._sampler.sample(n, rng)
         batch = self.gather(slots)
         if with_keys:
             batch[KEY_COLUMN] = self.keys_of(slots)
             batch[WEIGHT_COLUMN] = self._sampler.weights(slots)
+        return batch
+
+    def _sample_with_cold(self, n: int, rng: np.random.Generator, with_keys: bool) -> dict[str, np.ndarray]:
+        """Uniform over the cold tier's rows (positions ``[0, cold)``, oldest first) and the ring's slots."""
+        cold = self._cold.size
+        picks = rng.integers(0, cold + self._remover.size, size=n, dtype=np.int64)
+        from_cold = picks < cold
+        cold_at = np.flatnonzero(from_cold)
+        warm_at = np.flatnonzero(~from_cold)
+        slots = picks[warm_at] - cold
+        cold_rows, cold_keys = self._cold.gather(picks[cold_at])
+        batch = {}
+        for name, store in self._storage.items():
+            column = np.empty((n,) + store.shape[1:], dtype=store.dtype)
+            column[warm_at] = store.take(slots, axis=0)
+            column[cold_at] = cold_rows[name]
+            batch[name] = column
+        if with_keys:
+            keys = np.empty(n, dtype=np.int64)
+            keys[warm_at] = self.keys_of(slots)
+            keys[cold_at] = cold_keys
+            batch[KEY_COLUMN] = keys
+            batch[WEIGHT_COLUMN] = np.ones(n, dtype=np.float32)
         return batch
 
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> int:
@@ -551,6 +669,11 @@ class Table:
 
     def _sequence_index(self, length: int) -> _SequenceIndex:
         """The valid-end index for ``length``, built in O(size) on first use and maintained on every write."""
+        if self._cold is not None:
+            raise ValueError(
+                f"table {self.name!r}: sequence sampling is not supported on a table with disk_capacity > 0 "
+                f"(disk_capacity={self.config.disk_capacity}); use a table without a cold tier for sequences"
+            )
         if not self._episodic:
             raise ValueError(
                 f"table {self.name!r}: sequence sampling needs scalar integer columns 'episode_id' and 'step', "
@@ -613,9 +736,10 @@ class Table:
         return self._remover.ordered_slots()
 
     def export(self) -> tuple[dict[str, np.ndarray], int, np.ndarray | None, float | None]:
-        """A copy of the stored rows oldest to newest, the insert counter (the rows have keys
-        ``[inserted - size, inserted)``), and for a prioritized table each row's ``priority ** alpha`` and the
-        sampler's running maximum priority (else None, None)."""
+        """A copy of the rows in memory oldest to newest, the insert counter (the rows have keys
+        ``[inserted - memory_size, inserted)``), and for a prioritized table each row's ``priority ** alpha`` and
+        the sampler's running maximum priority (else None, None). Rows of a cold tier are not included: they are
+        in its files already."""
         slots = self.ordered_slots()
         rows = self.gather(slots)
         if self.prioritized:
@@ -630,14 +754,15 @@ class Table:
         max_priority: float | None = None,
     ) -> None:
         """Load what :meth:`export` returned into this empty table: afterwards it stores ``rows`` with the keys
-        ``[inserted - len(rows), inserted)`` and, if given (prioritized tables), their priorities.
+        ``[inserted - len(rows), inserted)`` and, if given (prioritized tables), their priorities. A cold tier
+        keeps what it recovered from its files (see :meth:`reconcile_cold`).
 
         Raises:
             ValueError: the table is not empty, there are more rows than the capacity or than ``inserted``, or
                 ``priorities`` has the wrong length.
             SchemaError: ``rows`` does not match the table's columns.
         """
-        if self._inserted or self.size:
+        if self._inserted or self._remover.size:
             raise ValueError(f"table {self.name!r}: restore needs an empty table, it has inserted {self._inserted}")
         n = validate_chunk(rows, self.config.columns)
         if n > self.capacity or n > inserted:
@@ -647,16 +772,43 @@ class Table:
         if priorities is not None and len(priorities) != n:
             raise ValueError(f"table {self.name!r}: {len(priorities)} priorities for {n} rows")
         self._sequences.clear()
-        self._inserted = self._evicted = inserted - n
+        self._inserted = inserted - n
         self.write(rows, n)
         if self.prioritized and priorities is not None:
             self._sampler.restore(
                 np.arange(n, dtype=np.int64), priorities, 1.0 if max_priority is None else max_priority
             )
 
+    def reconcile_cold(self) -> None:
+        """After a recovery, make the cold tier end exactly where the rows in memory begin, with a warning for
+        anything that does not fit: cold rows with keys the table never inserted (files of another run: all
+        removed), cold rows also in memory (dropped from the cold tier), or keys missing in between (lost)."""
+        cold = self._cold
+        if cold is None:
+            return
+        first_in_memory = self._inserted - self._remover.size
+        where = f"cold tier of table {self.name!r} in {cold.directory}"
+        if cold.end_key > self._inserted:
+            _warn(
+                f"{where} holds keys up to {cold.end_key - 1}, but the table recovered only {self._inserted} "
+                f"inserts: its files belong to another run and were removed"
+            )
+            cold.clear()
+        elif cold.end_key > first_in_memory:
+            dropped = cold.drop_from(first_in_memory)
+            _warn(f"{where}: dropped {dropped} row(s) with keys >= {first_in_memory}, which are also in memory")
+        elif cold.size and cold.end_key < first_in_memory:
+            _warn(f"{where}: rows with keys [{cold.end_key}, {first_in_memory}) are missing (lost)")
+
     def stats(self) -> dict:
-        """size, capacity, inserted, evicted."""
-        return {"size": self.size, "capacity": self.capacity, "inserted": self._inserted, "evicted": self._evicted}
+        """size, capacity, inserted, evicted; with a cold tier also memory_rows, disk_capacity and the tier's
+        :meth:`replay.cold.ColdTier.stats` (disk_rows, staged_rows, disk_files, disk_bytes, spilled)."""
+        out = {"size": self.size, "capacity": self.capacity, "inserted": self._inserted, "evicted": self.evicted}
+        if self._cold is not None:
+            out["memory_rows"] = self._remover.size
+            out["disk_capacity"] = self.config.disk_capacity
+            out.update(self._cold.stats())
+        return out
 
 
 def check_priority_update(
