@@ -2,6 +2,7 @@
 
     dynaray train [PRESET ...] [key=value ...] [--address ADDR]
     dynaray eval RUN_DIR [--episodes N]
+    dynaray bench replay [--shards 1,2,4] [--samplers uniform,prioritized] [--seconds S] [--ray] [--rllib]
     dynaray replay export RUN_DIR --to DIR | import DATASET --to REPLAY_DIR | inspect RUN_DIR   (docs/replay.md)
 
 Bad input (config, env id, checkpoint) ends in one line on stderr and a non-zero exit code, with no Ray
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seed for the eval env resets")
     p.set_defaults(func=evaluate)
 
+    from system import bench
+
+    bench.register(verbs)  # dynaray bench replay
     register_replay_verbs(verbs)  # dynaray replay export|import|inspect
     return parser
 

@@ -1,0 +1,788 @@
+"""``dynaray bench replay``: replay throughput, sample latency and memory per stored row, next to RLlib's buffers.
+
+    dynaray bench replay [--shards 1,2,4] [--samplers uniform,prioritized] [--seconds S] [--insert-batch N]
+                         [--log on,off] [--capacity ROWS] [--ray] [--rllib] [--json OUT]
+
+Rows are HalfCheetah-sized transitions (obs 17 float32, action 6 float32, the columns of
+:func:`replay.schema.transition_columns`: 206 bytes of fields), written as episodes of 1000 steps.
+
+What one configuration measures:
+
+- insert: rows/s of inserts of ``--insert-batch`` rows into a table that is already full, so every insert evicts as
+  many rows as it writes (the steady state of a long run; the fill before it is not timed). With the write-ahead
+  log on, the table has ``persist=True`` and the shard a directory in a temp dir (``fsync="none"``: every record is
+  handed to the OS before the insert returns, what survives a killed process); with the log off, no directory.
+- sample: rows/s of batch-256 samples from that full table; a prioritized table samples with keys and sends new
+  priorities for every batch, as a learner does (included in the rows/s, logged when the log is on); p50/p99 of the
+  sample call's latency.
+
+Backends:
+
+- ``shard`` (always): one :class:`replay.shard.ReplayShard` object called directly in this process: the per-shard
+  cost, without RPC. Chunk preparation is outside the timed calls. Besides rows per wall-clock second it reports rows
+  per CPU second of this process, which other processes taking turns on the CPUs do not lower.
+- ``ray`` (``--ray``): one :class:`replay.client.ReplayClient` in this process over K shard actors on a local Ray
+  started here (and shut down at the end), for every K of ``--shards``, each shard holding ``--capacity`` rows: the
+  service's throughput with K shards, wall clock. Inserts keep the client's default number of calls in flight;
+  samples keep :data:`SAMPLE_PREFETCH` in flight (as the learner loops do) and latency runs from submit to result.
+- ``rllib`` (``--rllib``): RLlib's ``EpisodeReplayBuffer`` / ``PrioritizedEpisodeReplayBuffer`` with the same
+  capacity (in timesteps), fed the same data as numpy'ized ``SingleAgentEpisode`` chunks of ``--insert-batch``
+  steps (``buffer.add(episodes)``) and sampled as RLlib's SAC/DQN training step does
+  (``buffer.sample(num_items=256, n_step=1, sample_episodes=True)``; prioritized: ``update_priorities`` after every
+  sample, alpha 0.6, beta 0.4 as ours). Only the buffer calls are timed, not building the episodes; rows per CPU
+  second as for ``shard``.
+
+Memory: every numpy array reachable from a full :class:`replay.table.Table` (columns, sampler structures, anything
+else it keeps), divided by its capacity, against the raw bytes of one row's fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from replay.schema import ColumnSpec, transition_columns
+from replay.shard import ReplayShard
+from replay.table import Table, TableConfig
+
+__all__ = [
+    "ACTION_DIM",
+    "EPISODE_LENGTH",
+    "OBS_DIM",
+    "SAMPLE_BATCH",
+    "SAMPLE_PREFETCH",
+    "MemoryReport",
+    "Measurement",
+    "Report",
+    "bench_ray",
+    "bench_rllib",
+    "bench_shard",
+    "chunk_source",
+    "columns",
+    "raw_row_bytes",
+    "reachable_numpy_bytes",
+    "register",
+    "rllib_import_error",
+    "table_config",
+    "table_memory",
+]
+
+OBS_DIM, ACTION_DIM = 17, 6
+"""HalfCheetah's observation and action sizes."""
+EPISODE_LENGTH = 1000
+"""Steps per generated episode (HalfCheetah's time limit)."""
+SAMPLE_BATCH = 256
+"""Rows per sample call."""
+SAMPLE_PREFETCH = 2
+"""Samples a Ray client keeps in flight (the learner loops' prefetch depth)."""
+ALPHA, BETA = 0.6, 0.4
+"""Priority and importance exponents, ours and RLlib's alike."""
+TABLE = "real"
+SAMPLERS = ("uniform", "prioritized")
+
+# the issue's targets, per shard; memory overhead as a fraction of the raw field bytes
+TARGET_INSERT_ROWS_S = 1_000_000
+TARGET_UNIFORM_ROWS_S = 1_000_000
+TARGET_PRIORITIZED_ROWS_S = 300_000
+TARGET_P99_MS = 5.0
+TARGET_RLLIB_RATIO = 10.0
+TARGET_MEMORY_OVERHEAD = 0.10
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def columns() -> tuple[ColumnSpec, ...]:
+    """The benchmark's row schema."""
+    return transition_columns((OBS_DIM,), (ACTION_DIM,))
+
+
+def raw_row_bytes(specs: Sequence[ColumnSpec]) -> int:
+    """Bytes of one row's fields: the sum over columns of itemsize times values per row."""
+    return sum(spec.np_dtype.itemsize * spec.row_size for spec in specs)
+
+
+def chunk_source(rows: int, seed: int = 0, pool: int = 16) -> Callable[[], dict[str, np.ndarray]]:
+    """A function returning the next chunk of ``rows`` transitions of one writer (writer id 0) on every call.
+
+    Values come from a pool of ``pool`` random chunks; ``seq``, ``episode_id`` and ``step`` are stamped per call, so
+    every chunk has a new dedup key and episodes of :data:`EPISODE_LENGTH` steps run across chunks.
+    """
+    rng = np.random.default_rng(seed)
+    templates = []
+    for _ in range(pool):
+        templates.append(
+            {
+                "obs": rng.normal(size=(rows, OBS_DIM)).astype(np.float32),
+                "action": rng.uniform(-1, 1, (rows, ACTION_DIM)).astype(np.float32),
+                "reward": rng.normal(size=rows).astype(np.float32),
+                "next_obs": rng.normal(size=(rows, OBS_DIM)).astype(np.float32),
+                "terminated": np.zeros(rows, dtype=bool),
+                "policy_version": np.zeros(rows, dtype=np.int64),
+                "writer_id": np.zeros(rows, dtype=np.int64),
+            }
+        )
+    written = 0
+
+    def next_chunk() -> dict[str, np.ndarray]:
+        nonlocal written
+        seq = np.arange(written, written + rows, dtype=np.int64)
+        chunk = dict(templates[(written // rows) % pool])
+        chunk["seq"] = seq
+        chunk["episode_id"] = seq // EPISODE_LENGTH
+        chunk["step"] = seq % EPISODE_LENGTH
+        chunk["truncated"] = chunk["step"] == EPISODE_LENGTH - 1
+        written += rows
+        return chunk
+
+    return next_chunk
+
+
+def table_config(sampler: str, capacity: int, persist: bool) -> TableConfig:
+    """The benchmark's table: :data:`TABLE` with the benchmark's columns, sampler and exponents."""
+    return TableConfig(
+        TABLE,
+        capacity,
+        columns(),
+        sampler=sampler,
+        priority_exponent=ALPHA,
+        importance_exponent=BETA,
+        persist=persist,
+    )
+
+
+# -------------------------------------------------------------------------------------------------- memory
+
+
+_NOT_FOLLOWED = (str, bytes, int, float, bool, type(None), type, types.ModuleType, np.generic, np.dtype,
+                 np.random.Generator)
+"""Objects whose attributes :func:`reachable_numpy_bytes` does not walk: scalars, classes, modules, generators."""
+
+
+def reachable_numpy_bytes(obj: Any) -> int:
+    """Bytes of every numpy array reachable from ``obj`` through attributes (``__dict__`` and ``__slots__``),
+    dicts, lists, tuples, sets and deques, each memory block counted once (a view counts as its base)."""
+    seen_objects: set[int] = set()
+    seen_blocks: set[int] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen_objects:
+            continue
+        seen_objects.add(id(item))
+        if isinstance(item, np.ndarray):
+            base = item
+            while isinstance(base.base, np.ndarray):
+                base = base.base
+            if id(base) not in seen_blocks:
+                seen_blocks.add(id(base))
+                total += base.nbytes
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)) or type(item).__name__ == "deque":
+            stack.extend(item)
+        elif not isinstance(item, _NOT_FOLLOWED):
+            stack.extend(vars(item).values() if hasattr(item, "__dict__") else ())
+            for klass in type(item).__mro__:
+                for name in getattr(klass, "__slots__", ()):
+                    if hasattr(item, name):
+                        stack.append(getattr(item, name))
+    return total
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Memory of one full table per stored row."""
+
+    sampler: str
+    capacity: int
+    bytes_per_row: float
+    """Bytes of every numpy array the table keeps, divided by its capacity."""
+    raw_bytes_per_row: int
+    """Bytes of one row's fields (:func:`raw_row_bytes`)."""
+
+    @property
+    def overhead(self) -> float:
+        """``bytes_per_row / raw_bytes_per_row - 1``."""
+        return self.bytes_per_row / self.raw_bytes_per_row - 1
+
+
+def table_memory(sampler: str, capacity: int, insert_batch: int = 1024) -> MemoryReport:
+    """Fill a table of ``capacity`` HalfCheetah-sized rows once over and report its memory per row."""
+    table = Table(table_config(sampler, capacity, persist=False))
+    next_chunk = chunk_source(min(insert_batch, capacity))
+    while table.inserted < capacity:
+        table.insert(next_chunk())
+    return MemoryReport(sampler, capacity, reachable_numpy_bytes(table) / capacity, raw_row_bytes(columns()))
+
+
+# --------------------------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class Measurement:
+    """One benchmark configuration's results."""
+
+    backend: str
+    """``shard`` (one shard object in process), ``ray`` (client over shard actors) or ``rllib``."""
+    shards: int | None
+    sampler: str
+    log: bool | None
+    """Write-ahead log on (None for RLlib, which has none)."""
+    insert_rows_s: float = 0.0
+    sample_rows_s: float = 0.0
+    insert_rows_cpu_s: float | None = None
+    """Rows inserted per CPU second of this process (in process only): what a core of its own would give, robust to
+    other processes taking turns on the CPUs."""
+    sample_rows_cpu_s: float | None = None
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    stored: int = 0
+    """Rows in the table(s) while sampling."""
+
+
+def _percentile_ms(latencies: list[float], q: float) -> float:
+    return float(np.percentile(latencies, q) * 1e3) if latencies else float("nan")
+
+
+class _Span:
+    """Wall and CPU time (of this process) from its creation to :meth:`end`."""
+
+    __slots__ = ("wall", "cpu")
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def end(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def _timed_loop(
+    seconds: float, step: Callable[[], tuple[float, float]], latencies: list[float] | None = None
+) -> tuple[int, float, float]:
+    """Call ``step`` (which returns the wall and CPU seconds of the measured operation) once untimed, to pay one-time
+    costs, then for ``seconds`` of wall time, at least once; return the timed calls and their wall and CPU seconds.
+    ``latencies``, which ``step`` appends to, is cleared after the untimed call."""
+    step()
+    if latencies is not None:
+        latencies.clear()
+    calls, wall, cpu = 0, 0.0, 0.0
+    start = time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < seconds:
+        step_wall, step_cpu = step()
+        wall, cpu, calls = wall + step_wall, cpu + step_cpu, calls + 1
+    return calls, wall, cpu
+
+
+def _per_second(rows: int, seconds: float) -> float:
+    return rows / seconds if seconds > 0 else float("nan")
+
+
+def bench_shard(sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str) -> Measurement:
+    """One ReplayShard object in this process (see the module docstring)."""
+    directory = tempfile.mkdtemp(prefix=f"shard-{sampler}-", dir=root) if log else None
+    shard = ReplayShard([table_config(sampler, capacity, persist=log)], directory=directory)
+    result = Measurement("shard", 1, sampler, log)
+    try:
+        next_chunk = chunk_source(insert_batch)
+        while shard.size(TABLE) < capacity:
+            shard.insert(TABLE, next_chunk(), 0)
+
+        def insert() -> tuple[float, float]:
+            chunk = next_chunk()
+            span = _Span()
+            shard.insert(TABLE, chunk, 0)
+            return span.end()
+
+        calls, wall, cpu = _timed_loop(seconds, insert)
+        result.insert_rows_s = _per_second(calls * insert_batch, wall)
+        result.insert_rows_cpu_s = _per_second(calls * insert_batch, cpu)
+        result.stored = shard.size(TABLE)
+
+        prioritized = sampler == "prioritized"
+        rng = np.random.default_rng(1)
+        latencies: list[float] = []
+
+        def sample() -> tuple[float, float]:
+            priorities = rng.random(SAMPLE_BATCH)
+            span = _Span()
+            batch = shard.sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)
+            latencies.append(time.perf_counter() - span.wall)
+            if prioritized:
+                shard.update_priorities(TABLE, batch["key"], priorities)
+            return span.end()
+
+        calls, wall, cpu = _timed_loop(seconds, sample, latencies)
+        result.sample_rows_s = _per_second(calls * SAMPLE_BATCH, wall)
+        result.sample_rows_cpu_s = _per_second(calls * SAMPLE_BATCH, cpu)
+        result.p50_ms, result.p99_ms = _percentile_ms(latencies, 50), _percentile_ms(latencies, 99)
+    finally:
+        shard.close()
+        del shard
+        gc.collect()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
+def bench_ray(
+    num_shards: int, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str
+) -> Measurement:
+    """A ReplayClient in this process over ``num_shards`` shard actors (Ray must be initialised)."""
+    import ray
+
+    from replay.client import ReplayClient
+    from replay.config import ReplayConfig
+
+    directory = tempfile.mkdtemp(prefix=f"ray-{num_shards}-{sampler}-", dir=root) if log else None
+    actor = ray.remote(ReplayShard).options(num_cpus=0, max_concurrency=8)
+    config = table_config(sampler, capacity, persist=log)
+    shards = [actor.remote([config], seed=0, index=i, directory=directory) for i in range(num_shards)]
+    result = Measurement("ray", num_shards, sampler, log)
+    try:
+        ray.get([s.size.remote(TABLE) for s in shards])  # wait for the actors to start
+        client = ReplayClient(shards, ReplayConfig(num_shards=num_shards), local=False)
+        next_chunk = chunk_source(insert_batch)
+        for _ in range(-(-num_shards * capacity // insert_batch)):
+            client.insert(TABLE, next_chunk(), 0)
+        client.flush()
+
+        start = time.perf_counter()
+        rows = 0
+        while rows == 0 or time.perf_counter() - start < seconds:
+            client.insert(TABLE, next_chunk(), 0)
+            rows += insert_batch
+        client.flush()
+        result.insert_rows_s = rows / (time.perf_counter() - start)
+        result.stored = sum(ray.get([s.size.remote(TABLE) for s in shards]))
+
+        prioritized = sampler == "prioritized"
+        client.sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)  # untimed: one-time costs, shard sizes
+        rng = np.random.default_rng(1)
+        latencies: list[float] = []
+        pending: list[tuple[float, Any]] = []
+        start = time.perf_counter()
+        samples = 0
+        while samples == 0 or time.perf_counter() - start < seconds:
+            while len(pending) < SAMPLE_PREFETCH:
+                pending.append((time.perf_counter(), client.submit_sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)))
+            submitted, oldest = pending.pop(0)
+            batch = oldest.result()
+            latencies.append(time.perf_counter() - submitted)
+            if prioritized:
+                client.update_priorities(TABLE, batch["key"], rng.random(SAMPLE_BATCH))
+            samples += 1
+        for _, rest in pending:
+            rest.result()
+        client.flush_priorities()
+        result.sample_rows_s = samples * SAMPLE_BATCH / (time.perf_counter() - start)
+        result.p50_ms, result.p99_ms = _percentile_ms(latencies, 50), _percentile_ms(latencies, 99)
+    finally:
+        for shard in shards:
+            ray.kill(shard)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
+def rllib_import_error() -> str | None:
+    """Why RLlib's replay buffers cannot be imported here, or None when they can."""
+    try:
+        import ray.rllib.env.single_agent_episode  # noqa: F401
+        import ray.rllib.utils.replay_buffers  # noqa: F401
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _rllib_episodes(insert_batch: int, seed: int = 0) -> Iterator[list]:
+    """Numpy'ized SingleAgentEpisode chunks of ``insert_batch`` steps in all, per ``next()``: episodes of
+    :data:`EPISODE_LENGTH` steps arriving in pieces, as RLlib's env runners hand them over."""
+    import gymnasium as gym
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    rng = np.random.default_rng(seed)
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)
+    act_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+    episode, t = 0, 0
+    last_obs = rng.normal(size=OBS_DIM).astype(np.float32)
+    while True:
+        pieces, left = [], insert_batch
+        while left > 0:
+            k = min(left, EPISODE_LENGTH - t)
+            obs = rng.normal(size=(k + 1, OBS_DIM)).astype(np.float32)
+            obs[0] = last_obs
+            piece = SingleAgentEpisode(
+                id_=f"episode-{episode}",
+                observations=list(obs),
+                actions=list(rng.uniform(-1, 1, (k, ACTION_DIM)).astype(np.float32)),
+                rewards=list(rng.normal(size=k).astype(np.float32)),
+                infos=[{}] * (k + 1),
+                observation_space=obs_space,
+                action_space=act_space,
+                terminated=False,
+                truncated=t + k == EPISODE_LENGTH,
+                t_started=t,
+                len_lookback_buffer=0,
+            )
+            piece.to_numpy()
+            pieces.append(piece)
+            t, left, last_obs = t + k, left - k, obs[-1]
+            if t == EPISODE_LENGTH:
+                episode, t = episode + 1, 0
+                last_obs = rng.normal(size=OBS_DIM).astype(np.float32)
+        yield pieces
+
+
+def bench_rllib(sampler: str, seconds: float, insert_batch: int, capacity: int) -> Measurement:
+    """RLlib's EpisodeReplayBuffer (uniform) or PrioritizedEpisodeReplayBuffer, same rows and capacity."""
+    from ray.rllib.utils.replay_buffers import EpisodeReplayBuffer, PrioritizedEpisodeReplayBuffer
+
+    prioritized = sampler == "prioritized"
+    if prioritized:
+        buffer = PrioritizedEpisodeReplayBuffer(capacity=capacity, alpha=ALPHA)
+    else:
+        buffer = EpisodeReplayBuffer(capacity=capacity)
+    buffer.rng = np.random.default_rng(0)
+    result = Measurement("rllib", None, sampler, None)
+    episodes = _rllib_episodes(insert_batch)
+    while len(buffer) < capacity - EPISODE_LENGTH:
+        buffer.add(next(episodes))
+
+    def insert() -> tuple[float, float]:
+        pieces = next(episodes)
+        span = _Span()
+        buffer.add(pieces)
+        return span.end()
+
+    calls, wall, cpu = _timed_loop(seconds, insert)
+    result.insert_rows_s = _per_second(calls * insert_batch, wall)
+    result.insert_rows_cpu_s = _per_second(calls * insert_batch, cpu)
+    result.stored = len(buffer)
+
+    rng = np.random.default_rng(1)
+    latencies: list[float] = []
+
+    def sample() -> tuple[float, float]:
+        priorities = rng.random(SAMPLE_BATCH)
+        span = _Span()
+        buffer.sample(num_items=SAMPLE_BATCH, n_step=1, gamma=0.99, beta=BETA, sample_episodes=True)
+        latencies.append(time.perf_counter() - span.wall)
+        if prioritized:
+            buffer.update_priorities(priorities[: len(buffer._last_sampled_indices)])
+        return span.end()
+
+    calls, wall, cpu = _timed_loop(seconds, sample, latencies)
+    result.sample_rows_s = _per_second(calls * SAMPLE_BATCH, wall)
+    result.sample_rows_cpu_s = _per_second(calls * SAMPLE_BATCH, cpu)
+    result.p50_ms, result.p99_ms = _percentile_ms(latencies, 50), _percentile_ms(latencies, 99)
+    del buffer
+    gc.collect()
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    """Everything one ``dynaray bench replay`` run measured."""
+
+    settings: dict
+    machine: dict
+    memory: list[MemoryReport] = field(default_factory=list)
+    results: list[Measurement] = field(default_factory=list)
+
+    def find(self, backend: str, sampler: str, log: bool | None = None) -> Measurement | None:
+        for r in self.results:
+            if r.backend == backend and r.sampler == sampler and (log is None or r.log == log):
+                return r
+        return None
+
+    def rllib_ratios(self) -> list[dict]:
+        """Per sampler and log setting: our in-process shard against RLlib's buffer (which has no log)."""
+        out = []
+        for sampler in SAMPLERS:
+            theirs = self.find("rllib", sampler)
+            if theirs is None:
+                continue
+            for ours in (r for r in self.results if r.backend == "shard" and r.sampler == sampler):
+                out.append(
+                    {
+                        "sampler": sampler,
+                        "log": ours.log,
+                        "insert": ours.insert_rows_s / theirs.insert_rows_s,
+                        "sample": ours.sample_rows_s / theirs.sample_rows_s,
+                        "p99": theirs.p99_ms / ours.p99_ms,
+                    }
+                )
+        return out
+
+    def targets(self) -> list[dict]:
+        """The issue's per-shard targets against the in-process shard measurements, and the RLlib ratios."""
+        checks: list[dict] = []
+
+        def check(name: str, value: float, target: float, higher_is_better: bool = True) -> None:
+            met = value >= target if higher_is_better else value < target
+            checks.append({"target": name, "measured": value, "goal": target, "met": bool(met)})
+
+        for r in self.results:
+            if r.backend != "shard":
+                continue
+            where = f"{r.sampler}, log {'on' if r.log else 'off'}"
+            if r.log:
+                check(f"insert rows/s per shard, log on ({r.sampler})", r.insert_rows_s, TARGET_INSERT_ROWS_S)
+            goal = TARGET_UNIFORM_ROWS_S if r.sampler == "uniform" else TARGET_PRIORITIZED_ROWS_S
+            check(f"sample rows/s per shard ({where})", r.sample_rows_s, goal)
+            check(f"p99 sample latency ms ({where})", r.p99_ms, TARGET_P99_MS, higher_is_better=False)
+        for r in self.results:
+            if r.backend == "ray":
+                check(
+                    f"p99 sample latency ms, Ray, {r.shards} shard(s) ({r.sampler}, log {'on' if r.log else 'off'})",
+                    r.p99_ms,
+                    TARGET_P99_MS,
+                    higher_is_better=False,
+                )
+        for ratio in self.rllib_ratios():
+            where = f"{ratio['sampler']}, our log {'on' if ratio['log'] else 'off'}"
+            check(f"insert x RLlib ({where})", ratio["insert"], TARGET_RLLIB_RATIO)
+            check(f"sample x RLlib ({where})", ratio["sample"], TARGET_RLLIB_RATIO)
+        for m in self.memory:
+            check(
+                f"memory overhead per row ({m.sampler})", m.overhead, TARGET_MEMORY_OVERHEAD, higher_is_better=False
+            )
+        return checks
+
+    def to_json(self) -> dict:
+        return {
+            "settings": self.settings,
+            "machine": self.machine,
+            "memory": [{**dataclasses.asdict(m), "overhead": m.overhead} for m in self.memory],
+            "results": [dataclasses.asdict(r) for r in self.results],
+            "rllib_ratios": self.rllib_ratios(),
+            "targets": self.targets(),
+        }
+
+    def markdown(self) -> str:
+        lines = [
+            "| backend | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | rows stored "
+            "| insert rows/CPU-s | sample rows/CPU-s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in self.results:
+            shards = "-" if r.shards is None else str(r.shards)
+            log = "-" if r.log is None else ("on" if r.log else "off")
+            cpu = ["-" if v is None else f"{v:,.0f}" for v in (r.insert_rows_cpu_s, r.sample_rows_cpu_s)]
+            lines.append(
+                f"| {r.backend} | {shards} | {r.sampler} | {log} | {r.insert_rows_s:,.0f} | {r.sample_rows_s:,.0f} | "
+                f"{r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.stored:,} | {cpu[0]} | {cpu[1]} |"
+            )
+        ratios = self.rllib_ratios()
+        if ratios:
+            lines += [
+                "",
+                "| vs RLlib | our log | insert x | sample x | p99 latency x |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            for ratio in ratios:
+                lines.append(
+                    f"| {ratio['sampler']} | {'on' if ratio['log'] else 'off'} | {ratio['insert']:,.1f} | "
+                    f"{ratio['sample']:,.1f} | {ratio['p99']:,.1f} |"
+                )
+        if self.memory:
+            lines += [
+                "",
+                "| memory | capacity | bytes per row | raw field bytes | overhead |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            for m in self.memory:
+                lines.append(
+                    f"| {m.sampler} | {m.capacity:,} | {m.bytes_per_row:.1f} | {m.raw_bytes_per_row} | "
+                    f"{m.overhead:+.1%} |"
+                )
+        checks = self.targets()
+        if checks:
+            lines += ["", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
+            for c in checks:
+                percent = "overhead" in c["target"]
+                value = f"{c['measured']:+.1%}" if percent else f"{c['measured']:,.3g}"
+                goal = f"{c['goal']:.0%}" if percent else f"{c['goal']:,.6g}"
+                lines.append(f"| {c['target']} | {value} | {goal} | {'yes' if c['met'] else 'NO'} |")
+        return "\n".join(lines)
+
+
+def _machine() -> dict:
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except ImportError:
+        ray_version = None
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "ray": ray_version,
+        "load_average_at_start": os.getloadavg()[0],
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+
+
+def _positive_ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in values if v not in allowed]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {list(allowed)}, got {text!r}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """``dynaray bench replay``: run every configuration, print Markdown tables, optionally write JSON."""
+    if args.insert_batch > args.capacity:
+        print(
+            f"dynaray: error: --insert-batch {args.insert_batch} is larger than --capacity {args.capacity}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.rllib:
+        problem = rllib_import_error()
+        if problem is not None:
+            print(
+                f"dynaray: error: --rllib needs RLlib's replay buffers, which do not import here ({problem}); "
+                f"they need dm-tree and scipy besides Ray: pip install dm-tree scipy lz4",
+                file=sys.stderr,
+            )
+            return 2
+    logs = [value == "on" for value in args.log]
+    settings = {
+        "shards": args.shards,
+        "samplers": args.samplers,
+        "log": args.log,
+        "seconds": args.seconds,
+        "insert_batch": args.insert_batch,
+        "sample_batch": SAMPLE_BATCH,
+        "capacity_per_shard": args.capacity,
+        "ray": args.ray,
+        "rllib": args.rllib,
+    }
+    report = Report(settings, _machine())
+
+    def progress(text: str) -> None:
+        print(f"dynaray bench: {text}", file=sys.stderr, flush=True)
+
+    for sampler in args.samplers:
+        report.memory.append(table_memory(sampler, args.capacity, args.insert_batch))
+        gc.collect()
+    with tempfile.TemporaryDirectory(prefix="dynaray-bench-") as root:
+        for sampler in args.samplers:
+            for log in logs:
+                progress(f"shard in process, {sampler}, log {'on' if log else 'off'}")
+                report.results.append(bench_shard(sampler, log, args.seconds, args.insert_batch, args.capacity, root))
+        if args.rllib:
+            for sampler in args.samplers:
+                progress(f"RLlib {'Prioritized' if sampler == 'prioritized' else ''}EpisodeReplayBuffer")
+                report.results.append(bench_rllib(sampler, args.seconds, args.insert_batch, args.capacity))
+        if args.ray:
+            import ray
+
+            ray.init(num_cpus=max(os.cpu_count() or 1, max(args.shards)), include_dashboard=False, log_to_driver=False)
+            try:
+                for shards in args.shards:
+                    for sampler in args.samplers:
+                        for log in logs:
+                            progress(f"Ray, {shards} shard(s), {sampler}, log {'on' if log else 'off'}")
+                            report.results.append(
+                                bench_ray(shards, sampler, log, args.seconds, args.insert_batch, args.capacity, root)
+                            )
+            finally:
+                ray.shutdown()
+    report.machine["load_average_at_end"] = os.getloadavg()[0]
+    print(report.markdown())
+    print(
+        f"\n{report.machine['cpus']} CPUs; 1-minute load average {report.machine['load_average_at_start']:.1f} at the "
+        f"start, {report.machine['load_average_at_end']:.1f} at the end (other processes share these CPUs)"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+        progress(f"results written to {args.json}")
+    return 0
+
+
+def register(verbs: argparse._SubParsersAction) -> None:
+    """Add ``dynaray bench replay`` to the CLI's verbs."""
+    bench = verbs.add_parser("bench", help="measure a component's throughput and latency")
+    what = bench.add_subparsers(dest="component", required=True)
+    p = what.add_parser(
+        "replay",
+        help="replay insert/sample throughput, sample latency and memory per row (optionally on Ray, vs RLlib)",
+        description="Insert and sample throughput, p50/p99 sample latency and memory per stored row of the replay "
+        "service with HalfCheetah-sized rows: one shard in process, with --ray a client over K shard actors, with "
+        "--rllib RLlib's episode replay buffers on the same data. See system/bench.py for what each number means.",
+    )
+    p.add_argument("--shards", type=_positive_ints, default=[1, 2, 4], help="shard counts with --ray (default 1,2,4)")
+    p.add_argument("--samplers", type=_choices(SAMPLERS), default=list(SAMPLERS),
+                   help="samplers to measure (default uniform,prioritized)")
+    p.add_argument("--seconds", type=_positive_float, default=3.0,
+                   help="timed seconds per phase (insert, sample) per configuration (default 3)")
+    p.add_argument("--insert-batch", type=_positive_int, default=1024, help="rows per insert (default 1024)")
+    p.add_argument("--log", type=_choices(("on", "off")), default=["on", "off"],
+                   help="write-ahead log on, off or both (default on,off)")
+    p.add_argument("--capacity", type=_positive_int, default=1_000_000,
+                   help="rows per shard table, filled before timing (default 1,000,000)")
+    p.add_argument("--ray", action="store_true", help="also measure a client over K shard actors on a local Ray")
+    p.add_argument("--rllib", action="store_true",
+                   help="also measure RLlib's EpisodeReplayBuffer and PrioritizedEpisodeReplayBuffer")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON to OUT")
+    p.set_defaults(func=run_replay)

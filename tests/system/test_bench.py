@@ -1,0 +1,103 @@
+"""``dynaray bench replay`` in process, tiny and without Ray: its tables have their rows and columns.
+
+Nothing here asserts a speed; the numbers are only checked to be positive.
+"""
+
+import json
+
+import pytest
+
+from system.bench import rllib_import_error
+from system.cli import main
+
+HEADER = (
+    "| backend | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | rows stored "
+    "| insert rows/CPU-s | sample rows/CPU-s |"
+)
+TINY = ["--seconds", "0.02", "--capacity", "4096", "--insert-batch", "256"]
+
+
+def table_rows(out: str, first_cell: str) -> list[list[str]]:
+    """Cells of the Markdown table rows of ``out`` whose first cell is ``first_cell``."""
+    rows = []
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            rows.append(cells)
+    return rows
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", "").rstrip("%"))
+
+
+def test_bench_in_process_prints_every_configuration(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "replay", *TINY, "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert HEADER in out
+
+    shard_rows = table_rows(out, "shard")
+    assert sorted((r[2], r[3]) for r in shard_rows) == [
+        ("prioritized", "off"), ("prioritized", "on"), ("uniform", "off"), ("uniform", "on")
+    ]
+    for row in shard_rows:
+        assert row[1] == "1" and len(row) == 11
+        insert, sample, p50, p99, stored, insert_cpu, sample_cpu = (number(c) for c in row[4:11])
+        assert insert > 0 and sample > 0 and 0 < p50 <= p99 and insert_cpu > 0 and sample_cpu > 0
+        assert stored == 4096
+    assert not table_rows(out, "ray") and not table_rows(out, "rllib")
+
+    assert "| memory | capacity | bytes per row | raw field bytes | overhead |" in out
+    for sampler in ("uniform", "prioritized"):
+        (memory,) = table_rows(out, sampler)[-1:]
+        assert number(memory[1]) == 4096 and number(memory[3]) == 206 and number(memory[2]) >= 206
+    assert "| target | measured | goal | met |" in out
+    assert "insert rows/s per shard, log on (uniform)" in out
+
+    report = json.loads(out_json.read_text())
+    assert len(report["results"]) == 4 and len(report["memory"]) == 2
+    assert report["settings"]["capacity_per_shard"] == 4096 and report["machine"]["cpus"] >= 1
+    assert all(t["target"] and isinstance(t["met"], bool) for t in report["targets"])
+
+
+def test_bench_one_sampler_one_log_setting(capsys):
+    assert main(["bench", "replay", *TINY, "--samplers", "prioritized", "--log", "off"]) == 0
+    rows = table_rows(capsys.readouterr().out, "shard")
+    assert [(r[2], r[3]) for r in rows] == [("prioritized", "off")]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--samplers", "uniform,fifo"], "expected a comma-separated list of ['uniform', 'prioritized']"),
+        (["--shards", "0"], "expected comma-separated positive integers"),
+        (["--log", "maybe"], "expected a comma-separated list of ['on', 'off']"),
+        (["--seconds", "-1"], "expected a positive number of seconds"),
+        (["--insert-batch", "many"], "expected a positive integer"),
+    ],
+)
+def test_bench_bad_arguments_exit_2_naming_the_value(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "replay", *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_insert_batch_larger_than_capacity(capsys):
+    assert main(["bench", "replay", "--capacity", "100", "--insert-batch", "256"]) == 2
+    assert "--insert-batch 256 is larger than --capacity 100" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(rllib_import_error() is not None, reason="RLlib's replay buffers do not import here")
+def test_bench_against_rllib_buffers(capsys):
+    assert main(["bench", "replay", "--seconds", "0.02", "--capacity", "3000", "--insert-batch", "256", "--rllib",
+                 "--log", "off"]) == 0
+    out = capsys.readouterr().out
+    rllib_rows = table_rows(out, "rllib")
+    assert sorted(r[2] for r in rllib_rows) == ["prioritized", "uniform"]
+    for row in rllib_rows:
+        assert row[1] == "-" and row[3] == "-"
+        assert number(row[4]) > 0 and number(row[5]) > 0 and number(row[8]) > 0
+    assert "| vs RLlib | our log | insert x | sample x | p99 latency x |" in out
+    assert [r[1] for r in table_rows(out, "uniform") if len(r) == 5 and r[1] in ("on", "off")] == ["off"]
