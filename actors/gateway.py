@@ -33,12 +33,11 @@ The system layer's side::
     gateway.stats()
     gateway.close()
 
-Row stamps: ``writer_id = writer_id_base + index``; ``episode_id = (writer_id << 32) | n`` for the n-th episode
-this gateway object stored; ``step`` 0, 1, ... within the episode; ``seq`` numbers rows consecutively from the
-wall clock in microseconds at construction, so a gateway that is restarted (a new object, same index) continues
-above every ``seq`` it used before and the shards never take its rows for duplicates (as long as it stored fewer
-than a million rows per second of its previous life). Its episode counter does start at 0 again: a restarted
-gateway that should never repeat an episode id needs a new ``index``.
+Row stamps: ``writer_id = replay.writers.new_writer_id("gateway", index)`` (fresh random incarnation bits each
+time a gateway object is made, so a restarted gateway is a new writer: its ``seq`` restarts at 0 without the shards
+taking its rows for duplicates, and its episode ids never repeat the old ones); ``episode_id =
+replay.writers.episode_id(writer_id, n)`` for the n-th episode this gateway object stored; ``step`` 0, 1, ... within
+the episode; ``seq`` numbers rows consecutively from 0.
 """
 
 from __future__ import annotations
@@ -70,6 +69,8 @@ from torch import Tensor, nn
 
 from replay.client import ReplayTimeout
 from replay.schema import ColumnSpec, SchemaError, arrow_schema, transition_columns, validate_chunk
+from replay.writers import episode_id as make_episode_id
+from replay.writers import new_writer_id
 
 __all__ = [
     "API_PREFIX",
@@ -136,9 +137,6 @@ class GatewayConfig:
     insert_chunk_rows: int = 50
     """Rows per replay insert when an episode is stored (the replay rate limiter refuses inserts of more than
     ``2 * replay.error_buffer_steps / replay.num_shards`` rows)."""
-    writer_id_base: int = 1 << 24
-    """Writer id of gateway 0's rows (gateway i: base + i); above rollout (0, 1, ...) and imagination (2**20 + i)
-    writers, below imports (2**30)."""
     weights_poll_s: float = 1.0
     """Seconds between non-blocking polls for newer policy weights."""
     socket_timeout_s: float = 30.0
@@ -168,10 +166,6 @@ class GatewayConfig:
         _require(self.max_body_bytes >= 1024, "max_body_bytes", self.max_body_bytes, "an integer >= 1024")
         for name in ("max_concurrent_uploads", "insert_chunk_rows"):
             _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        _require(
-            1 << 21 <= self.writer_id_base < 1 << 30, "writer_id_base", self.writer_id_base,
-            "an integer in [2**21, 2**30) (clear of rollout, imagination and import writer ids)",
-        )
         for name in ("weights_poll_s", "socket_timeout_s"):
             _require(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
         _require(self.num_cpus >= 0, "num_cpus", self.num_cpus, "a number >= 0")
@@ -292,7 +286,7 @@ class IngestGateway:
         weights: a ``WeightsClient`` for ``"policy"`` (``poll()`` -> new state or None, ``.version``).
         make_policy: builds a ``learners.sac.Policy`` (``load_state(state)``, ``.actor``) for the export.
         spec: the env's ``actors.envs.EnvSpec`` (observation and action shapes, action bounds).
-        index: this gateway's number; its rows carry ``writer_id = config.writer_id_base + index``.
+        index: this gateway's number (0 <= index < 4096), encoded in its rows' ``writer_id``.
 
     Raises:
         ValueError: no token configured, or ``index`` out of range.
@@ -317,11 +311,11 @@ class IngestGateway:
         problem = token_problem(token)
         if problem:
             raise ValueError(f"${TOKEN_ENV}={_redacted(token)}: expected {problem}")
-        if not (isinstance(index, int) and 0 <= index and config.writer_id_base + index < 1 << 31):
-            raise ValueError(f"gateway index={index!r}: expected an integer >= 0 with writer_id_base + index < 2**31")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise ValueError(f"gateway index={index!r}: expected an integer")
         self.config = config
         self.index = index
-        self.writer_id = config.writer_id_base + index
+        self.writer_id = new_writer_id("gateway", index)
         self._token = token.encode()
         self._replay = replay
         self._weights = weights
@@ -342,7 +336,7 @@ class IngestGateway:
         self._export: tuple[int, bytes] | None = None
         self._store_lock = threading.Lock()
         self._episodes_stored = 0
-        self._next_seq = time.time_ns() // 1000
+        self._next_seq = 0
         self._uploads = threading.BoundedSemaphore(config.max_concurrent_uploads)
         self._stats_lock = threading.Lock()
         self._requests: dict[int, int] = {}
@@ -738,7 +732,7 @@ class IngestGateway:
         if versions is None:
             versions = np.full(rows, -1, dtype=np.int64)
         with self._store_lock:
-            episode_id = (self.writer_id << 32) | (self._episodes_stored & 0xFFFFFFFF)
+            episode_id = make_episode_id(self.writer_id, self._episodes_stored)
             first_seq = self._next_seq
             chunk = {
                 **{name: episode[name] for name in UPLOAD_COLUMNS},

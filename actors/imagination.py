@@ -165,6 +165,10 @@ class ImaginationWorker:
         report["model_version"] = self._model_weights.version
         return report
 
+    def flush(self) -> None:
+        """Wait until replay has acknowledged every transition written so far."""
+        self._replay.flush()
+
     def _imagine(self, starts: dict[str, np.ndarray], horizon: int, report: dict[str, Any]) -> None:
         obs = torch.as_tensor(starts["obs"], dtype=torch.float32)
         with torch.no_grad():

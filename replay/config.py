@@ -21,6 +21,9 @@ class ReplayConfig:
     """Rows of table ``real`` over all shards (each shard holds ``shard_capacity(real_capacity)``)."""
     imagined_capacity: int = 400_000
     """Rows of table ``imagined`` over all shards."""
+    real_disk_capacity: int = 0
+    """Rows of ``real`` kept on disk (Parquet, memory-mapped) beyond ``real_capacity``, over all shards; uniform
+    samples draw over memory and disk rows alike (see docs/architecture.md, "Larger than memory"). 0: off."""
     error_buffer_steps: int = 200
     """How many inserted rows a consumer may lag or lead its samples-per-insert ratio, over the whole table (each
     shard's limiter gets ``samples_per_insert * error_buffer_steps / num_shards``). Must be >= num_shards times the
@@ -72,6 +75,7 @@ class ReplayConfig:
             "num_shards": (1, ">= 1"),
             "real_capacity": (1, ">= 1"),
             "imagined_capacity": (1, ">= 1"),
+            "real_disk_capacity": (0, ">= 0"),
             "error_buffer_steps": (1, ">= 1"),
             "long_poll_s": (0, ">= 0"),
             "max_inflight_inserts": (1, ">= 1"),

@@ -2,6 +2,7 @@
 
     dynaray train [PRESET ...] [key=value ...] [--address ADDR]
     dynaray eval RUN_DIR [--episodes N]
+    dynaray scale rollout=N [imagination=M] [--run NAME] [--address ADDR]
     dynaray bench replay [--shards 1,2,4] [--samplers uniform,prioritized] [--seconds S] [--ray] [--rllib]
     dynaray replay export RUN_DIR --to DIR | import DATASET --to REPLAY_DIR | inspect RUN_DIR   (docs/replay.md)
 
@@ -12,6 +13,7 @@ processes left behind.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -59,7 +61,10 @@ def train(args: argparse.Namespace) -> int:
 
     import torch
 
+    from system.attach import remove_ray_file, write_ray_file
+    from system.control import namespace
     from system.driver import Driver, RoleError, progress_printer
+    from system.handles import get
     from system.run_dir import RunDir
     from system.runtime import start_ray, stop_ray
     from system.wiring import build_system, kill_system
@@ -68,12 +73,16 @@ def train(args: argparse.Namespace) -> int:
     run_dir = RunDir(_unique(Path(config.run.runs_dir) / _run_name(config)))
     config = replace(config, name=run_dir.path.name)
     run_dir.create(config)
+    config = _with_gateway_token(config, run_dir.path)
     show = progress_printer(config.run.total_env_steps) if config.run.progress else None
     system = None
     try:
-        where = start_ray(config, namespace=f"dynaray-{config.name}")
+        where = start_ray(config, namespace=namespace(config.name))
+        write_ray_file(run_dir.path, config.name)
         print(f"dynaray: run {config.name} on {where}; run directory {run_dir.path}", file=sys.stderr)
         system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)))
+        if system.gateway is not None:
+            print(f"dynaray: ingest gateway at {get(system.gateway.url.remote())} (docs/gateway.md)", file=sys.stderr)
         summary = Driver(config, spec, system, run_dir, on_report=show).run()
     except RoleError as exc:
         return _fail(str(exc), EXIT_FAILED)
@@ -85,6 +94,7 @@ def train(args: argparse.Namespace) -> int:
     finally:
         if system is not None:
             kill_system(system)
+        remove_ray_file(run_dir.path)
         stop_ray()
     if show:
         print(file=sys.stderr)
@@ -94,6 +104,54 @@ def train(args: argparse.Namespace) -> int:
         f"best eval return {best}, policy version {summary.policy_version}\n"
         f"dynaray: results in {summary.run_dir}"
     )
+    return 0
+
+
+def _with_gateway_token(config, run_path: Path):
+    """The config the roles get: with the gateway's token filled in (config, $DYNARAY_GATEWAY_TOKEN, or a new one
+    written to ``<run dir>/gateway_token``, mode 0600); the config.yaml on disk never holds it."""
+    if not config.gateway.enabled:
+        return config
+    from actors.gateway import TOKEN_ENV, resolve_token
+
+    token = resolve_token(config.gateway)
+    if not config.gateway.token and not os.environ.get(TOKEN_ENV):
+        path = run_path / "gateway_token"
+        path.touch(mode=0o600)
+        path.write_text(token + "\n")
+        print(f"dynaray: ingest gateway token written to {path}", file=sys.stderr)
+    return replace(config, gateway=replace(config.gateway, token=token))
+
+
+def scale(args: argparse.Namespace) -> int:
+    sizes = {}
+    for item in args.items:
+        pool, _, value = item.partition("=")
+        try:
+            sizes[pool] = int(value)
+        except ValueError:
+            return _fail(f"{item!r}: expected POOL=N with an integer N, e.g. rollout=3", EXIT_BAD_INPUT)
+        if sizes[pool] < 0:
+            return _fail(f"{item!r}: expected a count >= 0", EXIT_BAD_INPUT)
+    from system.attach import AttachError, attach, locate
+    from system.driver import describe_error
+
+    try:
+        run, address = locate(args.runs_dir, args.run, args.address)
+        control = attach(address, run)
+    except AttachError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    import ray
+
+    try:
+        before = ray.get(control.status.remote(), timeout=30)["desired"]
+        after = ray.get(control.request.remote(sizes), timeout=30)
+    except ray.exceptions.RayTaskError as exc:
+        return _fail(describe_error(exc), EXIT_BAD_INPUT)
+    finally:
+        ray.shutdown()
+    for pool in sizes:
+        print(f"dynaray: run {run}: {pool} {before.get(pool)} -> {after[pool]}")
     return 0
 
 
@@ -141,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="presets merged in order after 'default', then key=value overrides (e.g. seed=3)")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     p.set_defaults(func=train)
+
+    p = verbs.add_parser("scale", help="change the number of rollout or imagination workers of a running system")
+    p.add_argument("items", nargs="+", metavar="POOL=N", help="e.g. rollout=3 imagination=2")
+    p.add_argument("--run", default=None, help="the run's name (default: the one running system found)")
+    p.add_argument("--address", default=None, help="its Ray cluster (default: from runs/<run>/ray.json, RAY_ADDRESS)")
+    p.add_argument("--runs-dir", default="runs", help="where run directories are (default: runs)")
+    p.set_defaults(func=scale)
 
     p = verbs.add_parser("eval", help="reload a run's checkpoint and report its mean return")
     p.add_argument("run_dir", help="a run directory, e.g. runs/InvertedPendulum-v5-20261125-101500")

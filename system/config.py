@@ -22,6 +22,7 @@ import yaml
 
 from actors.envs import EnvConfig
 from actors.evaluator import EvalConfig
+from actors.gateway import GatewayConfig
 from actors.imagination import ImaginationConfig
 from actors.rollout import RolloutConfig
 from learners.sac import PolicyConfig
@@ -89,6 +90,7 @@ class SystemConfig:
     imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     @property

@@ -22,6 +22,10 @@ from system.wiring import System
 
 logger = logging.getLogger(__name__)
 
+CONTROL_POLL_S = 0.5
+"""How often the driver asks the control actor for new pool sizes."""
+POOL_CALLS = {"rollout": ("rollout", "rollout_flush"), "imagination": ("imagination",)}
+"""Call kinds that keep a worker of each pool busy (besides ``retire``, whose payload names the pool)."""
 RESTARTABLE = {"rollout": "rollout", "rollout_flush": "rollout", "imagination": "imagination"}
 """Call kinds whose worker Ray restarts when its process dies (``max_restarts`` in the role's config) -> role."""
 MAX_LOST_CALLS_IN_A_ROW = 5
@@ -99,6 +103,10 @@ class Driver:
         self._stop_reason: str | None = None
         self._first_report_at: float | None = None
         self._restarts: Counter[str] = Counter({"rollout": 0, "imagination": 0})
+        self._retiring: set[tuple[str, int]] = set()
+        self._next_index = {pool: max(getattr(system, pool), default=-1) + 1 for pool in ("rollout", "imagination")}
+        self._control_seen, self._control_pending, self._control_polled_at = 0, False, 0.0
+        self._gateway_pending = False
         self._lost_calls: Counter[tuple[str, int]] = Counter()
         self._incarnations: dict[tuple[str, int], int] = {}
         self._env_errors: dict[int, int] = {}
@@ -111,7 +119,7 @@ class Driver:
         """Ask rollout worker ``i`` for more steps, or, once the budget is handed out, to flush what it wrote (its
         last inserts may wait for the learners' rate limiters, so the learners go on until every row is in)."""
         steps = self.config.rollout.steps_per_call
-        if self._stop_reason:
+        if self._stop_reason or self._retire_if_asked("rollout", i):
             return
         if self.env_steps + self._steps_in_flight >= self.config.run.total_env_steps:
             self._submit(self.system.rollout[i].flush.remote(), _Call("rollout_flush", i))
@@ -127,6 +135,8 @@ class Driver:
         self._submit(handle.run.remote(self.config.run.report_interval_s), _Call(kind))
 
     def _submit_imagination(self, i: int) -> None:
+        if self._retire_if_asked("imagination", i):
+            return
         ref = self.system.imagination[i].run.remote(self.env_steps, self.config.run.report_interval_s)
         self._submit(ref, _Call("imagination", i))
 
@@ -147,11 +157,68 @@ class Driver:
             self._first_report_at = time.monotonic()
         getattr(self, f"_on_{call.kind}")(call, result)
 
+    # scaling ------------------------------------------------------------------------------------------------
+    def _poll_control(self) -> None:
+        """Ask the control actor for new pool sizes, at most one call in flight and one per CONTROL_POLL_S."""
+        now = time.monotonic()
+        if self._control_pending or now - self._control_polled_at < CONTROL_POLL_S:
+            return
+        self._control_pending, self._control_polled_at = True, now
+        self._submit(self.system.control.desired.remote(self._control_seen), _Call("control"))
+
+    def _on_control(self, call: _Call, change: tuple[int, dict[str, int]] | None) -> None:
+        self._control_pending = False
+        if change is not None:
+            self._control_seen, sizes = change
+            for pool, size in sizes.items():
+                self._resize(pool, size)
+
+    def _resize(self, pool: str, size: int) -> None:
+        """Add workers (new indices; they start from the newest weights) or retire the newest ones (they flush
+        what they wrote, then end) until ``pool`` has ``size`` active workers; learners are not touched."""
+        active = sorted(i for i in getattr(self.system, pool) if (pool, i) not in self._retiring)
+        for i in active[size:]:
+            self._retiring.add((pool, i))
+            if not any(c.index == i for c in self._pool_calls(pool)):
+                self._retire_if_asked(pool, i)
+        for _ in range(size - len(active)):
+            i = self._next_index[pool]
+            self._next_index[pool] += 1
+            self.system.add_worker(pool, i)
+            logger.info("scaling: %s worker %d added", pool, i)
+            (self._submit_rollout if pool == "rollout" else self._submit_imagination)(i)
+
+    def _pool_calls(self, pool: str) -> list[_Call]:
+        """Calls in flight to workers of ``pool``."""
+        return [c for c in self._inflight.values()
+                if c.kind in POOL_CALLS[pool] or (c.kind == "retire" and c.payload == pool)]
+
+    def _retire_if_asked(self, pool: str, i: int) -> bool:
+        """If worker ``i`` of ``pool`` is to retire, have it flush what it wrote (then it is ended) and say so."""
+        if (pool, i) not in self._retiring:
+            return False
+        self._submit(getattr(self.system, pool)[i].flush.remote(), _Call("retire", i, pool))
+        return True
+
+    def _on_retire(self, call: _Call, result: Any) -> None:
+        self._retiring.discard((call.payload, call.index))
+        self.system.remove_worker(call.payload, call.index)
+        logger.info("scaling: %s worker %d flushed and ended", call.payload, call.index)
+
+    def _on_gateway_stats(self, call: _Call, stats: dict[str, Any]) -> None:
+        self._gateway_pending = False
+        row = {f"gateway_{k}": stats[k] for k in ("episodes", "rows", "policy_downloads") if k in stats}
+        row.update({f"gateway_requests_{code}": n for code, n in stats["requests"].items()})
+        self._latest["gateway"] = row
+
     def _restarted(self, call: _Call, exc: BaseException) -> bool:
         """Whether ``call`` failed because its worker's process died and Ray restarts it: then give the worker
         its work again (its unfinished chunk died with it). False for any other failure, for a worker whose
         constructor failed, and for a worker whose calls failed :data:`MAX_LOST_CALLS_IN_A_ROW` times in a row
         (Ray gave up on it after its ``max_restarts``, or it dies at once each time)."""
+        if call.kind == "retire" and is_actor_failure(exc):  # died while retiring: nothing more to flush
+            self._on_retire(call, None)
+            return True
         if call.kind not in RESTARTABLE or not is_actor_failure(exc) or getattr(exc, "actor_init_failed", False):
             return False
         role = RESTARTABLE[call.kind]
@@ -266,9 +333,21 @@ class Driver:
         for key, value in self._latest.get("imagination", {}).items():
             row[f"imagination_{key}"] = value
         row.update(self._latest.get("rollout", {}))
+        row.update(self._latest.get("gateway", {}))
         row.update({f"{role}_restarts": n for role, n in self._restarts.items()})
+        row.update({f"{pool}_workers": len(getattr(self.system, pool)) for pool in ("rollout", "imagination")})
         self._last_row_time = now
         return row
+
+    def _status(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What ``dynaray status`` shows: the newest report row and each pool's workers."""
+        pools = {
+            pool: {"active": sorted(i for i in getattr(self.system, pool) if (pool, i) not in self._retiring),
+                   "retiring": sorted(i for p, i in self._retiring if p == pool),
+                   "restarts": self._restarts[pool]}
+            for pool in ("rollout", "imagination")
+        }
+        return {"row": row, "pools": pools, "budget": self.config.run.total_env_steps}
 
     def _rate(self, now: float) -> float:
         """Env steps per second over the last ~10 s (reports arrive in bursts of steps_per_call)."""
@@ -285,6 +364,10 @@ class Driver:
         row = self._row()
         self._rows.append(row)
         self._on_report(row)
+        self.system.control.post_status.remote(self._status(row))
+        if self.system.gateway is not None and not self._gateway_pending:
+            self._gateway_pending = True
+            self._submit(self.system.gateway.stats.remote(), _Call("gateway_stats"))
         if len(self._rows) % 10 == 0:
             self.run_dir.write_table("metrics", self._rows)
 
@@ -293,13 +376,13 @@ class Driver:
         self._submit_learner("policy")
         if self.system.world_model is not None:
             self._submit_learner("world_model")
-        for i in range(len(self.system.imagination)):
+        for i in list(self.system.imagination):
             self._submit_imagination(i)
-        for i in range(len(self.system.rollout)):
+        for i in list(self.system.rollout):
             self._submit_rollout(i)
 
     def _rollouts_done(self) -> bool:
-        return not any(c.kind in ("rollout", "rollout_flush") for c in self._inflight.values())
+        return not any(self._pool_calls("rollout"))
 
     def _draining(self) -> bool:
         """The budget is collected: learners and imagination finish the updates their ratios still owe."""
@@ -322,6 +405,7 @@ class Driver:
         drain_started = 0.0
         while True:
             self._pump(timeout=0.1)
+            self._poll_control()
             self._check_startup()
             self._maybe_report()
             if self._stop_reason:

@@ -13,6 +13,7 @@ from typing import Any
 
 from actors.envs import EnvSpec
 from actors.evaluator import Evaluator
+from actors.gateway import IngestGateway
 from actors.imagination import ImaginationWorker
 from actors.rollout import RolloutWorker
 from learners.networks import resolve_device
@@ -23,12 +24,14 @@ from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
 from system.config import SystemConfig
+from system.control import CONTROL_ACTOR, Control
 from system.handles import LocalHandle
 from system.loops import BatchPart, LearnerLoop, policy_batch_parts
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 # Seed offsets per role, so that roles never share a random stream.
 SEED_ROLLOUT, SEED_IMAGINATION, SEED_EVAL, SEED_POLICY, SEED_MODEL, SEED_REPLAY = 0, 1000, 2000, 3000, 4000, 5000
+SEED_GATEWAY = 6000
 
 
 class PolicyLoop(LearnerLoop):
@@ -55,20 +58,38 @@ class WorldModelLoop(LearnerLoop):
 
 @dataclass
 class System:
-    """Handles of every role of one run."""
+    """Handles of every role of one run.
+
+    The worker pools (``rollout``, ``imagination``) map worker index -> handle and can change while the run goes
+    on: ``add_worker(pool, index)`` makes a worker with every edge of its pool, ``remove_worker`` ends one.
+    """
 
     local: bool
     shards: list = field(default_factory=list)
     store: Any = None
-    rollout: list = field(default_factory=list)
-    imagination: list = field(default_factory=list)
+    control: Any = None
+    gateway: Any = None
+    rollout: dict = field(default_factory=dict)
+    imagination: dict = field(default_factory=dict)
     evaluators: list = field(default_factory=list)
     policy: Any = None
     world_model: Any = None
+    worker_factories: dict = field(default_factory=dict)
 
     def actors(self) -> list:
-        learners = [h for h in (self.policy, self.world_model) if h is not None]
-        return [*self.rollout, *self.imagination, *self.evaluators, *learners, *self.shards, self.store]
+        singles = [self.policy, self.world_model, self.gateway, self.store, self.control]
+        return [*self.rollout.values(), *self.imagination.values(), *self.evaluators, *self.shards,
+                *(h for h in singles if h is not None)]
+
+    def add_worker(self, pool: str, index: int) -> Any:
+        """Make worker ``index`` of ``pool`` (``"rollout"`` or ``"imagination"``) and return its handle."""
+        handle = getattr(self, pool)[index] = self.worker_factories[pool](index)
+        return handle
+
+    def remove_worker(self, pool: str, index: int) -> None:
+        """End worker ``index`` of ``pool`` (after the driver has flushed what it wrote)."""
+        handle = getattr(self, pool).pop(index)
+        _kill([handle])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,7 +123,8 @@ def table_configs(config: SystemConfig, spec: EnvSpec) -> list[TableConfig]:
     snapshot_every = replay.shard_capacity(replay.snapshot_every_rows)
     tables = [
         TableConfig("real", replay.shard_capacity(replay.real_capacity), columns, limiters,
-                    persist=replay.persist_real, snapshot_every_inserts=snapshot_every)
+                    persist=replay.persist_real, snapshot_every_inserts=snapshot_every,
+                    disk_capacity=replay.shard_capacity(replay.real_disk_capacity))
     ]
     if config.imagination_enabled:
         tables.append(TableConfig("imagined", replay.shard_capacity(replay.imagined_capacity), columns,
@@ -194,29 +216,48 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
         system.world_model = make(WorldModelLoop, "world-model-learner", 1, config, spec,
                                   replay_client(config.seed + SEED_MODEL), system.store, local)
 
-    # Rollout workers: write chunks to "real" on the shards; poll "policy" from the store.
-    for i in range(config.rollout.num_workers):
+    # Rollout workers (a pool that `dynaray scale` resizes): write chunks to "real" on the shards; poll "policy"
+    # from the store.
+    def rollout_worker(i: int) -> Any:
         seed = config.seed + SEED_ROLLOUT + 100 * i
-        system.rollout.append(
-            make(RolloutWorker, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
-                 replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
-                 index=i, seed=seed, max_restarts=config.rollout.max_restarts)
-        )
+        return make(RolloutWorker, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
+                    replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
+                    index=i, seed=seed, max_restarts=config.rollout.max_restarts)
 
-    # Imagination workers: sample start states from "real", write model rollouts to "imagined";
+    system.worker_factories["rollout"] = rollout_worker
+    for i in range(config.rollout.num_workers):
+        system.add_worker("rollout", i)
+
+    # Imagination workers (a pool too): sample start states from "real", write model rollouts to "imagined";
     # poll "policy" and "world_model" from the store.
     if config.imagination_enabled:
         device = str(resolve_device(config.imagination.device))
-        for i in range(config.imagination.num_workers):
+
+        def imagination_worker(i: int) -> Any:
             seed = config.seed + SEED_IMAGINATION + 100 * i
-            system.imagination.append(
-                make(ImaginationWorker, f"imagination-{i}", config.imagination.num_cpus, config.imagination,
-                     replay_client(seed), WeightsClient(system.store, "policy"),
-                     WeightsClient(system.store, "world_model"),
-                     partial(policy_factory, seed=seed, device=device),
-                     partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model, seed=seed, device=device),
-                     index=i, local=local, max_restarts=config.imagination.max_restarts)
-            )
+            return make(ImaginationWorker, f"imagination-{i}", config.imagination.num_cpus, config.imagination,
+                        replay_client(seed), WeightsClient(system.store, "policy"),
+                        WeightsClient(system.store, "world_model"),
+                        partial(policy_factory, seed=seed, device=device),
+                        partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model, seed=seed,
+                                device=device),
+                        index=i, local=local, max_restarts=config.imagination.max_restarts)
+
+        system.worker_factories["imagination"] = imagination_worker
+        for i in range(config.imagination.num_workers):
+            system.add_worker("imagination", i)
+
+    # Ingest gateway (optional): external agents download "policy" from the store and post episodes, which it
+    # validates and writes to "real" on the shards.
+    if config.gateway.enabled:
+        system.gateway = make(IngestGateway, "gateway", config.gateway.num_cpus, config.gateway,
+                              replay_client(config.seed + SEED_GATEWAY), WeightsClient(system.store, "policy"),
+                              partial(policy_factory, seed=config.seed + SEED_GATEWAY, device="cpu"), spec)
+
+    # Control: `dynaray scale` writes desired pool sizes here, the driver polls them; `dynaray status` reads the
+    # status the driver posts.
+    pools = {"rollout": config.rollout.num_workers, "imagination": len(system.imagination)}
+    system.control = make(Control, CONTROL_ACTOR, 0, config.name, pools, frozenset(system.worker_factories))
 
     # Evaluators: receive the policy weights to evaluate from the driver (taken from the store at each mark).
     for i in range(config.eval.num_workers):
@@ -231,12 +272,21 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
 def kill_system(system: System) -> None:
     """End every actor of the run (Ray) or close every in-process role."""
     if system.local:
+        if system.gateway is not None:
+            system.gateway.wrapped.close()
+        return
+    _kill(system.actors())
+
+
+def _kill(handles: list) -> None:
+    """``ray.kill`` each Ray actor handle (no restart); in-process handles need nothing."""
+    handles = [h for h in handles if h is not None and not isinstance(h, LocalHandle)]
+    if not handles:
         return
     import ray
 
-    for handle in system.actors():
-        if handle is not None:
-            try:
-                ray.kill(handle)
-            except Exception:  # already dead
-                pass
+    for handle in handles:
+        try:
+            ray.kill(handle)
+        except Exception:  # already dead
+            pass

@@ -23,6 +23,8 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 import pytest
+
+from replay.writers import episode_id, writer_index, writer_role
 import torch
 
 from actors.envs import EnvSpec
@@ -197,8 +199,6 @@ def test_config_validation_names_key_value_and_expected():
         GatewayConfig(port=70000)
     with pytest.raises(ValueError, match=r"gateway\.max_body_bytes=10: expected an integer >= 1024"):
         GatewayConfig(max_body_bytes=10)
-    with pytest.raises(ValueError, match=r"gateway\.writer_id_base=3: expected an integer in \[2\*\*21, 2\*\*30\)"):
-        GatewayConfig(writer_id_base=3)
     with pytest.raises(ValueError, match=r"gateway\.enabled='yes': expected a bool"):
         GatewayConfig(enabled="yes")
     with pytest.raises(ValueError, match="gateway.token=<5 characters>: expected at least 16") as info:
@@ -465,8 +465,8 @@ def test_good_episode_is_stored_in_real_with_gateway_stamps(rig):
     sent = episode(120)  # over insert_chunk_rows (50): three inserts, one flush
     answer = send_episode(rig.url, TOKEN, sent, policy_version=1)
     writer = rig.gateway.writer_id
-    assert writer == GatewayConfig().writer_id_base
-    assert answer["rows"] == 120 and answer["writer_id"] == writer and answer["episode_id"] == writer << 32
+    assert writer_role(writer) == "gateway" and writer_index(writer) == 0
+    assert answer["rows"] == 120 and answer["writer_id"] == writer and answer["episode_id"] == episode_id(writer, 0)
     assert rig.stored() == 120
 
     rows = rig.shard.sample_sequences("real", 1, 120)  # the only run of 120 consecutive steps: the episode
@@ -474,7 +474,7 @@ def test_good_episode_is_stored_in_real_with_gateway_stamps(rig):
     for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated"):
         np.testing.assert_array_equal(rows[name], sent[name], err_msg=name)
     np.testing.assert_array_equal(rows["step"], np.arange(120))
-    assert set(rows["episode_id"].tolist()) == {writer << 32}
+    assert set(rows["episode_id"].tolist()) == {episode_id(writer, 0)}
     assert set(rows["writer_id"].tolist()) == {writer}
     assert set(rows["policy_version"].tolist()) == {1}
     np.testing.assert_array_equal(rows["seq"], answer["first_seq"] + np.arange(120))
@@ -484,11 +484,11 @@ def test_good_episode_is_stored_in_real_with_gateway_stamps(rig):
     columns["obs"] = pa.array(columns["obs"].tolist(), pa.list_(pa.float64()))
     second = post(rig, arrow_body(columns, batches=2))
     assert second[0] == 200, second
-    assert second[2]["episode_id"] == (writer << 32) | 1
+    assert second[2]["episode_id"] == episode_id(writer, 1)
     assert second[2]["first_seq"] == answer["first_seq"] + 120
     assert rig.stored() == 127
     batch = rig.shard.sample("real", 2000)
-    mine = batch["episode_id"] == (writer << 32) | 1
+    mine = batch["episode_id"] == episode_id(writer, 1)
     assert set(batch["policy_version"][mine].tolist()) == {-1}
     assert set(batch["step"][mine].tolist()) == set(range(7))
     stats = rig.gateway.stats()

@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.system.runs import assert_well_formed, run_processes, sigkill_when_running, stored_rows
+
 pytestmark = [
     pytest.mark.ray,
     pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
@@ -106,68 +108,11 @@ def test_ctrl_c_stops_every_role_and_leaves_no_ray_processes(tmp_path):
     assert not ray_pids() - before, "Ray processes left behind after Ctrl-C"
 
 
-def stored_rows(run_dir: Path, table: str = "real") -> dict[str, np.ndarray]:
-    """Rows a run persisted in ``table``, recovered from its replay directory by in-process shards."""
-    from actors.envs import probe_env
-    from replay.shard import ReplayShard
-    from system.run_dir import RunDir
-    from system.wiring import table_configs
-
-    config = RunDir(run_dir).load_config()
-    tables = [t for t in table_configs(config, probe_env(config.env)) if t.name == table]
-    parts = []
-    for index in range(config.replay.num_shards):
-        shard = ReplayShard(tables, index=index, directory=str(run_dir / "replay"))
-        parts.append(shard._tables[table].table.export()[0])
-        shard.close()
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def test_real_table_is_persisted_in_the_run_directory(trained_run):
     _, run_dir, _ = trained_run
     rows = stored_rows(run_dir)
     assert len(rows["seq"]) == 2000
     assert_well_formed(rows)
-
-
-def run_processes(marker: str, process_title: str) -> list[int]:
-    """Ray workers titled ``process_title...`` whose raylet's environment holds ``marker`` (set for one run, so
-    that Ray processes of other runs on this machine are left alone; a worker's own environment can be
-    overwritten by its process title)."""
-    found = []
-    for pid in subprocess.run(["pgrep", "-f", f"^{process_title}"], capture_output=True, text=True).stdout.split():
-        try:
-            raylet = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-            environ = Path(f"/proc/{raylet}/environ").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if marker.encode() in environ.split(b"\0"):
-            found.append(int(pid))
-    return found
-
-
-def sigkill_when_running(marker: str, process_title: str, timeout: float = 120.0) -> int:
-    """Wait until a Ray worker of the run is titled ``process_title`` (the actor is inside that method), then
-    SIGKILL it."""
-    deadline = time.monotonic() + timeout
-    while not (pids := run_processes(marker, process_title)):
-        assert time.monotonic() < deadline, f"no {process_title} process of this run within {timeout} s"
-        time.sleep(0.2)
-    os.kill(pids[0], signal.SIGKILL)
-    return pids[0]
-
-
-def assert_well_formed(rows: dict[str, np.ndarray]) -> None:
-    """No row stored twice, and every episode is whole from step 0: consecutive steps, next_obs[t] == obs[t+1],
-    only its last row may end it."""
-    keys = set(zip(rows["writer_id"].tolist(), rows["seq"].tolist()))
-    assert len(keys) == len(rows["seq"]), "a row is stored twice"
-    order = np.lexsort((rows["seq"], rows["episode_id"]))
-    for episode in np.split(order, np.flatnonzero(np.diff(rows["episode_id"][order])) + 1):
-        assert rows["step"][episode].tolist() == list(range(len(episode)))
-        np.testing.assert_array_equal(rows["next_obs"][episode][:-1], rows["obs"][episode][1:])
-        ended = rows["terminated"][episode] | rows["truncated"][episode]
-        assert not ended[:-1].any()
 
 
 def test_killed_shard_and_rollout_worker_restart_and_replay_stays_whole_and_well_formed(tmp_path):
