@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -39,6 +39,14 @@ class RolloutConfig:
     """Env steps per run() call, i.e. how often the driver hears from each worker."""
     num_cpus: float = 1.0
     """Ray CPUs per rollout worker."""
+    num_gpus: float = 0.0
+    """Ray GPUs per rollout worker."""
+    resources: Mapping[str, float] = field(default_factory=dict)
+    """Custom Ray resources per rollout worker, e.g. ``{rollout_node: 1}`` to keep workers on nodes that offer it
+    (an autoscaler adds such nodes when workers wait for them)."""
+    exploration_noise: tuple[float, ...] = ()
+    """Std of Gaussian noise added to the policy's (stochastic) actions, as a fraction of each action's half-range,
+    per worker index (worker i uses entry i mod length), so a pool explores at several scales; empty: none."""
     max_restarts: int = 10
     """How often Ray restarts a rollout worker whose process died (it resumes from the current weights)."""
     max_env_errors_in_a_row: int = 20
@@ -50,6 +58,11 @@ class RolloutConfig:
                      "max_env_errors_in_a_row"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rollout.{name}={getattr(self, name)}: expected an integer >= 1")
+        if any(not 0 <= x <= 10 for x in self.exploration_noise):
+            raise ValueError(f"rollout.exploration_noise={list(self.exploration_noise)}: expected numbers in [0, 10]")
+        if self.num_gpus < 0 or any(v < 0 for v in self.resources.values()):
+            raise ValueError(f"rollout.num_gpus={self.num_gpus}, rollout.resources={dict(self.resources)}: "
+                             f"expected amounts >= 0")
         if self.max_restarts < -1:
             raise ValueError(f"rollout.max_restarts={self.max_restarts}: expected an integer >= -1 (-1: no limit)")
         if self.warmup_steps < 0:
@@ -128,6 +141,9 @@ class RolloutWorker:
     ):
         self.config, self.index, self.writer_id = config, index, new_writer_id("rollout", index)
         self._env_config, self._seed = env_config, seed
+        noise = config.exploration_noise
+        self._noise = float(noise[index % len(noise)]) if noise else 0.0
+        self._rng = np.random.default_rng([seed, index])
         self._replay, self._weights = replay, weights
         self._policy = make_policy()
         self._policy_version = RANDOM_POLICY_VERSION
@@ -187,7 +203,13 @@ class RolloutWorker:
         if self._warmup_left > 0 or self._policy_version == RANDOM_POLICY_VERSION:
             self._warmup_left = max(0, self._warmup_left - n)
             return self._env.action_space.sample().astype(np.float32), RANDOM_POLICY_VERSION
-        return self._policy.act(self._obs.astype(np.float32)), self._policy_version
+        action = self._policy.act(self._obs.astype(np.float32))
+        if self._noise:
+            space = self._env.single_action_space
+            half_range = (space.high - space.low) / 2
+            action = np.clip(action + self._rng.normal(0.0, self._noise, action.shape) * half_range,
+                             space.low, space.high).astype(np.float32)
+        return action, self._policy_version
 
     # the loop -------------------------------------------------------------------------------------------------
     def run(self, num_steps: int, random_steps: int | None = None) -> dict[str, Any]:

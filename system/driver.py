@@ -110,6 +110,7 @@ class Driver:
         self._lost_calls: Counter[tuple[str, int]] = Counter()
         self._incarnations: dict[tuple[str, int], int] = {}
         self._env_errors: dict[int, int] = {}
+        self._acting: dict[int, int] = {}
 
     # submitting -----------------------------------------------------------------------------------------------
     def _submit(self, ref: Any, call: _Call) -> None:
@@ -252,6 +253,7 @@ class Driver:
             self._episode_returns.append(episode_return)
         self._episodes += len(report["episodes"])
         self._env_errors[call.index] = report["env_errors"]
+        self._acting[call.index] = report["policy_version"]
         self._latest["rollout"] = {"policy_version_acting": report["policy_version"],
                                    "rollout_env_errors": sum(self._env_errors.values())}
         while self.env_steps >= self._next_eval and self._next_eval < self.config.run.total_env_steps:
@@ -334,10 +336,18 @@ class Driver:
             row[f"imagination_{key}"] = value
         row.update(self._latest.get("rollout", {}))
         row.update(self._latest.get("gateway", {}))
+        row["rollout_policy_staleness"] = self._staleness(row.get("policy_version"))
         row.update({f"{role}_restarts": n for role, n in self._restarts.items()})
         row.update({f"{pool}_workers": len(getattr(self.system, pool)) for pool in ("rollout", "imagination")})
         self._last_row_time = now
         return row
+
+    def _staleness(self, learner_version: int | None) -> float:
+        """Mean over active rollout workers of (newest published policy version - the version they act with)."""
+        acting = [v for i, v in self._acting.items() if i in self.system.rollout and v >= 0]
+        if learner_version is None or not acting:
+            return float("nan")
+        return float(learner_version - np.mean(acting))
 
     def _status(self, row: dict[str, Any]) -> dict[str, Any]:
         """What ``dynaray status`` shows: the newest report row and each pool's workers."""

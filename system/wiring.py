@@ -167,13 +167,13 @@ class _Maker:
         self.config, self.local = config, local
 
     def __call__(self, cls: type, name: str, num_cpus: float, *args, max_concurrency: int = 1, max_restarts: int = 0,
-                 **kwargs):
+                 num_gpus: float = 0, resources: dict | None = None, **kwargs):
         if self.local:
             args, kwargs = _built(args, kwargs)
             return LocalHandle(cls(*args, **kwargs))
         actor = _remote_class(cls, self.config.run.torch_threads)
-        options = {"name": name, "num_cpus": num_cpus, "max_concurrency": max_concurrency,
-                   "max_restarts": max_restarts}
+        options = {"name": name, "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": dict(resources or {}),
+                   "max_concurrency": max_concurrency, "max_restarts": max_restarts}
         return actor.options(**options).remote(*args, **kwargs)
 
 
@@ -222,7 +222,8 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
         seed = config.seed + SEED_ROLLOUT + 100 * i
         return make(RolloutWorker, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
                     replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
-                    index=i, seed=seed, max_restarts=config.rollout.max_restarts)
+                    index=i, seed=seed, max_restarts=config.rollout.max_restarts, num_gpus=config.rollout.num_gpus,
+                    resources=config.rollout.resources)
 
     system.worker_factories["rollout"] = rollout_worker
     for i in range(config.rollout.num_workers):

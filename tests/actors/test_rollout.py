@@ -144,3 +144,19 @@ def test_every_worker_incarnation_writes_under_its_own_writer_id(recording_repla
     assert len(recording_replay.rows()["seq"]) == 40
     ids = {(w, int(c["seq"][0])) for _, c, w in recording_replay.chunks}
     assert len(ids) == len(recording_replay.chunks)  # no dedup key repeats: a restarted worker loses nothing
+
+
+def test_exploration_noise_per_worker_index(recording_replay):
+    weights = StaticWeights(state={"w": 1}, version=2)
+    config = RolloutConfig(envs_per_worker=2, chunk_length=10, warmup_steps=0, exploration_noise=(0.0, 0.5))
+    env = EnvConfig("InvertedPendulum-v5", max_episode_steps=7)
+    quiet = RolloutWorker(env, config, recording_replay, weights, ConstantPolicy, index=2, seed=1)
+    noisy = RolloutWorker(env, config, recording_replay, StaticWeights(state={"w": 1}, version=2), ConstantPolicy,
+                          index=3, seed=1)
+    quiet.run(20)
+    noisy.run(20)
+    actions = [c["action"][:, 0] for _, c, _ in recording_replay.chunks]
+    assert (actions[0] == 0.5).all()  # worker 2 uses entry 0: no noise
+    assert actions[1].std() > 0.3 and (np.abs(actions[1]) <= 3.0).all()  # half-range 3: std 1.5, clipped to bounds
+    with pytest.raises(ValueError, match=r"rollout.exploration_noise=\[-1.0\]: expected numbers in \[0, 10\]"):
+        RolloutConfig(exploration_noise=(-1.0,))
