@@ -66,9 +66,11 @@ from replay.schema import (
     arrow_schema,
     chunk_to_record_batch,
     columns_from_arrow_schema,
+    record_batch_to_chunk,
     transition_columns,
     validate_chunk,
 )
+from replay.cold import list_segments
 from replay.table import TableConfig
 
 __all__ = [
@@ -274,6 +276,14 @@ def _read_shard_once(root: str, index: int, config: TableConfig, capacity: int |
             events.append(record.rows)
         else:
             events.append((record.keys, record.priorities))
+    cold = _cold_rows(root, config.columns, below=first_key)
+    if cold is not None:
+        cold_rows = len(cold[config.columns[0].name])
+        parts.insert(0, cold)
+        first_key -= cold_rows
+        snapshot_rows += cold_rows
+        if snapshot_priorities is not None:  # cold tiers hold uniform tables only; kept aligned all the same
+            snapshot_priorities = np.concatenate([np.ones(cold_rows), snapshot_priorities])
     if parts:
         chunk = {c.name: np.concatenate([p[c.name] for p in parts]) for c in config.columns}
     else:
@@ -306,6 +316,24 @@ def _read_shard_once(root: str, index: int, config: TableConfig, capacity: int |
     return ShardRows(index, chunk, first_key + total, priorities, _disk_bytes(root), generations)
 
 
+def _cold_rows(root: str, columns: Sequence[ColumnSpec], below: int) -> dict[str, np.ndarray] | None:
+    """The rows of the table's cold tier with keys below ``below`` (those the snapshot and logs do not hold), or
+    None without a cold tier."""
+    parts = []
+    for first, path in list_segments(os.path.join(root, "cold")):
+        if first >= below:
+            break
+        batches = pq.read_table(path).combine_chunks().to_batches()
+        if not batches:
+            continue
+        rows = record_batch_to_chunk(batches[0], columns)
+        keep = min(len(rows[columns[0].name]), below - first)
+        parts.append({name: values[:keep] for name, values in rows.items()})
+    if not parts:
+        return None
+    return {c.name: np.concatenate([p[c.name] for p in parts]) for c in columns}
+
+
 def _empty_shard(index: int, columns: Sequence[ColumnSpec], root: str) -> ShardRows:
     chunk = {c.name: np.zeros((0,) + c.shape, dtype=c.np_dtype) for c in columns}
     generations: dict[str, list[int]] = {"wal": [], "priorities": [], "snapshot": []}
@@ -318,9 +346,10 @@ def read_table(directory: str, table: str = "real", capacity: int | None = None)
     Args:
         directory: the replay directory (holding ``shard-<i>/<table>/``).
         table: the table's name.
-        capacity: rows per shard the table holds; a shard's files can hold more (rows logged since the last
-            snapshot), of which only the newest ``capacity`` are kept, as a shard recovering them would. None keeps
-            every row on disk.
+        capacity: rows per shard the table holds, in memory and in its cold tier together; a shard's files can
+            hold more (rows logged since the last snapshot), of which only the newest ``capacity`` are kept, as a
+            shard recovering them would. None keeps every row on disk. Rows of the cold tier (``<table>/cold/``,
+            older than every row of the snapshot and logs) come first.
 
     Raises:
         OfflineError: no shard directories, or no shard has the table.

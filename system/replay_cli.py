@@ -82,7 +82,7 @@ def _locate(path: str) -> tuple[str, dict[str, int] | None, Path | None]:
             )
         replay = config.replay
         capacities = {
-            "real": replay.shard_capacity(replay.real_capacity),
+            "real": replay.shard_capacity(replay.real_capacity) + replay.shard_capacity(replay.real_disk_capacity),
             "imagined": replay.shard_capacity(replay.imagined_capacity),
         }
         return str(directory), capacities, where / "metrics.parquet"

@@ -516,3 +516,20 @@ def test_parquet_rows_are_grouped_by_episode_and_ordered_by_step(tmp_path):
     # episodes in order of their first row in the file
     firsts = sorted(range(3), key=lambda e: np.flatnonzero(chunk["episode_id"][order] == e)[0])
     assert dataset.data["obs"][::10, 0].tolist() == [10.0 * e for e in firsts]
+
+
+def test_read_table_includes_the_cold_tier_rows_oldest_first(tmp_path):
+    config = TableConfig("real", 40, COLUMNS, persist=True, disk_capacity=400, disk_segment_rows=32)
+    shard = ReplayShard([config], directory=str(tmp_path))
+    for start in range(0, 160, 8):
+        shard.insert("real", make_chunk(8, start_seq=start, writer_id=1), writer_id=1)
+    shard.snapshot("real")  # writes the staged cold rows, keeps the 40 newest in the snapshot
+    for start in range(160, 240, 8):
+        shard.insert("real", make_chunk(8, start_seq=start, writer_id=1), writer_id=1)
+    shard.close()
+
+    stored = read_table(str(tmp_path), capacity=40 + 400)
+    part = stored.shards[0]
+    assert part.chunk["seq"].tolist() == list(range(240))
+    assert part.keys.tolist() == list(range(240))
+    assert read_table(str(tmp_path), capacity=40 + 100).shards[0].chunk["seq"].tolist() == list(range(100, 240))
