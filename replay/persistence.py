@@ -5,20 +5,37 @@ Layout, per persisted table, under ``<directory>/shard-<index>/<table>/``::
     LOCK                      flock'ed by the live shard, so two shards never write one directory
     wal-<g>.arrows            Arrow IPC stream: one record batch per acknowledged insert, the table's
                               :func:`replay.schema.arrow_schema`; the batch's custom metadata holds the
-                              ``writer_id`` the insert was called with (the dedup key is that and ``seq[0]``)
+                              ``writer_id`` the insert was called with (the dedup key is that and ``seq[0]``);
+                              for a chunk whose rows with NaN or inf were dropped (``non_finite="drop"``) the
+                              batch holds the kept rows only (possibly none) and the metadata adds ``dedup_key``
+                              (the chunk's first ``seq``) and ``dropped_non_finite``
     priorities-<g>.arrows     Arrow IPC stream of priority updates (prioritized tables): columns ``key`` (int64),
                               ``priority`` (float64) and ``inserted`` (int64, the table's insert counter when the
                               update was made, so recovery interleaves updates and inserts in their original order)
+    sampled-<g>.arrows        Arrow IPC stream of sample counts (tables with ``max_times_sampled``): columns ``key``
+                              (int64), ``times_sampled`` (int32, the row's count; -1: the row was removed),
+                              ``inserted`` (int64, as above) and ``priority_updates`` (int64, records of
+                              ``priorities-<g>`` logged before it, so recovery also keeps the order of the two)
     snapshot-<g>.parquet      the table as it was when generation ``g`` began: the rows oldest to newest (vectors as
                               ``fixed_size_list``), plus ``__key`` (int64 row key) and, for prioritized tables,
                               ``__priority`` (float64, ``priority ** priority_exponent`` as the sum tree holds it);
-                              counters and dedup state as JSON in the schema metadata under ``dynaray.replay``
+                              with ``max_times_sampled``, ``__times_sampled`` (int32, -1 for a removed row, which
+                              stays in the file so that keys stay consecutive); counters and dedup state as JSON
+                              in the schema metadata under ``dynaray.replay``
 
 A generation ``g`` is the state of the newest snapshot ``<= g`` plus logs ``g, g+1, ...`` in order. Recovery loads
 the newest complete snapshot (temp files of an interrupted snapshot are removed) and replays every log of that
 generation or newer; a process always appends to a fresh generation (one past the highest on disk), so it never
 appends after a torn record. A torn record (the process died in the middle of a write) is cut off with a warning
 naming the file and the bytes dropped; everything before it is recovered.
+
+Removals (``max_times_sampled``): a sample that removes rows logs their keys (count -1) before it returns, so a
+removed row never comes back, killed process or not. Counts of rows not yet removed are logged only when the
+shard closes (and kept in every snapshot), not on every sample, which would write a record per sampled row: after
+a crash, a live row's count is the one of the last snapshot or clean close, so it can be sampled up to
+``max_times_sampled - 1`` more times in all than configured. "Every acknowledged transition is recovered" then means
+every acknowledged row that was not removed. Readers that do not configure ``max_times_sampled`` (export,
+inspection) are not given the counts: to them, removed rows are still stored.
 
 Durability: every record is written to the OS (``sink.flush()`` of an ``OSFile``, unbuffered) before the caller
 acknowledges the insert, so a killed process loses nothing acknowledged. Against power loss, ``fsync`` chooses
@@ -58,10 +75,12 @@ __all__ = [
     "KEY_FIELD",
     "PRIORITY_FIELD",
     "SNAPSHOT_METADATA_KEY",
+    "TIMES_SAMPLED_FIELD",
     "InsertRecord",
     "PriorityRecord",
     "SnapshotImage",
     "TableStore",
+    "TimesSampledRecord",
     "table_directory",
 ]
 
@@ -73,10 +92,14 @@ KEY_FIELD = "__key"
 """Snapshot column with each row's key."""
 PRIORITY_FIELD = "__priority"
 """Snapshot column with each row's sampling weight ``priority ** alpha`` (prioritized tables)."""
+TIMES_SAMPLED_FIELD = "__times_sampled"
+"""Snapshot column with each row's sample count, -1 for a removed row (tables with ``max_times_sampled``)."""
 SNAPSHOT_METADATA_KEY = b"dynaray.replay"
 """Schema metadata key of a snapshot's JSON: format version, table, inserted, max_priority, dedup state."""
 FORMAT_VERSION = 1
 _WRITER_KEY = b"writer_id"
+_DEDUP_KEY = b"dedup_key"
+_DROPPED_KEY = b"dropped_non_finite"
 _PRIORITY_SCHEMA = pa.schema(
     [
         pa.field("key", pa.int64(), nullable=False),
@@ -84,8 +107,17 @@ _PRIORITY_SCHEMA = pa.schema(
         pa.field("inserted", pa.int64(), nullable=False),
     ]
 )
+_SAMPLED_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.int64(), nullable=False),
+        pa.field("times_sampled", pa.int32(), nullable=False),
+        pa.field("inserted", pa.int64(), nullable=False),
+        pa.field("priority_updates", pa.int64(), nullable=False),
+    ]
+)
 _END_MARKERS = (b"", b"\xff\xff\xff\xff\x00\x00\x00\x00", b"\x00\x00\x00\x00")
-_FILE_RE = re.compile(r"^(wal|priorities|snapshot)-(\d+)\.(arrows|parquet)$")
+_FILE_RE = re.compile(r"^(wal|priorities|sampled|snapshot)-(\d+)\.(arrows|parquet)$")
+_LOGS = ("_wal", "_priorities", "_sampled")
 
 
 def table_directory(directory: str, shard_index: int, table: str) -> str:
@@ -107,15 +139,27 @@ class SnapshotImage:
     """The prioritized sampler's running maximum priority (new rows get it)."""
     seen: dict[int, tuple[list[int], int | None]] = field(default_factory=dict)
     """Dedup state per writer: remembered chunk keys in arrival order, and the floor below which all count."""
+    times_sampled: np.ndarray | None = None
+    """Sample count per row, -1 for removed rows (tables with ``max_times_sampled``)."""
+    removed: int = 0
+    """Rows removed after ``max_times_sampled`` samples so far."""
+    dropped_non_finite: int = 0
+    """Rows dropped at insert for NaN or inf so far."""
 
 
 @dataclass
 class InsertRecord:
-    """One logged insert: the chunk and the ``writer_id`` the call carried."""
+    """One logged insert: the chunk (the rows stored: with ``non_finite="drop"`` possibly none) and the
+    ``writer_id`` the call carried."""
 
     writer_id: int
     chunk: dict[str, np.ndarray]
     rows: int
+    dedup_key: int | None = None
+    """The dedup key of the insert (the first ``seq`` of the chunk as sent); None only for an empty record
+    without one."""
+    dropped_non_finite: int = 0
+    """Rows of the chunk as sent that were dropped for NaN or inf (not in ``chunk``)."""
 
 
 @dataclass
@@ -124,6 +168,14 @@ class PriorityRecord:
 
     keys: np.ndarray
     priorities: np.ndarray
+
+
+@dataclass
+class TimesSampledRecord:
+    """Logged sample counts of rows (tables with ``max_times_sampled``): -1 marks a removed row."""
+
+    keys: np.ndarray
+    counts: np.ndarray
 
 
 def _fsync_directory(path: str) -> None:
@@ -198,7 +250,7 @@ class TableStore:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, got {fsync!r}")
         if not isinstance(fsync_interval_ms, int) or isinstance(fsync_interval_ms, bool) or fsync_interval_ms < 0:
             raise ValueError(f"fsync_interval_ms must be an int >= 0, got {fsync_interval_ms!r}")
-        reserved = sorted({KEY_FIELD, PRIORITY_FIELD} & {c.name for c in config.columns})
+        reserved = sorted({KEY_FIELD, PRIORITY_FIELD, TIMES_SAMPLED_FIELD} & {c.name for c in config.columns})
         if reserved:
             raise ValueError(f"table {config.name!r}: column names {reserved} are reserved by persistence")
         self.root = root
@@ -223,6 +275,9 @@ class TableStore:
         """Generation new records go to (set by :meth:`recover`)."""
         self._wal: _StreamLog | None = None
         self._priorities: _StreamLog | None = None
+        self._sampled: _StreamLog | None = None
+        self._priority_records = 0
+        """Priority records logged in the current generation (see ``sampled-<g>.arrows``)."""
         self._last_fsync = time.monotonic()
         self._dirty = False
         self._closed = False
@@ -234,7 +289,7 @@ class TableStore:
         return os.path.join(self.root, f"{kind}-{generation}.{ext}")
 
     def _files(self) -> dict[str, dict[int, str]]:
-        found: dict[str, dict[int, str]] = {"wal": {}, "priorities": {}, "snapshot": {}}
+        found: dict[str, dict[int, str]] = {"wal": {}, "priorities": {}, "sampled": {}, "snapshot": {}}
         for name in os.listdir(self.root):
             match = _FILE_RE.match(name)
             if match and (match.group(1) == "snapshot") == (match.group(3) == "parquet"):
@@ -242,13 +297,15 @@ class TableStore:
         return found
 
     def generations(self) -> dict[str, list[int]]:
-        """Generations on disk per file kind (``wal``, ``priorities``, ``snapshot``), ascending."""
+        """Generations on disk per file kind (``wal``, ``priorities``, ``sampled``, ``snapshot``), ascending."""
         return {kind: sorted(gens) for kind, gens in self._files().items()}
 
     # ---- recovery ----------------------------------------------------------------------------------------------
 
-    def recover(self) -> tuple[SnapshotImage | None, Iterator[InsertRecord | PriorityRecord]]:
+    def recover(self) -> tuple[SnapshotImage | None, Iterator[InsertRecord | PriorityRecord | TimesSampledRecord]]:
         """The newest snapshot (or None) and the logged records after it, in their original order.
+
+        Sample counts (:class:`TimesSampledRecord`) are only read for a configuration with ``max_times_sampled``.
 
         Leftover temp files of an interrupted snapshot are removed, and torn tails are cut off (with a warning).
         Records are read lazily as the iterator advances; new records go to a generation past every one on disk.
@@ -269,27 +326,54 @@ class TableStore:
             base = max(files["snapshot"])
             snapshot = self._read_snapshot(files["snapshot"][base])
         start = snapshot.inserted if snapshot is not None else 0
-        logged = sorted(g for g in set(files["wal"]) | set(files["priorities"]) if g >= base)
-        return snapshot, self._replay(logged, files, start)
+        if self.config.max_times_sampled == 0:
+            files["sampled"] = {}
+        logged = sorted(g for kind in ("wal", "priorities", "sampled") for g in files[kind] if g >= base)
+        return snapshot, self._replay(sorted(set(logged)), files, start)
 
     def _replay(
         self, generations: list[int], files: dict[str, dict[int, str]], inserted: int
-    ) -> Iterator[InsertRecord | PriorityRecord]:
+    ) -> Iterator[InsertRecord | PriorityRecord | TimesSampledRecord]:
         for gen in generations:
             updates = self._read_priorities(files["priorities"][gen]) if gen in files["priorities"] else []
+            counts = self._read_sampled(files["sampled"][gen]) if gen in files["sampled"] else []
+            side = self._merge_side_records(updates, counts)
             pending = 0
             inserts = self._read_stream(files["wal"][gen], self.schema) if gen in files["wal"] else iter(())
             for batch, metadata in inserts:
-                while pending < len(updates) and updates[pending][2] <= inserted:
-                    yield PriorityRecord(updates[pending][0], updates[pending][1])
+                while pending < len(side) and side[pending][0] <= inserted:
+                    yield side[pending][1]
                     pending += 1
                 if metadata is None or _WRITER_KEY not in metadata:
                     raise SchemaError(f"{files['wal'][gen]}: record batch without {_WRITER_KEY.decode()} metadata")
                 chunk = record_batch_to_chunk(batch, self.config.columns)
-                yield InsertRecord(int(metadata[_WRITER_KEY]), chunk, batch.num_rows)
-                inserted += batch.num_rows
-            for keys, priorities, _ in updates[pending:]:
-                yield PriorityRecord(keys, priorities)
+                rows = batch.num_rows
+                if _DEDUP_KEY in metadata:
+                    dedup_key = int(metadata[_DEDUP_KEY])
+                else:
+                    dedup_key = int(chunk["seq"][0]) if rows and "seq" in chunk else None
+                dropped = int(metadata[_DROPPED_KEY]) if _DROPPED_KEY in metadata else 0
+                yield InsertRecord(int(metadata[_WRITER_KEY]), chunk, rows, dedup_key, dropped)
+                inserted += rows
+            for _, record in side[pending:]:
+                yield record
+
+    @staticmethod
+    def _merge_side_records(
+        updates: list[tuple[np.ndarray, np.ndarray, int]], counts: list[tuple[np.ndarray, np.ndarray, int, int]]
+    ) -> list[tuple[int, PriorityRecord | TimesSampledRecord]]:
+        """Priority updates and sample counts of one generation in the order they were made, each with the insert
+        counter it was made at (a count record follows the ``priority_updates`` priority records logged before
+        it)."""
+        merged: list[tuple[int, PriorityRecord | TimesSampledRecord]] = []
+        taken = 0
+        for keys, values, at, before in counts:
+            while taken < min(before, len(updates)):
+                merged.append((updates[taken][2], PriorityRecord(updates[taken][0], updates[taken][1])))
+                taken += 1
+            merged.append((at, TimesSampledRecord(keys, values)))
+        merged.extend((at, PriorityRecord(keys, values)) for keys, values, at in updates[taken:])
+        return merged
 
     def _read_priorities(self, path: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
         out = []
@@ -301,6 +385,16 @@ class TableStore:
                 raise SchemaError(f"{path}: one priority update spans several insert counters")
             if len(at):
                 out.append((keys, priorities, int(at[0])))
+        return out
+
+    def _read_sampled(self, path: str) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+        out = []
+        for batch, _ in self._read_stream(path, _SAMPLED_SCHEMA):
+            keys, counts, at, before = (batch.column(i).to_numpy() for i in range(4))
+            if len(at) and not ((at == at[0]).all() and (before == before[0]).all()):
+                raise SchemaError(f"{path}: one sample count record spans several insert or update counters")
+            if len(at):
+                out.append((keys, counts, int(at[0]), int(before[0])))
         return out
 
     def _read_stream(self, path: str, schema: pa.Schema) -> Iterator[tuple[pa.RecordBatch, pa.KeyValueMetadata]]:
@@ -380,8 +474,20 @@ class TableStore:
         priorities = None
         if PRIORITY_FIELD in table.column_names:
             priorities = table.column(PRIORITY_FIELD).to_numpy()
+        times_sampled = None
+        if TIMES_SAMPLED_FIELD in table.column_names:
+            times_sampled = table.column(TIMES_SAMPLED_FIELD).to_numpy()
         seen = {int(w): (list(s["keys"]), s["floor"]) for w, s in meta["seen"].items()}
-        return SnapshotImage(chunk, inserted, priorities, meta.get("max_priority"), seen)
+        return SnapshotImage(
+            chunk,
+            inserted,
+            priorities,
+            meta.get("max_priority"),
+            seen,
+            times_sampled,
+            int(meta.get("removed", 0)),
+            int(meta.get("dropped_non_finite", 0)),
+        )
 
     # ---- logging -----------------------------------------------------------------------------------------------
 
@@ -406,7 +512,7 @@ class TableStore:
             self._sync()
 
     def _sync(self) -> None:
-        for log in (self._wal, self._priorities):
+        for log in (self._wal, self._priorities, self._sampled):
             if log is not None:
                 log.fsync()
         self._last_fsync = time.monotonic()
@@ -428,20 +534,36 @@ class TableStore:
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 logger.exception("closing %s after a failed write", log.path)
             self.generation += 1
+            self._priority_records = 0
             self._rotate_others(attr)
             raise
 
     def _rotate_others(self, failed: str) -> None:
-        other = "_priorities" if failed == "_wal" else "_wal"
-        log = getattr(self, other)
-        if log is not None:
-            setattr(self, other, None)
-            log.close(fsync=self.fsync_mode != "none")
+        for other in _LOGS:
+            log = getattr(self, other)
+            if other != failed and log is not None:
+                setattr(self, other, None)
+                log.close(fsync=self.fsync_mode != "none")
 
-    def append_insert(self, chunk: Mapping[str, np.ndarray], writer_id: int) -> None:
-        """Log an insert (a chunk that passed :func:`replay.schema.validate_chunk`) before it is applied."""
+    def append_insert(
+        self,
+        chunk: Mapping[str, np.ndarray],
+        writer_id: int,
+        dedup_key: int | None = None,
+        dropped_non_finite: int = 0,
+    ) -> None:
+        """Log an insert (a chunk that passed :func:`replay.schema.validate_chunk`) before it is applied.
+
+        ``dedup_key`` (the first ``seq`` of the chunk as sent) is needed when it is not the first ``seq`` of
+        ``chunk``: when rows were dropped for NaN or inf (``dropped_non_finite`` of them), possibly all.
+        """
         batch = chunk_to_record_batch(chunk, self.config.columns, validate=False)
-        self._append("_wal", "wal", self.schema, batch, {_WRITER_KEY: str(int(writer_id)).encode()})
+        metadata = {_WRITER_KEY: str(int(writer_id)).encode()}
+        if dedup_key is not None:
+            metadata[_DEDUP_KEY] = str(int(dedup_key)).encode()
+        if dropped_non_finite:
+            metadata[_DROPPED_KEY] = str(int(dropped_non_finite)).encode()
+        self._append("_wal", "wal", self.schema, batch, metadata)
 
     def append_priorities(self, keys: np.ndarray, priorities: np.ndarray, inserted: int) -> None:
         """Log a validated priority update made when the table's insert counter was ``inserted``."""
@@ -455,6 +577,22 @@ class TableStore:
             schema=_PRIORITY_SCHEMA,
         )
         self._append("_priorities", "priorities", _PRIORITY_SCHEMA, batch)
+        if n:
+            self._priority_records += 1
+
+    def append_times_sampled(self, keys: np.ndarray, counts: np.ndarray, inserted: int) -> None:
+        """Log the sample counts of rows (-1: removed) set when the table's insert counter was ``inserted``."""
+        n = len(keys)
+        batch = pa.RecordBatch.from_arrays(
+            [
+                pa.array(np.asarray(keys, dtype=np.int64)),
+                pa.array(np.asarray(counts, dtype=np.int32)),
+                pa.array(np.full(n, inserted, dtype=np.int64)),
+                pa.array(np.full(n, self._priority_records, dtype=np.int64)),
+            ],
+            schema=_SAMPLED_SCHEMA,
+        )
+        self._append("_sampled", "sampled", _SAMPLED_SCHEMA, batch)
 
     @property
     def closed(self) -> bool:
@@ -464,12 +602,13 @@ class TableStore:
     def rotate(self) -> int:
         """Close the current logs and start the next generation; return it. Later records go to its logs."""
         sync = self.fsync_mode != "none"
-        for attr in ("_wal", "_priorities"):
+        for attr in _LOGS:
             log = getattr(self, attr)
             if log is not None:
                 setattr(self, attr, None)
                 log.close(fsync=sync)
         self.generation += 1
+        self._priority_records = 0
         self._dirty = False
         return self.generation
 
@@ -496,6 +635,9 @@ class TableStore:
         if image.priorities is not None:
             arrays.append(pa.array(np.asarray(image.priorities, dtype=np.float64)))
             fields.append(pa.field(PRIORITY_FIELD, pa.float64(), nullable=False))
+        if image.times_sampled is not None:
+            arrays.append(pa.array(np.asarray(image.times_sampled, dtype=np.int32)))
+            fields.append(pa.field(TIMES_SAMPLED_FIELD, pa.int32(), nullable=False))
         meta = {
             "version": FORMAT_VERSION,
             "table": self.config.name,
@@ -504,6 +646,8 @@ class TableStore:
             "max_priority": image.max_priority,
             "priority_exponent": self.config.priority_exponent if image.priorities is not None else None,
             "seen": {str(w): {"keys": keys, "floor": floor} for w, (keys, floor) in image.seen.items()},
+            "removed": image.removed,
+            "dropped_non_finite": image.dropped_non_finite,
         }
         schema = pa.schema(fields, metadata={SNAPSHOT_METADATA_KEY: json.dumps(meta).encode()})
         table = pa.Table.from_arrays(arrays, schema=schema)

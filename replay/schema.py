@@ -1,7 +1,8 @@
 """Row schema of replay tables: column specs, chunk validation, and the Arrow mapping.
 
 A chunk (or batch) is ``dict[str, np.ndarray]`` with one row per transition: every column has shape
-``(N,) + spec.shape``. :func:`validate_chunk` is the one place that decides whether a chunk fits a table;
+``(N,) + spec.shape``. :func:`validate_chunk` is the one place that decides whether a chunk fits a table
+(:func:`drop_non_finite_rows` is its variant for tables that drop rows with NaN or inf instead of rejecting them);
 :func:`arrow_schema`, :func:`chunk_to_record_batch` and :func:`record_batch_to_chunk` map tables to Arrow
 (vectors as ``fixed_size_list``) for snapshots and logs; :func:`columns_from_arrow_schema` is the inverse of
 :func:`arrow_schema`, for reading files without knowing their table's configuration.
@@ -24,12 +25,15 @@ __all__ = [
     "arrow_schema",
     "chunk_to_record_batch",
     "columns_from_arrow_schema",
+    "drop_non_finite_rows",
     "record_batch_to_chunk",
     "transition_columns",
     "validate_chunk",
 ]
 
 _SHAPE_METADATA_KEY = b"shape"
+NON_FINITE_POLICIES = ("reject", "drop")
+"""What a table does with rows holding NaN or inf in a float column (:attr:`replay.table.TableConfig.non_finite`)."""
 
 
 class SchemaError(ValueError):
@@ -108,6 +112,35 @@ def validate_chunk(chunk: Mapping[str, np.ndarray], columns: Sequence[ColumnSpec
         SchemaError: missing or unexpected column, non-array value, wrong trailing shape, dtype that cannot be
             cast safely, differing row counts, or non-finite values in a float column.
     """
+    return _validate(chunk, columns, None)
+
+
+def drop_non_finite_rows(
+    chunk: Mapping[str, np.ndarray], columns: Sequence[ColumnSpec]
+) -> tuple[Mapping[str, np.ndarray], int, int]:
+    """Validate ``chunk`` as :func:`validate_chunk` does, except that rows holding a non-finite value in any float
+    column (NaN, inf, or outside the column's range after a narrowing cast) are removed instead of rejected.
+
+    Returns:
+        ``(kept, rows kept, rows dropped)``: ``kept`` is ``chunk`` itself when nothing was dropped, else a new
+        dict holding copies of the finite rows in their order (possibly none).
+
+    Raises:
+        SchemaError: every other problem :func:`validate_chunk` reports.
+    """
+    bad: list[np.ndarray] = []
+    rows = _validate(chunk, columns, bad)
+    if not bad:
+        return chunk, rows, 0
+    keep = ~np.logical_or.reduce(bad)
+    kept = {spec.name: chunk[spec.name][keep] for spec in columns}
+    stored = int(np.count_nonzero(keep))
+    return kept, stored, rows - stored
+
+
+def _validate(chunk: Mapping[str, np.ndarray], columns: Sequence[ColumnSpec], bad: list[np.ndarray] | None) -> int:
+    """:func:`validate_chunk`; with a list ``bad``, non-finite values are not an error: a boolean mask of the rows
+    holding them is appended to ``bad`` per float column that has any."""
     if not isinstance(chunk, Mapping):
         raise SchemaError(f"expected a dict of numpy arrays, got {type(chunk).__name__}")
     if len(chunk) != len(columns) or any(c.name not in chunk for c in columns):
@@ -142,7 +175,11 @@ def validate_chunk(chunk: Mapping[str, np.ndarray], columns: Sequence[ColumnSpec
                 with np.errstate(over="ignore"):
                     finite = np.isfinite(arr.astype(target))
             if not finite.all():
-                bad_rows = np.flatnonzero(~finite.reshape(rows, -1).all(axis=1))
+                rows_bad = ~finite.reshape(rows, -1).all(axis=1)
+                if bad is not None:
+                    bad.append(rows_bad)
+                    continue
+                bad_rows = np.flatnonzero(rows_bad)
                 raise SchemaError(
                     f"column {spec.name!r}: non-finite values (NaN, inf or outside {spec.dtype} range) "
                     f"in {bad_rows.size} row(s), first at row {int(bad_rows[0])}"

@@ -11,7 +11,10 @@ time out.
 Persistence (opt-in, ``directory`` plus :attr:`TableConfig.persist`): every insert and priority update of a
 persisted table is written to its write-ahead log before it is applied and acknowledged, and a shard built over an
 existing directory recovers the newest snapshot plus the logs after it (:mod:`replay.persistence`). What is
-recovered: rows in FIFO order, insert counter and row keys, dedup state, priorities. What restarts: the ``sampled``,
+recovered: rows in FIFO order, insert counter and row keys, dedup state, priorities, removals after
+``max_times_sampled`` samples (logged before the sample that removed the rows returns; the counts of rows not yet
+removed as of the last snapshot or clean close), the ``removed`` and ``dropped_non_finite`` counters. What
+restarts: the ``sampled``,
 ``duplicates`` and wait counters start at 0, and each rate limiter restarts from the recovered size as if its
 consumer were exactly on target (``inserted = size``, ``sampled = samples_per_insert * (size - min_size)``), so
 neither side is blocked by history from before the restart.
@@ -36,9 +39,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from replay.cold import COLD_DIRECTORY, ColdTier
-from replay.persistence import FSYNC_MODES, InsertRecord, SnapshotImage, TableStore, table_directory
+from replay.persistence import FSYNC_MODES, InsertRecord, PriorityRecord, SnapshotImage, TableStore, table_directory
 from replay.rate_limiter import RateLimiter
-from replay.schema import SchemaError, validate_chunk
+from replay.schema import SchemaError
 from replay.table import Table, TableConfig
 
 __all__ = ["ReplayShard"]
@@ -219,21 +222,32 @@ class ReplayShard:
         snapshot, records = state.store.recover()
         table = state.table
         if snapshot is not None:
-            table.restore(snapshot.chunk, snapshot.inserted, snapshot.priorities, snapshot.max_priority)
+            table.restore(
+                snapshot.chunk,
+                snapshot.inserted,
+                snapshot.priorities,
+                snapshot.max_priority,
+                snapshot.times_sampled,
+                snapshot.removed,
+                snapshot.dropped_non_finite,
+            )
             state.seen = {w: _SeenChunks.from_state(keys, floor) for w, (keys, floor) in snapshot.seen.items()}
         cold = table.cold
         for record in records:
             if isinstance(record, InsertRecord):
-                table.write(record.chunk, record.rows)
+                table.write(record.chunk, record.rows, record.dropped_non_finite)
                 if cold is not None and cold.has_pending:
                     cold.flush()
-                seen = state.seen.get(record.writer_id)
-                if seen is None:
-                    seen = state.seen[record.writer_id] = _SeenChunks()
-                seen.add(int(record.chunk["seq"][0]))
+                if record.dedup_key is not None:
+                    seen = state.seen.get(record.writer_id)
+                    if seen is None:
+                        seen = state.seen[record.writer_id] = _SeenChunks()
+                    seen.add(record.dedup_key)
                 state.since_snapshot += record.rows
-            else:
+            elif isinstance(record, PriorityRecord):
                 table.update_priorities(record.keys, record.priorities)
+            else:
+                table.set_times_sampled(record.keys, record.counts)
         table.reconcile_cold()
         size = table.size
         for limiter in state.limiters.values():
@@ -258,24 +272,30 @@ class ReplayShard:
     def insert(self, table: str, chunk: Mapping[str, np.ndarray], writer_id: int, timeout: float = 0.0) -> dict:
         """Store a chunk unless it is a duplicate or a consumer's limiter holds it back for ``timeout`` seconds.
 
-        The dedup key is ``(writer_id, chunk["seq"][0])``: a chunk with a key already stored is dropped.
+        The dedup key is ``(writer_id, chunk["seq"][0])``: a chunk with a key already stored is dropped. On a
+        table with ``non_finite="drop"`` rows holding NaN or inf are left out and counted (``dropped_non_finite``
+        in :meth:`stats`); a chunk left without rows is acknowledged with nothing stored, and its dedup key is
+        still recorded.
 
         Returns:
-            ``{"status": "ok" | "duplicate", "size": rows}``, or ``{"status": "not_now", "size": rows,
-            "blocked_by": consumer}`` when nothing was stored because a consumer is behind its ratio.
+            ``{"status": "ok" | "duplicate", "size": rows}`` (``"ok"`` adds ``"dropped_non_finite": rows`` when
+            rows were dropped), or ``{"status": "not_now", "size": rows, "blocked_by": consumer}`` when nothing was
+            stored because a consumer is behind its ratio.
 
         Raises:
             KeyError: unknown table.
             SchemaError: the chunk does not match the table, is empty, or its ``writer_id`` column differs from
-                ``writer_id``; nothing is stored.
+                ``writer_id``, or (``non_finite="reject"``, the default) it holds NaN or inf in a float column;
+                nothing is stored.
             ValueError: a consumer's limiter could never admit this many rows at once.
         """
         state = self._state(table)
-        n = validate_chunk(chunk, state.table.config.columns)
-        if n == 0:
+        original = chunk
+        chunk, n, dropped = state.table.prepare(chunk)
+        if n + dropped == 0:
             raise SchemaError(f"table {table!r}: chunk has no rows")
         writer_id = int(writer_id)
-        written_by = chunk.get("writer_id")
+        written_by = original.get("writer_id")
         if written_by is not None and not (written_by == writer_id).all():
             others = np.unique(written_by[written_by != writer_id])[:5].tolist()
             raise SchemaError(
@@ -283,7 +303,7 @@ class ReplayShard:
             )
         for limiter in state.limiters.values():
             limiter.check_insert(n)
-        key = int(chunk["seq"][0])
+        key = int(original["seq"][0])
         store = state.store
 
         def duplicate() -> bool:
@@ -291,7 +311,7 @@ class ReplayShard:
             return seen is not None and key in seen
 
         def ready() -> bool:
-            return duplicate() or state.insert_blocker(n) is None
+            return duplicate() or n == 0 or state.insert_blocker(n) is None
 
         with state.cond:
             if not ready() and timeout > 0:
@@ -299,14 +319,18 @@ class ReplayShard:
             if duplicate():
                 state.duplicates += 1
                 return {"status": "duplicate", "size": state.table.size}
-            blocker = state.insert_blocker(n)
+            blocker = state.insert_blocker(n) if n else None
             if blocker is not None:
                 state.inserts_waited += 1
                 return {"status": "not_now", "size": state.table.size, "blocked_by": blocker}
             if store is not None:
-                store.append_insert(chunk, writer_id)  # logged (and flushed) before it is applied
+                # logged (and flushed) before it is applied
+                if dropped:
+                    store.append_insert(chunk, writer_id, dedup_key=key, dropped_non_finite=dropped)
+                else:
+                    store.append_insert(chunk, writer_id)
                 state.since_snapshot += n
-            state.table.write(chunk, n)
+            state.table.write(chunk, n, dropped)
             for limiter in state.limiters.values():
                 limiter.on_insert(n)
             seen = state.seen.get(writer_id)
@@ -315,6 +339,8 @@ class ReplayShard:
             seen.add(key)
             state.cond.notify_all()
             result = {"status": "ok", "size": state.table.size}
+            if dropped:
+                result["dropped_non_finite"] = dropped
             every = state.table.config.snapshot_every_inserts
             due = store is not None and every > 0 and state.since_snapshot >= every
             spill = state.table.cold is not None and state.table.cold.has_pending
@@ -374,13 +400,15 @@ class ReplayShard:
             if state.store.closed:
                 raise RuntimeError(f"replay table {state.table.name!r}: persistence was closed")
             rows, inserted, priorities, max_priority = state.table.export()
+            times_sampled = state.table.times_sampled()
+            removed, dropped = state.table.removed, state.table.dropped_non_finite
             seen = {w: s.state() for w, s in state.seen.items()}
             generation = state.store.rotate()
             state.since_snapshot = 0
         if state.table.cold is not None:
             # every row evicted before the copy must be in a segment file before older logs are deleted
             state.table.cold.flush(guard=state.cond, include_staged=True)
-        image = SnapshotImage(rows, inserted, priorities, max_priority, seen)
+        image = SnapshotImage(rows, inserted, priorities, max_priority, seen, times_sampled, removed, dropped)
         path = state.store.write_snapshot(generation, image)
         removed = state.store.remove_before(generation)
         n = len(next(iter(rows.values())))
@@ -389,15 +417,30 @@ class ReplayShard:
     def close(self) -> None:
         """Close the logs of persisted tables (fsynced unless ``fsync="none"``) and release their directories.
 
-        Inserts into a persisted table fail afterwards; sampling still works. Cold tiers stop writing segment files
-        (rows evicted afterwards stay in memory). Idempotent.
+        A table with ``max_times_sampled`` first logs the sample counts of its live rows, so that a clean restart
+        keeps them exactly. Inserts into a persisted table fail afterwards; sampling still works. Cold tiers stop
+        writing segment files (rows evicted afterwards stay in memory). Idempotent.
         """
         for state in self._tables.values():
             if state.store is not None:
                 with state.snapshot_lock, state.cond:
+                    if not state.store.closed:
+                        self._log_sample_counts(state)
                     state.store.close()
             if state.table.cold is not None:
                 state.table.cold.close(guard=state.cond)
+
+    @staticmethod
+    def _log_sample_counts(state: _TableState) -> None:
+        """Log the counts of live rows sampled at least once (``max_times_sampled``); a failure only logs, since
+        the counts are a bound on future samples, not data. Call with ``state.cond`` held."""
+        keys, counts = state.table.sampled_rows()
+        if len(keys) == 0:
+            return
+        try:
+            state.store.append_times_sampled(keys, counts, state.table.inserted)
+        except Exception:  # noqa: BLE001 - closing goes on; the counts of the last snapshot remain
+            logger.exception("logging the sample counts of replay table %r failed", state.table.name)
 
     @staticmethod
     def _limiter(state: _TableState, rows: int, consumer: str | None) -> RateLimiter | None:
@@ -438,23 +481,36 @@ class ReplayShard:
         """Draw ``n`` rows with replacement by the table's sampler, or None if not admitted within ``timeout`` s.
 
         A consumer with a limiter waits for it (table at ``min_size``, not ahead of its ratio); any other
-        consumer, or None, waits only for a non-empty table. With ``with_keys`` the batch also has columns
-        ``key`` (int64 row keys of this shard, for :meth:`update_priorities`) and ``weight`` (float32 importance
-        weights; all 1 for a uniform table).
+        consumer, or None, waits only for a non-empty table. On a table with ``max_times_sampled`` every call
+        also waits until the live rows have ``n`` samples left; rows that reach the limit are removed, and on a
+        persisted table their removal is logged before the batch is returned. With ``with_keys`` the batch also
+        has columns ``key`` (int64 row keys of this shard, for :meth:`update_priorities`) and ``weight`` (float32
+        importance weights; all 1 for a uniform table).
 
         Raises:
             KeyError: unknown table.
-            ValueError: ``n < 1``, or the consumer's limiter could never admit ``n`` rows at once.
+            ValueError: ``n < 1``; the consumer's limiter could never admit ``n`` rows at once; or, with
+                ``max_times_sampled``, ``n`` is above ``max_times_sampled * capacity`` (never left at once).
         """
         state = self._state(table)
         n = int(n)
         if n < 1:
             raise ValueError(f"sample size must be >= 1, got {n}")
+        config = state.table.config
+        most = config.max_times_sampled * config.capacity
+        if most and n > most:
+            raise ValueError(
+                f"table {table!r}: a sample of {n} rows can never be served: with max_times_sampled="
+                f"{config.max_times_sampled} and capacity={config.capacity} at most {most} samples are left at once"
+            )
         limiter = self._limiter(state, n, consumer)
         with state.cond:
-            if not self._admit(state, n, limiter, timeout, lambda: state.table.size > 0):
+            if not self._admit(state, n, limiter, timeout, lambda: state.table.can_sample(n)):
                 return None
             batch = state.table.sample(n, state.rng, with_keys=with_keys)
+            removed = state.table.last_removed
+            if len(removed) and state.store is not None and not state.store.closed:
+                state.store.append_times_sampled(removed, np.full(len(removed), -1), state.table.inserted)
             self._account(state, n, consumer, limiter)
             return batch
 
@@ -471,7 +527,8 @@ class ReplayShard:
         Raises:
             KeyError: unknown table.
             ValueError: ``n < 1``; ``length`` not in [1, capacity]; the table has no ``episode_id``/``step``
-                columns; or the consumer's limiter could never admit ``n * length`` rows at once.
+                columns, or has ``max_times_sampled`` or a cold tier; or the consumer's limiter could never admit
+                ``n * length`` rows at once.
         """
         state = self._state(table)
         n = int(n)
@@ -491,7 +548,8 @@ class ReplayShard:
     def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray) -> int:
         """Set the priorities of rows by their keys (the ``key`` column of a ``with_keys`` sample of this shard).
 
-        Keys of rows already evicted (their slot now holds a newer row) are silently ignored; of a key given
+        Keys of rows already evicted (their slot now holds a newer row) or removed (``max_times_sampled``) are
+        silently ignored; of a key given
         twice the last priority wins. On a uniform table nothing is updated. Returns the rows updated.
 
         Raises:
@@ -519,8 +577,9 @@ class ReplayShard:
         return {name: self.size(name) for name in self._tables}
 
     def stats(self) -> dict[str, dict]:
-        """Per table: size, capacity, inserted, evicted, sampled, duplicates, inserts_waited (answers "not
-        now"), samples_waited (answers None), and ``consumers``: per consumer ``sampled`` and
+        """Per table: size, capacity, inserted, evicted, removed (rows removed after ``max_times_sampled``
+        samples, part of evicted), dropped_non_finite, sampled, duplicates, inserts_waited (answers "not now"),
+        samples_waited (answers None), and ``consumers``: per consumer ``sampled`` and
         ``samples_per_insert`` (None when unlimited), plus the limiter's lag, min_size and error_buffer. A table
         with a cold tier also reports memory_rows, disk_rows, staged_rows, disk_files, disk_bytes, spilled and
         disk_capacity (see :meth:`replay.table.Table.stats`); its size is memory_rows + disk_rows + staged_rows."""

@@ -14,6 +14,14 @@ write cursor, so key and slot convert into each other by arithmetic (:meth:`Tabl
 Sequences: :meth:`Table.sample_sequences` draws runs of rows that are consecutive steps of one episode and
 consecutive keys (see :class:`_SequenceIndex`).
 
+Removal after sampling: with :attr:`TableConfig.max_times_sampled` ``> 0`` a row is removed once it has been
+sampled that many times (Reverb's MaxTimesSampled, :class:`MaxTimesSampledRemover`). It keeps its slot until FIFO
+eviction reaches it, so keys and slots still convert by arithmetic, but it is never sampled again and no longer
+counts in :attr:`Table.size`.
+
+Non-finite values: :attr:`TableConfig.non_finite` rejects a chunk with NaN or inf in a float column (the default)
+or drops those rows and counts them (:attr:`Table.dropped_non_finite`).
+
 Larger than memory: with :attr:`TableConfig.disk_capacity` ``> 0`` the rows the ring evicts go to a
 :class:`replay.cold.ColdTier` (Parquet segment files) instead of being dropped, and uniform samples draw over the
 rows in memory and on disk alike. The cold tier holds the keys just below the ring's, so stored keys are still
@@ -34,7 +42,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from replay.rate_limiter import RateLimiterConfig
-from replay.schema import ColumnSpec, validate_chunk
+from replay.schema import NON_FINITE_POLICIES, ColumnSpec, drop_non_finite_rows, validate_chunk
 
 if TYPE_CHECKING:
     from replay.cold import ColdTier
@@ -44,6 +52,7 @@ __all__ = [
     "SAMPLERS",
     "WEIGHT_COLUMN",
     "FifoRemover",
+    "MaxTimesSampledRemover",
     "PrioritizedSampler",
     "SumTree",
     "Table",
@@ -58,6 +67,8 @@ KEY_COLUMN = "key"
 WEIGHT_COLUMN = "weight"
 """Extra batch column (float32) with each sampled row's importance weight, returned with :data:`KEY_COLUMN`."""
 logger = logging.getLogger(__name__)
+_NO_KEYS = np.empty(0, dtype=np.int64)
+_NO_KEYS.flags.writeable = False
 
 MAX_CACHED_SEQUENCE_LENGTHS = 4
 """Sequence lengths whose valid-start index a table maintains at once; the least recently used is dropped."""
@@ -102,6 +113,15 @@ class TableConfig:
     disk_segment_rows: int = 0
     """Rows per cold-tier segment file, which is also how many evicted rows wait in memory before a file is
     written; 0 picks about 32 MiB of raw row bytes. Capped at ``disk_capacity``."""
+    max_times_sampled: int = 0
+    """Remove a row once it has been sampled this many times (Reverb's MaxTimesSampled); 0 never. A removed row is
+    never sampled again and leaves :attr:`Table.size`; its slot is reused when FIFO eviction reaches it. A sample
+    is only served when the live rows have that many samples left. Rules out ``disk_capacity > 0`` and sequence
+    sampling; costs 12 bytes a row."""
+    non_finite: str = "reject"
+    """What an insert does with rows holding NaN or inf in a float column: ``"reject"`` the whole chunk (a
+    :class:`replay.schema.SchemaError` naming the column and rows) or ``"drop"`` those rows, store the others and
+    count them as ``dropped_non_finite`` in the table's stats."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -154,6 +174,21 @@ class TableConfig:
                 f"TableConfig {self.name!r}: disk_capacity > 0 (a cold tier on disk) needs sampler='uniform', got "
                 f"sampler={self.sampler!r} (priorities of rows on disk are not kept)"
             )
+        most = self.max_times_sampled
+        if not isinstance(most, int) or isinstance(most, bool) or not 0 <= most < 2**31 - 1:
+            raise ValueError(
+                f"TableConfig {self.name!r}: max_times_sampled must be an int in [0, 2**31 - 1) (0: never remove), "
+                f"got {most!r}"
+            )
+        if most > 0 and self.disk_capacity > 0:
+            raise ValueError(
+                f"TableConfig {self.name!r}: max_times_sampled > 0 needs disk_capacity=0, got max_times_sampled="
+                f"{most} and disk_capacity={self.disk_capacity} (the cold tier keeps no sample counts)"
+            )
+        if self.non_finite not in NON_FINITE_POLICIES:
+            raise ValueError(
+                f"TableConfig {self.name!r}: non_finite must be one of {NON_FINITE_POLICIES}, got {self.non_finite!r}"
+            )
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "limiters", tuple((name, cfg) for name, cfg in limiters))
 
@@ -187,6 +222,127 @@ class FifoRemover:
         if self.size < self.capacity:
             return np.arange(self.size, dtype=np.int64)
         return (np.arange(self.capacity, dtype=np.int64) + self.cursor) % self.capacity
+
+
+class MaxTimesSampledRemover:
+    """Removes a row once it has served ``max_times`` samples (Reverb's MaxTimesSampled) and indexes the live rows.
+
+    Per slot an int32 count of the samples its row has served; a slot without a live row (never written, or its
+    row removed) holds ``max_times``. A removed row keeps its slot until FIFO eviction overwrites it, so keys and
+    slots still convert by arithmetic; only live slots are sampled. They are kept densely in ``live[:count]``, each
+    one's index there in ``position``: a write appends, a removal moves the last live slot into the hole
+    (swap-remove), both O(1) per slot and vectorised, and a uniform draw over the live rows is one
+    ``rng.integers`` and one take. 12 bytes per slot.
+
+    ``budget`` is how many more samples the live rows can serve (the sum of ``max_times - count``); a sample of
+    ``n`` rows needs ``n <= budget``, since a row drawn more often than it has samples left is drawn again
+    elsewhere (see :meth:`admit`).
+    """
+
+    __slots__ = ("max_times", "counts", "live", "position", "count", "budget", "removed")
+
+    def __init__(self, capacity: int, max_times: int):
+        if max_times < 1:
+            raise ValueError(f"max_times must be >= 1, got {max_times}")
+        index = np.int32 if capacity < 2**31 else np.int64
+        self.max_times = max_times
+        self.counts = np.full(capacity, max_times, dtype=np.int32)
+        self.live = np.zeros(capacity, dtype=index)
+        self.position = np.zeros(capacity, dtype=index)
+        self.count = 0
+        """Live rows."""
+        self.budget = 0
+        """Samples the live rows can still serve."""
+        self.removed = 0
+        """Rows removed because they reached ``max_times`` samples."""
+
+    def on_write(self, start: int, stop: int) -> None:
+        """Slots ``[start, stop)`` now hold new rows that were never sampled (a live row there was evicted)."""
+        counts = self.counts[start:stop]
+        fresh = np.flatnonzero(counts == self.max_times) + start
+        # a live row's allowance grows from max_times - count to max_times, an empty slot's from 0
+        self.budget += int(counts.sum(dtype=np.int64))
+        counts[:] = 0
+        end = self.count + len(fresh)
+        self.live[self.count : end] = fresh
+        self.position[fresh] = np.arange(self.count, end)
+        self.count = end
+
+    def is_live(self, slots: np.ndarray) -> np.ndarray:
+        """Whether each of ``slots`` holds a live row."""
+        return self.counts[slots] < self.max_times
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` live slots drawn uniformly with replacement (there must be live rows)."""
+        return self.live.take(rng.integers(0, self.count, size=n, dtype=np.int64)).astype(np.int64)
+
+    def admit(self, slots: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Count the draws ``slots`` as samples, in order; return which were accepted and the slots removed.
+
+        A row keeps only as many of its draws as it has samples left (its first ones); the others are rejected,
+        for the caller to draw again among the rows still live, so a batch never holds a row more often than
+        allowed. Rows that reach ``max_times`` are removed. Returns ``(None, removed)`` when every draw was
+        accepted (the common case), else ``(accepted mask, removed)``.
+        """
+        n = len(slots)
+        ordered = np.sort(slots)
+        if n < 2 or (ordered[1:] != ordered[:-1]).all():
+            counts = self.counts[slots]
+            if (counts < self.max_times).all():
+                # every slot drawn once and live: the common case, without grouping
+                counts += 1
+                self.counts[slots] = counts
+                self.budget -= n
+                gone = slots[counts >= self.max_times]
+                self._remove(gone)
+                return None, gone
+        order = np.argsort(slots, kind="stable")
+        ordered = slots[order]
+        first = np.ones(n, dtype=bool)
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        unique = ordered[starts]
+        drawn = np.diff(np.append(starts, n))
+        left = np.maximum(self.max_times - self.counts[unique], 0)
+        group = np.cumsum(first) - 1
+        # a draw is accepted while its rank among the draws of its slot (in draw order: the sort is stable) is
+        # below the samples its row has left
+        accepted = np.empty(n, dtype=bool)
+        accepted[order] = np.arange(n) - starts[group] < left[group]
+        taken = np.minimum(drawn, left)
+        self.counts[unique] += taken.astype(np.int32)
+        self.budget -= int(taken.sum())
+        gone = unique[(left > 0) & (self.counts[unique] >= self.max_times)]
+        self._remove(gone)
+        return (None if accepted.all() else accepted), gone
+
+    def set(self, slots: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Set the sample counts of distinct ``slots`` (-1 or ``>= max_times``: remove the row); slots without a
+        live row are skipped (a removed row stays removed). Returns the slots removed."""
+        live = self.is_live(slots)
+        slots = np.asarray(slots, dtype=np.int64)[live]
+        counts = np.asarray(counts, dtype=np.int64)[live]
+        new = np.where(counts < 0, self.max_times, np.minimum(counts, self.max_times))
+        self.budget -= int((new - self.counts[slots]).sum())
+        self.counts[slots] = new
+        gone = slots[new >= self.max_times]
+        self._remove(gone)
+        return gone
+
+    def _remove(self, gone: np.ndarray) -> None:
+        """Take the distinct slots ``gone`` (live until now, their counts already at ``max_times``) out of the live
+        index: the live slots behind the new end move into the holes left in front of it."""
+        if len(gone) == 0:
+            return
+        end = self.count - len(gone)
+        holes = self.position[gone]
+        holes = holes[holes < end]
+        tail = self.live[end : self.count]
+        movers = tail[self.counts[tail] < self.max_times]
+        self.live[holes] = movers
+        self.position[movers] = holes
+        self.count = end
+        self.removed += len(gone)
 
 
 class UniformSampler:
@@ -335,6 +491,11 @@ class PrioritizedSampler:
             self.tree.set(slots, np.asarray(weights, dtype=np.float64))
         self.max_priority = float(max_priority)
 
+    def remove(self, slots: np.ndarray) -> None:
+        """Never sample the rows at distinct ``slots`` again (their tree values become 0) until they are rewritten."""
+        if len(slots):
+            self.tree.set(slots, np.zeros(len(slots), dtype=np.float64))
+
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` slots drawn with replacement, each with probability ``tree[slot] / total`` (O(n log capacity))."""
         if self.occupied == 0:
@@ -448,9 +609,17 @@ class Table:
             )
         else:
             self._sampler = UniformSampler()
+        self._counter = (
+            MaxTimesSampledRemover(config.capacity, config.max_times_sampled) if config.max_times_sampled else None
+        )
+        self._drop_non_finite = config.non_finite == "drop"
         self._inserted = 0
+        self.dropped_non_finite = 0
+        """Rows dropped at insert for holding NaN or inf (``non_finite="drop"``); they got no key."""
+        self.last_removed = _NO_KEYS
+        """Keys of the rows the last :meth:`sample` removed (``max_times_sampled``), for the shard's log."""
         specs = {c.name: c for c in config.columns}
-        self._episodic = cold is None and all(
+        self._episodic = cold is None and self._counter is None and all(
             name in specs and specs[name].shape == () and np.dtype(specs[name].dtype).kind in "iu"
             for name in ("episode_id", "step")
         )
@@ -474,14 +643,18 @@ class Table:
 
     @property
     def size(self) -> int:
-        """Rows stored now (and sampleable): in memory plus in the cold tier."""
+        """Rows stored now (and sampleable): in memory plus in the cold tier; rows removed after
+        ``max_times_sampled`` samples do not count."""
+        if self._counter is not None:
+            return self._counter.count
         if self._cold is None:
             return self._remover.size
         return self._remover.size + self._cold.size
 
     @property
     def memory_size(self) -> int:
-        """Rows in the in-memory ring (all of :attr:`size` without a cold tier)."""
+        """Slots of the in-memory ring in use (all of :attr:`size` without a cold tier or ``max_times_sampled``;
+        with it, also the slots of removed rows not yet overwritten)."""
         return self._remover.size
 
     @property
@@ -491,13 +664,21 @@ class Table:
 
     @property
     def evicted(self) -> int:
-        """Rows removed from the table (from memory, or from the cold tier when it has one); ``inserted - evicted
-        == size``."""
+        """Rows evicted by FIFO (from memory, or from the cold tier when it has one), never stored (oversized
+        chunk), or removed after ``max_times_sampled`` samples; ``inserted - evicted == size``."""
         return self._inserted - self.size
 
     @property
+    def removed(self) -> int:
+        """Rows removed after ``max_times_sampled`` samples (part of :attr:`evicted`); 0 without it."""
+        return 0 if self._counter is None else self._counter.removed
+
+    @property
     def oldest_key(self) -> int:
-        """Key of the oldest stored row (equals :attr:`inserted` when the table is empty)."""
+        """Key of the oldest stored row (equals :attr:`inserted` when the table is empty); with
+        ``max_times_sampled``, of the oldest row in the ring, which may have been removed."""
+        if self._counter is not None:
+            return self._inserted - self._remover.size
         return self._inserted - self.size
 
     @property
@@ -506,17 +687,37 @@ class Table:
         return isinstance(self._sampler, PrioritizedSampler)
 
     def insert(self, chunk: Mapping[str, np.ndarray]) -> int:
-        """Validate and write a chunk; return its row count. Raises :class:`SchemaError` and stores nothing."""
-        n = validate_chunk(chunk, self.config.columns)
-        self.write(chunk, n)
+        """Validate and write a chunk; return the rows written (rows dropped for NaN or inf not included).
+
+        Raises :class:`SchemaError` and stores nothing (see :meth:`prepare`).
+        """
+        chunk, n, dropped = self.prepare(chunk)
+        self.write(chunk, n, dropped)
         return n
 
-    def write(self, chunk: Mapping[str, np.ndarray], n: int) -> None:
-        """Write ``n`` rows of a chunk that already passed :func:`validate_chunk` at the cursor.
+    def prepare(self, chunk: Mapping[str, np.ndarray]) -> tuple[Mapping[str, np.ndarray], int, int]:
+        """Validate a chunk for this table; return the rows to write, their count and the rows dropped.
+
+        With ``non_finite="drop"`` rows holding NaN or inf are left out (:func:`replay.schema.drop_non_finite_rows`);
+        nothing is counted until :meth:`write`.
+
+        Raises:
+            SchemaError: the chunk does not match the table's columns, or (``non_finite="reject"``) has
+                non-finite values.
+        """
+        if self._drop_non_finite:
+            return drop_non_finite_rows(chunk, self.config.columns)
+        return chunk, validate_chunk(chunk, self.config.columns), 0
+
+    def write(self, chunk: Mapping[str, np.ndarray], n: int, dropped_non_finite: int = 0) -> None:
+        """Write ``n`` rows of a chunk that already passed :meth:`prepare` at the cursor, and count
+        ``dropped_non_finite`` rows that :meth:`prepare` left out of it.
 
         Rows wrap around the end of the buffer; the oldest stored rows are evicted. Of a chunk larger than the
         capacity only the newest ``capacity`` rows are kept (the rest count as evicted).
         """
+        if dropped_non_finite:
+            self.dropped_non_finite += dropped_non_finite
         if n == 0:
             return
         skip = max(0, n - self.capacity)
@@ -530,6 +731,8 @@ class Table:
             for name, store in self._storage.items():
                 store[start:stop] = chunk[name][src:end]
             self._sampler.on_write(start, stop)
+            if self._counter is not None:
+                self._counter.on_write(start, stop)
             src = end
         first_key = self._inserted + skip
         self._inserted += n
@@ -570,11 +773,13 @@ class Table:
         return _chain_lengths(episode, step, carried)
 
     def slots_of(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Slots of row ``keys`` and a mask of the keys still stored in memory (evicted, cold or future keys are
-        False)."""
+        """Slots of row ``keys`` and a mask of the keys still stored in memory (evicted, removed, cold or future
+        keys are False)."""
         keys = np.asarray(keys, dtype=np.int64)
         stored = (keys >= self._inserted - self._remover.size) & (keys < self._inserted)
         slots = (self._remover.cursor - (self._inserted - keys)) % self.capacity
+        if self._counter is not None:
+            stored &= self._counter.is_live(slots)
         return slots, stored
 
     def keys_of(self, slots: np.ndarray) -> np.ndarray:
@@ -586,18 +791,38 @@ class Table:
         """``n`` slots of stored rows, drawn by the table's sampler (with replacement).
 
         Raises:
-            ValueError: the table has a cold tier (its rows have no slots; use :meth:`sample`).
+            ValueError: the table has a cold tier (its rows have no slots; use :meth:`sample`), or
+                ``max_times_sampled`` (draws must be counted; use :meth:`sample`).
         """
         if self._cold is not None:
             raise ValueError(f"table {self.name!r} keeps rows on disk, which have no slots; use sample()")
+        if self._counter is not None:
+            raise ValueError(
+                f"table {self.name!r} has max_times_sampled={self.config.max_times_sampled}, so every draw must be "
+                f"counted; use sample()"
+            )
         return self._sampler.sample(n, rng)
+
+    def can_sample(self, n: int) -> bool:
+        """Whether :meth:`sample` can draw ``n`` rows now: the table has rows and, with ``max_times_sampled``,
+        its live rows have ``n`` samples left."""
+        if self._counter is not None:
+            return self._counter.budget >= n
+        return self.size > 0
 
     def sample(self, n: int, rng: np.random.Generator, with_keys: bool = False) -> dict[str, np.ndarray]:
         """``n`` rows drawn by the table's sampler; ``with_keys`` adds :data:`KEY_COLUMN` (int64 row keys) and
         :data:`WEIGHT_COLUMN` (float32 importance weights, all 1 for a uniform table).
 
-        With a cold tier each row is drawn uniformly over all :attr:`size` rows, in memory and on disk.
+        With a cold tier each row is drawn uniformly over all :attr:`size` rows, in memory and on disk. With
+        ``max_times_sampled`` see :meth:`_sample_counted`.
+
+        Raises:
+            ValueError: the table is empty, or (``max_times_sampled``) its live rows have fewer than ``n`` samples
+                left (see :meth:`can_sample`).
         """
+        if self._counter is not None:
+            return self._sample_counted(n, rng, with_keys)
         if self._cold is not None and self._cold.size > 0:
             return self._sample_with_cold(n, rng, with_keys)
         slots = self._sampler.sample(n, rng)
@@ -606,6 +831,65 @@ class Table:
             batch[KEY_COLUMN] = self.keys_of(slots)
             batch[WEIGHT_COLUMN] = self._sampler.weights(slots)
         return batch
+
+    def _sample_counted(self, n: int, rng: np.random.Generator, with_keys: bool) -> dict[str, np.ndarray]:
+        """A sample that counts every row drawn and removes the rows that reach ``max_times_sampled``.
+
+        As drawing one row at a time from the rows live at that moment: ``n`` rows are drawn among the live ones
+        (uniformly, or by priority), each row keeps as many of its draws as it has samples left, and the rejected
+        draws are drawn again among the rows still live, until all ``n`` are accepted. The keys of the removed
+        rows are left in :attr:`last_removed`. Importance weights use each draw's probability when it was made
+        (``N`` the live rows then).
+        """
+        counter = self._counter
+        if n > counter.budget:
+            raise ValueError(
+                f"table {self.name!r}: cannot sample {n} rows: its {counter.count} live rows have {counter.budget} "
+                f"samples left (max_times_sampled={self.config.max_times_sampled})"
+            )
+        prioritized = self.prioritized
+        slots, scaled = self._draw_live(n, rng)
+        accepted, gone = counter.admit(slots)
+        removed = [gone]
+        if prioritized:
+            self._sampler.remove(gone)
+        todo = None if accepted is None else np.flatnonzero(~accepted)
+        while todo is not None and len(todo):
+            drawn, drawn_scaled = self._draw_live(len(todo), rng)
+            accepted, gone = counter.admit(drawn)
+            removed.append(gone)
+            if prioritized:
+                self._sampler.remove(gone)
+            if accepted is None:
+                accepted = np.ones(len(todo), dtype=bool)
+            done = todo[accepted]
+            slots[done] = drawn[accepted]
+            if scaled is not None:
+                scaled[done] = drawn_scaled[accepted] if drawn_scaled is not None else 1.0
+            todo = todo[~accepted]
+        gone = np.concatenate(removed) if len(removed) > 1 else removed[0]
+        self.last_removed = self.keys_of(gone) if len(gone) else _NO_KEYS
+        batch = self.gather(slots)
+        if with_keys:
+            batch[KEY_COLUMN] = self.keys_of(slots)
+            if scaled is None:
+                batch[WEIGHT_COLUMN] = np.ones(n, dtype=np.float32)
+            else:
+                weights = scaled**-self._sampler.beta
+                batch[WEIGHT_COLUMN] = (weights / weights.max()).astype(np.float32)
+        return batch
+
+    def _draw_live(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """``n`` live slots (``max_times_sampled``) drawn by the sampler, and for prioritized draws ``N * P(slot)``
+        (``N`` the live rows); uniform draws, and prioritized ones when every live priority is 0, give None."""
+        counter = self._counter
+        if self.prioritized:
+            tree = self._sampler.tree
+            total = tree.total
+            if total > 0:
+                slots = tree.find(rng.random(n) * total)
+                return slots, counter.count * tree.get(slots) / total
+        return counter.draw(n, rng), None
 
     def _sample_with_cold(self, n: int, rng: np.random.Generator, with_keys: bool) -> dict[str, np.ndarray]:
         """Uniform over the cold tier's rows (positions ``[0, cold)``, oldest first) and the ring's slots."""
@@ -669,6 +953,11 @@ class Table:
 
     def _sequence_index(self, length: int) -> _SequenceIndex:
         """The valid-end index for ``length``, built in O(size) on first use and maintained on every write."""
+        if self._counter is not None:
+            raise ValueError(
+                f"table {self.name!r}: sequence sampling is not supported on a table with max_times_sampled > 0 "
+                f"(max_times_sampled={self.config.max_times_sampled}); use a table without it for sequences"
+            )
         if self._cold is not None:
             raise ValueError(
                 f"table {self.name!r}: sequence sampling is not supported on a table with disk_capacity > 0 "
@@ -746,20 +1035,64 @@ class Table:
             return rows, self._inserted, self._sampler.priorities(slots).copy(), self._sampler.max_priority
         return rows, self._inserted, None, None
 
+    def times_sampled(self) -> np.ndarray | None:
+        """With ``max_times_sampled``: how often each row of :meth:`export` was sampled (int32, oldest to newest),
+        -1 for rows already removed; else None."""
+        if self._counter is None:
+            return None
+        counts = self._counter.counts[self.ordered_slots()]
+        return np.where(counts >= self._counter.max_times, -1, counts).astype(np.int32)
+
+    def sampled_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and sample counts (int32) of the live rows sampled at least once (``max_times_sampled``; else
+        none), in no particular order."""
+        if self._counter is None:
+            return _NO_KEYS, np.empty(0, dtype=np.int32)
+        slots = self._counter.live[: self._counter.count].astype(np.int64)
+        counts = self._counter.counts[slots]
+        sampled = counts > 0
+        return self.keys_of(slots[sampled]), counts[sampled]
+
+    def set_times_sampled(self, keys: np.ndarray, counts: np.ndarray) -> int:
+        """Set how often the rows with ``keys`` were sampled (a count of -1 or ``>= max_times_sampled`` removes
+        the row), as recovery replays them; keys not stored (evicted, removed) are skipped, of a key given twice
+        the last count wins. Returns the rows removed. Only for tables with ``max_times_sampled``.
+
+        Raises:
+            ValueError: the table has no ``max_times_sampled``, or keys and counts differ in length.
+        """
+        if self._counter is None:
+            raise ValueError(f"table {self.name!r} has max_times_sampled=0 and counts no samples")
+        keys, counts = np.asarray(keys, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+        if keys.shape != counts.shape or keys.ndim != 1:
+            raise ValueError(f"table {self.name!r}: keys {keys.shape} and counts {counts.shape} must be 1-D alike")
+        slots, stored = self.slots_of(keys)
+        slots, counts = slots[stored], counts[stored]
+        last = len(slots) - 1 - np.unique(slots[::-1], return_index=True)[1]
+        gone = self._counter.set(slots[last], counts[last])
+        if self.prioritized:
+            self._sampler.remove(gone)
+        return len(gone)
+
     def restore(
         self,
         rows: Mapping[str, np.ndarray],
         inserted: int,
         priorities: np.ndarray | None = None,
         max_priority: float | None = None,
+        times_sampled: np.ndarray | None = None,
+        removed: int = 0,
+        dropped_non_finite: int = 0,
     ) -> None:
         """Load what :meth:`export` returned into this empty table: afterwards it stores ``rows`` with the keys
-        ``[inserted - len(rows), inserted)`` and, if given (prioritized tables), their priorities. A cold tier
-        keeps what it recovered from its files (see :meth:`reconcile_cold`).
+        ``[inserted - len(rows), inserted)`` and, if given (prioritized tables), their priorities; with
+        ``max_times_sampled``, also their sample counts (:meth:`times_sampled`; -1 marks a removed row) and the
+        ``removed`` counter. ``dropped_non_finite`` restores that counter. A cold tier keeps what it recovered from
+        its files (see :meth:`reconcile_cold`).
 
         Raises:
             ValueError: the table is not empty, there are more rows than the capacity or than ``inserted``, or
-                ``priorities`` has the wrong length.
+                ``priorities`` or ``times_sampled`` has the wrong length.
             SchemaError: ``rows`` does not match the table's columns.
         """
         if self._inserted or self._remover.size:
@@ -771,13 +1104,19 @@ class Table:
             )
         if priorities is not None and len(priorities) != n:
             raise ValueError(f"table {self.name!r}: {len(priorities)} priorities for {n} rows")
+        if times_sampled is not None and len(times_sampled) != n:
+            raise ValueError(f"table {self.name!r}: {len(times_sampled)} sample counts for {n} rows")
         self._sequences.clear()
         self._inserted = inserted - n
-        self.write(rows, n)
+        self.write(rows, n, dropped_non_finite)
         if self.prioritized and priorities is not None:
             self._sampler.restore(
                 np.arange(n, dtype=np.int64), priorities, 1.0 if max_priority is None else max_priority
             )
+        if self._counter is not None:
+            if times_sampled is not None:
+                self.set_times_sampled(np.arange(inserted - n, inserted, dtype=np.int64), times_sampled)
+            self._counter.removed = removed
 
     def reconcile_cold(self) -> None:
         """After a recovery, make the cold tier end exactly where the rows in memory begin, with a warning for
@@ -801,9 +1140,17 @@ class Table:
             _warn(f"{where}: rows with keys [{cold.end_key}, {first_in_memory}) are missing (lost)")
 
     def stats(self) -> dict:
-        """size, capacity, inserted, evicted; with a cold tier also memory_rows, disk_capacity and the tier's
+        """size, capacity, inserted, evicted, removed (the part of evicted removed after ``max_times_sampled``
+        samples), dropped_non_finite; with a cold tier also memory_rows, disk_capacity and the tier's
         :meth:`replay.cold.ColdTier.stats` (disk_rows, staged_rows, disk_files, disk_bytes, spilled)."""
-        out = {"size": self.size, "capacity": self.capacity, "inserted": self._inserted, "evicted": self.evicted}
+        out = {
+            "size": self.size,
+            "capacity": self.capacity,
+            "inserted": self._inserted,
+            "evicted": self.evicted,
+            "removed": self.removed,
+            "dropped_non_finite": self.dropped_non_finite,
+        }
         if self._cold is not None:
             out["memory_rows"] = self._remover.size
             out["disk_capacity"] = self.config.disk_capacity

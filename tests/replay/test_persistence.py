@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from replay import RateLimiterConfig, ReplayShard, TableConfig
-from replay.persistence import KEY_FIELD, PRIORITY_FIELD, table_directory
+from replay.persistence import KEY_FIELD, PRIORITY_FIELD, TIMES_SAMPLED_FIELD, table_directory
 from tests.replay.helpers import COLUMNS, make_chunk
 
 CHUNK = 8
@@ -252,3 +252,105 @@ def test_fsync_modes_recover(tmp_path, fsync):
     again = ReplayShard([config()], directory=str(tmp_path), fsync=fsync)
     assert_same(shard, again)
     again.close()
+
+
+def removal_config(sampler="uniform", every=0, max_times=2):
+    return TableConfig(
+        "real", 1000, COLUMNS, sampler=sampler, persist=True, snapshot_every_inserts=every,
+        max_times_sampled=max_times,
+    )
+
+
+def live_keys(shard):
+    table = shard._state("real").table
+    keys = np.arange(table.oldest_key, table.inserted)
+    return keys[table.slots_of(keys)[1]]
+
+
+def kill(shard):
+    """Leave ``shard`` as a killed process would: no close, its directory lock released."""
+    os.close(shard._state("real").store._lock_fd)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "prioritized"])
+def test_removals_survive_a_restart(tmp_path, sampler):
+    shard = ReplayShard([removal_config(sampler)], directory=str(tmp_path))
+    fill(shard, 10)
+    sampled = np.concatenate([shard.sample("real", 16, with_keys=True)["key"] for _ in range(5)])
+    removed = np.flatnonzero(np.bincount(sampled, minlength=80) == 2)
+    assert len(removed) > 0 and shard.stats()["real"]["removed"] == len(removed)
+    # priority updates of removed keys are ignored, also when the log is replayed
+    assert shard.update_priorities("real", removed, np.full(len(removed), 50.0)) == 0
+    fill(shard, 2, start=10)
+    expected = live_keys(shard)
+    assert len(expected) == 96 - len(removed)
+    kill(shard)
+    again = ReplayShard([removal_config(sampler)], directory=str(tmp_path))
+    np.testing.assert_array_equal(live_keys(again), expected)
+    assert again.size("real") == len(expected) and again.stats()["real"]["removed"] == len(removed)
+    assert_same(shard, again)
+    if sampler == "prioritized":
+        assert again._state("real").table._sampler.max_priority == shard._state("real").table._sampler.max_priority == 1
+    # after a kill the counts of rows sampled once are those of the last snapshot (none): each can serve 2 again
+    assert again._state("real").table._counter.budget == 2 * len(expected)
+    # snapshot, sample again, close cleanly: counts and removals come back exactly
+    again.snapshot("real")
+    for _ in range(4):
+        again.sample("real", 16)
+    again.close()
+    counter = again._state("real").table._counter
+    third = ReplayShard([removal_config(sampler)], directory=str(tmp_path))
+    np.testing.assert_array_equal(live_keys(third), live_keys(again))
+    counts = third._state("real").table.times_sampled()
+    np.testing.assert_array_equal(counts, again._state("real").table.times_sampled())
+    assert (counts > 0).any()  # counts of live rows came back from the close record
+    assert third._state("real").table._counter.budget == counter.budget
+    assert third.stats()["real"]["removed"] == again.stats()["real"]["removed"]
+    assert_same(again, third)
+    third.close()
+
+
+def test_removals_in_a_snapshot_and_after_it(tmp_path):
+    shard = ReplayShard([removal_config(every=4 * CHUNK, max_times=1)], directory=str(tmp_path))
+    fill(shard, 3)
+    first = shard.sample("real", 10, with_keys=True)["key"]
+    fill(shard, 1, start=3)  # automatic snapshot: holds the 10 removed rows, marked -1
+    snapshot = [f for f in os.listdir(table_dir(tmp_path)) if f.startswith("snapshot")]
+    frame = pd.read_parquet(os.path.join(table_dir(tmp_path), snapshot[0]))
+    assert sorted(frame.loc[frame[TIMES_SAMPLED_FIELD] == -1, KEY_FIELD]) == sorted(first.tolist())
+    second = shard.sample("real", 10, with_keys=True)["key"]  # logged in the new generation
+    kill(shard)
+    again = ReplayShard([removal_config(every=4 * CHUNK, max_times=1)], directory=str(tmp_path))
+    np.testing.assert_array_equal(live_keys(again), np.setdiff1d(np.arange(32), np.concatenate([first, second])))
+    assert again.stats()["real"]["removed"] == 20 and again.size("real") == 12
+    again.close()
+
+
+def test_non_finite_drop_logs_only_the_kept_rows(tmp_path):
+    cfg = TableConfig("real", 1000, COLUMNS, persist=True, non_finite="drop")
+    shard = ReplayShard([cfg], directory=str(tmp_path))
+    chunk = make_chunk(CHUNK)
+    chunk["obs"][0, 3] = np.nan
+    chunk["next_obs"][6, 0] = np.inf
+    assert shard.insert("real", chunk, 0)["dropped_non_finite"] == 2
+    nothing = make_chunk(CHUNK, start_seq=CHUNK)
+    nothing["reward"][:] = np.nan
+    assert shard.insert("real", nothing, 0) == {"status": "ok", "size": 6, "dropped_non_finite": CHUNK}
+    fill(shard, 1, start=2)
+    kill(shard)
+    wal = os.path.join(table_dir(tmp_path), "wal-0.arrows")
+    with pa.OSFile(wal, "rb") as source:
+        logged = pa.ipc.open_stream(source).read_all()
+    assert logged.column("seq").to_pylist() == [1, 2, 3, 4, 5, 7] + list(range(2 * CHUNK, 3 * CHUNK))
+    assert all(np.isfinite(v).all() for v in logged.column("obs").to_pylist())
+    again = ReplayShard([cfg], directory=str(tmp_path))
+    assert_same(shard, again)
+    assert again.stats()["real"]["dropped_non_finite"] == CHUNK + 2
+    # both dedup keys survive: the first row of `chunk` was dropped, `nothing` stored no row at all
+    assert again.insert("real", chunk, 0)["status"] == "duplicate"
+    assert again.insert("real", nothing, 0)["status"] == "duplicate"
+    again.snapshot("real")
+    again.close()
+    third = ReplayShard([cfg], directory=str(tmp_path))
+    assert third.stats()["real"]["dropped_non_finite"] == CHUNK + 2 and third.size("real") == 6 + CHUNK
+    third.close()

@@ -146,3 +146,55 @@ def test_threaded_insert_and_sample_both_progress_and_ratio_holds():
     assert stats["inserted"] == counts["inserted"] and stats["sampled"] == counts["sampled"]
     assert counts["inserted"] > 10 * min_size and counts["sampled"] > 0
     assert -eb <= spi * (counts["inserted"] - min_size) - counts["sampled"] <= eb
+
+
+def test_max_times_sampled_through_the_shard_waits_for_samples_left():
+    limiter = RateLimiterConfig(samples_per_insert=1.0, min_size=4, error_buffer=64.0)
+    config = TableConfig("real", 100, COLUMNS, (("learner", limiter),), max_times_sampled=1)
+    shard = ReplayShard([config])
+    shard.insert("real", make_chunk(8), writer_id=0)
+    batch = shard.sample("real", 8, consumer="learner", with_keys=True)
+    assert sorted(batch["key"].tolist()) == list(range(8))
+    assert shard.size("real") == 0
+    start = time.monotonic()
+    assert shard.sample("real", 1, timeout=0.05) is None  # nothing left to sample: waits, then "not now"
+    assert time.monotonic() - start >= 0.05
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(batch=shard.sample("real", 4, timeout=10.0)))
+    waiter.start()
+    time.sleep(0.05)
+    shard.insert("real", make_chunk(4, start_seq=8), writer_id=0)  # wakes the waiting sample
+    waiter.join(5.0)
+    assert sorted(result["batch"]["seq"].tolist()) == [8, 9, 10, 11]
+    stats = shard.stats()["real"]
+    assert (stats["size"], stats["removed"], stats["inserted"], stats["evicted"]) == (0, 12, 12, 12)
+    # removed rows do not count against inserts: the limiter saw 12 rows inserted, 8 sampled by the learner
+    assert stats["consumers"]["learner"]["inserted"] == 12 and stats["consumers"]["learner"]["sampled"] == 8
+    assert stats["samples_waited"] == 1
+    with pytest.raises(ValueError, match="a sample of 101 rows can never be served: .* at most 100 samples"):
+        shard.sample("real", 101)
+
+
+def test_non_finite_drop_through_the_shard():
+    shard = ReplayShard([TableConfig("real", 100, COLUMNS, non_finite="drop")])
+    chunk = make_chunk(6)
+    chunk["obs"][0, 1] = np.nan  # the chunk's first row: its seq is still the dedup key
+    chunk["reward"][4] = -np.inf
+    assert shard.insert("real", chunk, writer_id=0) == {"status": "ok", "size": 4, "dropped_non_finite": 2}
+    np.testing.assert_array_equal(np.sort(shard.sample("real", 200)["seq"].astype(int))[[0, -1]], [1, 5])
+    assert shard.insert("real", chunk, writer_id=0) == {"status": "duplicate", "size": 4}
+    empty = make_chunk(3, start_seq=6)
+    empty["next_obs"][:] = np.inf
+    assert shard.insert("real", empty, writer_id=0) == {"status": "ok", "size": 4, "dropped_non_finite": 3}
+    assert shard.insert("real", empty, writer_id=0)["status"] == "duplicate"  # the key was recorded
+    assert shard.insert("real", make_chunk(2, start_seq=9), writer_id=0) == {"status": "ok", "size": 6}
+    stats = shard.stats()["real"]
+    assert stats["dropped_non_finite"] == 5 and stats["duplicates"] == 2 and stats["inserted"] == 6
+    wrong = make_chunk(2, start_seq=20, writer_id=3)
+    wrong["obs"][0, 0] = np.nan
+    with pytest.raises(SchemaError, match=r"column 'writer_id' holds \[3\] but insert was called with writer_id=0"):
+        shard.insert("real", wrong, writer_id=0)
+    rejecting = ReplayShard([table_config()])
+    with pytest.raises(SchemaError, match=r"column 'obs': non-finite values .* first at row 0"):
+        rejecting.insert("real", chunk, writer_id=0)
+    assert rejecting.size("real") == 0
