@@ -21,6 +21,9 @@ class ReplayConfig:
     """Rows of table ``real`` over all shards (each shard holds ``shard_capacity(real_capacity)``)."""
     imagined_capacity: int = 400_000
     """Rows of table ``imagined`` over all shards."""
+    non_finite: str = "reject"
+    """Rows with NaN or inf: ``reject`` the whole insert with an error naming the column, or ``drop`` those rows and
+    count them (``dropped_non_finite`` in the shard stats)."""
     real_disk_capacity: int = 0
     """Rows of ``real`` kept on disk (Parquet, memory-mapped) beyond ``real_capacity``, over all shards; uniform
     samples draw over memory and disk rows alike (see docs/architecture.md, "Larger than memory"). 0: off."""
@@ -87,6 +90,8 @@ class ReplayConfig:
         for name, (low, text) in bounds.items():
             if getattr(self, name) < low:
                 raise ValueError(f"replay.{name}={getattr(self, name)!r}: expected {text}")
+        if self.non_finite not in ("reject", "drop"):
+            raise ValueError(f"replay.non_finite={self.non_finite!r}: expected 'reject' or 'drop'")
         if self.fsync not in FSYNC_MODES:
             raise ValueError(f"replay.fsync={self.fsync!r}: expected one of {list(FSYNC_MODES)}")
         for name in ("sample_timeout_s", "insert_timeout_s", "shard_restart_timeout_s"):

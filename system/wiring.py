@@ -124,11 +124,12 @@ def table_configs(config: SystemConfig, spec: EnvSpec) -> list[TableConfig]:
     tables = [
         TableConfig("real", replay.shard_capacity(replay.real_capacity), columns, limiters,
                     persist=replay.persist_real, snapshot_every_inserts=snapshot_every,
-                    disk_capacity=replay.shard_capacity(replay.real_disk_capacity))
+                    disk_capacity=replay.shard_capacity(replay.real_disk_capacity), non_finite=replay.non_finite)
     ]
     if config.imagination_enabled:
         tables.append(TableConfig("imagined", replay.shard_capacity(replay.imagined_capacity), columns,
-                                  persist=replay.persist_imagined, snapshot_every_inserts=snapshot_every))
+                                  persist=replay.persist_imagined, snapshot_every_inserts=snapshot_every,
+                                  non_finite=replay.non_finite))
     return tables
 
 

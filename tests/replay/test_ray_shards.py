@@ -88,6 +88,13 @@ def test_client_inserts_while_a_thread_samples_and_the_ratio_holds(ray_shards):
     assert writer.sizes("real") == [s["real"]["size"] for s in stats]
 
 
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def _call(shard, fn):
     """Run ``fn(shard_object)`` inside the shard actor."""
     import ray
@@ -138,10 +145,11 @@ def test_sigkilled_shard_restarts_with_every_acknowledged_row_once_and_its_prior
     threads = [threading.Thread(target=write), threading.Thread(target=learn)]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    wait_for(lambda: errors or len(written) >= 20, "inserts before the kill")
     pid = _call(shards[0], lambda shard: os.getpid())
     os.kill(pid, signal.SIGKILL)
-    time.sleep(2.5)  # the shard restarts, recovers, and both clients go on
+    before = len(written)
+    wait_for(lambda: errors or len(written) >= before + 20, "inserts after the restart")  # the shard restarted, recovered
     stop.set()
     for thread in threads:
         thread.join(120.0)

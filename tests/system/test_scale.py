@@ -1,4 +1,5 @@
-"""`dynaray scale` against a running `dynaray train`: rollout workers 1 -> 3 -> 1 while the learners run.
+"""A running `dynaray train` changed from outside: `dynaray scale` (rollout workers 1 -> 3 -> 1 while the learners
+run) and an external agent that downloads the policy and sends an episode through the ingest gateway.
 
 Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NETNS=1 there).
 """
@@ -7,11 +8,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import gymnasium as gym
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+from actors.gateway_client import fetch_policy, fetch_spec, send_episode
 from tests.system.runs import assert_well_formed, run_processes, stored_rows
 
 pytestmark = [
@@ -33,18 +39,45 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_scale_rollout_up_and_down_while_learners_run(tmp_path):
+def robot_episode(url: str, token: str) -> dict:
+    """One InvertedPendulum-v5 episode outside Ray with the downloaded policy; returns the gateway's answer."""
+    policy, spec = fetch_policy(url, token)
+    env = gym.make("InvertedPendulum-v5", max_episode_steps=30)
+    obs, _ = env.reset(seed=0)
+    columns = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated")}
+    done = False
+    while not done:
+        action = policy(torch.as_tensor(obs, dtype=torch.float32)[None]).numpy()[0]
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in zip(columns, (obs, action, reward, next_obs, terminated, truncated)):
+            columns[key].append(value)
+        obs, done = next_obs, terminated or truncated
+    episode = {k: np.asarray(v, dtype=np.float32 if k not in ("terminated", "truncated") else bool)
+               for k, v in columns.items()}
+    return send_episode(url, token, episode, policy_version=spec["policy"]["version"])
+
+
+def test_scale_rollout_up_and_down_and_gateway_episode_while_learners_run(tmp_path):
     marker = f"DYNARAY_TEST_RUN={tmp_path}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "system.cli", "train", "debug", "name=scaled", f"run.runs_dir={tmp_path}",
-         "run.progress=false", f"run.total_env_steps={BUDGET}", "ray.num_cpus=8", "rollout.steps_per_call=25"],
+         "run.progress=false", f"run.total_env_steps={BUDGET}", "ray.num_cpus=8", "rollout.steps_per_call=25",
+         "gateway.enabled=true"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "DYNARAY_TEST_RUN": str(tmp_path)},
     )
     runs = ["--runs-dir", str(tmp_path)]
+    out: list[str] = []
     try:
+        reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # never let the pipe fill
+        reader.start()
+        wait_until(lambda: any("ingest gateway at" in line for line in out), 180, "the gateway to start")
+        url = next(line.split(" at ")[1].split()[0] for line in out if "ingest gateway at" in line)
         wait_until(lambda: run_processes(marker, "ray::PolicyLoop.run") or proc.poll() is not None, 180,
                    "the policy learner to run")
+        token = (tmp_path / "scaled" / "gateway_token").read_text().strip()
+        wait_until(lambda: fetch_spec(url, token)["policy"]["version"] is not None, 180, "a published policy")
+        answer = robot_episode(url, token)
         up = dynaray("scale", "rollout=3", *runs)
         assert up.returncode == 0, up.stderr
         assert "run scaled: rollout 1 -> 3" in up.stdout
@@ -59,20 +92,26 @@ def test_scale_rollout_up_and_down_while_learners_run(tmp_path):
         assert bad.returncode == 2 and "rollout=0: expected 1 <= rollout <= 4096" in bad.stderr, bad.stderr
         unknown = dynaray("scale", "learner=2", *runs)
         assert unknown.returncode == 2 and "unknown pool 'learner'" in unknown.stderr, unknown.stderr
-        out, _ = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
+        reader.join(30)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
+            proc.wait(timeout=120)
+    assert proc.returncode == 0, "".join(out)[-3000:]
 
     metrics = pq.read_table(tmp_path / "scaled" / "metrics.parquet").to_pylist()
     workers = [row["rollout_workers"] for row in metrics]
     assert max(workers) == 3 and workers[-1] == 1, workers
-    # The learners kept their ratio through the changes: 3 policy updates per env step after 300 learning starts.
-    assert abs(metrics[-1]["policy_total_updates"] - 3 * (BUDGET - 300)) <= 3 * 100, metrics[-1]
+    # The learners kept their ratio through the changes: 3 policy updates per row of real after 300 learning starts
+    # (the gateway's rows count too), within the error buffer of 100 rows.
+    inserted = BUDGET + answer["rows"]
+    assert abs(metrics[-1]["policy_total_updates"] - 3 * (inserted - 300)) <= 3 * 100, metrics[-1]
+    assert metrics[-1]["gateway_episodes"] == 1 and metrics[-1]["gateway_requests_200"] >= 2, metrics[-1]
     rows = stored_rows(tmp_path / "scaled")
-    assert len(rows["seq"]) == BUDGET  # retired workers flushed everything they collected
+    from_gateway = rows["writer_id"] == answer["writer_id"]
+    assert from_gateway.sum() == answer["rows"] > 0
+    assert (~from_gateway).sum() == BUDGET  # retired workers flushed everything they collected
     assert_well_formed(rows)
     gone = dynaray("scale", "rollout=2", *runs)
     assert gone.returncode == 1 and "no running system found" in gone.stderr
