@@ -104,10 +104,12 @@ class ChunkBuilder:
     def take(self, writer_id: int, first_seq: int) -> dict[str, np.ndarray]:
         """The first ``t`` steps as a chunk of t * N rows (slot-major); resets the builder."""
         t, n = self.t, self.num_envs
-        chunk = {  # copies, never views of the buffer: a chunk may be sent again after the buffer is refilled
-            name: buf[:t].swapaxes(0, 1).reshape((t * n,) + buf.shape[2:]).copy()
-            for name, buf in self._buf.items()
-        }
+        chunk = {}
+        for name, buf in self._buf.items():
+            # one copy, never a view of the buffer: a chunk may be sent again after the buffer is refilled
+            rows = np.empty((n, t) + buf.shape[2:], dtype=buf.dtype)
+            np.copyto(rows, buf[:t].swapaxes(0, 1))
+            chunk[name] = rows.reshape((t * n,) + buf.shape[2:])
         chunk["writer_id"] = np.full(t * n, writer_id, dtype=np.int64)
         chunk["seq"] = np.arange(first_seq, first_seq + t * n, dtype=np.int64)
         self.t = 0
@@ -230,14 +232,16 @@ class RolloutWorker:
             try:
                 next_obs, reward, terminated, truncated, info = self._env.step(action)
                 done = terminated | truncated
-                final_next = next_obs.copy()
+                final_next = next_obs
                 if done.any():
+                    final_next = next_obs.copy()
                     final_next[done] = np.stack(info["final_obs"][done])
             except Exception as exc:
                 self._restart_envs(f"{type(exc).__name__}: {exc}")
                 continue
-            finite = (np.isfinite(final_next).reshape(len(action), -1).all(axis=1) & np.isfinite(reward)
-                      & np.isfinite(next_obs).reshape(len(action), -1).all(axis=1))
+            finite = np.isfinite(next_obs).reshape(len(action), -1).all(axis=1) & np.isfinite(reward)
+            if final_next is not next_obs:
+                finite &= np.isfinite(final_next).reshape(len(action), -1).all(axis=1)
             if not finite.all():
                 self._restart_envs(f"NaN or inf in the observation or reward of env slot(s) "
                                    f"{np.flatnonzero(~finite).tolist()}")

@@ -786,3 +786,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                    help="also measure RLlib's EpisodeReplayBuffer and PrioritizedEpisodeReplayBuffer")
     p.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON to OUT")
     p.set_defaults(func=run_replay)
+
+    from system.bench_rollout import add_parser as add_rollout_parser
+
+    add_rollout_parser(what)  # dynaray bench rollout
