@@ -63,7 +63,10 @@ def train(args: argparse.Namespace) -> int:
 
     from system.attach import remove_ray_file, write_ray_file
     from system.control import namespace
-    from system.driver import Driver, RoleError, progress_printer
+    from ray.exceptions import RayActorError
+
+    from system.driver import Driver, RoleError, describe_error, progress_printer
+    from system.placement import PlacementError, describe as describe_placement, wait_for_placement
     from system.handles import get
     from system.run_dir import RunDir
     from system.runtime import start_ray, stop_ray
@@ -81,11 +84,16 @@ def train(args: argparse.Namespace) -> int:
         write_ray_file(run_dir.path, config.name)
         print(f"dynaray: run {config.name} on {where}; run directory {run_dir.path}", file=sys.stderr)
         system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)))
+        placement = wait_for_placement(system, config.placement.timeout_s)
+        run_dir.write_json("placement", placement)
+        print(f"dynaray: placement:\n{describe_placement(placement)}", file=sys.stderr)
         if system.gateway is not None:
             print(f"dynaray: ingest gateway at {get(system.gateway.url.remote())} (docs/gateway.md)", file=sys.stderr)
         summary = Driver(config, spec, system, run_dir, on_report=show).run()
-    except RoleError as exc:
+    except (RoleError, PlacementError) as exc:
         return _fail(str(exc), EXIT_FAILED)
+    except RayActorError as exc:
+        return _fail(f"a role could not start: {describe_error(exc)}", EXIT_FAILED)
     except KeyboardInterrupt:
         print("\ndynaray: interrupted; stopping every role", file=sys.stderr)
         return EXIT_INTERRUPTED

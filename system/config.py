@@ -77,6 +77,58 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class RoleResources:
+    """The Ray resources one actor of a role asks for: where it can run."""
+
+    num_cpus: float = 1.0
+    """Logical CPUs."""
+    num_gpus: float = 0.0
+    """GPUs; a learner given a GPU trains on CUDA (device 'auto'), on CPU otherwise, with no code change."""
+    memory_mb: int = 0
+    """Memory Ray reserves for the actor (0: none reserved)."""
+    resources: Mapping[str, float] = field(default_factory=dict)
+    """Custom resources, e.g. {learner_gpu: 1} to land on nodes that advertise them."""
+
+    def __post_init__(self) -> None:
+        amounts = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "memory_mb": self.memory_mb,
+                   **{f"resources.{k}": v for k, v in self.resources.items()}}
+        for name, value in amounts.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}={value!r}: expected a number >= 0")
+
+    def ray_options(self) -> dict[str, Any]:
+        """The resource part of ``actor.options(...)``."""
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
+                                   "resources": dict(self.resources)}
+        if self.memory_mb:
+            options["memory"] = self.memory_mb * 1024 * 1024
+        return options
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Where the learners and replay shards run on a cluster (rollout, imagination, eval and gateway workers have
+    their resources in their own sections)."""
+
+    policy: RoleResources = field(default_factory=RoleResources)
+    """The policy learner actor."""
+    world_model: RoleResources = field(default_factory=RoleResources)
+    """The world-model learner actor."""
+    replay_resources: Mapping[str, float] = field(default_factory=dict)
+    """Custom resources per replay shard (besides replay.num_cpus), e.g. {replay_node: 1}."""
+    replay_strategy: str = "SPREAD"
+    """Ray scheduling strategy of the replay shards: SPREAD (over the nodes that fit) or DEFAULT."""
+    timeout_s: float = 120.0
+    """How long the driver waits for every actor to be placed before it names the roles that cannot be and why."""
+
+    def __post_init__(self) -> None:
+        if self.replay_strategy not in ("SPREAD", "DEFAULT"):
+            raise ValueError(f"placement.replay_strategy={self.replay_strategy!r}: expected 'SPREAD' or 'DEFAULT'")
+        if self.timeout_s <= 0:
+            raise ValueError(f"placement.timeout_s={self.timeout_s!r}: expected a number > 0")
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     name: str = ""
     """Run name (runs_dir/<name>/); empty: <env id>-<timestamp>."""
@@ -91,6 +143,7 @@ class SystemConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     @property

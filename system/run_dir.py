@@ -7,6 +7,7 @@ Layout::
     evals.parquet          one row per evaluation: env_steps, policy_version, return_mean, return_std, wall_time_s
     checkpoint/            policy.pt, world_model.pt (full learner state), actor.pt (acting weights), meta.json
     learning_curve.png     eval return vs env steps
+    placement.json         the node (id, IP) each actor of the run landed on
     replay/                persisted replay tables, shard-<i>/<table>/ (unless replay.directory points elsewhere)
 """
 
@@ -68,6 +69,10 @@ class RunDir:
         tmp = self.path / f".{name}.parquet.tmp"
         pq.write_table(pa.table(columns), tmp)
         tmp.replace(self.path / f"{name}.parquet")
+
+    def write_json(self, name: str, value: Any) -> None:
+        """Write ``<name>.json`` (e.g. ``placement``: where each actor of the run landed)."""
+        (self.path / f"{name}.json").write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
 
     def read_table(self, name: str) -> pa.Table:
         path = self.path / f"{name}.parquet"

@@ -13,7 +13,9 @@ def needed_cpus(config: SystemConfig) -> float:
     """Logical CPUs that every role of ``config`` asks Ray for."""
     total = config.replay.num_shards * config.replay.num_cpus
     total += config.rollout.num_workers * config.rollout.num_cpus
-    total += 1 + (1 if config.world_model.enabled else 0)  # learners
+    total += config.placement.policy.num_cpus
+    if config.world_model.enabled:
+        total += config.placement.world_model.num_cpus
     if config.imagination_enabled:
         total += config.imagination.num_workers * config.imagination.num_cpus
     total += config.eval.num_workers * config.eval.num_cpus

@@ -75,6 +75,13 @@ class System:
     policy: Any = None
     world_model: Any = None
     worker_factories: dict = field(default_factory=dict)
+    by_name: dict = field(default_factory=dict)
+    """Actor name -> handle of every actor made (workers leave it when removed)."""
+    demands: dict = field(default_factory=dict)
+    """Actor name -> the resources it asked Ray for."""
+
+    def named_actors(self) -> list[tuple[str, Any]]:
+        return list(self.by_name.items())
 
     def actors(self) -> list:
         singles = [self.policy, self.world_model, self.gateway, self.store, self.control]
@@ -89,6 +96,7 @@ class System:
     def remove_worker(self, pool: str, index: int) -> None:
         """End worker ``index`` of ``pool`` (after the driver has flushed what it wrote)."""
         handle = getattr(self, pool).pop(index)
+        self.by_name = {name: h for name, h in self.by_name.items() if h is not handle}
         _kill([handle])
 
 
@@ -164,18 +172,24 @@ def _remote_class(cls: type, torch_threads: int):
 
 
 class _Maker:
-    def __init__(self, config: SystemConfig, local: bool):
-        self.config, self.local = config, local
+    def __init__(self, config: SystemConfig, local: bool, system: System):
+        self.config, self.local, self.system = config, local, system
 
     def __call__(self, cls: type, name: str, num_cpus: float, *args, max_concurrency: int = 1, max_restarts: int = 0,
-                 num_gpus: float = 0, resources: dict | None = None, **kwargs):
+                 num_gpus: float = 0, resources: dict | None = None, ray_options: dict | None = None, **kwargs):
+        """Make role ``cls`` as actor ``name`` asking for ``num_cpus`` / ``num_gpus`` / custom ``resources``
+        (``ray_options`` adds or overrides any other ``actor.options``), or in process."""
         if self.local:
             args, kwargs = _built(args, kwargs)
             return LocalHandle(cls(*args, **kwargs))
         actor = _remote_class(cls, self.config.run.torch_threads)
         options = {"name": name, "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": dict(resources or {}),
-                   "max_concurrency": max_concurrency, "max_restarts": max_restarts}
-        return actor.options(**options).remote(*args, **kwargs)
+                   "max_concurrency": max_concurrency, "max_restarts": max_restarts, **(ray_options or {})}
+        handle = actor.options(**options).remote(*args, **kwargs)
+        self.system.by_name[name] = handle
+        self.system.demands[name] = {"CPU": options["num_cpus"], "GPU": options["num_gpus"], **options["resources"],
+                                     **({"memory": options["memory"]} if options.get("memory") else {})}
+        return handle
 
 
 def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, replay_dir: str | None = None) -> System:
@@ -184,8 +198,8 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     ``replay_dir``: where the shards persist their tables (an absolute path every shard's node can write; see
     ``ReplayConfig.directory``); None persists nothing.
     """
-    make = _Maker(config, local)
     system = System(local=local)
+    make = _Maker(config, local, system)
     rollout_cpus = config.rollout.num_cpus
 
     # Replay shards: K actors, each holding its slice of every table; threaded so inserts and samples interleave.
@@ -195,7 +209,8 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
         make(ReplayShard, f"replay-shard-{i}", config.replay.num_cpus, tables, seed=config.seed + SEED_REPLAY + i,
              index=i, directory=replay_dir, fsync=config.replay.fsync,
              fsync_interval_ms=config.replay.fsync_interval_ms, max_concurrency=16,
-             max_restarts=config.replay.max_restarts)
+             max_restarts=config.replay.max_restarts, resources=config.placement.replay_resources,
+             ray_options={"scheduling_strategy": config.placement.replay_strategy})
         for i in range(config.replay.num_shards)
     ]
 
@@ -209,13 +224,14 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
                              config.policy.hidden_sizes)
 
     # Policy learner: samples real (+ imagined) batches from the shards, publishes "policy" to the store.
-    system.policy = make(PolicyLoop, "policy-learner", 1, config, spec, replay_client(config.seed + SEED_POLICY),
-                         system.store, local)
+    system.policy = make(PolicyLoop, "policy-learner", 0, config, spec, replay_client(config.seed + SEED_POLICY),
+                         system.store, local, ray_options=config.placement.policy.ray_options())
 
     # World-model learner: samples real batches from the shards, publishes "world_model" to the store.
     if config.world_model.enabled:
-        system.world_model = make(WorldModelLoop, "world-model-learner", 1, config, spec,
-                                  replay_client(config.seed + SEED_MODEL), system.store, local)
+        system.world_model = make(WorldModelLoop, "world-model-learner", 0, config, spec,
+                                  replay_client(config.seed + SEED_MODEL), system.store, local,
+                                  ray_options=config.placement.world_model.ray_options())
 
     # Rollout workers (a pool that `dynaray scale` resizes): write chunks to "real" on the shards; poll "policy"
     # from the store.
