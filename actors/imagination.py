@@ -1,10 +1,19 @@
 """Imagination workers: branched model rollouts from real start states (MBPO), written to ``imagined``.
 
+Rollouts can be conservative, as in MOPO and COPlanner: every imagined reward is lowered by
+``penalty_scale * disagreement``, and a row stops before a transition whose disagreement passes
+``max_disagreement``. The disagreement is the world model's (``learners.world_model.disagreement``): the std across
+the elites of their predicted state change, in units of the typical state change, so a threshold carries over
+between envs; the world-model learner reports it and how well it tracks the model's error on held-out real
+transitions (``world_model_val_disagreement_*``, ``world_model_val_calib_*``).
+
 Dimensions: B start states per rollout batch, H horizon, O observation size, A action size.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -14,6 +23,12 @@ import numpy as np
 import torch
 
 from replay.writers import episode_id, new_writer_id
+
+logger = logging.getLogger(__name__)
+
+_CONSERVATIVE_REPORT = {"stopped_uncertain": 0, "penalized": 0, "penalty_mean": 0.0, "disagreement_mean": 0.0}
+"""Report keys of conservative rollouts: rows stopped for disagreement, rewards penalised, and the mean penalty and
+disagreement over the rows written in the call."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,10 @@ class ImaginationConfig:
     """Torch device for model and policy forwards ('auto' picks CUDA when the actor has a GPU)."""
     max_restarts: int = 10
     """How often Ray restarts an imagination worker whose process died; -1 without limit."""
+    penalty_scale: float = 0.0
+    """Imagined rewards are lowered by penalty_scale * disagreement (MOPO/COPlanner); 0 turns the penalty off."""
+    max_disagreement: float = math.inf
+    """A row stops before a transition whose disagreement exceeds this (it is not written); inf turns it off."""
 
     def __post_init__(self):
         for name in ("num_workers", "horizon_ramp_start"):
@@ -52,6 +71,10 @@ class ImaginationConfig:
                 raise ValueError(f"imagination.{name}={getattr(self, name)}: expected an integer >= 1")
         if self.starts_per_step <= 0:
             raise ValueError(f"imagination.starts_per_step={self.starts_per_step}: expected a number > 0")
+        if not (self.penalty_scale >= 0 and math.isfinite(self.penalty_scale)):
+            raise ValueError(f"imagination.penalty_scale={self.penalty_scale}: expected a finite number >= 0 (0: off)")
+        if not self.max_disagreement > 0:
+            raise ValueError(f"imagination.max_disagreement={self.max_disagreement}: expected a number > 0 (inf: off)")
         if self.horizon_ramp_end < self.horizon_ramp_start:
             raise ValueError(
                 f"imagination.horizon_ramp_end={self.horizon_ramp_end}: expected >= horizon_ramp_start "
@@ -68,38 +91,71 @@ class ImaginationConfig:
         return int(self.horizon_start + frac * (self.horizon_end - self.horizon_start))
 
 
-def rollout(policy: Any, model: Any, obs: torch.Tensor, horizon: int) -> dict[str, torch.Tensor]:
+_ROLLOUT_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "start", "step", "disagreement",
+                    "penalty")
+
+
+def rollout(
+    policy: Any,
+    model: Any,
+    obs: torch.Tensor,
+    horizon: int,
+    penalty_scale: float = 0.0,
+    max_disagreement: float = math.inf,
+) -> dict[str, torch.Tensor]:
     """Roll ``model`` out for ``horizon`` steps under ``policy`` from ``obs`` (B, O).
 
-    Returns the live rows of every step stacked: a row stops after the model predicts termination or produces a
-    non-finite value (those rows are dropped, not written). Columns: obs, action, reward, next_obs, terminated,
-    truncated, start (index of the start state), step. The last step is marked truncated (the rollout was cut).
+    ``model.step(obs, action)`` returns (next_obs, reward, terminated, disagreement) as ``WorldModel.step``.
+    Returns the written rows of every step stacked, columns: obs, action, reward (penalised), next_obs,
+    terminated, truncated, start (index of the start state), step, disagreement, penalty; and the counts
+    ``nonfinite`` and ``uncertain`` of rows stopped.
+
+    A row ends when the model predicts termination, at the horizon (its last transition marked truncated), or
+    before a transition that is not trusted: one with a non-finite value (counted in ``nonfinite``) or with a
+    disagreement above ``max_disagreement`` (counted in ``uncertain``). An untrusted transition is not written;
+    the row's previous transition, if any, is marked truncated, as the rollout was cut there.
     """
-    rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "start", "step")}
+    rows: dict[str, list[torch.Tensor]] = {k: [] for k in _ROLLOUT_COLUMNS}
     start = torch.arange(obs.shape[0], device=obs.device)
-    nonfinite = 0
+    previous = None  # index of each live row in the previous step's written rows
+    nonfinite = uncertain = 0
     for h in range(horizon):
         action = policy.act_tensor(obs)
-        next_obs, reward, terminated = model.step(obs, action)
-        finite = torch.isfinite(next_obs).all(dim=1) & torch.isfinite(reward)
+        next_obs, reward, terminated, spread = model.step(obs, action)
+
+        # stop untrusted rows: non-finite predictions, then disagreement above the threshold
+        finite = torch.isfinite(next_obs).all(dim=1) & torch.isfinite(reward) & torch.isfinite(spread)
+        trusted = finite & (spread <= max_disagreement)
         nonfinite += int((~finite).sum())
-        obs, action, next_obs, reward, terminated, start = (
-            x[finite] for x in (obs, action, next_obs, reward, terminated, start)
+        uncertain += int((finite & ~trusted).sum())
+        if previous is not None and not bool(trusted.all()):
+            rows["truncated"][-1][previous[~trusted]] = True
+        obs, action, next_obs, reward, terminated, spread, start = (
+            x[trusted] for x in (obs, action, next_obs, reward, terminated, spread, start)
         )
+
+        # write the trusted transitions with the penalised reward
+        penalty = penalty_scale * spread
         rows["obs"].append(obs)
         rows["action"].append(action)
-        rows["reward"].append(reward)
+        rows["reward"].append(reward - penalty)
         rows["next_obs"].append(next_obs)
         rows["terminated"].append(terminated)
         rows["truncated"].append(~terminated if h == horizon - 1 else torch.zeros_like(terminated))
         rows["start"].append(start)
         rows["step"].append(torch.full_like(start, h))
+        rows["disagreement"].append(spread)
+        rows["penalty"].append(penalty)
+
+        # continue the rows that did not terminate
         alive = ~terminated
+        previous = torch.nonzero(alive).squeeze(1)
         obs, start = next_obs[alive], start[alive]
         if obs.shape[0] == 0:
             break
     out = {k: torch.cat(v) for k, v in rows.items()}
     out["nonfinite"] = torch.tensor(nonfinite)
+    out["uncertain"] = torch.tensor(uncertain)
     return out
 
 
@@ -146,7 +202,7 @@ class ImaginationWorker:
         start = time.perf_counter()
         horizon = self.config.horizon(env_steps)
         report = {"index": self.index, "writer_id": self.writer_id, "transitions": 0, "rollouts": 0, "skipped_starts": 0, "stopped_nonfinite": 0,
-                  "terminated": 0, "horizon": horizon}
+                  "terminated": 0, "horizon": horizon, **_CONSERVATIVE_REPORT}
         while time.perf_counter() - start < max_seconds:
             while len(self._pending) < self.config.prefetch:
                 self._pending.append(self._replay.submit_sample("real", self.config.batch_size, "imagination"))
@@ -172,7 +228,8 @@ class ImaginationWorker:
     def _imagine(self, starts: dict[str, np.ndarray], horizon: int, report: dict[str, Any]) -> None:
         obs = torch.as_tensor(starts["obs"], dtype=torch.float32)
         with torch.no_grad():
-            out = rollout(self._policy, self._model, obs, horizon)
+            out = rollout(self._policy, self._model, obs, horizon, self.config.penalty_scale,
+                          self.config.max_disagreement)
         n = int(out["obs"].shape[0])
         first = self._rollouts * self.config.batch_size
         chunk = {
@@ -195,5 +252,20 @@ class ImaginationWorker:
         report["transitions"] += n
         report["rollouts"] += 1
         report["terminated"] += int(out["terminated"].sum())
-        report["stopped_nonfinite"] += int(out["nonfinite"])
+        self._count_conservative(out, n, report)
         self.transitions += n
+
+    def _count_conservative(self, out: dict[str, torch.Tensor], n: int, report: dict[str, Any]) -> None:
+        """Add one rollout's stopped rows, penalties and disagreement to ``report`` (means over written rows)."""
+        nonfinite = int(out["nonfinite"])
+        if nonfinite and not report["stopped_nonfinite"]:
+            logger.warning("imagination worker %d: %d rows stopped on non-finite model predictions (not written; "
+                           "counted in stopped_nonfinite, logged once per report)", self.index, nonfinite)
+        report["stopped_nonfinite"] += nonfinite
+        report["stopped_uncertain"] += int(out["uncertain"])
+        report["penalized"] += int((out["penalty"] > 0).sum())
+        before = report["transitions"] - n  # the rows the means already cover
+        if n:
+            for key, column in (("penalty_mean", "penalty"), ("disagreement_mean", "disagreement")):
+                total = report[key] * before + float(out[column].sum())
+                report[key] = total / (before + n)

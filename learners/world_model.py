@@ -5,15 +5,21 @@ Each member maps normalised (obs, action) to a diagonal Gaussian over the normal
 (episode_id, step); holdout rows fill a FIFO validation buffer that ranks members and picks the elites used
 for imagination.
 
-Dimensions: E ensemble members, B batch rows (N in the inference API), O obs dim, A action dim,
-T = O + 1 target dim (state delta and reward).
+Uncertainty: the ensemble *disagreement* of a row is the standard deviation across the K elites of their mean
+predictions of the normalised state delta, root-mean-squared over the O delta features (``disagreement()``). It is
+in units of the typical state change (the target normaliser's std), so one threshold means about the same on
+every env; it is what imagination penalises and truncates on, and what ``validate()`` checks against the elite
+mean's actual error on holdout rows (rank correlation and a calibration table by disagreement quantile).
+
+Dimensions: E ensemble members, K elites, B batch rows (N in the inference API), O obs dim, A action dim,
+T = O + 1 target dim (state delta and reward), Q calibration bins.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +31,7 @@ from learners._common import (
     check_device_name, generator_state, load_generator_state, normalize_hidden_sizes, require, to_cpu,
 )
 from learners.networks import EnsembleMLP, resolve_device, seeded_init
+from learners.termination import TerminationFn, load_termination_fn
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _FLOAT_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated")
@@ -65,6 +72,16 @@ class WorldModelConfig:
     """Model updates between weight publications (read by ``system/``)."""
     device: str = "auto"
     """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
+    termination_fn: str | None = None
+    """Known termination function 'module:function' taking numpy (obs, action, next_obs) -> bool (N,), used by
+    imagination instead of the learned termination head (e.g. 'learners.termination:hopper'); None: learned."""
+    improvement_threshold: float = 0.01
+    """Relative decrease of a member's holdout MSE that counts as an improvement (early-stopping signal)."""
+    early_stop_patience: int = 0
+    """Validations without improvement after which gradient steps pause until the holdout MSE gets worse
+    (new data); 0 never pauses (the signal ``val_since_improvement`` is reported either way)."""
+    calibration_bins: int = 5
+    """Q: disagreement quantile bins of the calibration table reported by ``validate()``."""
 
     def __post_init__(self) -> None:
         section = "world_model"
@@ -84,6 +101,15 @@ class WorldModelConfig:
             require(value >= 1, section, name, value, f"{name} >= 1")
         require(self.learning_starts >= 0, section, "learning_starts", self.learning_starts, "learning_starts >= 0")
         check_device_name(self.device, section)
+        if self.termination_fn is not None:
+            load_termination_fn(self.termination_fn, f"{section}.termination_fn")
+        require(
+            0 <= self.improvement_threshold < 1, section, "improvement_threshold", self.improvement_threshold,
+            "0 <= improvement_threshold < 1",
+        )
+        require(self.early_stop_patience >= 0, section, "early_stop_patience", self.early_stop_patience,
+                "early_stop_patience >= 0 (0: never pause)")
+        require(self.calibration_bins >= 1, section, "calibration_bins", self.calibration_bins, "calibration_bins >= 1")
 
 
 def holdout_mask(episode_id: np.ndarray, step: np.ndarray, holdout_ratio: float) -> np.ndarray:
@@ -101,6 +127,51 @@ def holdout_mask(episode_id: np.ndarray, step: np.ndarray, holdout_ratio: float)
         x ^= x >> np.uint64(31)
     fraction = (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     return fraction < holdout_ratio
+
+
+def disagreement(elite_means: Tensor, obs_dim: int) -> Tensor:
+    """Ensemble disagreement per row: normalised elite means (K, N, T) -> (N,).
+
+    The std across the K elites of the predicted normalised state delta, root-mean-squared over the O delta
+    features (0 with a single elite).
+    """
+    return elite_means[..., :obs_dim].var(dim=0, unbiased=False).mean(dim=-1).sqrt()
+
+
+def average_ranks(x: Tensor) -> Tensor:
+    """Ranks 0..N-1 of a 1-D tensor (float64); tied values share the mean of their ranks."""
+    order = torch.argsort(x)
+    _, group, counts = torch.unique_consecutive(x[order], return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).to(torch.float64)
+    group_rank = ends - (counts.to(torch.float64) + 1.0) / 2.0
+    ranks = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    ranks[order] = group_rank[group]
+    return ranks
+
+
+def spearman(x: Tensor, y: Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors of the same length (ties get average ranks).
+
+    NaN when either is constant: the correlation is undefined there, and a metric should show that.
+    """
+    if x.dim() != 1 or x.shape != y.shape:
+        raise ValueError(f"spearman: x has shape {tuple(x.shape)} and y {tuple(y.shape)}, expected two equal (N,)")
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = float((rx.pow(2).sum() * ry.pow(2).sum()).sqrt())
+    return float((rx * ry).sum()) / denominator if denominator > 0 else math.nan
+
+
+def calibration_table(spread: Tensor, error: Tensor, bins: int) -> list[tuple[float, float]]:
+    """Rows (N,) sorted by ``spread`` into ``bins`` equal-count quantile bins, lowest first; per bin the RMS of
+    ``spread`` and the RMS of ``error`` over its rows (NaN for an empty bin)."""
+    table = []
+    for part in torch.tensor_split(torch.argsort(spread), bins):
+        if part.numel() == 0:
+            table.append((math.nan, math.nan))
+        else:
+            table.append((float(spread[part].pow(2).mean().sqrt()), float(error[part].pow(2).mean().sqrt())))
+    return table
 
 
 class RunningNorm(nn.Module):
@@ -202,7 +273,16 @@ class _ValidationBuffer:
 
 
 class WorldModelLearner:
-    """Trains ``EnsembleDynamics`` with per-member bootstrap resampling and ranks members on holdout rows."""
+    """Trains ``EnsembleDynamics`` with per-member bootstrap resampling and ranks members on holdout rows.
+
+    Early stopping (holdout-based, as MBPO's): each validation compares every member's holdout MSE with its
+    best so far; ``val_since_improvement`` counts validations in which no member improved by more than
+    ``improvement_threshold`` (relative). With ``early_stop_patience > 0`` the learner pauses its gradient steps
+    once that count reaches the patience (``paused``); batches still feed the holdout buffer and a validation
+    runs every ``validate_every`` batches. The holdout buffer moves with the data, so when the members' holdout
+    MSE gets worse than their best by more than the threshold on average, the best values restart from the
+    current ones and training resumes.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, config: WorldModelConfig, seed: int = 0):
         self.obs_dim = obs_dim
@@ -219,6 +299,13 @@ class WorldModelLearner:
         self._elites = list(range(config.num_elites))
         self.member_val_mse: np.ndarray | None = None
         """Validation MSE (normalised space) per member (E,), set by ``validate()``."""
+        self.best_val_mse: np.ndarray | None = None
+        """Best validation MSE per member (E,) since training last (re)started."""
+        self.since_improvement = 0
+        """Validations since a member's holdout MSE last improved by more than ``improvement_threshold``."""
+        self.paused = False
+        """Early stopping: gradient steps pause until the holdout MSE gets worse (``early_stop_patience``)."""
+        self._paused_batches = 0
         self.num_updates = 0
         """Applied (not skipped) updates."""
         self.nonfinite_streak = 0
@@ -235,7 +322,8 @@ class WorldModelLearner:
         Returns ``loss`` (the optimised sum over members), ``nll`` and ``termination_loss`` (per-member means)
         and ``grad_norm``, plus the ``validate()`` metrics every ``validate_every`` updates. ``skipped: 1.0``
         marks an update that changed no weights: non-finite inputs, loss or gradient norm (counted in
-        ``nonfinite_streak``), or a batch made only of holdout rows.
+        ``nonfinite_streak``), a batch made only of holdout rows, or a paused learner (then also ``paused: 1.0``,
+        and the ``validate()`` metrics every ``validate_every`` batches).
         """
         check_columns(batch, _FLOAT_COLUMNS + _ID_COLUMNS, self.obs_dim, self.act_dim)
         if not all(np.isfinite(batch[c]).all() for c in ("obs", "action", "reward", "next_obs")):
@@ -244,6 +332,12 @@ class WorldModelLearner:
         holdout = holdout_mask(batch["episode_id"], batch["step"], self.config.holdout_ratio)
         if holdout.any():
             self._add_validation({c: batch[c][holdout] for c in _FLOAT_COLUMNS})
+        if self.paused:
+            self._paused_batches += 1
+            metrics = {"skipped": 1.0, "paused": 1.0}
+            if self._paused_batches % self.config.validate_every == 0 and self.validation.size:
+                metrics.update(self.validate())
+            return metrics
         if holdout.all():
             return {"skipped": 1.0}
         train_rows = ~holdout
@@ -294,37 +388,100 @@ class WorldModelLearner:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Rank members on the validation buffer, reselect the elites, return elite-mean metrics.
+        """Rank members on the holdout buffer, reselect the elites, update the early-stopping signal, and
+        measure the elites' calibration.
 
-        ``val_mse`` and ``val_nll`` are in normalised target space; ``val_termination_acc`` thresholds each
-        member's termination probability at 0.5. Per-member MSEs are kept in ``member_val_mse``.
+        Every metric is computed on held-out real transitions, in normalised target space, averaged over the
+        elites where it is per member:
+
+        - ``val_mse``, ``val_nll``: MSE and Gaussian NLL per target feature (all T features);
+          ``val_nll_delta`` and ``val_nll_reward`` split the NLL by head (per feature);
+          ``val_termination_bce`` and ``val_termination_acc``: the termination head's NLL and accuracy at 0.5.
+        - ``val_elite_mse``: MSE of the elite mean (what the ensemble predicts as a whole), all T features.
+        - ``val_disagreement_mean``: mean ``disagreement()`` per row (imagination's threshold has these units);
+          ``val_disagreement_spearman``: rank correlation, over rows, between the disagreement and the elite
+          mean's RMS error on the state delta; ``val_calib_q{i}_disagreement`` / ``val_calib_q{i}_error``
+          (i = 1..Q, lowest disagreement first): RMS disagreement and RMS error of the rows in each quantile bin.
+          A calibrated ensemble has a high correlation and errors rising with the bins.
+        - ``val_since_improvement``: the early-stopping signal (see the class docstring).
+
+        Per-member MSEs are kept in ``member_val_mse``.
         """
         if self.validation.size == 0:
             raise RuntimeError(
                 "validate(): the validation buffer is empty; it fills with holdout rows "
                 f"(holdout_ratio={self.config.holdout_ratio}) passed to update()"
             )
-        dynamics = self.dynamics
+        dynamics, obs_dim, target_dim = self.dynamics, self.obs_dim, self.dynamics.target_dim
         obs, action, target, terminated = self.validation.data()
         normalized_target = dynamics.target_norm.normalize(target)
-        sums = torch.zeros(3, dynamics.ensemble_size, dtype=torch.float64, device=self.device)
-        for start in range(0, obs.shape[0], _VALIDATION_CHUNK):
-            chunk = slice(start, start + _VALIDATION_CHUNK)
+        rows = obs.shape[0]
+        chunks = [slice(start, start + _VALIDATION_CHUNK) for start in range(0, rows, _VALIDATION_CHUNK)]
+
+        # every member: squared error, NLL per head, termination accuracy and BCE -> ranking and elites
+        sums = torch.zeros(5, dynamics.ensemble_size, dtype=torch.float64, device=self.device)
+        for chunk in chunks:
             mean, logvar, logit = dynamics(obs[chunk], action[chunk])
             error = (mean - normalized_target[chunk]).pow(2)
+            nll = 0.5 * (error * torch.exp(-logvar) + logvar + _LOG_2PI)
+            done = terminated[chunk].expand_as(logit)
             sums[0] += error.sum(dim=(1, 2))
-            sums[1] += (0.5 * (error * torch.exp(-logvar) + logvar + _LOG_2PI)).sum(dim=(1, 2))
-            sums[2] += ((logit > 0) == (terminated[chunk] > 0.5)).sum(dim=1)
-        rows = obs.shape[0]
-        counts = torch.tensor([rows * dynamics.target_dim, rows * dynamics.target_dim, rows], device=self.device)
-        member_mse, member_nll, member_acc = (sums / counts.unsqueeze(1)).cpu().numpy()
+            sums[1] += nll[..., :obs_dim].sum(dim=(1, 2))
+            sums[2] += nll[..., obs_dim].sum(dim=1)
+            sums[3] += ((logit > 0) == (done > 0.5)).sum(dim=1)
+            sums[4] += F.binary_cross_entropy_with_logits(logit, done, reduction="none").sum(dim=1)
+        counts = torch.tensor([rows * target_dim, rows * obs_dim, rows, rows, rows], device=self.device)
+        member_mse, nll_delta, nll_reward, accuracy, bce = (sums / counts.unsqueeze(1)).cpu().numpy()
         self.member_val_mse = member_mse
         self._elites = sorted(np.argsort(member_mse, kind="stable")[: self.config.num_elites].tolist())
-        return {
-            "val_mse": float(member_mse[self._elites].mean()),
-            "val_nll": float(member_nll[self._elites].mean()),
-            "val_termination_acc": float(member_acc[self._elites].mean()),
+        self._track_improvement(member_mse)
+        elites = self._elites
+        metrics = {
+            "val_mse": float(member_mse[elites].mean()),
+            "val_nll": float(((nll_delta * obs_dim + nll_reward) / target_dim)[elites].mean()),
+            "val_nll_delta": float(nll_delta[elites].mean()),
+            "val_nll_reward": float(nll_reward[elites].mean()),
+            "val_termination_bce": float(bce[elites].mean()),
+            "val_termination_acc": float(accuracy[elites].mean()),
         }
+
+        # the elites together: error of their mean, and their disagreement per row
+        elite_index = torch.tensor(elites, device=self.device)
+        elite_sq_error = torch.zeros((), dtype=torch.float64, device=self.device)
+        row_error, row_spread = [], []
+        for chunk in chunks:
+            elite_means = dynamics(obs[chunk], action[chunk])[0][elite_index]
+            sq_error = (elite_means.mean(dim=0) - normalized_target[chunk]).pow(2)
+            elite_sq_error += sq_error.sum()
+            row_error.append(sq_error[:, :obs_dim].mean(dim=1).sqrt())
+            row_spread.append(disagreement(elite_means, obs_dim))
+        error, spread = torch.cat(row_error), torch.cat(row_spread)
+        metrics["val_elite_mse"] = float(elite_sq_error) / (rows * target_dim)
+        metrics["val_disagreement_mean"] = float(spread.mean())
+        metrics["val_disagreement_spearman"] = spearman(spread, error)
+        for i, (bin_spread, bin_error) in enumerate(calibration_table(spread, error, self.config.calibration_bins), 1):
+            metrics[f"val_calib_q{i}_disagreement"] = bin_spread
+            metrics[f"val_calib_q{i}_error"] = bin_error
+        metrics["val_since_improvement"] = float(self.since_improvement)
+        return metrics
+
+    def _track_improvement(self, member_mse: np.ndarray) -> None:
+        """Early-stopping bookkeeping after a validation (see the class docstring)."""
+        threshold = self.config.improvement_threshold
+        best = self.best_val_mse
+        if best is None or best.shape != member_mse.shape:
+            self.best_val_mse, self.since_improvement = member_mse.copy(), 0
+        elif float(np.mean((member_mse - best) / np.maximum(best, 1e-12))) > threshold:
+            self.best_val_mse, self.since_improvement = member_mse.copy(), 0
+        else:
+            improved = (best - member_mse) / np.maximum(best, 1e-12) > threshold
+            self.best_val_mse = np.where(improved, member_mse, best)
+            self.since_improvement = 0 if improved.any() else self.since_improvement + 1
+        patience = self.config.early_stop_patience
+        paused = patience > 0 and self.since_improvement >= patience
+        if paused and not self.paused:
+            self._paused_batches = 0
+        self.paused = paused
 
     def model_state(self) -> dict[str, Tensor]:
         """CPU tensors for ``WorldModel.load_state``: weights, log-variance bounds, normalisers, elites (int64)."""
@@ -339,6 +496,9 @@ class WorldModelLearner:
             "optimizer": self.optimizer.state_dict(),
             "elites": torch.tensor(self._elites, dtype=torch.int64),
             "member_val_mse": None if self.member_val_mse is None else torch.from_numpy(self.member_val_mse),
+            "best_val_mse": None if self.best_val_mse is None else torch.from_numpy(self.best_val_mse),
+            "since_improvement": self.since_improvement,
+            "paused": self.paused,
             "generator": generator_state(self._generator),
             "num_updates": self.num_updates,
             "nonfinite_streak": self.nonfinite_streak,
@@ -351,6 +511,11 @@ class WorldModelLearner:
         self._elites = _check_elites(state["elites"], self.config.ensemble_size).tolist()
         mse = state["member_val_mse"]
         self.member_val_mse = None if mse is None else mse.cpu().numpy().astype(np.float64)
+        best = state.get("best_val_mse")
+        self.best_val_mse = None if best is None else best.cpu().numpy().astype(np.float64)
+        self.since_improvement = int(state.get("since_improvement", 0))
+        self.paused = bool(state.get("paused", False))
+        self._paused_batches = 0
         load_generator_state(self._generator, state["generator"])
         self.num_updates = int(state["num_updates"])
         self.nonfinite_streak = int(state["nonfinite_streak"])
@@ -365,8 +530,24 @@ def _check_elites(elites: Tensor, ensemble_size: int) -> Tensor:
     return elites.cpu()
 
 
+class ModelStep(NamedTuple):
+    """One imagined transition per row, from ``WorldModel.step``."""
+
+    next_obs: Tensor
+    """(N, O) sampled next observation."""
+    reward: Tensor
+    """(N,) sampled reward."""
+    terminated: Tensor
+    """(N,) bool: the termination function's answer, or the sampled member's head thresholded at 0.5."""
+    disagreement: Tensor
+    """(N,) ensemble disagreement of the elites (``disagreement()``), >= 0."""
+
+
 class WorldModel:
-    """Inference half of the dynamics ensemble for imagination workers (weights from ``model_state()``)."""
+    """Inference half of the dynamics ensemble for imagination workers (weights from ``model_state()``).
+
+    With ``config.termination_fn`` set, termination comes from that function instead of the learned head.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, config: WorldModelConfig, seed: int = 0, device: str = "cpu"):
         self.obs_dim = obs_dim
@@ -378,6 +559,10 @@ class WorldModel:
         self._elites = torch.arange(config.num_elites, device=self.device)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed)
+        self._termination_name = config.termination_fn
+        self._termination_fn: TerminationFn | None = (
+            None if config.termination_fn is None else load_termination_fn(config.termination_fn)
+        )
 
     @property
     def elites(self) -> list[int]:
@@ -397,15 +582,26 @@ class WorldModel:
             raise ValueError(f"action has shape {tuple(action.shape)}, expected ({obs.shape[0]}, {self.act_dim})")
         return obs.to(self.device, torch.float32), action.to(self.device, torch.float32)
 
+    def _known_termination(self, function: TerminationFn, obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+        """The termination function on (N, O), (N, A), (N, O) -> (N,) bool on ``self.device``."""
+        rows = obs.shape[0]
+        result = np.asarray(function(obs.cpu().numpy(), action.cpu().numpy(), next_obs.cpu().numpy()))
+        if result.shape != (rows,):
+            raise ValueError(
+                f"termination_fn {self._termination_name!r} returned shape {result.shape}, expected ({rows},)"
+            )
+        return torch.from_numpy(result.astype(bool)).to(self.device)
+
     @torch.no_grad()
-    def step(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, obs: Tensor, action: Tensor) -> ModelStep:
         """Sample one transition per row from a random elite (drawn per row and call).
 
-        Returns next_obs (N, O), reward (N,), terminated (N,) bool, on ``obs.device``.
+        Returns next_obs (N, O), reward (N,), terminated (N,) bool and disagreement (N,), on ``obs.device``.
         """
         out_device = obs.device
         obs, action = self._inputs(obs, action)
         mean, logvar, logit = self.dynamics(obs, action)
+        spread = disagreement(mean[self._elites], self.obs_dim)
         rows = torch.arange(obs.shape[0], device=self.device)
         pick = torch.randint(self._elites.numel(), (obs.shape[0],), generator=self._generator, device=self.device)
         member = self._elites[pick]
@@ -413,24 +609,42 @@ class WorldModel:
         noise = torch.randn(mean.shape, generator=self._generator, device=self.device)
         sample = self.dynamics.target_norm.denormalize(mean + torch.exp(0.5 * logvar) * noise)
         next_obs = obs + sample[:, : self.obs_dim]
-        return next_obs.to(out_device), sample[:, self.obs_dim].to(out_device), (logit > 0).to(out_device)
+        if self._termination_fn is None:
+            terminated = logit > 0
+        else:
+            terminated = self._known_termination(self._termination_fn, obs, action, next_obs)
+        return ModelStep(
+            next_obs.to(out_device), sample[:, self.obs_dim].to(out_device), terminated.to(out_device),
+            spread.to(out_device),
+        )
 
     @torch.no_grad()
     def predict(self, obs: Tensor, action: Tensor) -> dict[str, Tensor]:
         """Every member's prediction in env units, on ``obs.device``.
 
         ``mean`` (E, N, T): ``[..., :O]`` next-obs mean, ``[..., O]`` reward mean; ``var`` (E, N, T) the
-        matching variances; ``termination_prob`` (E, N).
+        matching variances; ``termination_prob`` (E, N) (with a termination function: its 0/1 answer on each
+        member's mean next observation); ``disagreement`` (N,) of the elites.
         """
         out_device = obs.device
         obs, action = self._inputs(obs, action)
         norm = self.dynamics.target_norm
-        mean, logvar, logit = self.dynamics(obs, action)
-        mean = norm.denormalize(mean)
+        normalized_mean, logvar, logit = self.dynamics(obs, action)
+        mean = norm.denormalize(normalized_mean)
         mean = torch.cat([mean[..., : self.obs_dim] + obs, mean[..., self.obs_dim:]], dim=-1)
         var = torch.exp(logvar) * norm.std.to(logvar.dtype).pow(2)
+        if self._termination_fn is None:
+            termination_prob = torch.sigmoid(logit)
+        else:
+            members, rows = logit.shape
+            member_next_obs = mean[..., : self.obs_dim].reshape(members * rows, self.obs_dim)
+            terminated = self._known_termination(
+                self._termination_fn, obs.repeat(members, 1), action.repeat(members, 1), member_next_obs
+            )
+            termination_prob = terminated.reshape(members, rows).float()
         return {
             "mean": mean.to(out_device),
             "var": var.to(out_device),
-            "termination_prob": torch.sigmoid(logit).to(out_device),
+            "termination_prob": termination_prob.to(out_device),
+            "disagreement": disagreement(normalized_mean[self._elites], self.obs_dim).to(out_device),
         }

@@ -1,13 +1,18 @@
-"""Dynamics ensemble: fits known dynamics, ranks members, splits holdout rows by hash, imagines from elites."""
+"""Dynamics ensemble: fits known dynamics, ranks members, splits holdout rows by hash, imagines from elites,
+reports calibrated uncertainty, stops early on the holdout loss, and uses a known termination function."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from learners import WorldModel, WorldModelConfig, WorldModelLearner
-from learners.world_model import EnsembleDynamics, RunningNorm, holdout_mask
+from learners.termination import inverted_pendulum
+from learners.world_model import (
+    EnsembleDynamics, RunningNorm, average_ranks, calibration_table, disagreement, holdout_mask, spearman,
+)
 
 O, A, E = 4, 2, 4
 CONFIG = WorldModelConfig(
@@ -19,14 +24,18 @@ CONTROL = _RNG.normal(size=(A, O)).astype(np.float32)
 
 
 class LinearTask:
-    """next_obs = obs + obs @ DRIFT + action @ CONTROL, reward = sum(obs), terminated = obs[0] > 0.5."""
+    """next_obs = obs + obs @ DRIFT + action @ CONTROL, reward = sum(obs), terminated = obs[0] > 0.5.
 
-    def __init__(self, seed=0):
+    Observations are standard normal times ``obs_scale`` (off-distribution for a model trained at scale 1).
+    """
+
+    def __init__(self, seed=0, obs_scale=1.0):
         self.rng = np.random.default_rng(seed)
+        self.obs_scale = obs_scale
         self.next_episode = 0
 
     def batch(self, rows=256):
-        obs = self.rng.normal(size=(rows, O)).astype(np.float32)
+        obs = (self.obs_scale * self.rng.normal(size=(rows, O))).astype(np.float32)
         action = self.rng.uniform(-1, 1, size=(rows, A)).astype(np.float32)
         episode = np.arange(self.next_episode, self.next_episode + rows, dtype=np.int64)
         self.next_episode += rows
@@ -58,8 +67,12 @@ def test_update_metrics_and_validation_schedule(trained):
     assert set(history[0]) == {"loss", "nll", "termination_loss", "grad_norm"}
     validated = [i + 2 for i, m in enumerate(history) if "val_mse" in m]
     assert validated == [100, 200, 300]
-    assert set(history[98]) == {"loss", "nll", "termination_loss", "grad_norm", "val_mse", "val_nll",
-                                "val_termination_acc"}
+    calibration = {f"val_calib_q{i}_{what}" for i in range(1, 6) for what in ("disagreement", "error")}
+    assert set(history[98]) == {
+        "loss", "nll", "termination_loss", "grad_norm", "val_mse", "val_nll", "val_nll_delta", "val_nll_reward",
+        "val_termination_bce", "val_termination_acc", "val_elite_mse", "val_disagreement_mean",
+        "val_disagreement_spearman", "val_since_improvement", *calibration,
+    }
     assert learner.num_updates == 300 and learner.member_val_mse.shape == (E,)
 
 
@@ -75,7 +88,7 @@ def test_termination_head_learns_threshold_rule(trained):
     model = WorldModel(O, A, CONFIG)
     model.load_state(learner.model_state())
     batch = task.batch(2000)
-    _, _, terminated = model.step(torch.from_numpy(batch["obs"]), torch.from_numpy(batch["action"]))
+    terminated = model.step(torch.from_numpy(batch["obs"]), torch.from_numpy(batch["action"])).terminated
     assert terminated.dtype == torch.bool
     assert (terminated.numpy() == batch["terminated"]).mean() > 0.95
 
@@ -85,8 +98,8 @@ def test_world_model_matches_true_dynamics(trained):
     model = WorldModel(O, A, CONFIG)
     model.load_state(learner.model_state())
     batch = task.batch(500)
-    next_obs, reward, _ = model.step(torch.from_numpy(batch["obs"]), torch.from_numpy(batch["action"]))
-    assert next_obs.shape == (500, O) and reward.shape == (500,)
+    next_obs, reward, _, spread = model.step(torch.from_numpy(batch["obs"]), torch.from_numpy(batch["action"]))
+    assert next_obs.shape == (500, O) and reward.shape == (500,) and spread.shape == (500,)
     assert np.abs(next_obs.numpy() - batch["next_obs"]).mean() < 0.1
     assert np.abs(reward.numpy() - batch["reward"]).mean() < 0.2
 
@@ -145,7 +158,7 @@ def test_step_samples_only_from_elites():
     prediction = model.predict(obs, action)
     assert prediction["mean"].shape == (E, 400, O + 1) and prediction["var"].shape == (E, 400, O + 1)
     assert prediction["termination_prob"].shape == (E, 400)
-    next_obs, reward, _ = model.step(obs, action)
+    next_obs, reward, _, _ = model.step(obs, action)
     sample = torch.cat([next_obs, reward[:, None]], dim=1)
     distance = (prediction["mean"] - sample).abs().amax(dim=2)
     closest = distance.argmin(dim=0)
@@ -186,7 +199,9 @@ def test_state_round_trip_with_weights_only(trained, tmp_path):
     restored = WorldModelLearner(O, A, CONFIG, seed=9)
     restored.load_state_dict(torch.load(tmp_path / "learner.pt", weights_only=True))
     assert restored.elites == learner.elites and restored.num_updates == learner.num_updates
+    assert restored.since_improvement == learner.since_improvement and restored.paused == learner.paused
     np.testing.assert_array_equal(restored.member_val_mse, learner.member_val_mse)
+    np.testing.assert_array_equal(restored.best_val_mse, learner.best_val_mse)
     for key, value in learner.model_state().items():
         torch.testing.assert_close(restored.model_state()[key], value)
     batch = task.batch()
@@ -222,7 +237,178 @@ def test_running_norm_matches_full_data_statistics():
     ("holdout_ratio", 1.0, r"world_model.holdout_ratio=1.0: expected 0 <= holdout_ratio < 1"),
     ("lr", -1.0, r"world_model.lr=-1.0"),
     ("validate_every", 0, r"world_model.validate_every=0"),
+    ("termination_fn", "learners.termination", r"world_model.termination_fn='learners.termination': expected "
+                                               r"'module:function'"),
+    ("termination_fn", "no_such_module:f", r"cannot import module 'no_such_module'"),
+    ("termination_fn", "learners.termination:nope", r"module 'learners.termination' has no function 'nope'"),
+    ("calibration_bins", 0, r"world_model.calibration_bins=0: expected calibration_bins >= 1"),
+    ("early_stop_patience", -1, r"world_model.early_stop_patience=-1"),
+    ("improvement_threshold", 1.0, r"world_model.improvement_threshold=1.0"),
 ])
 def test_world_model_config_validation(field, value, message):
     with pytest.raises(ValueError, match=message):
         WorldModelConfig(**{field: value})
+
+
+def test_members_are_independent():
+    """A loss on one member's outputs leaves every other member's weights without gradient."""
+    dynamics = EnsembleDynamics(O, A, E, (16, 16))
+    mean, logvar, logit = dynamics(torch.randn(10, O), torch.randn(10, A))
+    (mean[1].pow(2).sum() + logvar[1].sum() + logit[1].sum()).backward()
+    weights = [p for name, p in dynamics.net.named_parameters()]
+    assert len(weights) == 6 and all(w.shape[0] == E for w in weights)
+    for weight in weights:
+        others = torch.cat([weight.grad[m].flatten() for m in range(E) if m != 1])
+        assert (others == 0).all() and weight.grad[1].abs().sum() > 0
+
+
+def test_learned_variance_bounds_move_and_bound_the_logvar(trained):
+    learner, task, _, _ = trained
+    dynamics = learner.dynamics
+    optimised = {id(p) for group in learner.optimizer.param_groups for p in group["params"]}
+    assert id(dynamics.max_logvar) in optimised and id(dynamics.min_logvar) in optimised
+    assert (dynamics.max_logvar < 0.5).all() and (dynamics.min_logvar > -10.0).all()
+    batch = LinearTask(seed=5, obs_scale=20.0).batch(500)
+    with torch.no_grad():
+        _, logvar, _ = dynamics(torch.from_numpy(batch["obs"]), torch.from_numpy(batch["action"]))
+    # soft clamps: the upper one can be passed by softplus(-(max - min)), about 1e-4 here
+    assert (logvar <= dynamics.max_logvar + 1e-3).all() and (logvar >= dynamics.min_logvar).all()
+    assert logvar.max() > dynamics.max_logvar.min() - 1.0  # far off-distribution rows reach the upper bound
+
+
+def test_disagreement_rises_off_distribution(trained):
+    learner, _, _, _ = trained
+    model = WorldModel(O, A, CONFIG)
+    model.load_state(learner.model_state())
+    spread = {}
+    for scale in (1.0, 10.0):
+        batch = LinearTask(seed=7, obs_scale=scale).batch(1000)
+        spread[scale] = model.step(torch.from_numpy(batch["obs"]), torch.from_numpy(batch["action"])).disagreement
+    assert (spread[1.0] >= 0).all()
+    assert spread[10.0].mean() > 10 * spread[1.0].mean()
+    batch = LinearTask(seed=7, obs_scale=10.0).batch(1000)
+    prediction = model.predict(torch.from_numpy(batch["obs"]), torch.from_numpy(batch["action"]))
+    torch.testing.assert_close(prediction["disagreement"], spread[10.0])
+
+
+def test_disagreement_is_the_elites_rms_std_of_the_state_delta():
+    means = torch.tensor([[[0.0, 0.0, 5.0]], [[2.0, 4.0, -5.0]]])  # K=2 elites, N=1 row, O=2 (+ reward)
+    torch.testing.assert_close(disagreement(means, 2), torch.tensor([math.sqrt((1.0 + 4.0) / 2)]))
+    assert disagreement(means[:1], 2).item() == 0.0
+
+
+def test_spearman_on_known_cases():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert spearman(x, torch.tensor([2.0, 1.0, 4.0, 3.0, 5.0])) == pytest.approx(0.8)  # 1 - 6 * 4 / (5 * 24)
+    assert spearman(x, x.exp()) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    torch.testing.assert_close(average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0])),
+                               torch.tensor([2.5, 0.0, 2.5, 1.0], dtype=torch.float64))
+    # ties: Pearson correlation of the average ranks [0, 1.5, 1.5, 3] and [0, 1, 2, 3]
+    assert spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0, 4.0])) == pytest.approx(
+        4.5 / math.sqrt(4.5 * 5.0))
+    assert math.isnan(spearman(torch.ones(4), x[:4]))
+    with pytest.raises(ValueError, match=r"x has shape \(5,\) and y \(4,\)"):
+        spearman(x, x[:4])
+
+
+def test_calibration_table_bins_by_disagreement_quantile():
+    spread = torch.tensor([4.0, 1.0, 3.0, 2.0])
+    error = torch.tensor([40.0, 10.0, 30.0, 20.0])
+    table = calibration_table(spread, error, 2)
+    assert table[0] == pytest.approx((math.sqrt(2.5), math.sqrt(250.0)))  # rows with spread 1 and 2
+    assert table[1] == pytest.approx((math.sqrt(12.5), math.sqrt(1250.0)))  # rows with spread 3 and 4
+    assert all(math.isnan(v) for v in calibration_table(spread, error, 5)[-1])  # more bins than rows
+
+
+def test_calibration_metrics_track_the_error_off_distribution(trained):
+    """Holdout rows near and far from the training data: the far rows have both the larger disagreement and the
+    larger error, so the rank correlation is high and the calibration table's error rises with its bins."""
+    learner = WorldModelLearner(O, A, CONFIG)
+    learner.load_state_dict(trained[0].state_dict())
+    for scale in (1.0, 5.0):
+        batch = LinearTask(seed=11, obs_scale=scale).batch(1000)
+        learner._add_validation({c: batch[c] for c in ("obs", "action", "reward", "next_obs", "terminated")})
+    metrics = learner.validate()
+    assert metrics["val_disagreement_spearman"] > 0.5
+    errors = [metrics[f"val_calib_q{i}_error"] for i in range(1, 6)]
+    spreads = [metrics[f"val_calib_q{i}_disagreement"] for i in range(1, 6)]
+    assert spreads == sorted(spreads) and errors[-1] > 5 * errors[0]
+    assert metrics["val_elite_mse"] <= metrics["val_mse"] * 1.5
+    assert metrics["val_nll"] == pytest.approx((metrics["val_nll_delta"] * O + metrics["val_nll_reward"]) / (O + 1))
+    assert 0 < metrics["val_termination_bce"] < 1 and metrics["val_disagreement_mean"] > 0
+
+
+class NoiseTask(LinearTask):
+    """Unlearnable dynamics: next_obs = obs + shift + unit Gaussian noise, so the holdout loss plateaus at once."""
+
+    shift = 0.0
+
+    def batch(self, rows=256):
+        batch = super().batch(rows)
+        batch["next_obs"] = batch["obs"] + self.shift + self.rng.normal(size=(rows, O)).astype(np.float32)
+        batch["reward"] = self.rng.normal(size=rows).astype(np.float32)
+        return batch
+
+
+def test_early_stopping_pauses_on_a_plateau_and_resumes_on_new_data():
+    config = dataclasses.replace(CONFIG, validate_every=10, validation_size=500, early_stop_patience=3,
+                                 improvement_threshold=0.05)
+    learner = WorldModelLearner(O, A, config, seed=0)
+    task = NoiseTask()
+    since = []
+    for _ in range(400):
+        metrics = learner.update(task.batch())
+        if "val_since_improvement" in metrics:
+            since.append(metrics["val_since_improvement"])
+        if learner.paused:
+            break
+    assert learner.paused and since[-3:] == [1.0, 2.0, 3.0]
+
+    # paused: no weight changes, holdout rows still collected, a validation every validate_every batches
+    weights = [w.clone() for w in learner.dynamics.parameters()]
+    updates = learner.num_updates
+    paused = [learner.update(task.batch()) for _ in range(10)]
+    assert all(m["skipped"] == 1.0 and m["paused"] == 1.0 for m in paused)
+    assert "val_mse" in paused[-1] and not any("val_mse" in m for m in paused[:-1])
+    assert learner.num_updates == updates
+    assert all(torch.equal(a, b) for a, b in zip(weights, learner.dynamics.parameters()))
+
+    # the data moves on: the holdout loss gets worse, training resumes
+    task.shift = 3.0
+    for _ in range(20):
+        learner.update(task.batch())
+        if not learner.paused:
+            break
+    assert not learner.paused and learner.since_improvement == 0
+    assert "skipped" not in learner.update(task.batch()) and learner.num_updates == updates + 1
+
+
+def test_known_termination_function_replaces_the_learned_head(trained):
+    learner, task, _, _ = trained
+    config = dataclasses.replace(CONFIG, termination_fn="learners.termination:inverted_pendulum")
+    model = WorldModel(O, A, config)
+    model.load_state(learner.model_state())
+    batch = task.batch(2000)
+    obs, action = torch.from_numpy(batch["obs"]), torch.from_numpy(batch["action"])
+    step = model.step(obs, action)
+    expected = inverted_pendulum(batch["obs"], batch["action"], step.next_obs.numpy())
+    np.testing.assert_array_equal(step.terminated.numpy(), expected)
+    assert 0.2 < expected.mean() < 0.95  # the rule differs from the learned head's (obs[0] > 0.5)
+    prediction = model.predict(obs, action)
+    mean_next_obs = prediction["mean"][..., :O]
+    for member in range(E):
+        np.testing.assert_array_equal(
+            prediction["termination_prob"][member].numpy(),
+            inverted_pendulum(batch["obs"], batch["action"], mean_next_obs[member].numpy()).astype(np.float32),
+        )
+
+
+def wrong_shape(obs, action, next_obs):
+    return np.zeros((len(obs), 1), dtype=bool)
+
+
+def test_termination_function_of_the_wrong_shape_is_reported():
+    model = WorldModel(O, A, dataclasses.replace(CONFIG, termination_fn=f"{__name__}:wrong_shape"))
+    with pytest.raises(ValueError, match=r"termination_fn '.*:wrong_shape' returned shape \(8, 1\), expected \(8,\)"):
+        model.step(torch.zeros(8, O), torch.zeros(8, A))
