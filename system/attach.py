@@ -79,7 +79,10 @@ def _connect(address: str, run: str | None) -> None:
     _enable_token_auth()
     import ray
 
+    from system.runtime import check_reachable
+
     try:
+        check_reachable(address)
         ray.init(address=address, namespace=namespace(run) if run else None, logging_level="ERROR",
                  log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError) as exc:

@@ -22,6 +22,30 @@ def needed_cpus(config: SystemConfig) -> float:
     return total
 
 
+CONNECT_TIMEOUT_S = 10.0
+"""How long the first TCP connection to a cluster address may take before the run gives up with a clear error."""
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when nothing listens at a cluster ``address`` (``host:port``, ``ray://host:port`` or
+    ``http(s)://host:port``): Ray itself would retry for minutes.
+
+    Raises:
+        ConnectionError: the address cannot be parsed, or no TCP connection to it within ``timeout_s``.
+    """
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"address {address!r}: expected HOST:PORT (the head's GCS port, 6379 by default)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConnectionError(
+            f"nothing answers at {address} within {timeout_s:g} s ({exc.strerror or type(exc).__name__}): is the "
+            f"Ray head running, and is that its GCS port?"
+        ) from None
+
+
 def start_ray(config: SystemConfig, namespace: str) -> str:
     """Join ``ray.address`` (or RAY_ADDRESS), else start an embedded local Ray sized for the roles.
 

@@ -39,3 +39,14 @@ def test_placement_config_errors_name_the_key():
         load_config([], ["placement.replay_strategy=PACK"])
     with pytest.raises(ConfigError, match=r"num_gpus=-1.0: expected a number >= 0"):
         load_config([], ["placement.policy.num_gpus=-1"])
+
+
+def test_unreachable_address_fails_fast_with_a_clear_error(tmp_path, capsys):
+    import time
+
+    from system.cli import main
+
+    start = time.monotonic()
+    code = main(["train", "debug", f"run.runs_dir={tmp_path}", "--address", "127.0.0.1:1"])
+    assert code == 1 and time.monotonic() - start < 60
+    assert "nothing answers at 127.0.0.1:1 within 10 s" in capsys.readouterr().err
