@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 
 from system.config import SystemConfig
 
@@ -56,6 +57,7 @@ def start_ray(config: SystemConfig, namespace: str) -> str:
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     common = {"namespace": namespace, "logging_level": logging.WARNING, "log_to_driver": True}
     if address:
+        check_reachable(address)
         ray.init(address=address, **common)
         return f"Ray cluster at {address}"
     num_cpus = config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus(config)))
