@@ -22,6 +22,8 @@ from system.wiring import System
 
 logger = logging.getLogger(__name__)
 
+IMAGINATION_COUNTS = ("transitions", "stopped_uncertain", "stopped_nonfinite", "penalized")
+"""Imagination worker report counts the driver sums into the metrics table (``imagination_<count>``)."""
 CONTROL_POLL_S = 0.5
 """How often the driver asks the control actor for new pool sizes."""
 POOL_CALLS = {"rollout": ("rollout", "rollout_flush"), "imagination": ("imagination",)}
@@ -282,10 +284,12 @@ class Driver:
 
     def _on_imagination(self, call: _Call, report: dict[str, Any]) -> None:
         self._count_incarnation("imagination", report)
-        total = self._latest.setdefault("imagination", {"transitions": 0})
-        total["transitions"] += report["transitions"]
-        total["horizon"] = report["horizon"]
-        total["model_version"] = report["model_version"]
+        total = self._latest.setdefault("imagination", dict.fromkeys(IMAGINATION_COUNTS, 0))
+        for key in IMAGINATION_COUNTS:
+            total[key] += report.get(key, 0)
+        for key in ("horizon", "model_version", "penalty_mean", "disagreement_mean"):
+            if key in report:
+                total[key] = report[key]
         if self._keep_going(report["rollouts"] + report["skipped_starts"]):
             self._submit_imagination(call.index)
 
