@@ -89,7 +89,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"dynaray: placement:\n{describe_placement(placement)}", file=sys.stderr)
         if system.gateway is not None:
             print(f"dynaray: ingest gateway at {get(system.gateway.url.remote())} (docs/gateway.md)", file=sys.stderr)
-        summary = Driver(config, spec, system, run_dir, on_report=show).run()
+        summary = Driver(config, spec, system, run_dir, on_report=show, placement=placement).run()
     except (RoleError, PlacementError) as exc:
         return _fail(str(exc), EXIT_FAILED)
     except RayActorError as exc:

@@ -85,8 +85,10 @@ class Driver:
     """
 
     def __init__(self, config: SystemConfig, spec: EnvSpec, system: System, run_dir: RunDir,
-                 on_report: Callable[[dict[str, Any]], None] | None = None):
+                 on_report: Callable[[dict[str, Any]], None] | None = None,
+                 placement: dict[str, dict[str, str]] | None = None):
         self.config, self.spec, self.system, self.run_dir = config, spec, system, run_dir
+        self.placement = placement or {}
         self._on_report = on_report or (lambda row: None)
         self._inflight: dict[Any, _Call] = {}
         self._start = time.monotonic()
@@ -361,7 +363,7 @@ class Driver:
                    "restarts": self._restarts[pool]}
             for pool in ("rollout", "imagination")
         }
-        return {"row": row, "pools": pools, "budget": self.config.run.total_env_steps}
+        return {"row": row, "pools": pools, "budget": self.config.run.total_env_steps, "placement": self.placement}
 
     def _rate(self, now: float) -> float:
         """Env steps per second over the last ~10 s (reports arrive in bursts of steps_per_call)."""
