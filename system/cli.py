@@ -106,6 +106,11 @@ def train(args: argparse.Namespace) -> int:
         stop_ray()
     if show:
         print(file=sys.stderr)
+    if config.run.upload_to:
+        try:
+            print(f"dynaray: run directory copied to {run_dir.upload(config.run.upload_to)}", file=sys.stderr)
+        except (OSError, ValueError) as exc:
+            return _fail(f"could not copy the run directory to {config.run.upload_to}: {exc}", EXIT_FAILED)
     best = "-" if summary.best_eval_return is None else f"{summary.best_eval_return:.1f}"
     print(
         f"dynaray: done ({summary.stopped_because}): {summary.env_steps} env steps in {summary.wall_time_s:.0f} s, "

@@ -44,6 +44,9 @@ class RunConfig:
     """Stop early once an evaluation's mean return reaches this; null to always use the whole budget."""
     runs_dir: str = "runs"
     """Where run directories are made (runs_dir/<name>/)."""
+    upload_to: str = ""
+    """A pyarrow filesystem URI (s3://bucket/runs, gs://..., hdfs://..., file:///shared/runs) the finished run
+    directory is copied to as <upload_to>/<name>/ (replay data too); empty: keep it only under runs_dir."""
     report_interval_s: float = 2.0
     """Seconds between progress reports and metrics-table rows."""
     progress: bool = True

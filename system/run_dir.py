@@ -70,6 +70,24 @@ class RunDir:
         pq.write_table(pa.table(columns), tmp)
         tmp.replace(self.path / f"{name}.parquet")
 
+    def upload(self, uri: str) -> str:
+        """Copy the run directory to ``<uri>/<name>/`` on a pyarrow filesystem (S3, GCS, HDFS, local); return where.
+
+        Raises:
+            ValueError: ``uri`` names no filesystem pyarrow knows.
+        """
+        import pyarrow.fs as pafs
+
+        try:
+            filesystem, base = pafs.FileSystem.from_uri(uri)
+        except (ValueError, pa.ArrowInvalid) as exc:
+            raise ValueError(f"run.upload_to={uri!r}: expected a filesystem URI such as s3://bucket/runs ({exc})") from None
+        destination = f"{base.rstrip('/')}/{self.path.name}"
+        filesystem.create_dir(destination, recursive=True)
+        pafs.copy_files(str(self.path.resolve()), destination, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=filesystem)
+        return f"{uri.rstrip('/')}/{self.path.name}"
+
     def write_json(self, name: str, value: Any) -> None:
         """Write ``<name>.json`` (e.g. ``placement``: where each actor of the run landed)."""
         (self.path / f"{name}.json").write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
