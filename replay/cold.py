@@ -66,6 +66,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from replay.files import fsync_path
 from replay.schema import ColumnSpec, SchemaError, arrow_schema, chunk_to_record_batch, record_batch_to_chunk
 
 __all__ = [
@@ -136,14 +137,6 @@ def segment_rows_for(columns: Sequence[ColumnSpec], disk_capacity: int, segment_
             f"{_MAX_PAGE_BYTES} a Parquet page allows; set disk_segment_rows <= {_MAX_PAGE_BYTES // widest}"
         )
     return rows
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _warn(message: str) -> None:
@@ -584,7 +577,7 @@ class ColdTier:
                 data_page_size=2 * rows * widest + 2**20,
                 **options,
             )
-            _fsync_path(tmp)
+            fsync_path(tmp)
             part = self._open(tmp, first_key, written=columns)
             os.replace(tmp, path)
         except BaseException:
@@ -592,7 +585,7 @@ class ColdTier:
                 os.unlink(tmp)
             raise
         part.path = path
-        _fsync_path(self.directory)
+        fsync_path(self.directory)
         return part
 
     # ---- reading -----------------------------------------------------------------------------------------------

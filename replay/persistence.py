@@ -67,6 +67,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from replay.files import fsync_path
 from replay.schema import SchemaError, arrow_schema, chunk_to_record_batch, record_batch_to_chunk
 from replay.table import TableConfig
 
@@ -176,14 +177,6 @@ class TimesSampledRecord:
 
     keys: np.ndarray
     counts: np.ndarray
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_torn(exc: Exception) -> bool:
@@ -501,7 +494,7 @@ class TableStore:
             raise RuntimeError(f"replay table {self.config.name!r}: persistence was closed")
         log = _StreamLog(self._path(kind, self.generation), schema)
         if self.fsync_mode != "none":
-            _fsync_directory(self.root)
+            fsync_path(self.root)
         return log
 
     def _after_write(self) -> None:
@@ -665,7 +658,7 @@ class TableStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        _fsync_directory(self.root)
+        fsync_path(self.root)
         return path
 
     def remove_before(self, generation: int) -> list[str]:

@@ -666,7 +666,7 @@ def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -676,7 +676,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -774,12 +774,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", type=_positive_ints, default=[1, 2, 4], help="shard counts with --ray (default 1,2,4)")
     p.add_argument("--samplers", type=_choices(SAMPLERS), default=list(SAMPLERS),
                    help="samplers to measure (default uniform,prioritized)")
-    p.add_argument("--seconds", type=_positive_float, default=3.0,
+    p.add_argument("--seconds", type=positive_float, default=3.0,
                    help="timed seconds per phase (insert, sample) per configuration (default 3)")
-    p.add_argument("--insert-batch", type=_positive_int, default=1024, help="rows per insert (default 1024)")
+    p.add_argument("--insert-batch", type=positive_int, default=1024, help="rows per insert (default 1024)")
     p.add_argument("--log", type=_choices(("on", "off")), default=["on", "off"],
                    help="write-ahead log on, off or both (default on,off)")
-    p.add_argument("--capacity", type=_positive_int, default=1_000_000,
+    p.add_argument("--capacity", type=positive_int, default=1_000_000,
                    help="rows per shard table, filled before timing (default 1,000,000)")
     p.add_argument("--ray", action="store_true", help="also measure a client over K shard actors on a local Ray")
     p.add_argument("--rllib", action="store_true",

@@ -55,6 +55,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from system.bench import positive_float, positive_int
+
 __all__ = [
     "DEFAULT_ENVS",
     "DEFAULT_ENVS_PER_WORKER",
@@ -668,26 +670,6 @@ def _names(text: str) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _vector_modes(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values or any(v not in ("sync", "async") for v in values):
@@ -789,11 +771,11 @@ def add_parser(components: argparse._SubParsersAction) -> None:
                    help="vector env sizes (default 1,8,32)")
     p.add_argument("--workers", type=_positive_ints, default=list(DEFAULT_WORKERS),
                    help="worker counts with --ray (default 1,2); in process there is one worker")
-    p.add_argument("--seconds", type=_positive_float, default=6.0,
+    p.add_argument("--seconds", type=positive_float, default=6.0,
                    help="timed seconds per configuration for raw and again for collection (default 6)")
-    p.add_argument("--rounds", type=_positive_int, default=3,
+    p.add_argument("--rounds", type=positive_int, default=3,
                    help="turns the seconds are split into, raw and collection alternating (default 3)")
-    p.add_argument("--publish-interval", type=_positive_float, default=None, metavar="S",
+    p.add_argument("--publish-interval", type=positive_float, default=None, metavar="S",
                    help="seconds between policy publications (default: 10 SAC updates at the speed measured here)")
     p.add_argument("--vector-mode", type=_vector_modes, default=["sync"],
                    help="sync, async or both (default sync)")
