@@ -3,6 +3,8 @@
     dynaray train [PRESET ...] [key=value ...] [--address ADDR]
     dynaray eval RUN_DIR [--episodes N]
     dynaray scale rollout=N [imagination=M] [--run NAME] [--address ADDR]
+    dynaray status [--run NAME] [--address ADDR] [--runs-dir DIR]
+    dynaray plot RUN_DIR [RUN_DIR ...] [--out PNG]
     dynaray bench replay [--shards 1,2,4] [--samplers uniform,prioritized] [--seconds S] [--ray] [--rllib]
     dynaray replay export RUN_DIR --to DIR | import DATASET --to REPLAY_DIR | inspect RUN_DIR   (docs/replay.md)
 
@@ -100,12 +102,12 @@ def train(args: argparse.Namespace) -> int:
     except ConnectionError as exc:
         return _fail(f"cannot reach Ray: {exc}", EXIT_FAILED)
     finally:
+        if show is not None:
+            show.close()
         if system is not None:
             kill_system(system)
         remove_ray_file(run_dir.path)
         stop_ray()
-    if show:
-        print(file=sys.stderr)
     if config.run.upload_to:
         try:
             print(f"dynaray: run directory copied to {run_dir.upload(config.run.upload_to)}", file=sys.stderr)
@@ -226,10 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seed for the eval env resets")
     p.set_defaults(func=evaluate)
 
-    from system import bench
+    from system import bench, plot_cli, status_cli
 
     bench.register(verbs)  # dynaray bench replay
     register_replay_verbs(verbs)  # dynaray replay export|import|inspect
+    status_cli.register(verbs)  # dynaray status
+    plot_cli.register(verbs)  # dynaray plot
     return parser
 
 

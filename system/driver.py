@@ -10,7 +10,7 @@ import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -490,23 +490,123 @@ class Driver:
         self.run_dir.save_checkpoint(states, meta)
 
 
-def progress_printer(total: int, stream=sys.stderr) -> Callable[[dict[str, Any]], None]:
-    """A one-line live progress display (rewritten in place on a terminal, one line per report otherwise)."""
-    tty = stream.isatty()
+class ProgressDisplay:
+    """The live progress of ``dynaray train``, fed one report row at a time.
 
-    def fmt(value: Any, spec: str) -> str:
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+    On a terminal with ``rich`` installed: a few lines redrawn in place (a bar of env steps toward the budget,
+    rates, the last eval return, world-model validation loss, versions, workers, restarts, env errors), with
+    anything printed meanwhile shown above them. On a terminal without ``rich``: one line rewritten in place.
+    Elsewhere (a log file, a pipe): the same line once per report. Call :meth:`close` when the run ends.
+    """
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr):
+        self.total, self.stream = total, stream
+        self._tty = stream.isatty()
+        self._live = None
+        self._wrote_line = False
+        self._rich_console = None
+        if self._tty:
+            try:
+                from rich.console import Console
+            except ImportError:
+                return
+            console = Console(file=stream)
+            self._rich_console = console if console.is_terminal else None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if self._rich_console is not None and self._live is None:  # started at the first report: start-up
+            from rich.live import Live  # messages (Ray's included) print as usual before it
+
+            self._live = Live(console=self._rich_console, auto_refresh=False, redirect_stdout=True,
+                              redirect_stderr=True)
+            self._live.start()
+        if self._live is not None:
+            self._live.update(self._rich(row), refresh=True)
+            return
+        line = self._line(row)
+        self.stream.write(("\r" + line + "\x1b[K") if self._tty else line + "\n")
+        self.stream.flush()
+        self._wrote_line = True
+
+    def close(self) -> None:
+        """End the display (restores the terminal: cursor, redirected output); the last state stays on screen."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = self._rich_console = None
+        elif self._tty and self._wrote_line:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    @staticmethod
+    def _fmt(value: Any, spec: str) -> str:
+        if value is None or (isinstance(value, float) and not np.isfinite(value)):
             return "-"
         return format(value, spec)
 
-    def show(row: dict[str, Any]) -> None:
-        line = (
-            f"steps {row['env_steps']:>7,}/{total:,} | {fmt(row['env_steps_per_s'], '.0f')} steps/s"
-            f" | eval {fmt(row['eval_return_mean'], '.1f')}"
-            f" | wm val {fmt(row.get('world_model_val_mse'), '.4f')}"
-            f" | policy v{row.get('policy_version', 0)} {fmt(row.get('policy_updates_per_s'), '.0f')} upd/s"
-        )
-        stream.write(("\r" + line + "\x1b[K") if tty else line + "\n")
-        stream.flush()
+    def _eta(self, row: dict[str, Any]) -> str:
+        rate, left = row.get("env_steps_per_s") or 0.0, self.total - row["env_steps"]
+        if left <= 0:
+            return "done"
+        return _clock(left / rate) if rate > 0 else "-"
 
-    return show
+    def _line(self, row: dict[str, Any]) -> str:
+        f = self._fmt
+        return (
+            f"steps {row['env_steps']:>7,}/{self.total:,} | {f(row.get('env_steps_per_s'), '.0f')} steps/s"
+            f" | eval {f(row.get('eval_return_mean'), '.1f')}"
+            f" | wm val {f(row.get('world_model_val_mse'), '.4f')}"
+            f" | policy v{row.get('policy_version', 0)} {f(row.get('policy_updates_per_s'), '.0f')} upd/s"
+            f" | rollout {row.get('rollout_workers', '-')} workers, {row.get('rollout_restarts', 0)} restarts,"
+            f" {row.get('rollout_env_errors', 0)} env errors"
+        )
+
+    def _rich(self, row: dict[str, Any]):
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        f = self._fmt
+        steps = row["env_steps"]
+
+        def pairs(*items: tuple[str, str]) -> Text:
+            text = Text()
+            for i, (label, value) in enumerate(items):
+                text.append("   " if i else "")
+                text.append(f"{label} ", style="dim")
+                text.append(value, style="bold")
+            return text
+
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(Text("env steps", style="dim"), ProgressBar(total=self.total, completed=steps, width=32),
+                    Text(f"{steps:,}/{self.total:,} ({steps / self.total:.0%})" if self.total else f"{steps:,}",
+                         style="bold"),
+                    pairs(("", f"{f(row.get('env_steps_per_s'), ',.0f')} steps/s"),
+                          ("elapsed", _clock(row.get("wall_time_s", 0.0))),
+                          ("eta", self._eta(row))))
+        eval_at = row.get("eval_env_steps")
+        learning = pairs(
+            ("eval return", f(row.get("eval_return_mean"), ".1f") + (f" @ {eval_at:,}" if eval_at is not None else "")),
+            ("world model val mse", f(row.get("world_model_val_mse"), ".4f")),
+            ("policy", f"v{row.get('policy_version', 0)}"),
+            ("updates/s", f(row.get("policy_updates_per_s"), ",.0f")),
+        )
+        workers = [("rollout workers", str(row.get("rollout_workers", "-"))),
+                   ("restarts", str(row.get("rollout_restarts", 0))),
+                   ("env errors", str(row.get("rollout_env_errors", 0)))]
+        if row.get("imagination_workers"):
+            workers.append(("imagination workers",
+                            f"{row['imagination_workers']} ({row.get('imagination_restarts', 0)} restarts)"))
+        return Group(bar, learning, pairs(*workers))
+
+
+def _clock(seconds: float) -> str:
+    """``3725`` -> ``1:02:05``; ``65`` -> ``1:05``."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_printer(total: int, stream: TextIO = sys.stderr) -> ProgressDisplay:
+    """The live progress display of ``dynaray train`` toward ``total`` env steps (see :class:`ProgressDisplay`)."""
+    return ProgressDisplay(total, stream)
