@@ -27,21 +27,34 @@ RANDOM_POLICY_RETURN = 5.5
 LEARNED_BAR = 25.0
 
 
-def ray_pids() -> set[int]:
+def ray_pids(marker: str) -> set[int]:
+    """Raylets and GCS servers whose environment holds ``marker`` (those of the run the test started, not Ray
+    processes of other runs on this machine)."""
     out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+    found = set()
+    for pid in out.split():
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.add(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def marked_env(path: Path) -> tuple[dict[str, str], str]:
+    return {**os.environ, "DYNARAY_TEST_RUN": str(path)}, f"DYNARAY_TEST_RUN={path}"
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    before = ray_pids()
+    env, marker = marked_env(runs)
     proc = subprocess.run(
         [sys.executable, "-m", "system.cli", "train", "debug", "name=e2e", f"run.runs_dir={runs}", "seed=1"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, env=env,
     )
-    leftover = ray_pids() - before
-    return proc, runs / "e2e", leftover
+    time.sleep(1)
+    return proc, runs / "e2e", ray_pids(marker)
 
 
 def test_train_succeeds_and_leaves_no_ray_processes(trained_run):
@@ -89,11 +102,11 @@ def test_eval_reloads_the_checkpoint(trained_run):
 
 
 def test_ctrl_c_stops_every_role_and_leaves_no_ray_processes(tmp_path):
-    before = ray_pids()
+    env, marker = marked_env(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "system.cli", "train", "debug", "name=interrupted", f"run.runs_dir={tmp_path}",
          "run.progress=false"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     for line in proc.stdout:  # wait until the run has started its roles
         if "run directory" in line:
@@ -105,7 +118,7 @@ def test_ctrl_c_stops_every_role_and_leaves_no_ray_processes(tmp_path):
     assert "interrupted; stopping every role" in out
     assert "Traceback" not in out, out[-2000:]
     time.sleep(1)
-    assert not ray_pids() - before, "Ray processes left behind after Ctrl-C"
+    assert not ray_pids(marker), "Ray processes left behind after Ctrl-C"
 
 
 def test_real_table_is_persisted_in_the_run_directory(trained_run):
