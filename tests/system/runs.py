@@ -9,10 +9,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+
+def dynaray(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "system.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def run_processes(marker: str, process_title: str) -> list[int]:

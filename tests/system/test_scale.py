@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from actors.gateway_client import fetch_policy, fetch_spec, send_episode
-from tests.system.runs import assert_well_formed, run_processes, stored_rows
+from tests.system.runs import assert_well_formed, dynaray, run_processes, stored_rows
 
 pytestmark = [
     pytest.mark.ray,
@@ -26,10 +26,6 @@ pytestmark = [
 ]
 
 BUDGET = 3000
-
-
-def dynaray(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "system.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def wait_until(condition, timeout: float, what: str) -> None:

@@ -27,6 +27,7 @@ from system.config import load_config
 from system.driver import progress_printer
 from system.run_dir import RunDir
 from system.status_cli import ActorInfo, render
+from tests.system.runs import dynaray
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -185,10 +186,6 @@ def test_progress_on_a_terminal_is_a_live_display(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------------------------
 # dynaray status against a running system
-
-
-def dynaray(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "system.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.ray
