@@ -23,7 +23,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	touch $@
 
 setup: $(VENV)/.installed
+# setup-test also installs the prometheus binary (tests/system/test_prometheus.py) where it is missing and apt-get
+# can; where it cannot, setup goes on and that test is skipped.
 setup-test: $(VENV)/.installed-test
+	@command -v prometheus >/dev/null || ! command -v apt-get >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; }; } || echo "setup-test: could not install prometheus (apt-get); tests/system/test_prometheus.py will be skipped" >&2
 
 run: setup
 	$(BIN)/dynaray train $(ARGS)

@@ -71,6 +71,7 @@ from replay.client import ReplayTimeout
 from replay.schema import ColumnSpec, SchemaError, arrow_schema, transition_columns, validate_chunk
 from replay.writers import episode_id as make_episode_id
 from replay.writers import new_writer_id
+from system.metrics import GatewayMetrics
 
 __all__ = [
     "API_PREFIX",
@@ -348,6 +349,7 @@ class IngestGateway:
             "policy_exports": 0,
             "uploads_in_progress": 0,
         }
+        self._metrics = GatewayMetrics(index)  # Prometheus (a no-op without Ray)
         self._routes: dict[str, dict[str, Callable[[_Handler], None]]] = {
             f"{API_PREFIX}/spec": {"GET": self._get_spec},
             f"{API_PREFIX}/policy": {"GET": self._get_policy},
@@ -777,10 +779,12 @@ class IngestGateway:
     def _count(self, name: str, amount: int = 1) -> None:
         with self._stats_lock:
             self._counters[name] += amount
+        self._metrics.count(name, amount)
 
     def _answered(self, status: int) -> None:
         with self._stats_lock:
             self._requests[status] = self._requests.get(status, 0) + 1
+        self._metrics.answered(status)
 
 
 def _is_count(text: str) -> bool:

@@ -188,6 +188,9 @@ class ImaginationWorker:
         self._seq = 0
         self._rollouts = 0
         self.transitions = 0
+        from system.metrics import ImaginationMetrics
+
+        self._metrics = ImaginationMetrics(index)  # Prometheus (a no-op without Ray)
 
     def _refresh(self) -> bool:
         """Load newer weights; True once both a policy and a model are there."""
@@ -219,6 +222,7 @@ class ImaginationWorker:
         report["seconds"] = time.perf_counter() - start
         report["policy_version"] = self._policy_weights.version
         report["model_version"] = self._model_weights.version
+        self._metrics.record(report)
         return report
 
     def flush(self) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from actors.envs import EnvConfig, make_vector_env
 from replay.writers import episode_id, new_writer_id
+from system.metrics import RolloutMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class RolloutWorker:
         self.env_steps = 0
         self.env_errors = 0
         self._errors_in_a_row = 0
+        self._metrics = RolloutMetrics(index)  # Prometheus (a no-op without Ray)
         self._start_envs()
         self._chunk = ChunkBuilder(config.chunk_length, config.envs_per_worker,
                                    self._env.single_observation_space.shape, self._env.single_action_space.shape)
@@ -265,7 +267,7 @@ class RolloutWorker:
             steps += len(action)
             vector_step += 1
         self.env_steps += steps
-        return {
+        report = {
             "index": self.index,
             "writer_id": self.writer_id,
             "env_steps": steps,
@@ -275,6 +277,8 @@ class RolloutWorker:
             "env_errors": self.env_errors,
             "seconds": time.perf_counter() - start,
         }
+        self._metrics.record(report)
+        return report
 
     def _write_chunk(self) -> None:
         chunk = self._chunk.take(self.writer_id, self._seq)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from typing import Callable, Mapping, Sequence
 
@@ -43,6 +44,7 @@ from replay.persistence import FSYNC_MODES, InsertRecord, PriorityRecord, Snapsh
 from replay.rate_limiter import RateLimiter
 from replay.schema import SchemaError
 from replay.table import Table, TableConfig
+from system.metrics import ReplayMetrics
 
 __all__ = ["ReplayShard"]
 
@@ -114,6 +116,8 @@ class _TableState:
         self.duplicates = 0
         self.inserts_waited = 0
         self.samples_waited = 0
+        self.insert_wait_s = 0.0
+        self.sample_wait_s = 0.0
 
     def insert_blocker(self, n: int) -> str | None:
         """Name of the first consumer whose limiter refuses an insert of ``n`` rows, or None."""
@@ -132,6 +136,8 @@ class _TableState:
             "duplicates": self.duplicates,
             "inserts_waited": self.inserts_waited,
             "samples_waited": self.samples_waited,
+            "insert_wait_s": self.insert_wait_s,
+            "sample_wait_s": self.sample_wait_s,
             "consumers": consumers,
         }
 
@@ -215,6 +221,7 @@ class ReplayShard:
         except BaseException:
             self.close()
             raise
+        self._metrics = ReplayMetrics(index, self.stats)  # Prometheus, read from stats() every few seconds
 
     @staticmethod
     def _recover(state: _TableState) -> None:
@@ -315,7 +322,9 @@ class ReplayShard:
 
         with state.cond:
             if not ready() and timeout > 0:
+                waited_from = time.perf_counter()
                 state.cond.wait_for(ready, timeout)
+                state.insert_wait_s += time.perf_counter() - waited_from
             if duplicate():
                 state.duplicates += 1
                 return {"status": "duplicate", "size": state.table.size}
@@ -460,8 +469,14 @@ class ReplayShard:
         def ready() -> bool:
             return available() and (limiter is None or limiter.can_sample(rows))
 
-        if ready() or (timeout > 0 and state.cond.wait_for(ready, timeout)):
+        if ready():
             return True
+        if timeout > 0:
+            waited_from = time.perf_counter()
+            admitted = state.cond.wait_for(ready, timeout)
+            state.sample_wait_s += time.perf_counter() - waited_from
+            if admitted:
+                return True
         state.samples_waited += 1
         return False
 
@@ -579,7 +594,8 @@ class ReplayShard:
     def stats(self) -> dict[str, dict]:
         """Per table: size, capacity, inserted, evicted, removed (rows removed after ``max_times_sampled``
         samples, part of evicted), dropped_non_finite, sampled, duplicates, inserts_waited (answers "not now"),
-        samples_waited (answers None), and ``consumers``: per consumer ``sampled`` and
+        samples_waited (answers None), insert_wait_s and sample_wait_s (seconds calls waited in the long poll),
+        and ``consumers``: per consumer ``sampled`` and
         ``samples_per_insert`` (None when unlimited), plus the limiter's lag, min_size and error_buffer. A table
         with a cold tier also reports memory_rows, disk_rows, staged_rows, disk_files, disk_bytes, spilled and
         disk_capacity (see :meth:`replay.table.Table.stats`); its size is memory_rows + disk_rows + staged_rows."""

@@ -51,6 +51,8 @@ class RunConfig:
     """Seconds between progress reports and metrics-table rows."""
     progress: bool = True
     """Show the live progress line."""
+    metrics: bool = True
+    """Export every role's metrics to Prometheus through ray.util.metrics (docs/architecture.md, Metrics)."""
     torch_threads: int = 1
     """torch intra-op threads per actor (keep 1 when actors share a few cores)."""
     startup_timeout_s: float = 180.0

@@ -17,6 +17,7 @@ import numpy as np
 from actors.envs import EnvSpec
 from system.config import SystemConfig
 from system.handles import get, is_actor_failure, wait
+from system.metrics import DriverMetrics
 from system.run_dir import RunDir
 from system.wiring import System
 
@@ -115,6 +116,7 @@ class Driver:
         self._incarnations: dict[tuple[str, int], int] = {}
         self._env_errors: dict[int, int] = {}
         self._acting: dict[int, int] = {}
+        self._metrics = DriverMetrics(config.run.total_env_steps, enabled=config.run.metrics)
 
     # submitting -----------------------------------------------------------------------------------------------
     def _submit(self, ref: Any, call: _Call) -> None:
@@ -379,6 +381,7 @@ class Driver:
             return
         row = self._row()
         self._rows.append(row)
+        self._metrics.record(row)
         self._on_report(row)
         self.system.control.post_status.remote(self._status(row))
         if self.system.gateway is not None and not self._gateway_pending:

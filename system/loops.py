@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from system.metrics import LearnerMetrics
+
 MAX_NONFINITE_STREAK = 100
 """Consecutive skipped (non-finite) updates after which a learner stops with an error."""
 
@@ -54,6 +56,7 @@ class LearnerLoop:
         self._prefetch, self._local = prefetch, local
         self._pending: deque[list] = deque()
         self._published_at = 0
+        self._metrics = LearnerMetrics(name)  # Prometheus (a no-op without Ray)
 
     def _submit(self) -> None:
         while len(self._pending) < self._prefetch:
@@ -106,6 +109,7 @@ class LearnerLoop:
                 "version": self._publisher.version,
             }
         )
+        self._metrics.record(report)
         return report
 
     def _check_finite(self) -> None:

@@ -8,6 +8,7 @@ import os
 import socket
 
 from system.config import SystemConfig
+from system.metrics import runtime_env_vars
 
 
 def needed_cpus(config: SystemConfig) -> float:
@@ -56,6 +57,8 @@ def start_ray(config: SystemConfig, namespace: str) -> str:
 
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     common = {"namespace": namespace, "logging_level": logging.WARNING, "log_to_driver": True}
+    if env_vars := runtime_env_vars(config.run.metrics):  # run.metrics=false reaches every process of the run
+        common["runtime_env"] = {"env_vars": env_vars}
     if address:
         check_reachable(address)
         ray.init(address=address, **common)
