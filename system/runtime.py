@@ -21,6 +21,8 @@ def needed_cpus(config: SystemConfig) -> float:
     if config.imagination_enabled:
         total += config.imagination.num_workers * config.imagination.num_cpus
     total += config.eval.num_workers * config.eval.num_cpus
+    if config.gateway.enabled:
+        total += config.gateway.num_cpus
     return total
 
 
