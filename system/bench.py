@@ -625,7 +625,8 @@ class Report:
         return "\n".join(lines)
 
 
-def _machine() -> dict:
+def machine() -> dict:
+    """What a benchmark ran on: cores, platform, versions, load average."""
     try:
         import ray
 
@@ -715,7 +716,7 @@ def run_replay(args: argparse.Namespace) -> int:
         "ray": args.ray,
         "rllib": args.rllib,
     }
-    report = Report(settings, _machine())
+    report = Report(settings, machine())
 
     def progress(text: str) -> None:
         print(f"dynaray bench: {text}", file=sys.stderr, flush=True)

@@ -55,7 +55,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from system.bench import positive_float, positive_int
+from system.bench import machine, positive_float, positive_int
 
 __all__ = [
     "DEFAULT_ENVS",
@@ -631,21 +631,12 @@ def _machine() -> dict:
     import mujoco
     import torch
 
-    try:
-        import ray
-
-        ray_version = ray.__version__
-    except ImportError:
-        ray_version = None
     return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **machine(),
         "torch": torch.__version__,
         "torch_threads_per_worker": 1,
         "gymnasium": gymnasium.__version__,
         "mujoco": mujoco.__version__,
-        "ray": ray_version,
         "load_average_at_start": list(os.getloadavg()),
     }
 
