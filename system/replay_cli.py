@@ -44,6 +44,7 @@ def _run_guarded(action: Callable[[], int]) -> int:
         library_log.addHandler(logging.NullHandler())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        warnings.simplefilter("ignore", ResourceWarning)  # garbage collection of other code's files, not ours
         try:
             code = action()
         except BrokenPipeError:  # the reader went away (`... | head`): stop quietly
