@@ -10,6 +10,7 @@ import pytest
 
 from system.bench_rollout import staleness
 from system.cli import main
+from tests.system.test_bench import number, table_rows
 
 HEADER = (
     "| env | envs/worker | workers | backend | raw steps/s | collected steps/s | ratio | raw steps/CPU-s "
@@ -17,20 +18,6 @@ HEADER = (
 )
 TINY = ["--envs", "Hopper-v5", "--envs-per-worker", "1,2", "--seconds", "0.2", "--rounds", "2",
         "--publish-interval", "0.01"]
-
-
-def table_rows(out: str, first_cell: str) -> list[list[str]]:
-    """Cells of the Markdown table rows of ``out`` whose first cell is ``first_cell``."""
-    rows = []
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell:
-            rows.append(cells)
-    return rows
-
-
-def number(cell: str) -> float:
-    return float(cell.replace(",", ""))
 
 
 def test_bench_rollout_in_process_prints_every_configuration(tmp_path, capsys):
