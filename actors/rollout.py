@@ -1,5 +1,8 @@
 """Rollout workers: step a vector env, write fixed-size chunks of transitions to the ``real`` table.
 
+Actions come from the policy, or, with ``rollout.planner.enabled`` and once a world model has been published, from
+an optimistic model-predictive planner over policy proposals (``actors.planner``).
+
 Dimensions: T chunk length (vector steps), N envs per worker, O observation size, A action size.
 """
 
@@ -13,6 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from actors.envs import EnvConfig, make_vector_env
+from actors.planner import Planner, PlannerConfig
 from replay.writers import episode_id, new_writer_id
 from system.metrics import RolloutMetrics
 
@@ -53,6 +57,8 @@ class RolloutConfig:
     max_env_errors_in_a_row: int = 20
     """Env failures (an exception, or NaN/inf in an observation or reward) a worker survives in a row by making
     its envs afresh; one more stops the run with the env's error."""
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    """Optimistic model-predictive action selection (``actors/planner.py``); off by default."""
 
     def __post_init__(self):
         for name in ("num_workers", "envs_per_worker", "chunk_length", "weights_poll_steps", "steps_per_call",
@@ -130,6 +136,10 @@ class RolloutWorker:
         while budget_left:
             report = worker.run(config.steps_per_call)   # env steps, finished episodes, policy version
         worker.flush()                                    # the partial chunk, and every insert acknowledged
+
+    With ``config.planner.enabled`` the worker also needs ``model_weights`` (a client of ``world_model``
+    weights, polled without blocking like ``weights``) and ``make_model`` (a ``WorldModel`` factory); it plans
+    once both a policy and a model are loaded, and acts with the policy alone until then.
     """
 
     def __init__(
@@ -141,6 +151,8 @@ class RolloutWorker:
         make_policy: Callable[[], Any],
         index: int = 0,
         seed: int = 0,
+        model_weights: Any = None,
+        make_model: Callable[[], Any] | None = None,
     ):
         self.config, self.index, self.writer_id = config, index, new_writer_id("rollout", index)
         self._env_config, self._seed = env_config, seed
@@ -150,6 +162,18 @@ class RolloutWorker:
         self._replay, self._weights = replay, weights
         self._policy = make_policy()
         self._policy_version = RANDOM_POLICY_VERSION
+        self._model_weights = self._model = self._planner = None
+        if config.planner.enabled:
+            if model_weights is None or make_model is None:
+                raise ValueError(
+                    f"rollout.planner.enabled=True: expected a RolloutWorker given model_weights and make_model (the "
+                    f"world model the planner scores with), got model_weights={model_weights!r}, "
+                    f"make_model={make_model!r}"
+                )
+            self._model_weights, self._model = model_weights, make_model()
+            self._planner = Planner(config.planner, self._policy, self._model)
+        self.planned_steps = 0
+        """Env steps whose actions the planner chose, over this worker's life."""
         self._warmup_left = config.warmup_steps // config.num_workers + (index < config.warmup_steps % config.num_workers)
         self._episodes_started = 0
         self._seq = 0
@@ -197,23 +221,33 @@ class RolloutWorker:
 
     # acting ---------------------------------------------------------------------------------------------------
     def _refresh_policy(self) -> None:
+        """Load newer policy (and, with the planner, world-model) weights if the store has them; never blocks."""
         state = self._weights.poll()
         if state is not None:
             self._policy.load_state(state)
             self._policy_version = self._weights.version
+        if self._model_weights is not None:
+            state = self._model_weights.poll()
+            if state is not None:
+                self._model.load_state(state)
 
-    def _act(self) -> tuple[np.ndarray, int]:
+    def _act(self) -> tuple[np.ndarray, int, bool]:
+        """Actions (N, A), the version of the policy that chose them, and whether the planner did."""
         n = self.config.envs_per_worker
         if self._warmup_left > 0 or self._policy_version == RANDOM_POLICY_VERSION:
             self._warmup_left = max(0, self._warmup_left - n)
-            return self._env.action_space.sample().astype(np.float32), RANDOM_POLICY_VERSION
-        action = self._policy.act(self._obs.astype(np.float32))
+            return self._env.action_space.sample().astype(np.float32), RANDOM_POLICY_VERSION, False
+        planned = self._planner is not None and self._model_weights.version >= 0
+        if planned:
+            action = self._planner.act(self._obs.astype(np.float32))
+        else:
+            action = self._policy.act(self._obs.astype(np.float32))
         if self._noise:
             space = self._env.single_action_space
             half_range = (space.high - space.low) / 2
             action = np.clip(action + self._rng.normal(0.0, self._noise, action.shape) * half_range,
                              space.low, space.high).astype(np.float32)
-        return action, self._policy_version
+        return action, self._policy_version, planned
 
     # the loop -------------------------------------------------------------------------------------------------
     def run(self, num_steps: int, random_steps: int | None = None) -> dict[str, Any]:
@@ -225,12 +259,12 @@ class RolloutWorker:
         """
         if random_steps is not None:
             self._warmup_left = random_steps
-        start, steps, vector_step = time.perf_counter(), 0, 0
+        start, steps, vector_step, planned_steps = time.perf_counter(), 0, 0, 0
         episodes: list[tuple[float, int]] = []
         while steps < num_steps:
             if vector_step % self.config.weights_poll_steps == 0:
                 self._refresh_policy()
-            action, version = self._act()
+            action, version, planned = self._act()
             try:
                 next_obs, reward, terminated, truncated, info = self._env.step(action)
                 done = terminated | truncated
@@ -265,8 +299,10 @@ class RolloutWorker:
             if self._chunk.full:
                 self._write_chunk()
             steps += len(action)
+            planned_steps += len(action) if planned else 0
             vector_step += 1
         self.env_steps += steps
+        self.planned_steps += planned_steps
         report = {
             "index": self.index,
             "writer_id": self.writer_id,
@@ -275,6 +311,7 @@ class RolloutWorker:
             "episodes": episodes,
             "policy_version": self._policy_version,
             "env_errors": self.env_errors,
+            "planned_steps": planned_steps,
             "seconds": time.perf_counter() - start,
         }
         self._metrics.record(report)

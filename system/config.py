@@ -151,6 +151,11 @@ class SystemConfig:
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
+    def __post_init__(self) -> None:
+        if self.rollout.planner.enabled and not self.world_model.enabled:
+            raise ValueError("rollout.planner.enabled=True: expected world_model.enabled=true (the planner scores "
+                             "its candidates with the learned world model), got world_model.enabled=false")
+
     @property
     def imagination_enabled(self) -> bool:
         """Dyna on: a world model is learned and imagination workers feed the ``imagined`` table."""

@@ -285,13 +285,15 @@ def _mean(values: Iterable[float]) -> float | None:
 
 
 class RolloutMetrics:
-    """``dynaray_rollout_*``: env steps, episodes, returns and lengths, env steps/s, env errors, policy version."""
+    """``dynaray_rollout_*``: env steps, episodes, returns and lengths, env steps/s, env errors, policy version,
+    env steps whose actions the planner chose."""
 
     def __init__(self, index: int, enabled: bool | None = None):
         m = self.metrics = Metrics("rollout", index, enabled)
         self.env_steps = m.counter("env_steps", "env steps taken")
         self.episodes = m.counter("episodes", "episodes finished")
         self.env_errors = m.counter("env_errors", "env failures (exception or NaN/inf) survived by new envs")
+        self.planned_steps = m.counter("planned_steps", "env steps whose actions the planner chose")
         self.episode_return = m.gauge("episode_return", "mean return of the episodes finished in the last call")
         self.episode_length = m.gauge("episode_length", "mean length of the episodes finished in the last call")
         self.steps_per_s = m.gauge("env_steps_per_s", "env steps per second in the last call")
@@ -304,6 +306,7 @@ class RolloutMetrics:
         self.env_steps.inc(report["env_steps"])
         self.episodes.inc(len(report["episodes"]))
         self.env_errors.set_total(report["env_errors"])
+        self.planned_steps.inc(report.get("planned_steps", 0))
         self.episode_return.set(_mean(r for r, _ in report["episodes"]))
         self.episode_length.set(_mean(n for _, n in report["episodes"]))
         if report["seconds"] > 0:

@@ -237,10 +237,17 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     # from the store.
     def rollout_worker(i: int) -> Any:
         seed = config.seed + SEED_ROLLOUT + 100 * i
+        # Planner (rollout.planner.enabled only): the worker also polls "world_model" from the store and builds
+        # its own WorldModel (CPU, in the worker's process) to score candidate actions with.
+        planner = {}
+        if config.rollout.planner.enabled:
+            planner = {"model_weights": WeightsClient(system.store, "world_model"),
+                       "make_model": partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model,
+                                             seed=seed, device="cpu")}
         return make(RolloutWorker, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
                     replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
                     index=i, seed=seed, max_restarts=config.rollout.max_restarts, num_gpus=config.rollout.num_gpus,
-                    resources=config.rollout.resources)
+                    resources=config.rollout.resources, **planner)
 
     system.worker_factories["rollout"] = rollout_worker
     for i in range(config.rollout.num_workers):

@@ -58,3 +58,22 @@ def test_rate_limiter_ratios_come_from_config(config):
     model_free = load_config(["debug", "model_free"])
     assert set(real_table_limiters(model_free)) == {"policy"}
     assert real_table_limiters(model_free)["policy"][0] == model_free.policy.updates_per_step * model_free.policy.batch_size
+
+
+def test_rollout_workers_get_a_world_model_only_with_the_planner(config):
+    from system.weights import WeightsPublisher
+
+    spec = probe_env(config.env)
+    assert build_system(config, spec, local=True).rollout[0].wrapped._planner is None
+    planning = load_config(["debug"], ["rollout.planner.enabled=true", "rollout.planner.num_candidates=2",
+                                       "rollout.planner.horizon=2"])
+    system = build_system(planning, spec, local=True)
+    rollout = system.rollout[0].wrapped
+    WeightsPublisher(system.store, "policy", local=True).publish(system.policy.wrapped.learner.policy_state())
+    WeightsPublisher(system.store, "world_model", local=True).publish(system.world_model.wrapped.learner.model_state())
+
+    # store -> rollout: "policy" and "world_model" both polled, the planner acts; rollout -> real
+    report = rollout.run(30, random_steps=0)
+    assert report["planned_steps"] == 30 and report["policy_version"] == 1
+    rollout.flush()
+    assert total(system.shards, "real") == 30
