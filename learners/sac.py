@@ -4,7 +4,18 @@ The critics are one ``EnsembleMLP`` with ``num_critics`` members, so every criti
 batched forward. An update computes the critic, actor and temperature losses from the same parameters,
 then applies all three steps or none (when any loss or gradient norm is non-finite).
 
-Dimensions: B batch rows, E critics (``num_critics``), O obs dim, A action dim.
+With ``critic_subset`` M below ``num_critics`` E the learner is REDQ (Chen et al., 2021): the Bellman target takes
+the minimum over M target critics drawn at random for every update, and the actor maximises the mean of all E
+critics. With M = E it is SAC's clipped double Q: the minimum over every critic, for the target and the actor.
+
+Speed (the update is the policy learner's whole cost): the critics are evaluated by plain tensor calls on their
+parameters rather than module calls; the single-output head is a multiply and a sum instead of a matmul with one
+output column (which BLAS runs far below peak); the actor loss reads the critics through detached parameters, so
+one backward pass over the sum of the three losses gives each parameter exactly its own loss's gradient; the
+target critic evaluates only the M members it uses; Adam steps are fused kernels.
+
+Dimensions: B batch rows, E critics (``num_critics``), M critics in a target's subset (``critic_subset``),
+O obs dim, A action dim, I critic input features (O + A), H hidden features.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from learners._batch import to_tensors
 from learners._common import (
     check_device_name, generator_state, load_generator_state, normalize_hidden_sizes, require, to_cpu,
 )
-from learners.networks import EnsembleMLP, mlp, resolve_device, seeded_init
+from learners.networks import EnsembleLayerNorm, EnsembleLinear, EnsembleMLP, mlp, resolve_device, seeded_init
 
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
@@ -58,7 +69,11 @@ class PolicyConfig:
     critic_layer_norm: bool = False
     """LayerNorm after each hidden layer of the critics."""
     num_critics: int = 2
-    """Number of critics; targets and the actor use the minimum over them."""
+    """Number of critics E (one batched ensemble)."""
+    critic_subset: int = 2
+    """Critics M in each Bellman target's minimum. M = E: the minimum over all critics for the target and the actor
+    (clipped double Q). M < E: REDQ: a fresh random subset of M target critics per update, the actor on the mean of
+    all E critics."""
     updates_per_step: float = 1.0
     """Policy updates per real env step (read by ``system/``)."""
     real_ratio: float = 0.5
@@ -81,6 +96,10 @@ class PolicyConfig:
         require(0 <= self.real_ratio <= 1, section, "real_ratio", self.real_ratio, "0 <= real_ratio <= 1")
         require(self.batch_size >= 1, section, "batch_size", self.batch_size, "batch_size >= 1")
         require(self.num_critics >= 2, section, "num_critics", self.num_critics, "num_critics >= 2")
+        require(
+            1 <= self.critic_subset <= self.num_critics, section, "critic_subset", self.critic_subset,
+            f"1 <= critic_subset <= num_critics ({self.num_critics})",
+        )
         require(self.learning_starts >= 0, section, "learning_starts", self.learning_starts, "learning_starts >= 0")
         require(self.publish_every >= 1, section, "publish_every", self.publish_every, "publish_every >= 1")
         require(
@@ -218,6 +237,28 @@ class Policy:
         return pre_tanh.tanh_().mul_(self.actor.action_scale).add_(self.actor.action_bias)
 
 
+def _plan(critic: EnsembleMLP) -> list[tuple[str, int, nn.Module]]:
+    """How ``SACLearner._q_with`` evaluates ``critic``: per layer (step, index of its first parameter in
+    ``critic.parameters()``, module); the final one-output linear layer is the step "head". Other modules are
+    called as they are, so they must have no parameters."""
+    plan: list[tuple[str, int, nn.Module]] = []
+    index = 0
+    for module in critic.layers:
+        if type(module) is EnsembleLinear:
+            head = module is critic.layers[-1] and module.out_features == 1
+            plan.append(("head" if head else "linear", index, module))
+        elif type(module) is EnsembleLayerNorm:
+            plan.append(("norm", index, module))
+        elif type(module) is nn.ReLU:
+            plan.append(("relu", index, module))
+        elif any(True for _ in module.parameters()):
+            raise TypeError(f"critic layer {module!r} has parameters; expected EnsembleLinear or EnsembleLayerNorm")
+        else:
+            plan.append(("module", index, module))
+        index += len(list(module.parameters()))
+    return plan
+
+
 class SACLearner:
     """Soft actor-critic with ``num_critics`` fused critics, Polyak targets and automatic entropy tuning."""
 
@@ -245,11 +286,15 @@ class SACLearner:
         self.critic.to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, fused=True)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, fused=True)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr, fused=True)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed)
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.target_critic.parameters())
+        self._actor_params = list(self.actor.parameters())
+        self._critic_plan = _plan(self.critic)
         self.num_updates = 0
         """Applied (not skipped) updates."""
         self.nonfinite_streak = 0
@@ -261,21 +306,51 @@ class SACLearner:
 
     def _q(self, critic: EnsembleMLP, obs: Tensor, action: Tensor) -> Tensor:
         """Q-values of every critic in one batched forward: (B, O), (B, A) -> (E, B)."""
-        inputs = torch.cat([obs, action], dim=-1)
-        return critic(inputs.expand(critic.ensemble_size, *inputs.shape)).squeeze(-1)
+        return self._q_with(list(critic.parameters()), obs, action)
+
+    def _q_with(self, params: Sequence[Tensor], obs: Tensor, action: Tensor) -> Tensor:
+        """Q-values (E', B) of the critic ensemble whose parameters, in ``critic.parameters()`` order, are
+        ``params`` (the critic's own, detached ones, or a subset of E' members of each)."""
+        hidden = torch.cat([obs, action], dim=-1)
+        hidden = hidden.expand(params[0].shape[0], *hidden.shape)
+        for step, index, module in self._critic_plan:
+            if step == "linear":  # (E', B, I) -> (E', B, H)
+                hidden = torch.baddbmm(params[index + 1], hidden, params[index])
+            elif step == "head":  # (E', B, H) -> (E', B): one output column as multiply and sum
+                hidden = (hidden * params[index].transpose(1, 2)).sum(-1) + params[index + 1].squeeze(-1)
+            elif step == "norm":
+                normalized = F.layer_norm(hidden, (module.features,), eps=module.eps)
+                hidden = torch.addcmul(params[index + 1], normalized, params[index])
+            elif step == "relu":  # in place: the producing op does not keep its output for backward
+                hidden = torch.relu_(hidden)
+            else:
+                hidden = module(hidden)
+        return hidden
+
+    def _critic_subset(self) -> Tensor | None:
+        """Indices (M,) of the target critics of this update's Bellman target, drawn from the learner's generator;
+        None when the target uses every critic (M = E), which draws nothing."""
+        if self.config.critic_subset == self.config.num_critics:
+            return None
+        order = torch.randperm(self.config.num_critics, generator=self._generator, device=self.device)
+        return order[: self.config.critic_subset]
 
     def _tensors(self, batch: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
         return to_tensors(batch, _BATCH_COLUMNS, self.obs_dim, self.act_dim, self.device)
 
     @torch.no_grad()
     def _targets(self, tensors: Mapping[str, Tensor], alpha: Tensor | None = None) -> Tensor:
-        """Soft Bellman targets (B,): r + gamma * (1 - terminated) * (min_E Q'(s', a') - alpha * log pi(a'|s')).
+        """Soft Bellman targets (B,): r + gamma * (1 - terminated) * (min_M Q'(s', a') - alpha * log pi(a'|s')).
 
-        Truncated rows bootstrap like any non-terminal row; terminal rows never read the next-state value.
+        The minimum is over every target critic, or with M < E over M of them drawn after the next actions' noise
+        (``_critic_subset``). Truncated rows bootstrap like any non-terminal row; terminal rows never read the
+        next-state value.
         """
         alpha = self.log_alpha.exp() if alpha is None else alpha
         next_action, next_log_prob = self.actor(tensors["next_obs"], generator=self._generator)
-        next_q = self._q(self.target_critic, tensors["next_obs"], next_action).min(dim=0).values
+        subset = self._critic_subset()
+        params = self._target_params if subset is None else [p[subset] for p in self._target_params]
+        next_q = self._q_with(params, tensors["next_obs"], next_action).min(dim=0).values
         next_value = torch.where(tensors["terminated"] > 0, 0.0, next_q - alpha * next_log_prob)
         return tensors["reward"] + self.config.gamma * next_value
 
@@ -287,24 +362,27 @@ class SACLearner:
         """
         tensors = self._tensors(batch)
         alpha = self.log_alpha.detach().exp()
-        critic_params = list(self.critic.parameters())
-        actor_params = list(self.actor.parameters())
+        critic_params, actor_params = self._critic_params, self._actor_params
 
         # targets
         target = self._targets(tensors, alpha)
 
-        # losses
-        q = self._q(self.critic, tensors["obs"], tensors["action"])
+        # losses (the actor reads the critics through detached parameters: no gradient reaches them from it)
+        q = self._q_with(critic_params, tensors["obs"], tensors["action"])
         critic_loss = (q - target).pow(2).mean(dim=1).sum()
         action, log_prob = self.actor(tensors["obs"], generator=self._generator)
-        q_pi = self._q(self.critic, tensors["obs"], action).min(dim=0).values
+        q_pi = self._q_with([p.detach() for p in critic_params], tensors["obs"], action)
+        if self.config.critic_subset == self.config.num_critics:
+            q_pi = q_pi.min(dim=0).values
+        else:
+            q_pi = q_pi.mean(dim=0)
         actor_loss = (alpha * log_prob - q_pi).mean()
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
 
-        # gradients (actor gradients stop at the actor: critic weights get none from the actor loss)
-        critic_grads = torch.autograd.grad(critic_loss, critic_params)
-        actor_grads = torch.autograd.grad(actor_loss, actor_params)
-        (alpha_grad,) = torch.autograd.grad(alpha_loss, [self.log_alpha])
+        # gradients: one backward pass; the three losses share no parameter
+        grads = torch.autograd.grad(critic_loss + actor_loss + alpha_loss, [*critic_params, *actor_params,
+                                                                            self.log_alpha])
+        critic_grads, actor_grads = grads[: len(critic_params)], grads[len(critic_params): -1]
         values = torch.stack([
             critic_loss.detach(), actor_loss.detach(), alpha, alpha_loss.detach(), -log_prob.detach().mean(),
             q.detach().mean(), torch.nn.utils.get_total_norm(critic_grads),
@@ -320,13 +398,13 @@ class SACLearner:
             return {**metrics, "skipped": 1.0}
 
         # step
-        for param, grad in zip([*critic_params, *actor_params, self.log_alpha], [*critic_grads, *actor_grads, alpha_grad]):
+        for param, grad in zip([*critic_params, *actor_params, self.log_alpha], grads):
             param.grad = grad
         self.critic_optimizer.step()
         self.actor_optimizer.step()
         self.alpha_optimizer.step()
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.target_critic.parameters()), critic_params, self.config.tau)
+            torch._foreach_lerp_(self._target_params, critic_params, self.config.tau)
         self.num_updates += 1
         self.nonfinite_streak = 0
         return metrics
@@ -361,6 +439,9 @@ class SACLearner:
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        for optimizer in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
+            for group in optimizer.param_groups:  # saved groups replace ours: keep the fused kernels
+                group.update(fused=True, foreach=None)
         load_generator_state(self._generator, state["generator"])
         self.num_updates = int(state["num_updates"])
         self.nonfinite_streak = int(state["nonfinite_streak"])

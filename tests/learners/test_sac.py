@@ -87,7 +87,7 @@ def test_terminated_rows_do_not_bootstrap_truncated_rows_do():
 
 
 def test_target_uses_min_over_critics_and_soft_value():
-    learner = make_learner(num_critics=3)
+    learner = make_learner(num_critics=3, critic_subset=3)
     tensors = learner._tensors(make_batch(8))
     learner._generator.manual_seed(7)
     target = learner._targets(tensors)
@@ -98,6 +98,80 @@ def test_target_uses_min_over_critics_and_soft_value():
     assert next_q.shape == (3, 8)
     expected = tensors["reward"] + 0.99 * (next_q.min(0).values - learner.alpha * next_log_prob)
     torch.testing.assert_close(target, expected)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_fused_q_matches_the_critic_modules(layer_norm):
+    learner = make_learner(num_critics=3, critic_subset=3, critic_layer_norm=layer_norm)
+    learner.update(make_batch())
+    tensors = learner._tensors(make_batch(16, seed=1))
+    with torch.no_grad():
+        inputs = torch.cat([tensors["obs"], tensors["action"]], dim=-1).expand(3, 16, O + A)
+        expected = learner.critic(inputs).squeeze(-1)
+        torch.testing.assert_close(learner._q(learner.critic, tensors["obs"], tensors["action"]), expected)
+
+
+def test_redq_target_is_the_min_over_a_random_subset_of_critics():
+    learner = make_learner(num_critics=10, critic_subset=2)
+    tensors = learner._tensors(make_batch(8))
+    subsets = []
+    for seed in (7, 8, 9):
+        learner._generator.manual_seed(seed)
+        target = learner._targets(tensors)
+        learner._generator.manual_seed(seed)
+        with torch.no_grad():
+            next_action, next_log_prob = learner.actor(tensors["next_obs"], generator=learner._generator)
+            subset = learner._critic_subset()
+            next_q = learner._q(learner.target_critic, tensors["next_obs"], next_action)
+        assert next_q.shape == (10, 8) and subset.shape == (2,) and len(set(subset.tolist())) == 2
+        expected = tensors["reward"] + 0.99 * (next_q[subset].min(0).values - learner.alpha * next_log_prob)
+        torch.testing.assert_close(target, expected)
+        assert not torch.allclose(target, tensors["reward"] + 0.99 * (next_q.min(0).values - learner.alpha
+                                                                       * next_log_prob))
+        subsets.append(tuple(subset.tolist()))
+    assert len(set(subsets)) > 1  # a fresh subset per update
+
+
+def test_critic_subset_equal_to_num_critics_draws_no_subset():
+    learner = make_learner(num_critics=3, critic_subset=3)
+    state = learner._generator.get_state()
+    assert learner._critic_subset() is None
+    assert torch.equal(learner._generator.get_state(), state)
+
+
+@pytest.mark.parametrize("num_critics, critic_subset, reduce", [(2, 2, "min"), (5, 5, "min"), (5, 2, "mean")])
+def test_actor_loss_uses_min_or_mean_over_critics(num_critics, critic_subset, reduce):
+    learner = make_learner(num_critics=num_critics, critic_subset=critic_subset)
+    batch = make_batch()
+    tensors = learner._tensors(batch)
+    learner._generator.manual_seed(3)
+    metrics = learner.update(batch)
+    fresh = make_learner(num_critics=num_critics, critic_subset=critic_subset)  # the weights before the update
+    fresh._generator.manual_seed(3)
+    with torch.no_grad():
+        fresh._targets(tensors)
+        action, log_prob = fresh.actor(tensors["obs"], generator=fresh._generator)
+        q_pi = fresh._q(fresh.critic, tensors["obs"], action)
+    q_pi = q_pi.min(0).values if reduce == "min" else q_pi.mean(0)
+    expected = float((fresh.alpha * log_prob - q_pi).mean())
+    assert metrics["actor_loss"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_actor_loss_gives_the_critics_no_gradient():
+    learner = make_learner(num_critics=4, critic_subset=2, critic_lr=1e-3)
+    twin = make_learner(num_critics=4, critic_subset=2, critic_lr=1e-3)
+    batch = make_batch()
+    learner.update(batch)
+    # the same critic step with the actor and temperature losses left out
+    tensors = twin._tensors(batch)
+    target = twin._targets(tensors, twin.log_alpha.detach().exp())
+    q = twin._q(twin.critic, tensors["obs"], tensors["action"])
+    grads = torch.autograd.grad((q - target).pow(2).mean(dim=1).sum(), list(twin.critic.parameters()))
+    for param, grad in zip(twin.critic.parameters(), grads):
+        param.grad = grad
+    twin.critic_optimizer.step()
+    for ours, theirs in zip(learner.critic.parameters(), twin.critic.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("target_entropy, direction", [(100.0, 1), (-100.0, -1)])
@@ -213,6 +287,8 @@ def test_log_prob_matches_change_of_variables():
     ("tau", 0.0, "policy.tau=0.0: expected 0 < tau <= 1"),
     ("real_ratio", -0.1, "policy.real_ratio=-0.1: expected 0 <= real_ratio <= 1"),
     ("num_critics", 1, "policy.num_critics=1: expected num_critics >= 2"),
+    ("critic_subset", 0, "policy.critic_subset=0: expected 1 <= critic_subset <= num_critics (2)"),
+    ("critic_subset", 3, "policy.critic_subset=3: expected 1 <= critic_subset <= num_critics (2)"),
     ("hidden_sizes", (), "policy.hidden_sizes=()"),
     ("actor_lr", 0.0, "policy.actor_lr=0.0"),
     ("batch_size", 0, "policy.batch_size=0"),
