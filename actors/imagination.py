@@ -126,13 +126,14 @@ def rollout(
         # stop untrusted rows: non-finite predictions, then disagreement above the threshold
         finite = torch.isfinite(next_obs).all(dim=1) & torch.isfinite(reward) & torch.isfinite(spread)
         trusted = finite & (spread <= max_disagreement)
-        nonfinite += int((~finite).sum())
-        uncertain += int((finite & ~trusted).sum())
-        if previous is not None and not bool(trusted.all()):
-            rows["truncated"][-1][previous[~trusted]] = True
-        obs, action, next_obs, reward, terminated, spread, start = (
-            x[trusted] for x in (obs, action, next_obs, reward, terminated, spread, start)
-        )
+        if not bool(trusted.all()):
+            nonfinite += int((~finite).sum())
+            uncertain += int((finite & ~trusted).sum())
+            if previous is not None:
+                rows["truncated"][-1][previous[~trusted]] = True
+            obs, action, next_obs, reward, terminated, spread, start = (
+                x[trusted] for x in (obs, action, next_obs, reward, terminated, spread, start)
+            )
 
         # write the trusted transitions with the penalised reward
         penalty = penalty_scale * spread
@@ -231,7 +232,7 @@ class ImaginationWorker:
 
     def _imagine(self, starts: dict[str, np.ndarray], horizon: int, report: dict[str, Any]) -> None:
         obs = torch.as_tensor(starts["obs"], dtype=torch.float32)
-        with torch.no_grad():
+        with torch.inference_mode():
             out = rollout(self._policy, self._model, obs, horizon, self.config.penalty_scale,
                           self.config.max_disagreement)
         n = int(out["obs"].shape[0])

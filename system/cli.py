@@ -6,6 +6,7 @@
     dynaray status [--run NAME] [--address ADDR] [--runs-dir DIR]
     dynaray plot RUN_DIR [RUN_DIR ...] [--out PNG]
     dynaray bench replay [--shards 1,2,4] [--samplers uniform,prioritized] [--seconds S] [--ray] [--rllib]
+    dynaray bench sac [--dims 17x6,11x3] [--variants twin,redq,layernorm] [--updates N] [--rounds R] [--no-sb3]
     dynaray replay export RUN_DIR --to DIR | import DATASET --to REPLAY_DIR | inspect RUN_DIR   (docs/replay.md)
 
 Bad input (config, env id, checkpoint) ends in one line on stderr and a non-zero exit code, with no Ray
@@ -228,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seed for the eval env resets")
     p.set_defaults(func=evaluate)
 
-    from system import bench, plot_cli, status_cli
+    from system import bench, bench_sac, plot_cli, status_cli
 
     bench.register(verbs)  # dynaray bench replay
+    bench_sac.register(verbs)  # dynaray bench sac
     register_replay_verbs(verbs)  # dynaray replay export|import|inspect
     status_cli.register(verbs)  # dynaray status
     plot_cli.register(verbs)  # dynaray plot

@@ -167,6 +167,37 @@ def test_step_samples_only_from_elites():
     assert 0.35 < (closest == 0).float().mean() < 0.65
 
 
+@pytest.mark.parametrize("rows", [0, 5, 1300])
+def test_inference_is_the_dynamics_module_on_the_elites(trained, rows):
+    """``WorldModel`` (elites only, cached normalisers, blocks of rows) computes what ``EnsembleDynamics`` does:
+    the same forward, and the step the module's outputs give with the same random draws."""
+    learner, _, _, _ = trained
+    state = learner.model_state()
+    state["elites"] = torch.tensor([1, 3])
+    model = WorldModel(O, A, CONFIG, seed=5)
+    model.load_state(state)
+    batch = LinearTask(seed=11).batch(max(rows, 1))
+    obs, action = torch.from_numpy(batch["obs"][:rows]), torch.from_numpy(batch["action"][:rows])
+    with torch.no_grad():
+        mean, logvar, logit = model.dynamics(obs, action)
+    for got, expected in zip(model.forward(obs, action), (mean, logvar, logit)):
+        torch.testing.assert_close(got, expected)
+
+    draws = torch.Generator().manual_seed(5)
+    draws.set_state(model._generator.get_state())
+    step = model.step(obs, action)
+    member = torch.tensor([1, 3])[torch.randint(2, (rows,), generator=draws)]
+    row = torch.arange(rows)
+    noise = torch.randn((rows, O + 1), generator=draws)
+    norm = model.dynamics.target_norm
+    sample = norm.denormalize(mean[member, row] + torch.exp(0.5 * logvar[member, row]) * noise)
+    torch.testing.assert_close(step.next_obs, obs + sample[:, :O])
+    torch.testing.assert_close(step.reward, sample[:, O])
+    assert torch.equal(step.terminated, logit[member, row] > 0)
+    if rows:
+        torch.testing.assert_close(step.disagreement, disagreement(mean[[1, 3]], O))
+
+
 def test_wrong_shapes_are_reported():
     model = WorldModel(O, A, CONFIG)
     with pytest.raises(ValueError, match=r"obs has shape \(32, 5\), expected \(N, 4\)"):
