@@ -791,3 +791,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     from system.bench_rollout import add_parser as add_rollout_parser
 
     add_rollout_parser(what)  # dynaray bench rollout
+
+    from system.bench_imagination import add_parser as add_imagination_parser
+
+    add_imagination_parser(what)  # dynaray bench imagination

@@ -6,6 +6,7 @@
     dynaray status [--run NAME] [--address ADDR] [--runs-dir DIR]
     dynaray plot RUN_DIR [RUN_DIR ...] [--out PNG]
     dynaray bench replay [--shards 1,2,4] [--samplers uniform,prioritized] [--seconds S] [--ray] [--rllib]
+    dynaray bench imagination [--envs ...] [--batch-sizes 256,1024,4096] [--seconds S] [--json OUT]
     dynaray bench sac [--dims 17x6,11x3] [--variants twin,redq,layernorm] [--updates N] [--rounds R] [--no-sb3]
     dynaray replay export RUN_DIR --to DIR | import DATASET --to REPLAY_DIR | inspect RUN_DIR   (docs/replay.md)
 
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from system import bench, bench_sac, plot_cli, status_cli
 
-    bench.register(verbs)  # dynaray bench replay
+    bench.register(verbs)  # dynaray bench replay | rollout | imagination
     bench_sac.register(verbs)  # dynaray bench sac
     register_replay_verbs(verbs)  # dynaray replay export|import|inspect
     status_cli.register(verbs)  # dynaray status
