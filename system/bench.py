@@ -625,6 +625,24 @@ class Report:
         return "\n".join(lines)
 
 
+def progress(text: str) -> None:
+    """A benchmark's progress line, on stderr so the report on stdout stays clean."""
+    print(f"dynaray bench: {text}", file=sys.stderr, flush=True)
+
+
+def write_report(report: Any, summary: str, json_path: str | None) -> int:
+    """Print ``report``'s Markdown tables and the ``summary`` paragraph under them; write its JSON to ``json_path``
+    when given. Returns the command's exit code."""
+    print(report.markdown())
+    print(f"\n{summary}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+        progress(f"results written to {json_path}")
+    return 0
+
+
 def machine() -> dict:
     """What a benchmark ran on: cores, platform, versions, load average."""
     try:
@@ -718,9 +736,6 @@ def run_replay(args: argparse.Namespace) -> int:
     }
     report = Report(settings, machine())
 
-    def progress(text: str) -> None:
-        print(f"dynaray bench: {text}", file=sys.stderr, flush=True)
-
     for sampler in args.samplers:
         report.memory.append(table_memory(sampler, args.capacity, args.insert_batch))
         gc.collect()
@@ -748,17 +763,10 @@ def run_replay(args: argparse.Namespace) -> int:
             finally:
                 ray.shutdown()
     report.machine["load_average_at_end"] = os.getloadavg()[0]
-    print(report.markdown())
-    print(
-        f"\n{report.machine['cpus']} CPUs; 1-minute load average {report.machine['load_average_at_start']:.1f} at the "
+    return write_report(report, (
+        f"{report.machine['cpus']} CPUs; 1-minute load average {report.machine['load_average_at_start']:.1f} at the "
         f"start, {report.machine['load_average_at_end']:.1f} at the end (other processes share these CPUs)"
-    )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.to_json(), f, indent=2)
-            f.write("\n")
-        progress(f"results written to {args.json}")
-    return 0
+    ), args.json)
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

@@ -36,14 +36,13 @@ torch and gymnasium are imported when the benchmark runs, not when the CLI is bu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from system.bench import _positive_ints, machine, positive_float, positive_int
+from system.bench import machine, positive_float, positive_int, _positive_ints, progress, write_report
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -259,9 +258,6 @@ def run_imagination(args: argparse.Namespace) -> int:
     }
     report = Report(settings, _machine())
 
-    def progress(text: str) -> None:
-        print(f"dynaray bench: {text}", file=sys.stderr, flush=True)
-
     generator = torch.Generator().manual_seed(0)
     calls: list[tuple[Rate, Callable[[], float]]] = []
     for n in args.peak_sizes:
@@ -296,20 +292,13 @@ def run_imagination(args: argparse.Namespace) -> int:
             for rate, call in calls:
                 _time_round(call, per_call, rate)
     report.machine["load_average_at_end"] = list(os.getloadavg())
-    print(report.markdown())
     start, end = report.machine["load_average_at_start"], report.machine["load_average_at_end"]
-    print(
-        f"\n{report.machine['cpus']} CPUs, one torch thread, float32; load average (1, 5, 15 min) "
+    return write_report(report, (
+        f"{report.machine['cpus']} CPUs, one torch thread, float32; load average (1, 5, 15 min) "
         f"{start[0]:.1f} {start[1]:.1f} {start[2]:.1f} at the start, {end[0]:.1f} {end[1]:.1f} {end[2]:.1f} at the "
         f"end (other processes share these CPUs); peak {report.peak_cpu / 1e9:.1f} GFLOP/CPU-s, "
         f"{report.peak_wall / 1e9:.1f} GFLOP/s"
-    )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.to_json(), f, indent=2)
-            f.write("\n")
-        progress(f"results written to {args.json}")
-    return 0
+    ), args.json)
 
 
 def add_parser(components: argparse._SubParsersAction) -> None:

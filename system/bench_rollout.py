@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -55,7 +54,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from system.bench import machine, positive_float, positive_int
+from system.bench import machine, positive_float, positive_int, progress, write_report
 
 __all__ = [
     "DEFAULT_ENVS",
@@ -696,9 +695,6 @@ def run_rollout(args: argparse.Namespace) -> int:
     }
     report = Report(settings, _machine())
 
-    def progress(text: str) -> None:
-        print(f"dynaray bench: {text}", file=sys.stderr, flush=True)
-
     intervals = {}
     for env_id, spec in specs.items():
         if args.publish_interval is None:
@@ -731,19 +727,12 @@ def run_rollout(args: argparse.Namespace) -> int:
         finally:
             ray.shutdown()
     report.machine["load_average_at_end"] = list(os.getloadavg())
-    print(report.markdown())
     start, end = report.machine["load_average_at_start"], report.machine["load_average_at_end"]
-    print(
-        f"\n{report.machine['cpus']} CPUs, one torch thread per worker; load average (1, 5, 15 min) "
+    return write_report(report, (
+        f"{report.machine['cpus']} CPUs, one torch thread per worker; load average (1, 5, 15 min) "
         f"{start[0]:.1f} {start[1]:.1f} {start[2]:.1f} at the start, {end[0]:.1f} {end[1]:.1f} {end[2]:.1f} at the "
         f"end (other processes share these CPUs)"
-    )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.to_json(), f, indent=2)
-            f.write("\n")
-        progress(f"results written to {args.json}")
-    return 0
+    ), args.json)
 
 
 def add_parser(components: argparse._SubParsersAction) -> None:

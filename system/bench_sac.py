@@ -31,17 +31,15 @@ torch and Stable-Baselines3 are imported when the benchmark runs, not when the C
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from system.bench import machine, positive_int
+from system.bench import machine, positive_int, progress, write_report
 
 __all__ = ["BATCH", "HIDDEN", "VARIANTS", "Rates", "Report", "matmul_peak", "register", "sb3_import_error",
            "update_flops"]
@@ -325,9 +323,6 @@ def run_sac(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
 
-    def progress(text: str) -> None:
-        print(f"dynaray bench: {text}", file=sys.stderr, flush=True)
-
     sb3_error = None if args.no_sb3 else sb3_import_error()
     if sb3_error is not None:
         progress(f"Stable-Baselines3 does not import here ({sb3_error}); reporting ours only. To compare: "
@@ -367,19 +362,12 @@ def run_sac(args: argparse.Namespace) -> int:
         report.rates.extend(rates for rates, _ in contenders)
     report.machine["load_average_at_end"] = os.getloadavg()[0]
 
-    print(report.markdown())
-    print(
-        f"\n{report.machine['cpus']} CPUs, one torch thread; 1-minute load average "
+    return write_report(report, (
+        f"{report.machine['cpus']} CPUs, one torch thread; 1-minute load average "
         f"{report.machine['load_average_at_start']:.1f} at the start, {report.machine['load_average_at_end']:.1f} at "
         f"the end (other processes share these CPUs); medians over {args.rounds} interleaved rounds of "
         f"{args.updates} updates"
-    )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.to_json(), f, indent=2)
-            f.write("\n")
-        progress(f"results written to {args.json}")
-    return 0
+    ), args.json)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
