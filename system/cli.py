@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import time
 from dataclasses import replace
@@ -50,6 +51,9 @@ def _unique(path: Path) -> Path:
 
 
 def train(args: argparse.Namespace) -> int:
+    # Ctrl-C / SIGINT stops every role, also when the shell that started us ignores SIGINT (a background job of a
+    # shell without job control inherits SIG_IGN, and Python then keeps it): take the default handler back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from actors.envs import EnvError, probe_env
     from system.config import ConfigError, load_config
 

@@ -101,12 +101,19 @@ def test_eval_reloads_the_checkpoint(trained_run):
     assert "InvertedPendulum-v5: mean return" in proc.stdout
 
 
-def test_ctrl_c_stops_every_role_and_leaves_no_ray_processes(tmp_path):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("started_with", ["default", "sigint_ignored"])
+def test_ctrl_c_stops_every_role_and_leaves_no_ray_processes(tmp_path, started_with):
+    """Also when started as a background job of a shell without job control, which inherits SIGINT ignored."""
     env, marker = marked_env(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "system.cli", "train", "debug", "name=interrupted", f"run.runs_dir={tmp_path}",
          "run.progress=false"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=_ignore_sigint if started_with == "sigint_ignored" else None,
     )
     for line in proc.stdout:  # wait until the run has started its roles
         if "run directory" in line:
