@@ -630,6 +630,13 @@ def progress(text: str) -> None:
     print(f"dynaray bench: {text}", file=sys.stderr, flush=True)
 
 
+def load_averages(machine: dict) -> str:
+    """The 1, 5 and 15-minute load averages recorded at a benchmark's start and end, as a phrase for its summary."""
+    start, end = machine["load_average_at_start"], machine["load_average_at_end"]
+    return (f"load average (1, 5, 15 min) {start[0]:.1f} {start[1]:.1f} {start[2]:.1f} at the start, "
+            f"{end[0]:.1f} {end[1]:.1f} {end[2]:.1f} at the end (other processes share these CPUs)")
+
+
 def write_report(report: Any, summary: str, json_path: str | None) -> int:
     """Print ``report``'s Markdown tables and the ``summary`` paragraph under them; write its JSON to ``json_path``
     when given. Returns the command's exit code."""

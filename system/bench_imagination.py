@@ -42,7 +42,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from system.bench import machine, positive_float, positive_int, _positive_ints, progress, write_report
+from system.bench import (
+    _positive_ints, load_averages, machine, positive_float, positive_int, progress, write_report,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -292,12 +294,9 @@ def run_imagination(args: argparse.Namespace) -> int:
             for rate, call in calls:
                 _time_round(call, per_call, rate)
     report.machine["load_average_at_end"] = list(os.getloadavg())
-    start, end = report.machine["load_average_at_start"], report.machine["load_average_at_end"]
     return write_report(report, (
-        f"{report.machine['cpus']} CPUs, one torch thread, float32; load average (1, 5, 15 min) "
-        f"{start[0]:.1f} {start[1]:.1f} {start[2]:.1f} at the start, {end[0]:.1f} {end[1]:.1f} {end[2]:.1f} at the "
-        f"end (other processes share these CPUs); peak {report.peak_cpu / 1e9:.1f} GFLOP/CPU-s, "
-        f"{report.peak_wall / 1e9:.1f} GFLOP/s"
+        f"{report.machine['cpus']} CPUs, one torch thread, float32; {load_averages(report.machine)}; peak "
+        f"{report.peak_cpu / 1e9:.1f} GFLOP/CPU-s, {report.peak_wall / 1e9:.1f} GFLOP/s"
     ), args.json)
 
 

@@ -54,7 +54,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from system.bench import machine, positive_float, positive_int, progress, write_report
+from system.bench import load_averages, machine, positive_float, positive_int, progress, write_report
 
 __all__ = [
     "DEFAULT_ENVS",
@@ -727,11 +727,8 @@ def run_rollout(args: argparse.Namespace) -> int:
         finally:
             ray.shutdown()
     report.machine["load_average_at_end"] = list(os.getloadavg())
-    start, end = report.machine["load_average_at_start"], report.machine["load_average_at_end"]
     return write_report(report, (
-        f"{report.machine['cpus']} CPUs, one torch thread per worker; load average (1, 5, 15 min) "
-        f"{start[0]:.1f} {start[1]:.1f} {start[2]:.1f} at the start, {end[0]:.1f} {end[1]:.1f} {end[2]:.1f} at the "
-        f"end (other processes share these CPUs)"
+        f"{report.machine['cpus']} CPUs, one torch thread per worker; {load_averages(report.machine)}"
     ), args.json)
 
 
