@@ -681,6 +681,14 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+def env_ids(text: str) -> list[str]:
+    """``--envs`` of the benches: comma-separated env ids, each once, in order."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of env ids, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
 def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         values = [v.strip() for v in text.split(",") if v.strip()]

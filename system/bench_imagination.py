@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from system.bench import (
-    _positive_ints, load_averages, machine, positive_float, positive_int, progress, write_report,
+    _positive_ints, env_ids, load_averages, machine, positive_float, positive_int, progress, write_report,
 )
 
 __all__ = [
@@ -310,7 +310,7 @@ def add_parser(components: argparse._SubParsersAction) -> None:
         "rollout bookkeeping; transitions/s) at several batch sizes, per wall and per CPU second. See "
         "system/bench_imagination.py for what each number means.",
     )
-    p.add_argument("--envs", type=_names, default=list(DEFAULT_ENVS),
+    p.add_argument("--envs", type=env_ids, default=list(DEFAULT_ENVS),
                    help=f"env ids whose obs and action sizes are used (default {','.join(DEFAULT_ENVS)})")
     p.add_argument("--batch-sizes", type=_positive_ints, default=list(DEFAULT_BATCH_SIZES),
                    help="rows per forward and per step (default 256,1024,4096)")
@@ -330,8 +330,3 @@ def add_parser(components: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_imagination)
 
 
-def _names(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of env ids, got {text!r}")
-    return list(dict.fromkeys(values))

@@ -54,7 +54,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from system.bench import load_averages, machine, positive_float, positive_int, progress, write_report
+from system.bench import env_ids, load_averages, machine, positive_float, positive_int, progress, write_report
 
 __all__ = [
     "DEFAULT_ENVS",
@@ -653,13 +653,6 @@ def _positive_ints(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def _names(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of env ids, got {text!r}")
-    return list(dict.fromkeys(values))
-
-
 def _vector_modes(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values or any(v not in ("sync", "async") for v in values):
@@ -742,7 +735,7 @@ def add_parser(components: argparse._SubParsersAction) -> None:
         "with --ray, 1 and 2 worker actors and their scaling; policy staleness per row. See "
         "system/bench_rollout.py for what each number means.",
     )
-    p.add_argument("--envs", type=_names, default=list(DEFAULT_ENVS),
+    p.add_argument("--envs", type=env_ids, default=list(DEFAULT_ENVS),
                    help=f"env ids (default {','.join(DEFAULT_ENVS)})")
     p.add_argument("--envs-per-worker", type=_positive_ints, default=list(DEFAULT_ENVS_PER_WORKER),
                    help="vector env sizes (default 1,8,32)")
