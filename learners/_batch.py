@@ -5,6 +5,7 @@ Dimensions: N rows, O obs dim, A action dim.
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -13,6 +14,11 @@ from torch import Tensor
 
 _FLOAT_COLUMNS = ("obs", "action", "reward", "next_obs")
 _FLAG_COLUMNS = ("terminated", "truncated")
+
+# Batches that arrive through Ray are zero-copy views of the object store, hence read-only; the tensors made from
+# them are only read, so torch's warning about non-writable arrays says nothing a user could act on.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                        module=__name__)
 
 
 def _expected_shape(column: str, obs_dim: int, act_dim: int) -> tuple[int, ...]:

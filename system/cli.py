@@ -88,6 +88,7 @@ def train(args: argparse.Namespace) -> int:
     show = progress_printer(config.run.total_env_steps) if config.run.progress else None
     system = None
     try:
+        print(f"dynaray: run {config.name}: starting Ray", file=sys.stderr)  # our first line before Ray's own
         where = start_ray(config, namespace=namespace(config.name))
         write_ray_file(run_dir.path, config.name)
         print(f"dynaray: run {config.name} on {where}; run directory {run_dir.path}", file=sys.stderr)

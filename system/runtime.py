@@ -50,6 +50,10 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
+def _drop_token_enabled_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def start_ray(config: SystemConfig, namespace: str) -> str:
     """Join ``ray.address`` (or RAY_ADDRESS), else start an embedded local Ray sized for the roles.
 
@@ -65,6 +69,9 @@ def start_ray(config: SystemConfig, namespace: str) -> str:
         check_reachable(address)
         ray.init(address=address, **common)
         return f"Ray cluster at {address}"
+    # Ray turns token authentication on for a new local cluster and says so in a warning at every start: it stays on
+    # (`dynaray status|scale` use the token Ray saves in ~/.ray/auth_token), and the warning goes.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_drop_token_enabled_notice)
     num_cpus = config.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed_cpus(config)))
     kwargs = {"num_cpus": num_cpus, "include_dashboard": config.ray.include_dashboard}
     if config.ray.object_store_memory_mb:
