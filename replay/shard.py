@@ -1,6 +1,6 @@
 """ReplayShard: several tables with dedup, per-consumer rate limiting and long-poll waits.
 
-A shard is a plain object: in process it is wrapped in ``system.handles.LocalHandle``; on Ray it runs as a
+A shard is a plain object: in process it is wrapped in ``replay.handles.LocalHandle``; on Ray it runs as a
 threaded actor (``max_concurrency`` > 1), so every method is thread-safe. Each table has one lock and one
 condition variable; waiting inserts and samples sleep on the condition and are woken by the other side.
 

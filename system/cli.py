@@ -69,13 +69,13 @@ def train(args: argparse.Namespace) -> int:
 
     import torch
 
+    from replay.handles import get
     from system.attach import remove_ray_file, write_ray_file
     from system.control import namespace
     from ray.exceptions import RayActorError
 
     from system.driver import Driver, RoleError, describe_error, progress_printer
     from system.placement import PlacementError, describe as describe_placement, wait_for_placement
-    from system.handles import get
     from system.run_dir import RunDir
     from system.runtime import start_ray, stop_ray
     from system.wiring import build_system, kill_system

@@ -15,8 +15,8 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from actors.envs import EnvSpec
+from replay.handles import get, is_actor_failure, wait
 from system.config import SystemConfig
-from system.handles import get, is_actor_failure, wait
 from system.metrics import DriverMetrics
 from system.run_dir import RunDir
 from system.wiring import System

@@ -1,7 +1,7 @@
 """Every role and every edge of the system, in one place.
 
 ``build_system(config, spec, local)`` makes each role either as a Ray actor (``local=False``) or as an in-process
-object behind a :class:`~system.handles.LocalHandle` (``local=True``, for tests and debugging); the role classes
+object behind a :class:`~replay.handles.LocalHandle` (``local=True``, for tests and debugging); the role classes
 are the same plain classes either way.
 """
 
@@ -20,12 +20,12 @@ from learners.networks import resolve_device
 from learners.sac import Policy, SACLearner
 from learners.world_model import WorldModel, WorldModelLearner
 from replay.client import ReplayClient
+from replay.handles import LocalHandle
 from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
 from system.config import SystemConfig
 from system.control import CONTROL_ACTOR, Control
-from system.handles import LocalHandle
 from system.loops import BatchPart, LearnerLoop, policy_batch_parts
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 

@@ -35,10 +35,10 @@ from actors.gateway_client import GatewayError, episode_to_arrow, fetch_policy, 
 from learners.sac import Policy, PolicyConfig, SACLearner
 from replay.client import ReplayClient
 from replay.config import ReplayConfig
+from replay.handles import LocalHandle
 from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
-from system.handles import LocalHandle
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 TOKEN = "test-token-0123456789abcdef"
