@@ -248,7 +248,7 @@ class CollectorProbe:
         while version < 1:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the rollout worker saw no published policy in {WARMUP_TIMEOUT_S:.0f} s")
-            version = self.worker.run(steps)["policy_version"]
+            version = self.worker.run(steps).policy_version
         self.worker.run(steps)
         self.worker.flush()
         for _ in range(3):
@@ -271,7 +271,7 @@ class CollectorProbe:
         steps = 0
         wall, cpu = time.perf_counter(), time.process_time()
         while steps == 0 or time.perf_counter() - wall < seconds:
-            steps += self.worker.run(per_call)["env_steps"]
+            steps += self.worker.run(per_call).env_steps
         self.worker.flush()
         return Turns(steps, time.perf_counter() - wall, time.process_time() - cpu)
 

@@ -205,8 +205,8 @@ def evaluate(args: argparse.Namespace) -> int:
     finally:
         evaluator.close()
     print(
-        f"{config.env.id}: mean return {result['return_mean']:.1f} +- {result['return_std']:.1f} over "
-        f"{args.episodes} episodes (mean length {sum(result['lengths']) / len(result['lengths']):.0f})"
+        f"{config.env.id}: mean return {result.return_mean:.1f} +- {result.return_std:.1f} over "
+        f"{args.episodes} episodes (mean length {sum(result.lengths) / len(result.lengths):.0f})"
     )
     return 0
 
