@@ -1,6 +1,6 @@
 """ReplayShard: several tables with dedup, per-consumer rate limiting and long-poll waits.
 
-A shard is a plain object: in process it is wrapped in ``system.handles.LocalHandle``; on Ray it runs as a
+A shard is a plain object: in process it is wrapped in ``replay.handles.LocalHandle``; on Ray it runs as a
 threaded actor (``max_concurrency`` > 1), so every method is thread-safe. Each table has one lock and one
 condition variable; waiting inserts and samples sleep on the condition and are woken by the other side.
 
@@ -40,11 +40,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from replay.cold import COLD_DIRECTORY, ColdTier
+from replay.metrics import ShardRecorder
 from replay.persistence import FSYNC_MODES, InsertRecord, PriorityRecord, SnapshotImage, TableStore, table_directory
 from replay.rate_limiter import RateLimiter
 from replay.schema import SchemaError
 from replay.table import Table, TableConfig
-from system.metrics import ReplayMetrics
 
 __all__ = ["ReplayShard"]
 
@@ -156,6 +156,8 @@ class ReplayShard:
             ``"every_insert"`` (also ``os.fsync`` before acknowledging: survives power loss) or ``"interval"``
             (``os.fsync`` at most every ``fsync_interval_ms``, on the insert path).
         fsync_interval_ms: see ``fsync``.
+        metrics: makes the shard's Prometheus recorder, ``metrics(index, self.stats)``, in the shard's process
+            (``replay.metrics.ShardRecorder``, the default, records nothing).
 
     Raises:
         ValueError: a table has ``disk_capacity > 0`` but no ``directory`` was given.
@@ -171,6 +173,7 @@ class ReplayShard:
         directory: str | None = None,
         fsync: str = "none",
         fsync_interval_ms: int = 100,
+        metrics: Callable[[int, Callable[[], Mapping]], ShardRecorder] = ShardRecorder,
     ):
         tables = list(tables)
         if not tables:
@@ -221,7 +224,7 @@ class ReplayShard:
         except BaseException:
             self.close()
             raise
-        self._metrics = ReplayMetrics(index, self.stats)  # Prometheus, read from stats() every few seconds
+        self._metrics = metrics(index, self.stats)  # Prometheus, read from stats() every few seconds
 
     @staticmethod
     def _recover(state: _TableState) -> None:
