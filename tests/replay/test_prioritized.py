@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from replay import ReplayClient, ReplayConfig, ReplayShard, Table, TableConfig
-from replay.table import SumTree
+from replay.samplers import SumTree
 from system.handles import LocalHandle
 from tests.replay.helpers import COLUMNS, make_chunk
 
