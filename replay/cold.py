@@ -41,7 +41,9 @@ Restarts: the tier skips rows at or below the newest key it already holds (:attr
 recovery that replays logged inserts (and evicts again) spills nothing twice. At startup it rebuilds its index from
 the files: leftover ``.tmp`` files and unreadable segments are removed with a warning naming the file, and a
 segment overlapping an older one is removed the same way. A tier created with ``recover=False`` (tables that are
-not persisted, whose keys start again at 0) removes every old segment.
+not persisted, whose keys start again at 0) removes every old segment. A tier created with ``read_only=True``
+(export and inspection, through :func:`replay.recovery.open_table`) takes no LOCK and creates, changes or removes
+no file: what it would remove or rewrite it only leaves out of its index, and rows it takes stay in memory.
 
 :class:`ColdTier` is not thread-safe except :meth:`ColdTier.flush` and :meth:`ColdTier.close`, which take a
 ``guard`` (the table's lock) and hold it only to change the index, never while writing a file.

@@ -43,7 +43,7 @@ from replay.samplers import (
     normalised_weights,
 )
 from replay.schema import NON_FINITE_POLICIES, ColumnSpec, drop_non_finite_rows, validate_chunk
-from replay.sequences import Sequences, sequence_refusal
+from replay.sequences import SequenceIndex, Sequences, sequence_refusal
 from replay.storage import RingStorage
 
 if TYPE_CHECKING:
@@ -149,25 +149,26 @@ class TableConfig:
             value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"TableConfig {self.name!r}: {field_name} must be an int >= 0, got {value!r}")
-        if self.disk_capacity > 0 and self.sampler != "uniform":
-            raise ValueError(
-                f"TableConfig {self.name!r}: disk_capacity > 0 (a cold tier on disk) needs sampler='uniform', got "
-                f"sampler={self.sampler!r} (priorities of rows on disk are not kept)"
-            )
         most = self.max_times_sampled
         if not isinstance(most, int) or isinstance(most, bool) or not 0 <= most < 2**31 - 1:
             raise ValueError(
                 f"TableConfig {self.name!r}: max_times_sampled must be an int in [0, 2**31 - 1) (0: never remove), "
                 f"got {most!r}"
             )
+        if self.non_finite not in NON_FINITE_POLICIES:
+            raise ValueError(
+                f"TableConfig {self.name!r}: non_finite must be one of {NON_FINITE_POLICIES}, got {self.non_finite!r}"
+            )
+        # the combinations that are refused: a cold tier keeps neither priorities nor sample counts
+        if self.disk_capacity > 0 and self.sampler != "uniform":
+            raise ValueError(
+                f"TableConfig {self.name!r}: disk_capacity > 0 (a cold tier on disk) needs sampler='uniform', got "
+                f"sampler={self.sampler!r} (priorities of rows on disk are not kept)"
+            )
         if most > 0 and self.disk_capacity > 0:
             raise ValueError(
                 f"TableConfig {self.name!r}: max_times_sampled > 0 needs disk_capacity=0, got max_times_sampled="
                 f"{most} and disk_capacity={self.disk_capacity} (the cold tier keeps no sample counts)"
-            )
-        if self.non_finite not in NON_FINITE_POLICIES:
-            raise ValueError(
-                f"TableConfig {self.name!r}: non_finite must be one of {NON_FINITE_POLICIES}, got {self.non_finite!r}"
             )
         object.__setattr__(self, "columns", columns)
         object.__setattr__(self, "limiters", tuple((name, cfg) for name, cfg in limiters))
@@ -428,7 +429,7 @@ class Table:
         slots, _ = self.slots_of(starts[:, None] + np.arange(length, dtype=np.int64))
         return self.gather(slots)
 
-    def _sequence_index(self, length: int):
+    def _sequence_index(self, length: int) -> SequenceIndex:
         if self._sequences is None:
             raise ValueError(f"table {self.name!r}: {sequence_refusal(self.config)}")
         is_int = isinstance(length, (int, np.integer)) and not isinstance(length, bool)

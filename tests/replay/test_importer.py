@@ -1,4 +1,4 @@
-"""``dynaray replay import``: offline datasets (replay/datasets.py) logged into a replay directory (replay/importer.py)."""
+"""``dynaray replay import``: datasets (replay/datasets.py) logged into a replay directory (replay/importer.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reading persisted replay tables outside a running system, read-only, through the shards' recovery (replay/stored.py)."""
+"""Reading persisted replay tables read-only, through the shards' own recovery (replay/stored.py)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,10 @@ def test_read_table_includes_the_cold_tier_rows_oldest_first_and_changes_nothing
     shard.close()
     assert live.shards[0].chunk["seq"].tolist() == list(range(240))
 
+    root = table_directory(str(tmp_path), 0, "real")
+    for leftover in ("snapshot-9.parquet.tmp", os.path.join("cold", f"segment-{240:020d}.parquet.tmp")):
+        with open(os.path.join(root, leftover), "wb") as f:
+            f.write(b"half written")  # a shard would remove these; readers leave them
     before = files_state(tmp_path)
     stored = read_table(str(tmp_path), capacity=40, disk_capacity=400)
     part = stored.shards[0]
