@@ -3,7 +3,7 @@ import pytest
 
 from replay import ReplayClient, ReplayConfig, ReplayShard, Table, TableConfig
 from replay.handles import LocalHandle
-from replay.table import SumTree
+from replay.samplers import SumTree
 from tests.replay.helpers import COLUMNS, make_chunk
 
 

@@ -4,7 +4,7 @@ import pytest
 from replay import RateLimiterConfig, ReplayClient, ReplayConfig, ReplayShard, ReplayTimeout, Table, TableConfig
 from replay.handles import LocalHandle
 from replay.schema import transition_columns
-from replay.table import MAX_CACHED_SEQUENCE_LENGTHS
+from replay.sequences import MAX_CACHED_SEQUENCE_LENGTHS
 from tests.replay.helpers import COLUMNS, make_chunk, table_config
 
 
