@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from system.bench_rollout import staleness
+from system.bench.rollout import staleness
 from system.cli import main
-from tests.system.test_bench import number, table_rows
+from tests.system.bench.markdown import number, table_rows
 
 HEADER = (
     "| env | envs/worker | workers | backend | raw steps/s | collected steps/s | ratio | raw steps/CPU-s "

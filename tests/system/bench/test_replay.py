@@ -7,28 +7,15 @@ import json
 
 import pytest
 
-from system.bench import rllib_import_error
+from system.bench.replay import rllib_import_error
 from system.cli import main
+from tests.system.bench.markdown import number, table_rows
 
 HEADER = (
     "| backend | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | rows stored "
     "| insert rows/CPU-s | sample rows/CPU-s |"
 )
 TINY = ["--seconds", "0.02", "--capacity", "4096", "--insert-batch", "256"]
-
-
-def table_rows(out: str, first_cell: str) -> list[list[str]]:
-    """Cells of the Markdown table rows of ``out`` whose first cell is ``first_cell``."""
-    rows = []
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell:
-            rows.append(cells)
-    return rows
-
-
-def number(cell: str) -> float:
-    return float(cell.replace(",", "").rstrip("%"))
 
 
 def test_bench_in_process_prints_every_configuration(tmp_path, capsys):
