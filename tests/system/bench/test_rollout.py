@@ -4,6 +4,7 @@ Nothing here asserts a speed; the numbers are only checked to be positive.
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -74,3 +75,65 @@ def test_staleness_counts_versions_published_before_each_row():
     versions = np.array([1, 1, 2, 3])
     assert staleness(times, versions, None, publish_times).tolist() == [0, 1, 1, 0]
     assert staleness(times, versions, np.array([2, 1, 0, 3]), publish_times).tolist() == [0, 0, 1, 0, 0, 0]
+
+
+def test_the_probes_are_the_configs_workers_built_by_the_wiring():
+    from actors.envs import probe_env
+    from system.bench.rollout import CollectorProbe, _tables
+    from system.config import load_config
+    from system.wiring import System, build_replay, build_rollout, build_store, table_configs
+
+    config = load_config(["debug"], ["env.id=Hopper-v5", "rollout.chunk_length=5", "replay.num_shards=3"])
+    spec = probe_env(config.env)
+    system = System(local=True)
+    build_replay(config, _tables(config, spec), system)
+    build_store(config, system)
+    pool = build_rollout(config, spec, system, role=CollectorProbe)
+    (probe,) = (handle.wrapped for handle in pool.values())
+    try:
+        assert isinstance(probe, CollectorProbe) and probe.worker.config is config.rollout
+        assert probe.worker._replay._client.config is config.replay
+        assert len(system.shards) == 3 and system.worker_factories["rollout"]
+        (real,) = (t for t in table_configs(config, spec) if t.name == "real")
+        (table,) = _tables(config, spec)
+        assert table.limiters == () and real.limiters  # nothing samples in the bench: no rate limiter
+        assert (table.capacity, table.columns) == (real.capacity, real.columns)
+    finally:
+        probe.close()
+
+
+def test_bench_rollout_takes_presets_and_overrides(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "rollout", "debug", "rollout.chunk_length=5", *TINY, "--envs-per-worker", "2",
+                 "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["config_items"] == ["debug", "rollout.chunk_length=5"]
+    assert report["settings"]["config"]["rollout"]["chunk_length"] == 5
+    assert report["settings"]["hidden_sizes"] == report["settings"]["config"]["policy"]["hidden_sizes"]
+    (result,) = report["results"]
+    assert result["staleness_act"]["rows"] == result["collected"][0]["steps"] > 0
+
+
+def test_bench_rollout_rejects_a_bad_preset_or_override(capsys):
+    assert main(["bench", "rollout", "no_such_preset", "--seconds", "0.1"]) == 2
+    assert "unknown preset 'no_such_preset'" in capsys.readouterr().err
+    assert main(["bench", "rollout", "rollout.chunk_lenght=5", "--seconds", "0.1"]) == 2
+    assert "unknown config key 'rollout.chunk_lenght'" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
+def test_bench_rollout_on_ray_builds_one_and_two_workers(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "rollout", "--envs", "Hopper-v5", "--envs-per-worker", "2", "--seconds", "0.4",
+                 "--rounds", "1", "--publish-interval", "0.05", "--ray", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    rows = [r for r in table_rows(out, "Hopper-v5") if len(r) == 13]  # not the scaling table's row
+    assert [(r[2], r[3]) for r in rows] == [("1", "process"), ("1", "ray"), ("2", "ray")]
+    report = json.loads(out_json.read_text())
+    for result in report["results"]:
+        assert len(result["collected"]) == result["workers"]
+        assert all(turns["steps"] > 0 for turns in result["collected"])
+        assert result["staleness_act"]["rows"] == sum(turns["steps"] for turns in result["collected"])
+    (scaling,) = report["scaling"]
+    assert scaling["workers"] == 2 and scaling["speedup"] > 0
