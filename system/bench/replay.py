@@ -64,9 +64,9 @@ from replay.schema import ColumnSpec, transition_columns
 from replay.shard import ReplayShard
 from replay.table import Table, TableConfig
 from system.bench.harness import (
-    Span, add_config_items, add_json_option, check, choices, fail, finish, load_averages, load_bench_config, machine,
-    per_second, percentile_ms, positive_float, positive_int, positive_ints, progress, targets_table, timed_loop,
-    write_report,
+    Span, add_config_items, add_json_option, check, choices, end_actors, fail, finish, load_averages,
+    load_bench_config, machine, per_second, percentile_ms, positive_float, positive_int, positive_ints, progress,
+    targets_table, timed_loop, write_report,
 )
 
 __all__ = [
@@ -81,11 +81,13 @@ __all__ = [
     "bench_ray",
     "bench_rllib",
     "bench_shard",
+    "add_arguments",
     "chunk_source",
     "columns",
     "raw_row_bytes",
     "reachable_numpy_bytes",
     "rllib_import_error",
+    "run",
     "table_config",
     "table_memory",
 ]
@@ -322,7 +324,6 @@ def bench_ray(
     import ray
 
     from replay.client import ReplayClient
-    from system.bench.harness import end_actors
     from system.wiring import System, build_replay
 
     num_shards = config.replay.num_shards

@@ -67,7 +67,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from system.bench.harness import (
-    Span, add_config_items, add_json_option, check, env_ids, fail, finish, load_averages, load_bench_config,
+    Span, add_config_items, add_json_option, check, end_actors, env_ids, fail, finish, load_averages, load_bench_config,
     machine, positive_float, positive_int, positive_ints, progress, random_transitions, targets_table, torch_threads,
     write_report,
 )
@@ -80,6 +80,7 @@ __all__ = [
     "Measurement",
     "Report",
     "add_arguments",
+    "bench_system",
     "run",
     "sac_update_seconds",
     "staleness",
@@ -452,7 +453,6 @@ def bench_system(config: Any, spec: Any, local: bool, seconds: float, rounds: in
                  publish_interval: float) -> Measurement:
     """Shards, store and ``rollout.num_workers`` probes of ``config`` made by the wiring's factories, in this process
     (``local``) or as Ray actors (Ray must be initialised); measured in turns."""
-    from system.bench.harness import end_actors
     from system.wiring import System, build_replay, build_rollout, build_store
 
     rollout = config.rollout

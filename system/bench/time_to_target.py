@@ -83,7 +83,8 @@ def train_run(preset: str, seed: int, args: argparse.Namespace, stamp: str) -> R
         return None
     run_dir = Path(args.runs_dir) / name
     steps, seconds, best = first_reach(run_dir, args.target)
-    progress(f"{preset} seed {seed}: steps={steps} wall={seconds} best={best:.1f} process={process_s:.0f}s")
+    wall = "-" if seconds is None else f"{seconds:.0f}s"
+    progress(f"{preset} seed {seed}: steps={steps} wall={wall} best={best:.1f} process={process_s:.0f}s")
     return Result(preset, seed, steps, seconds, best, process_s, str(run_dir))
 
 
