@@ -155,6 +155,9 @@ class SystemConfig:
         if self.rollout.planner.enabled and not self.world_model.enabled:
             raise ValueError("rollout.planner.enabled=True: expected world_model.enabled=true (the planner scores "
                              "its candidates with the learned world model), got world_model.enabled=false")
+        if self.policy.prioritized and self.replay.real_disk_capacity > 0:
+            raise ValueError("policy.prioritized=true: expected replay.real_disk_capacity=0 (rows of the cold tier on "
+                             f"disk keep no priorities), got replay.real_disk_capacity={self.replay.real_disk_capacity}")
 
     @property
     def imagination_enabled(self) -> bool:

@@ -24,6 +24,10 @@ class BatchPart:
     table: str
     rows: int
     consumer: str | None
+    priority_eps: float | None = None
+    """Prioritized part: the batch is sampled with keys and importance weights (column ``weight``), and after each
+    update this part's rows get |TD error| + ``priority_eps`` (the learner's ``td_error``) as their new priorities.
+    None: a plain sample."""
 
 
 class LearnerLoop:
@@ -54,27 +58,40 @@ class LearnerLoop:
         self._replay, self._publisher, self._parts = replay, publisher, parts
         self._publish_every, self._publish_state = publish_every, publish_state
         self._prefetch, self._local = prefetch, local
-        self._pending: deque[list] = deque()
+        self._pending: deque[tuple[list[BatchPart], list]] = deque()
         self._published_at = 0
         self._metrics = LearnerMetrics(name)  # Prometheus (a no-op without Ray)
 
     def _submit(self) -> None:
         while len(self._pending) < self._prefetch:
+            parts = [p for p in self._parts() if p.rows > 0]
+            keys = any(p.priority_eps is not None for p in parts)  # every part, so that each row has a weight
             self._pending.append(
-                [self._replay.submit_sample(p.table, p.rows, p.consumer) for p in self._parts() if p.rows > 0]
+                (parts, [self._replay.submit_sample(p.table, p.rows, p.consumer, with_keys=keys) for p in parts])
             )
 
-    def _next_batch(self) -> dict[str, np.ndarray] | None:
-        """The oldest prefetched batch if all its parts have arrived, else None (never blocks)."""
+    def _next_batch(self) -> tuple[dict[str, np.ndarray], list[BatchPart]] | None:
+        """The oldest prefetched batch (its parts' rows in part order) and its parts if all have arrived, else
+        None (never blocks)."""
         self._submit()
-        head = self._pending[0]
+        parts, head = self._pending[0]
         if not all(part.done() for part in head):
             return None
         self._pending.popleft()
         results = [part.result() for part in head]
         if len(results) == 1:
-            return results[0]
-        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+            return results[0], parts
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}, parts
+
+    def _send_priorities(self, batch: dict[str, np.ndarray], parts: list[BatchPart], td_error: np.ndarray) -> None:
+        """New priorities |TD error| + eps for the rows of each prioritized part, sent without waiting (the
+        client bounds the updates in flight)."""
+        start = 0
+        for part in parts:
+            rows = slice(start, start + part.rows)
+            start += part.rows
+            if part.priority_eps is not None:
+                self._replay.update_priorities(part.table, batch["key"][rows], td_error[rows] + part.priority_eps)
 
     def run(self, max_seconds: float) -> dict[str, Any]:
         """Update until ``max_seconds`` pass (in process: until no batch is ready); report what was done."""
@@ -83,14 +100,18 @@ class LearnerLoop:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         while time.perf_counter() - start < max_seconds:
-            batch = self._next_batch()
-            if batch is None:
+            ready = self._next_batch()
+            if ready is None:
                 if self._local:
                     break
                 time.sleep(0.002)
                 waited += 0.002
                 continue
+            batch, parts = ready
             metrics = self.learner.update(batch)
+            td_error = metrics.pop("td_error", None)
+            if td_error is not None:
+                self._send_priorities(batch, parts, td_error)
             updates += 1
             for key, value in metrics.items():
                 sums[key] += float(value)
@@ -129,15 +150,17 @@ class LearnerLoop:
         return self.learner.state_dict()
 
 
-def policy_batch_parts(replay: Any, batch_size: int, real_ratio: float, imagination: bool) -> Callable[[], list[BatchPart]]:
+def policy_batch_parts(
+    replay: Any, batch_size: int, real_ratio: float, imagination: bool, priority_eps: float | None = None
+) -> Callable[[], list[BatchPart]]:
     """Policy batches: ``real_ratio`` of the rows from ``real`` (rate-limited), the rest from ``imagined``.
 
     Until the ``imagined`` table holds a batch worth of rows (checked at most once a second), a batch is only its
-    real part.
+    real part. ``priority_eps`` (prioritized replay) makes the ``real`` part prioritized (see ``BatchPart``).
     """
     n_real = batch_size if not imagination else max(1, round(batch_size * real_ratio))
     n_imagined = batch_size - n_real
-    real_only = [BatchPart("real", n_real, "policy")]
+    real_only = [BatchPart("real", n_real, "policy", priority_eps)]
     mixed = real_only + [BatchPart("imagined", n_imagined, None)]
     state = {"ready": n_imagined == 0, "checked": float("-inf")}
 
