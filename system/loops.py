@@ -17,6 +17,9 @@ from system.metrics import LearnerMetrics
 
 MAX_NONFINITE_STREAK = 100
 """Consecutive skipped (non-finite) updates after which a learner stops with an error."""
+PRIORITY_UPDATES_PER_SEND = 4
+"""Learner updates whose new priorities a loop sends together, one call per shard: each call has a fixed cost on
+the learner and on the shard, and a priority reaches its shard at most this many updates late."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class LearnerLoop:
         self._prefetch, self._local = prefetch, local
         self._pending: deque[tuple[list[BatchPart], list]] = deque()
         self._published_at = 0
+        self._priorities: list[tuple[str, np.ndarray, np.ndarray]] = []  # (table, keys, priorities) not sent yet
+        self._queued_updates = 0
         self._metrics = LearnerMetrics(name)  # Prometheus (a no-op without Ray)
 
     def _submit(self) -> None:
@@ -83,15 +88,28 @@ class LearnerLoop:
             return results[0], parts
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}, parts
 
-    def _send_priorities(self, batch: dict[str, np.ndarray], parts: list[BatchPart], td_error: np.ndarray) -> None:
-        """New priorities |TD error| + eps for the rows of each prioritized part, sent without waiting (the
-        client bounds the updates in flight)."""
+    def _queue_priorities(self, batch: dict[str, np.ndarray], parts: list[BatchPart], td_error: np.ndarray) -> None:
+        """Queue |TD error| + eps as the new priorities of each prioritized part's rows; send every
+        ``PRIORITY_UPDATES_PER_SEND`` updates."""
         start = 0
         for part in parts:
-            rows = slice(start, start + part.rows)
-            start += part.rows
             if part.priority_eps is not None:
-                self._replay.update_priorities(part.table, batch["key"][rows], td_error[rows] + part.priority_eps)
+                rows = slice(start, start + part.rows)
+                self._priorities.append((part.table, batch["key"][rows], td_error[rows] + part.priority_eps))
+            start += part.rows
+        self._queued_updates += 1
+        if self._queued_updates >= PRIORITY_UPDATES_PER_SEND:
+            self._send_priorities()
+
+    def _send_priorities(self) -> None:
+        """Send the queued priorities, one ``update_priorities`` per table in update order (a key's latest priority
+        wins), without waiting for them to be applied (the client bounds the calls in flight)."""
+        for table in dict.fromkeys(table for table, _, _ in self._priorities):
+            queued = [(keys, priorities) for name, keys, priorities in self._priorities if name == table]
+            self._replay.update_priorities(table, np.concatenate([k for k, _ in queued]),
+                                           np.concatenate([p for _, p in queued]))
+        self._priorities.clear()
+        self._queued_updates = 0
 
     def run(self, max_seconds: float) -> dict[str, Any]:
         """Update until ``max_seconds`` pass (in process: until no batch is ready); report what was done."""
@@ -111,7 +129,7 @@ class LearnerLoop:
             metrics = self.learner.update(batch)
             td_error = metrics.pop("td_error", None)
             if td_error is not None:
-                self._send_priorities(batch, parts, td_error)
+                self._queue_priorities(batch, parts, td_error)
             updates += 1
             for key, value in metrics.items():
                 sums[key] += float(value)
@@ -119,6 +137,8 @@ class LearnerLoop:
             self._check_finite()
             if self.learner.num_updates - self._published_at >= self._publish_every:
                 self.publish_now()
+        if self._priorities:
+            self._send_priorities()
         elapsed = time.perf_counter() - start
         report = {f"{self.name}_{k}": v / counts[k] for k, v in sums.items()}
         report.update(

@@ -9,7 +9,7 @@ from actors.envs import probe_env
 from replay import ReplayClient, ReplayConfig, ReplayShard, TableConfig
 from system.config import ConfigError, load_config
 from system.handles import LocalHandle
-from system.loops import BatchPart, LearnerLoop
+from system.loops import PRIORITY_UPDATES_PER_SEND, BatchPart, LearnerLoop
 from system.wiring import build_system, table_configs
 from tests.replay.helpers import COLUMNS, make_chunk
 
@@ -75,13 +75,16 @@ def test_loop_sends_the_td_errors_of_prioritized_parts_back_as_their_rows_priori
     for batch in learner.batches:
         assert len(batch["seq"]) == 32 and (batch["seq"][:24] < 200).all() and (batch["seq"][24:] >= 500).all()
         assert batch["weight"].shape == (32,) and (batch["weight"] > 0).all() and (batch["weight"][24:] == 1).all()
-    # one priority update per learner update, for the real rows only: |TD error| + eps
-    assert [table for table, _, _ in sent] == ["real"] * learner.num_updates
-    latest = {}
-    for (_, keys, priorities), batch in zip(sent, learner.batches):
-        np.testing.assert_array_equal(keys, batch["key"][:24])
-        np.testing.assert_allclose(priorities, batch["seq"][:24] / 100 + EPS, rtol=1e-6)
-        latest.update(zip(keys.tolist(), priorities.tolist()))
+    # the real rows only get |TD error| + eps, every update's, in update order, one call per
+    # PRIORITY_UPDATES_PER_SEND updates and the rest when run() returns
+    calls = -(-learner.num_updates // PRIORITY_UPDATES_PER_SEND)
+    assert [table for table, _, _ in sent] == ["real"] * calls
+    sent_keys = np.concatenate([keys for _, keys, _ in sent])
+    sent_priorities = np.concatenate([priorities for _, _, priorities in sent])
+    np.testing.assert_array_equal(sent_keys, np.concatenate([batch["key"][:24] for batch in learner.batches]))
+    np.testing.assert_allclose(sent_priorities, np.concatenate([b["seq"][:24] / 100 + EPS for b in learner.batches]),
+                               rtol=1e-6)
+    latest = dict(zip(sent_keys.tolist(), sent_priorities.tolist()))
     keys = np.array(list(latest))
     np.testing.assert_allclose(stored_priorities(shards, "real", keys), np.array(list(latest.values())) ** ALPHA,
                                rtol=1e-6)
