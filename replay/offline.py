@@ -58,6 +58,7 @@ from replay.persistence import (
     SNAPSHOT_METADATA_KEY,
     InsertRecord,
     TableStore,
+    log_schema,
     table_directory,
 )
 from replay.schema import (
@@ -214,21 +215,19 @@ def _file_columns(root: str) -> tuple[ColumnSpec, ...] | None:
         return None
     snapshots, logs = [], []
     for name in os.listdir(root):
-        match = re.match(r"^(snapshot|wal)-(\d+)\.(parquet|arrows)$", name)
+        match = re.match(r"^(snapshot|wal)-(\d+)\.(parquet|log)$", name)
         if match:
             (snapshots if match.group(1) == "snapshot" else logs).append((int(match.group(2)), name))
     for _, name in sorted(snapshots, reverse=True):
         try:
             schema = pq.read_schema(os.path.join(root, name))
-        except FileNotFoundError:
-            continue
+        except (OSError, pa.ArrowException):
+            continue  # gone or damaged
         return columns_from_arrow_schema(schema, skip=(KEY_FIELD, PRIORITY_FIELD))
     for _, name in sorted(logs, reverse=True):
-        try:
-            with pa.OSFile(os.path.join(root, name), "rb") as source:
-                schema = pa.ipc.open_stream(source).schema
-        except (FileNotFoundError, pa.ArrowInvalid, OSError):
-            continue  # gone, empty or torn before its schema: no rows in it
+        schema = log_schema(os.path.join(root, name))
+        if schema is None:
+            continue  # gone, empty, torn or damaged before its schema
         return columns_from_arrow_schema(schema)
     return None
 
@@ -245,8 +244,11 @@ def _disk_bytes(root: str) -> int:
 
 
 def _snapshot_meta(path: str) -> dict:
-    """The JSON a snapshot keeps in its schema metadata (see :mod:`replay.persistence`)."""
-    return json.loads((pq.read_schema(path).metadata or {}).get(SNAPSHOT_METADATA_KEY, b"{}"))
+    """The JSON a snapshot keeps in its schema metadata (see :mod:`replay.persistence`); empty for a damaged one."""
+    try:
+        return json.loads((pq.read_schema(path).metadata or {}).get(SNAPSHOT_METADATA_KEY, b"{}"))
+    except (OSError, pa.ArrowException, ValueError):
+        return {}
 
 
 def _read_shard_once(root: str, index: int, config: TableConfig, capacity: int | None) -> ShardRows:
@@ -263,8 +265,7 @@ def _read_shard_once(root: str, index: int, config: TableConfig, capacity: int |
         first_key = snapshot.inserted - rows
         parts.append(snapshot.chunk)
         if snapshot.priorities is not None:
-            newest = max(generations["snapshot"])
-            alpha = _snapshot_meta(os.path.join(root, f"snapshot-{newest}.parquet")).get("priority_exponent")
+            alpha = snapshot.priority_exponent
             weights = np.asarray(snapshot.priorities, dtype=np.float64)
             snapshot_priorities = weights ** (1.0 / alpha) if alpha else np.full(rows, np.nan)
             max_priority = snapshot.max_priority if snapshot.max_priority is not None else 1.0

@@ -40,7 +40,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from replay.cold import COLD_DIRECTORY, ColdTier
-from replay.persistence import FSYNC_MODES, InsertRecord, PriorityRecord, SnapshotImage, TableStore, table_directory
+from replay.persistence import (
+    FSYNC_MODES,
+    InsertRecord,
+    PriorityRecord,
+    RecoveryReport,
+    SnapshotImage,
+    TableStore,
+    table_directory,
+)
 from replay.rate_limiter import RateLimiter
 from replay.schema import SchemaError
 from replay.table import Table, TableConfig
@@ -139,6 +147,7 @@ class _TableState:
             "insert_wait_s": self.insert_wait_s,
             "sample_wait_s": self.sample_wait_s,
             "consumers": consumers,
+            **(self.store.recovery if self.store is not None else RecoveryReport()).stats(),
         }
 
 
@@ -154,7 +163,8 @@ class ReplayShard:
             ``cold/`` subdirectory); None (default) persists nothing. Existing files are recovered.
         fsync: ``"none"`` (records reach the OS before an insert is acknowledged: a killed process loses nothing),
             ``"every_insert"`` (also ``os.fsync`` before acknowledging: survives power loss) or ``"interval"``
-            (``os.fsync`` at most every ``fsync_interval_ms``, on the insert path).
+            (``os.fsync`` at most ``fsync_interval_ms`` after a write: on the insert path, and from a timer after
+            the last write of a burst).
         fsync_interval_ms: see ``fsync``.
 
     Raises:
@@ -256,18 +266,23 @@ class ReplayShard:
             else:
                 table.set_times_sampled(record.keys, record.counts)
         table.reconcile_cold()
+        if state.store.needs_snapshot:
+            # damaged files: a snapshot of what was recovered, before anything is logged, lets them move aside
+            ReplayShard._snapshot(state)
         size = table.size
         for limiter in state.limiters.values():
             c = limiter.config
             limiter.inserted = size
             limiter.sampled = max(0, int(c.samples_per_insert * (size - c.min_size)))
         if snapshot is not None or table.inserted:
+            damage = state.store.recovery.summary()
             logger.info(
-                "replay table %r recovered from %s: %d rows, inserted %d",
+                "replay table %r recovered from %s: %d rows, inserted %d%s",
                 table.name,
                 state.store.root,
                 size,
                 table.inserted,
+                f" ({damage})" if damage else "",
             )
 
     def _state(self, table: str) -> _TableState:
@@ -334,10 +349,7 @@ class ReplayShard:
                 return {"status": "not_now", "size": state.table.size, "blocked_by": blocker}
             if store is not None:
                 # logged (and flushed) before it is applied
-                if dropped:
-                    store.append_insert(chunk, writer_id, dedup_key=key, dropped_non_finite=dropped)
-                else:
-                    store.append_insert(chunk, writer_id)
+                store.append_insert(chunk, writer_id, key, dropped, first_key=state.table.inserted)
                 state.since_snapshot += n
             state.table.write(chunk, n, dropped)
             for limiter in state.limiters.values():
@@ -382,7 +394,8 @@ class ReplayShard:
             state.snapshot_lock.release()
 
     def snapshot(self, table: str) -> dict:
-        """Write a Parquet snapshot of a persisted table, start a new log generation and delete older ones.
+        """Write a Parquet snapshot of a persisted table, start a new log generation and delete the files older
+        than the previous snapshot (see :meth:`replay.persistence.TableStore.prune`).
 
         Sampling and inserting go on while the file is written: the rows are copied and the logs rotated under
         the table lock, and inserts after that go to the new generation's log. Waits for a snapshot in progress.
@@ -419,7 +432,7 @@ class ReplayShard:
             state.table.cold.flush(guard=state.cond, include_staged=True)
         image = SnapshotImage(rows, inserted, priorities, max_priority, seen, times_sampled, removed, dropped)
         path = state.store.write_snapshot(generation, image)
-        removed = state.store.remove_before(generation)
+        removed = state.store.prune(generation)
         n = len(next(iter(rows.values())))
         return {"generation": generation, "rows": n, "inserted": inserted, "path": path, "removed": removed}
 
