@@ -30,10 +30,10 @@ The system layer's side::
     gateway = IngestGateway(config, replay_client, WeightsClient(store, "policy"), make_policy, env_spec)
     host, port = gateway.address()
     ...
-    gateway.stats()
+    gateway.stats()                                          # a GatewayStats
     gateway.close()
 
-Row stamps: ``writer_id = replay.writers.new_writer_id("gateway", index)`` (fresh random incarnation bits each
+Row stamps, by a ``replay.writers.RowStamper``: ``writer_id = replay.writers.new_writer_id("gateway", index)`` (fresh random incarnation bits each
 time a gateway object is made, so a restarted gateway is a new writer: its ``seq`` restarts at 0 without the shards
 taking its rows for duplicates, and its episode ids never repeat the old ones); ``episode_id =
 replay.writers.episode_id(writer_id, n)`` for the n-th episode this gateway object stored; ``step`` 0, 1, ... within
@@ -55,7 +55,7 @@ import socketserver
 import threading
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping
@@ -67,11 +67,10 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor, nn
 
+from actors.metrics import GatewayRecorder
 from replay.client import ReplayTimeout
 from replay.schema import ColumnSpec, SchemaError, arrow_schema, transition_columns, validate_chunk
-from replay.writers import episode_id as make_episode_id
-from replay.writers import new_writer_id
-from system.metrics import GatewayMetrics
+from replay.writers import RowStamper
 
 __all__ = [
     "API_PREFIX",
@@ -271,6 +270,32 @@ class _HttpError(Exception):
         self.headers = dict(headers or {})
 
 
+@dataclass(frozen=True)
+class GatewayStats:
+    """What :meth:`IngestGateway.stats` answers: counts since the gateway object was made."""
+
+    requests: Mapping[int, int] = field(default_factory=dict)
+    """Requests answered, by HTTP status code."""
+    episodes: int = 0
+    """Episodes stored."""
+    rows: int = 0
+    """Rows stored."""
+    bytes_received: int = 0
+    """Bytes of upload bodies read."""
+    policy_downloads: int = 0
+    """Policies downloaded."""
+    policy_exports: int = 0
+    """Policy versions exported to TorchScript (one per version downloaded)."""
+    uploads_in_progress: int = 0
+    """Uploads being read or stored now."""
+    policy_version: int | None = None
+    """The newest policy version the gateway has seen (None: none published yet)."""
+    writer_id: int = 0
+    """The writer id its rows carry."""
+    address: tuple[str, int] = ("", 0)
+    """``(host, port)`` the server listens on."""
+
+
 def _bad_column(column: str, reason: str) -> _HttpError:
     return _HttpError(400, f"column {column!r}: {reason}", column=column)
 
@@ -288,6 +313,8 @@ class IngestGateway:
         make_policy: builds a ``learners.sac.Policy`` (``load_state(state)``, ``.actor``) for the export.
         spec: the env's ``actors.envs.EnvSpec`` (observation and action shapes, action bounds).
         index: this gateway's number (0 <= index < 4096), encoded in its rows' ``writer_id``.
+        metrics: makes the gateway's Prometheus recorder (``actors.metrics.GatewayRecorder``, the default, records
+            nothing).
 
     Raises:
         ValueError: no token configured, or ``index`` out of range.
@@ -302,6 +329,7 @@ class IngestGateway:
         make_policy: Callable[[], Any],
         spec: Any,
         index: int = 0,
+        metrics: Callable[[int], GatewayRecorder] = GatewayRecorder,
     ):
         token = config.token or os.environ.get(TOKEN_ENV, "")
         if not token:
@@ -316,7 +344,8 @@ class IngestGateway:
             raise ValueError(f"gateway index={index!r}: expected an integer")
         self.config = config
         self.index = index
-        self.writer_id = new_writer_id("gateway", index)
+        self._stamper = RowStamper("gateway", index)
+        self.writer_id = self._stamper.writer_id
         self._token = token.encode()
         self._replay = replay
         self._weights = weights
@@ -329,6 +358,7 @@ class IngestGateway:
         self.action_high = np.broadcast_to(np.asarray(spec.action_high, dtype=np.float32).reshape(-1), (act_dim,))
         self._columns = transition_columns(self.obs_shape, self.action_shape)
         self._specs = {c.name: c for c in self._columns}
+        self._upload_columns = [c for c in self._columns if c.name not in STAMPED_COLUMNS]
 
         self._weights_lock = threading.Lock()
         self._state: Any = None
@@ -336,8 +366,6 @@ class IngestGateway:
         self._export_lock = threading.Lock()
         self._export: tuple[int, bytes] | None = None
         self._store_lock = threading.Lock()
-        self._episodes_stored = 0
-        self._next_seq = 0
         self._uploads = threading.BoundedSemaphore(config.max_concurrent_uploads)
         self._stats_lock = threading.Lock()
         self._requests: dict[int, int] = {}
@@ -349,7 +377,7 @@ class IngestGateway:
             "policy_exports": 0,
             "uploads_in_progress": 0,
         }
-        self._metrics = GatewayMetrics(index)  # Prometheus (a no-op without Ray)
+        self._metrics = metrics(index)  # Prometheus
         self._routes: dict[str, dict[str, Callable[[_Handler], None]]] = {
             f"{API_PREFIX}/spec": {"GET": self._get_spec},
             f"{API_PREFIX}/policy": {"GET": self._get_policy},
@@ -391,16 +419,15 @@ class IngestGateway:
             version = self._version
         return self._spec(version)
 
-    def stats(self) -> dict[str, Any]:
-        """Requests answered by status code (``requests``), episodes and rows stored, bytes of upload bodies read,
-        policy downloads and exports (one per version), uploads in progress, the newest policy version seen."""
+    def stats(self) -> GatewayStats:
+        """Requests answered by status code, episodes and rows stored, bytes of upload bodies read, policy downloads
+        and exports (one per version), uploads in progress, the newest policy version seen."""
         with self._stats_lock:
-            out: dict[str, Any] = {"requests": dict(sorted(self._requests.items())), **self._counters}
+            requests, counters = dict(sorted(self._requests.items())), dict(self._counters)
         with self._weights_lock:
-            out["policy_version"] = self._version
-        out["writer_id"] = self.writer_id
-        out["address"] = self.address()
-        return out
+            version = self._version
+        return GatewayStats(requests=requests, **counters, policy_version=version, writer_id=self.writer_id,
+                            address=self.address())
 
     def close(self) -> None:
         """Stop serving (requests in progress finish on their own threads) and stop polling weights."""
@@ -733,23 +760,14 @@ class IngestGateway:
         versions = episode.get("policy_version")
         if versions is None:
             versions = np.full(rows, -1, dtype=np.int64)
+        upload = {name: episode[name] for name in UPLOAD_COLUMNS}
         with self._store_lock:
-            episode_id = make_episode_id(self.writer_id, self._episodes_stored)
-            first_seq = self._next_seq
-            chunk = {
-                **{name: episode[name] for name in UPLOAD_COLUMNS},
-                "episode_id": np.full(rows, episode_id, dtype=np.int64),
-                "step": np.arange(rows, dtype=np.int64),
-                "policy_version": versions.astype(np.int64),
-                "writer_id": np.full(rows, self.writer_id, dtype=np.int64),
-                "seq": np.arange(first_seq, first_seq + rows, dtype=np.int64),
-            }
-            try:
-                validate_chunk(chunk, self._columns)
+            try:  # the stamps are right by construction: check the rest before they are given out
+                validate_chunk({**upload, "policy_version": versions.astype(np.int64)}, self._upload_columns)
             except SchemaError as exc:
                 raise _HttpError(400, f"episode does not match table {TABLE!r}: {exc}") from None
-            self._episodes_stored += 1
-            self._next_seq += rows
+            chunk = self._stamper.episode(upload, policy_version=versions)
+            episode_id, first_seq = int(chunk["episode_id"][0]), int(chunk["seq"][0])
             step = self.config.insert_chunk_rows
             try:
                 for start in range(0, rows, step):

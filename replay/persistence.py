@@ -58,8 +58,8 @@ removed row never comes back, killed process or not. Counts of rows not yet remo
 shard closes (and kept in every snapshot), not on every sample, which would write a record per sampled row: after
 a crash, a live row's count is the one of the last snapshot or clean close, so it can be sampled up to
 ``max_times_sampled - 1`` more times in all than configured. "Every acknowledged transition is recovered" then means
-every acknowledged row that was not removed. Readers that do not configure ``max_times_sampled`` (export,
-inspection) are not given the counts: to them, removed rows are still stored.
+every acknowledged row that was not removed. The counts are read only for a configuration with
+``max_times_sampled`` (export and inspection set it whenever the files hold counts, see :mod:`replay.stored`).
 
 Durability: every record is written to the OS (one ``writev``) before the caller acknowledges the insert, so a
 killed process loses nothing acknowledged. Against power loss, ``fsync`` chooses ``"every_insert"`` (``os.fsync``
@@ -71,10 +71,10 @@ synced too; up to that window of acknowledged inserts can be lost) or ``"none"``
 :meth:`TableStore.write_snapshot`, :meth:`TableStore.prune` and :meth:`TableStore.remove_before`, which touch only
 files no writer uses. The interval timer only fsyncs, under a lock of its own that closing a log also takes.
 
-Readers outside the shard (export, inspection: :mod:`replay.offline`) open a store with ``read_only=True``: it takes
-no LOCK and changes no file, so it can read a directory a live shard is writing; :meth:`TableStore.recover` then
-leaves temp files alone, skips a torn final record (a live writer may be in the middle of it) with a warning instead
-of cutting it off, and reports damage without moving anything.
+Readers outside the shard (export, inspection: :func:`replay.recovery.open_table` with ``read_only=True``) open a
+store with ``read_only=True``: it takes no LOCK and changes no file, so it can read a directory a live shard is
+writing; :meth:`TableStore.recover` then leaves temp files alone, skips a torn final record (a live writer may be in
+the middle of it) with a warning instead of cutting it off, and reports damage without moving anything.
 """
 
 from __future__ import annotations
@@ -191,7 +191,8 @@ class SnapshotImage:
     dropped_non_finite: int = 0
     """Rows dropped at insert for NaN or inf so far."""
     priority_exponent: float | None = None
-    """The exponent ``priorities`` were raised to (read from a snapshot; writing uses the table's)."""
+    """The ``priority_exponent`` ``priorities`` were raised to (read from a snapshot's metadata; None when it has
+    no priorities)."""
 
 
 @dataclass
