@@ -118,62 +118,34 @@ _JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """The ingest gateway: where it listens, who may talk to it, and how much it accepts."""
+    """The ingest gateway: where it listens, who may talk to it, and how much it accepts. ``metadata["check"]``
+    declares a field's constraint (checked by ``system.config``; ``secret``: the value is never shown)."""
 
     enabled: bool = False
     """Start the gateway with the run."""
-    host: str = "127.0.0.1"
+    host: str = field(default="127.0.0.1", metadata={
+        "check": lambda host: None if host.strip() else "a host name or IP address such as '127.0.0.1'"})
     """Address to listen on. The default accepts local connections only; anything else serves plain HTTP on the
     network: put a TLS reverse proxy in front (docs/gateway.md)."""
-    port: int = 0
+    port: int = field(default=0, metadata={"check": "in [0, 65535]", "note": "0: pick a free port"})
     """TCP port; 0 picks a free one (read it from ``IngestGateway.address()``)."""
-    token: str = ""
+    token: str = field(default="", metadata={
+        "check": lambda token: token_problem(token) if token else None, "secret": True})
     """Bearer token every request must carry (at least 16 printable ASCII characters, no spaces); empty: read
     ``DYNARAY_GATEWAY_TOKEN``, and when that is empty too the system layer generates one (:func:`resolve_token`)."""
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = field(default=16 * 1024 * 1024, metadata={"check": ">= 1024"})
     """Largest upload body accepted; a larger one is refused with 413 before it is read."""
-    max_concurrent_uploads: int = 4
+    max_concurrent_uploads: int = field(default=4, metadata={"check": ">= 1"})
     """Uploads read and validated at once (each holds its body in memory); more are refused with 503."""
-    insert_chunk_rows: int = 50
+    insert_chunk_rows: int = field(default=50, metadata={"check": ">= 1"})
     """Rows per replay insert when an episode is stored (the replay rate limiter refuses inserts of more than
-    ``2 * replay.error_buffer_steps / replay.num_shards`` rows)."""
-    weights_poll_s: float = 1.0
+    ``2 * replay.error_buffer_steps / replay.num_shards`` rows; the system config checks it)."""
+    weights_poll_s: float = field(default=1.0, metadata={"check": "> 0"})
     """Seconds between non-blocking polls for newer policy weights."""
-    socket_timeout_s: float = 30.0
+    socket_timeout_s: float = field(default=30.0, metadata={"check": "> 0"})
     """A connection that sends nothing for this long (an idle keep-alive, a stalled upload) is closed."""
-    num_cpus: float = 0.5
+    num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
     """Ray CPUs reserved for the gateway actor (read by system/)."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("bool", "str"):
-                ok, kind = type(value).__name__ == f.type, f"a {f.type}"
-            elif f.type == "int":
-                ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
-            else:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                kind = "a finite number"
-            if not ok:
-                shown = _redacted(value) if f.name == "token" else repr(value)
-                raise ValueError(f"gateway.{f.name}={shown}: expected {kind}")
-        _require(bool(self.host.strip()), "host", self.host, "a host name or IP address such as '127.0.0.1'")
-        _require(0 <= self.port <= 65535, "port", self.port, "an integer in [0, 65535] (0: pick a free port)")
-        if self.token:
-            problem = token_problem(self.token)
-            if problem:
-                raise ValueError(f"gateway.token={_redacted(self.token)}: expected {problem}")
-        _require(self.max_body_bytes >= 1024, "max_body_bytes", self.max_body_bytes, "an integer >= 1024")
-        for name in ("max_concurrent_uploads", "insert_chunk_rows"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        for name in ("weights_poll_s", "socket_timeout_s"):
-            _require(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
-        _require(self.num_cpus >= 0, "num_cpus", self.num_cpus, "a number >= 0")
-
-
-def _require(ok: bool, name: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"gateway.{name}={value!r}: expected {expected}")
 
 
 def _redacted(value: Any) -> str:

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("train", help="train on an embedded local Ray or an existing cluster")
     p.add_argument("items", nargs="*", metavar="PRESET|key=value",
-                   help="presets merged in order after 'default', then key=value overrides (e.g. seed=3)")
+                   help="presets overlaid on the defaults in order, then key=value overrides (e.g. seed=3)")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     p.set_defaults(func=train)
 

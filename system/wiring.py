@@ -12,7 +12,7 @@ Ray metric objects never travel). Without Ray in the process every recorder reco
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,7 @@ from actors.imagination import ImaginationWorker
 from actors.rollout import RolloutWorker
 from learners.networks import resolve_device
 from learners.sac import Policy, SACLearner
+from learners.termination import resolve_termination_fn
 from learners.world_model import WorldModel, WorldModelLearner
 from replay.client import ReplayClient
 from replay.handles import LocalHandle
@@ -204,6 +205,10 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     ``replay_dir``: where the shards persist their tables (an absolute path every shard's node can write; see
     ``ReplayConfig.directory``); None persists nothing.
     """
+    # world_model.termination_fn "auto": the env's known termination function or the learned head, decided here
+    # once for every role that makes a WorldModel (imagination workers, planning rollout workers).
+    termination_fn = resolve_termination_fn(config.world_model.termination_fn, config.env.id, config.env.kwargs)
+    config = replace(config, world_model=replace(config.world_model, termination_fn=termination_fn))
     system = System(local=local)
     make = _Maker(config, local, system)
 

@@ -39,6 +39,7 @@ from replay.handles import LocalHandle
 from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
+from system.config import ConfigError, config_from_dict, load_config
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 TOKEN = "test-token-0123456789abcdef"
@@ -195,14 +196,16 @@ def post(rig: Rig, body: bytes, token: str | None = TOKEN, headers: dict | None 
 
 
 def test_config_validation_names_key_value_and_expected():
-    with pytest.raises(ValueError, match=r"gateway\.port=70000: expected an integer in \[0, 65535\]"):
-        GatewayConfig(port=70000)
-    with pytest.raises(ValueError, match=r"gateway\.max_body_bytes=10: expected an integer >= 1024"):
-        GatewayConfig(max_body_bytes=10)
-    with pytest.raises(ValueError, match=r"gateway\.enabled='yes': expected a bool"):
-        GatewayConfig(enabled="yes")
-    with pytest.raises(ValueError, match="gateway.token=<5 characters>: expected at least 16") as info:
-        GatewayConfig(token="short")
+    with pytest.raises(ConfigError, match=r"gateway\.port=70000: expected an integer in \[0, 65535\]"):
+        load_config([], ["gateway.port=70000"])
+    with pytest.raises(ConfigError, match=r"gateway\.max_body_bytes=10: expected an integer >= 1024"):
+        load_config([], ["gateway.max_body_bytes=10"])
+    with pytest.raises(ConfigError, match=r"gateway\.enabled='yes': expected bool"):
+        config_from_dict({"gateway": {"enabled": "yes"}})
+    with pytest.raises(ConfigError, match=r"gateway\.host='  ': expected a host name or IP address"):
+        load_config([], ["gateway.host='  '"])
+    with pytest.raises(ConfigError, match="gateway.token=<5 characters>: expected at least 16") as info:
+        load_config([], ["gateway.token=short"])
     assert "short" not in str(info.value), "a token must never be echoed"
 
 
