@@ -726,9 +726,11 @@ class TableStore:
                     settle(0 if item.key >= 0 else None)
                 held = _Held(record, item.key, path)
             if held is not None and pending < len(side):
-                # records of the other logs after it: it was applied
-                yield release(held)
-                held = None
+                end = (held.key if held.key >= 0 else inserted) + held.record.rows
+                if held.record.rows == 0 or side[-1][0] >= end:
+                    # a record of the other logs made after its rows were written: it was applied
+                    yield release(held)
+                    held = None
             for _, record in side[pending:]:
                 yield translated(record)
         if held is not None:

@@ -260,7 +260,8 @@ def test_records_without_keys_logged_twice_are_recovered_once(tmp_path):
 
 
 def test_an_insert_whose_fsync_failed_and_its_retry_recover_as_acknowledged(tmp_path, monkeypatch):
-    shard = ReplayShard([config()], directory=str(tmp_path), fsync="every_insert")
+    cfg = config(sampler="prioritized")
+    shard = ReplayShard([cfg], directory=str(tmp_path), fsync="every_insert")
     fill(shard, 2)
     store = shard._state("real").store
     real_fsync = os.fsync
@@ -276,11 +277,13 @@ def test_an_insert_whose_fsync_failed_and_its_retry_recover_as_acknowledged(tmp_
     chunk = make_chunk(CHUNK, start_seq=2 * CHUNK)
     with pytest.raises(OSError):  # written completely, not acknowledged, not applied
         shard.insert("real", chunk, 0)
+    shard.update_priorities("real", np.array([1, 3]), np.array([5.0, 0.5]))  # logged in the next generation
     fill(shard, 1, start=100, writer_id=3)  # another writer goes first
     assert shard.insert("real", chunk, 0)["status"] == "ok"  # the retry
+    shard.update_priorities("real", np.array([20, 30]), np.array([2.0, 3.0]))
     os.close(store._lock_fd)  # killed
-    again = ReplayShard([config()], directory=str(tmp_path))
-    assert_same(shard, again)  # the retry's place and keys, not the failed write's
+    again = ReplayShard([cfg], directory=str(tmp_path))
+    assert_same(shard, again)  # the retry's place and keys (and the priorities by key), not the failed write's
     np.testing.assert_array_equal(seqs(again)[16:], np.concatenate([np.arange(800, 808), np.arange(16, 24)]))
     assert again.stats()["real"]["recovered_duplicates"] == 1
     again.close()
