@@ -43,8 +43,9 @@ record that does not check (header or body checksum, a body that does not decode
 next record by its magic and a valid header checksum, recovers every valid record before and after, and reports the
 file, the damaged byte ranges, rows recovered and rows lost in one line (rows lost are exact where the records
 around the damage have keys: each insert record carries the key of its first row). Row keys stay those of the
-records that were read; after lost rows, later rows get keys that many lower, and logged priority updates and
-sample counts are moved to the new keys (those of lost rows are dropped). A shard that recovered damage writes a
+records that were read; after lost rows, later rows get keys that many lower (:attr:`RecoveryReport.gaps`), and
+logged priority updates and sample counts are moved to the new keys (those of lost rows are dropped); a cold tier's
+segments do not follow, so :func:`replay.recovery.open_table` refuses such a table with a cold tier. A shard that recovered damage writes a
 snapshot before it serves (:attr:`TableStore.needs_snapshot`); that snapshot's :meth:`TableStore.prune` moves the
 damaged files aside as ``<name>.corrupt-<time>`` and removes the older files, so no file with the old keys stays.
 Counts are in :attr:`TableStore.recovery` (:meth:`RecoveryReport.stats`).
@@ -257,6 +258,9 @@ class RecoveryReport:
     gone); part of :attr:`rows_lost`."""
     duplicates: int = 0
     """Insert records logged twice (or logged but not applied) and recovered once."""
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+    """``(first key, rows)`` of logged keys no readable record holds, with records after them (whose rows got keys
+    that many lower), ascending; filled as the records are read."""
 
     @property
     def rows_lost(self) -> int:
@@ -638,8 +642,7 @@ class TableStore:
         no readable record holds open gaps in it, and keys of priority and count records are moved past them."""
         seen = {int(w): set(keys) for w, (keys, _) in seen_state.items()}
         floors = {int(w): floor for w, (_, floor) in seen_state.items() if floor is not None}
-        gaps: list[tuple[int, int]] = []
-        """Logged keys ``[start, start + length)`` no readable record holds, ascending."""
+        gaps = self.recovery.gaps
         damage: list[_Damage] = []
         """Damaged stretches of insert logs since the last insert record that checked."""
         recovered: dict[str, int] = {}

@@ -215,6 +215,14 @@ def _recover(opened: OpenedTable, snapshot: SnapshotImage | None, records: Itera
         opened.seen = {w: SeenChunks.from_state(keys, floor) for w, (keys, floor) in snapshot.seen.items()}
     cold = table.cold
     for record in records:
+        if cold is not None and opened.store.recovery.gaps and not opened.store.read_only:
+            damaged = {d.path: d.ranges for d in opened.store.recovery.damaged}
+            raise RuntimeError(
+                f"replay table {table.name!r} in {opened.store.root}: damaged files (byte ranges: {damaged}) lost rows "
+                f"(first key, rows: {opened.store.recovery.gaps}), so the rows after them would get lower keys, which "
+                f"the segments of its cold tier do not follow; no file was moved or deleted. Restore the damaged "
+                f"files, or move {cold.directory} aside to start without the cold rows (they stay in its files)"
+            )
         if isinstance(record, InsertRecord):
             table.write(record.chunk, record.rows, record.dropped_non_finite)
             if cold is not None and cold.has_pending:

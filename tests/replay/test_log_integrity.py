@@ -17,6 +17,7 @@ from replay import ReplayShard, TableConfig
 from replay.persistence import InsertRecord, TableStore
 from replay.schema import SchemaError
 from tests.replay.helpers import COLUMNS, make_chunk
+from tests.replay.test_cold import cold_config
 from tests.replay.test_persistence import CHUNK, assert_same, config, fill, rows, table_dir
 
 HEADER = 40
@@ -161,6 +162,22 @@ def test_removals_follow_their_rows_past_a_damaged_record(tmp_path):
     # the rows still stored are exactly those not removed and not lost: seq equals the old key here
     assert live == set(range(48)) - gone - set(range(8, 16))
     again.close()
+
+
+def test_a_table_with_a_cold_tier_refuses_new_keys_and_changes_nothing(tmp_path):
+    cfg = cold_config(capacity=40, disk=1000, persist=True)
+    shard = ReplayShard([cfg], directory=str(tmp_path))
+    fill(shard, 10)  # rows 0..39 evicted to the cold tier
+    shard.close()
+    wal = os.path.join(table_dir(tmp_path), "wal-0.log")
+    start, end = record_bounds(wal)[7]  # seq 56..63, in memory, with records after it
+    flip(wal, float_offset(wal, 60.0, start, end))
+    paths = glob.glob(os.path.join(table_dir(tmp_path), "**"), recursive=True)
+    files = {path: open(path, "rb").read() for path in paths if os.path.isfile(path)}
+    with pytest.raises(RuntimeError, match=r"wal-0\.log.*lost rows .*cold tier do not follow; no file was moved"):
+        ReplayShard([cfg], directory=str(tmp_path))
+    for path, data in files.items():
+        assert open(path, "rb").read() == data, path
 
 
 def test_a_read_only_reader_reports_damage_and_changes_nothing(tmp_path):
