@@ -33,11 +33,11 @@ The system layer's side::
     gateway.stats()                                          # a GatewayStats
     gateway.close()
 
-Row stamps, by a ``replay.writers.RowStamper``: ``writer_id = replay.writers.new_writer_id("gateway", index)`` (fresh random incarnation bits each
-time a gateway object is made, so a restarted gateway is a new writer: its ``seq`` restarts at 0 without the shards
-taking its rows for duplicates, and its episode ids never repeat the old ones); ``episode_id =
-replay.writers.episode_id(writer_id, n)`` for the n-th episode this gateway object stored; ``step`` 0, 1, ... within
-the episode; ``seq`` numbers rows consecutively from 0.
+Row stamps (one ``replay.writers.RowStamper``): ``writer_id = replay.writers.new_writer_id("gateway", index)``
+(fresh random incarnation bits each time a gateway object is made, so a restarted gateway is a new writer: its
+``seq`` restarts at 0 without the shards taking its rows for duplicates, and its episode ids never repeat the old
+ones); ``episode_id = replay.writers.episode_id(writer_id, n)`` for the n-th episode this gateway object stored;
+``step`` 0, 1, ... within the episode; ``seq`` numbers rows consecutively from 0.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import socketserver
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping
@@ -246,25 +246,25 @@ class _HttpError(Exception):
 class GatewayStats:
     """What :meth:`IngestGateway.stats` answers: counts since the gateway object was made."""
 
-    requests: Mapping[int, int] = field(default_factory=dict)
+    requests: Mapping[int, int]
     """Requests answered, by HTTP status code."""
-    episodes: int = 0
+    episodes: int
     """Episodes stored."""
-    rows: int = 0
+    rows: int
     """Rows stored."""
-    bytes_received: int = 0
+    bytes_received: int
     """Bytes of upload bodies read."""
-    policy_downloads: int = 0
+    policy_downloads: int
     """Policies downloaded."""
-    policy_exports: int = 0
+    policy_exports: int
     """Policy versions exported to TorchScript (one per version downloaded)."""
-    uploads_in_progress: int = 0
+    uploads_in_progress: int
     """Uploads being read or stored now."""
-    policy_version: int | None = None
+    policy_version: int | None
     """The newest policy version the gateway has seen (None: none published yet)."""
-    writer_id: int = 0
+    writer_id: int
     """The writer id its rows carry."""
-    address: tuple[str, int] = ("", 0)
+    address: tuple[str, int]
     """``(host, port)`` the server listens on."""
 
 

@@ -149,9 +149,11 @@ class SystemConfig:
                  f"{self.replay.num_shards} = {max_rows} rows per insert")
         chunk_rows = self.rollout.chunk_length * self.rollout.envs_per_worker
         if chunk_rows > max_rows:
+            need = -(-chunk_rows * self.replay.num_shards // 2)
             raise ValueError(f"rollout.chunk_length={self.rollout.chunk_length}: expected chunk_length * "
                              f"rollout.envs_per_worker ({chunk_rows} rows per chunk) <= {limit} (no chunk could "
-                             f"ever be stored)")
+                             f"ever be stored); lower rollout.chunk_length or raise replay.error_buffer_steps to "
+                             f">= {need}")
         if self.gateway.enabled and self.gateway.insert_chunk_rows > max_rows:
             raise ValueError(f"gateway.insert_chunk_rows={self.gateway.insert_chunk_rows}: expected <= {limit} "
                              f"(every upload would fail)")

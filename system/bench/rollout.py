@@ -617,8 +617,13 @@ def run(args: argparse.Namespace) -> int:
     from system.config import ConfigError, to_dict
 
     def config_of(env_id: str, envs: int = 1, mode: str = "sync", workers: int = 1) -> Any:
+        # Nothing samples here (no learner rate limiters), so the error buffer only has to admit a whole chunk of
+        # the larger vector envs, which a run would be told to raise it for.
+        chunk_rows = base.rollout.chunk_length * envs
+        error_buffer = max(base.replay.error_buffer_steps, -(-chunk_rows * base.replay.num_shards // 2))
         return load_bench_config(args, [f"env.id={env_id}", f"rollout.envs_per_worker={envs}",
-                                        f"rollout.vector_mode={mode}", f"rollout.num_workers={workers}"])
+                                        f"rollout.vector_mode={mode}", f"rollout.num_workers={workers}",
+                                        f"replay.error_buffer_steps={error_buffer}"])
 
     workers = args.workers if args.ray else [1]
     configurations = [(env_id, n, mode) for env_id in args.envs for n in args.envs_per_worker
