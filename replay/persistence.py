@@ -45,9 +45,10 @@ file, the damaged byte ranges, rows recovered and rows lost in one line (rows lo
 around the damage have keys: each insert record carries the key of its first row). Row keys stay those of the
 records that were read; after lost rows, later rows get keys that many lower (:attr:`RecoveryReport.gaps`), and
 logged priority updates and sample counts are moved to the new keys (those of lost rows are dropped); a cold tier's
-segments do not follow, so :func:`replay.recovery.open_table` refuses such a table with a cold tier. A shard that recovered damage writes a
-snapshot before it serves (:attr:`TableStore.needs_snapshot`); that snapshot's :meth:`TableStore.prune` moves the
-damaged files aside as ``<name>.corrupt-<time>`` and removes the older files, so no file with the old keys stays.
+segments do not follow, so :func:`replay.recovery.open_table` refuses such a table with a cold tier. A shard that
+recovered damage writes a snapshot before it serves (:attr:`TableStore.needs_snapshot`); that snapshot's
+:meth:`TableStore.prune` moves the damaged files aside as ``<name>.corrupt-<time>`` and removes the older files, so
+no file with the old keys stays.
 Counts are in :attr:`TableStore.recovery` (:meth:`RecoveryReport.stats`).
 
 Duplicates. An insert whose record reached the log but that failed afterwards (an ``fsync`` error) was not applied;
