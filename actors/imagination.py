@@ -17,12 +17,13 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from actors.metrics import ImaginationRecorder
+from learners._common import device_problem
 from replay.writers import RowStamper
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,14 @@ class ImaginationConfig:
     """Start-state batches requested ahead of use."""
     num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
     """Ray CPUs per imagination worker."""
-    device: str = "cpu"
-    """Torch device for model and policy forwards ('auto' picks CUDA when the actor has a GPU)."""
+    num_gpus: float = field(default=0.0, metadata={"check": ">= 0"})
+    """Ray GPUs per imagination worker (fractions share one GPU); with device 'auto' it then runs on CUDA."""
+    resources: Mapping[str, float] = field(default_factory=dict, metadata={"check": ">= 0"})
+    """Custom Ray resources per imagination worker, e.g. ``{learner_gpu: 0.25}`` to land on nodes that offer
+    them (empty: any node with the CPUs and GPUs)."""
+    device: str = field(default="cpu", metadata={"check": device_problem})
+    """Torch device for model and policy forwards: 'auto' (CUDA when the worker's process sees a GPU, i.e. with
+    num_gpus > 0), 'cpu', 'cuda' or 'cuda:<i>'; resolved in the worker's own process."""
     max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
     """How often Ray restarts an imagination worker whose process died; -1 without limit."""
     penalty_scale: float = field(default=0.0, metadata={"check": ">= 0", "note": "0: off"})

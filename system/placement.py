@@ -8,17 +8,57 @@ Usage (the CLI, before the driver starts the roles)::
 An actor that is not placed within the timeout is diagnosed from the cluster's nodes: either no node offers what
 it asks for (a resource nobody has, or more of one than any node has: it can never run, unless an autoscaler adds
 such a node), or the resources exist but other actors hold them.
+
+:func:`planned_demands` says what every actor of a config will ask Ray for, before anything starts: the deploy
+tests check it against the node types of ``deploy/`` (every role fits some node type, the whole run fits the
+cluster's bounds).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["PlacementError", "describe", "diagnose", "wait_for_placement"]
+__all__ = ["PlacementError", "describe", "diagnose", "planned_demands", "wait_for_placement"]
 
 
 class PlacementError(RuntimeError):
     """Some roles could not be placed on the cluster within the timeout; the message says which and why."""
+
+
+def _demand(num_cpus: float, num_gpus: float = 0.0, resources: Mapping[str, float] | None = None,
+            memory: int = 0) -> dict[str, float]:
+    return {"CPU": num_cpus, "GPU": num_gpus, **dict(resources or {}), **({"memory": memory} if memory else {})}
+
+
+def planned_demands(config: Any) -> dict[str, dict[str, float]]:
+    """Actor name -> the resources it asks Ray for (``CPU``, ``GPU``, custom resources, ``memory`` in bytes when
+    reserved), for every actor ``system.wiring.build_system(config, ...)`` makes at the start of a run: the same
+    as the built system's ``demands`` (tests/system/test_placement.py holds them equal). Workers that
+    ``dynaray scale`` adds ask what their pool's first workers ask."""
+    from system.control import CONTROL_ACTOR
+
+    demands = {f"replay-shard-{i}": _demand(config.replay.num_cpus, resources=config.placement.replay_resources)
+               for i in range(config.replay.num_shards)}
+    demands["weights-store"] = _demand(0)
+    for name, role in (("policy-learner", config.placement.policy), ("world-model-learner",
+                                                                     config.placement.world_model)):
+        if name == "policy-learner" or config.world_model.enabled:
+            options = role.ray_options()
+            demands[name] = _demand(options["num_cpus"], options["num_gpus"], options["resources"],
+                                    options.get("memory", 0))
+    rollout = config.rollout
+    demands.update({f"rollout-{i}": _demand(rollout.num_cpus, rollout.num_gpus, rollout.resources)
+                    for i in range(rollout.num_workers)})
+    if config.imagination_enabled:
+        imagination = config.imagination
+        demands.update({f"imagination-{i}": _demand(imagination.num_cpus, imagination.num_gpus,
+                                                     imagination.resources)
+                        for i in range(imagination.num_workers)})
+    if config.gateway.enabled:
+        demands["gateway"] = _demand(config.gateway.num_cpus)
+    demands[CONTROL_ACTOR] = _demand(0)
+    demands.update({f"evaluator-{i}": _demand(config.eval.num_cpus) for i in range(config.eval.num_workers)})
+    return demands
 
 
 def _where(_actor: Any) -> dict[str, str]:

@@ -21,7 +21,6 @@ from actors.evaluator import Evaluator
 from actors.gateway import IngestGateway
 from actors.imagination import ImaginationWorker
 from actors.rollout import RolloutWorker
-from learners.networks import resolve_device
 from learners.sac import Policy, SACLearner
 from learners.termination import resolve_termination_fn
 from learners.world_model import WorldModel, WorldModelLearner
@@ -245,7 +244,7 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     # Imagination workers (a pool too): sample start states from "real", write model rollouts to "imagined";
     # poll "policy" and "world_model" from the store.
     if config.imagination_enabled:
-        device = str(resolve_device(config.imagination.device))
+        device = config.imagination.device  # resolved by Policy and WorldModel in the worker's process
 
         def imagination_worker(i: int) -> Any:
             seed = config.seed + SEED_IMAGINATION + 100 * i
@@ -256,7 +255,8 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
                         partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model, seed=seed,
                                 device=device),
                         index=i, local=local, metrics=ImaginationMetrics,
-                        max_restarts=config.imagination.max_restarts)
+                        max_restarts=config.imagination.max_restarts, num_gpus=config.imagination.num_gpus,
+                        resources=config.imagination.resources)
 
         system.worker_factories["imagination"] = imagination_worker
         for i in range(config.imagination.num_workers):

@@ -50,3 +50,56 @@ def test_unreachable_address_fails_fast_with_a_clear_error(tmp_path, capsys):
     code = main(["train", "debug", f"run.runs_dir={tmp_path}", "--address", "127.0.0.1:1"])
     assert code == 1 and time.monotonic() - start < 60
     assert "nothing answers at 127.0.0.1:1 within 10 s" in capsys.readouterr().err
+
+
+class _FakeActorClass:
+    """Stands in for a Ray actor class of role ``cls``: makes a handle that is never called, and records the
+    arguments each actor of ``cls`` was made with in ``made``."""
+
+    def __init__(self, cls: type, made: list):
+        self.cls, self.made = cls, made
+
+    def options(self, **options):
+        return self
+
+    def remote(self, *args, **kwargs):
+        self.made.append((self.cls, args))
+        return object()
+
+
+def test_planned_demands_are_what_the_wiring_asks_ray_for(monkeypatch):
+    from actors.envs import probe_env
+    from system import wiring
+    from system.config import load_config
+    from system.placement import planned_demands
+
+    made = []
+    monkeypatch.setattr(wiring, "_remote_class", lambda cls, threads: _FakeActorClass(cls, made))
+    config = load_config(["debug"], ["imagination.device=auto",
+        "rollout.num_workers=3", "rollout.resources={rollout_node: 1}", "rollout.num_cpus=0.25",
+        "placement.policy.num_gpus=0.5", "placement.world_model.num_gpus=0.5", "placement.world_model.memory_mb=64",
+        "placement.replay_resources={replay_node: 1}", "replay.num_shards=2", "imagination.num_gpus=0.25",
+        "imagination.resources={learner_gpu: 0.25}", "gateway.enabled=true", "eval.num_workers=2"])
+    system = wiring.build_system(config, probe_env(config.env))
+    assert system.demands == planned_demands(config)
+    assert system.demands["imagination-0"] == {"CPU": 0.5, "GPU": 0.25, "learner_gpu": 0.25}
+    assert system.demands["world-model-learner"] == {"CPU": 1.0, "GPU": 0.5, "memory": 64 * 1024 * 1024}
+    assert {"rollout-2", "replay-shard-1", "evaluator-1", "gateway", "control", "weights-store"} <= set(system.demands)
+
+    # The imagination worker's policy and model get the device name: each resolves it in the worker's process,
+    # where the worker's GPUs are visible.
+    args = next(args for cls, args in made if cls.__name__ == "ImaginationWorker")
+    assert args[4].keywords["device"] == "auto" and args[5].keywords["device"] == "auto"
+
+
+def test_imagination_device_and_resources_are_checked():
+    import pytest
+
+    from system.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"imagination.device='gpu0': expected 'auto', 'cpu', 'cuda' or"):
+        load_config([], ["imagination.device=gpu0"])
+    with pytest.raises(ConfigError, match=r"imagination.num_gpus=-0.5: expected a finite number >= 0"):
+        load_config([], ["imagination.num_gpus=-0.5"])
+    with pytest.raises(ConfigError, match=r"imagination.resources=\{'learner_gpu': -1.0\}: expected a mapping"):
+        load_config([], ["imagination.resources={learner_gpu: -1}"])
