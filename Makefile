@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ARGS ?=
+# The exact versions the project is tested with (constraints.txt); `make CONSTRAINTS= ...` installs the newest
+# versions pyproject.toml allows instead.
+CONSTRAINTS ?= -c constraints.txt
 
 .PHONY: run test setup setup-test clean
 
@@ -13,13 +16,13 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # torch==2.13.0 first: on machines with a local CPU wheel this takes it instead of a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet torch==2.13.0 || $(BIN)/pip install --quiet torch
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --quiet $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet $(CONSTRAINTS) -e '.[test]'
 	touch $@
 
 setup: $(VENV)/.installed
