@@ -79,7 +79,7 @@ def train(args: argparse.Namespace) -> int:
     from system.driver import Driver, RoleError, describe_error, progress_printer
     from system.placement import PlacementError, describe as describe_placement, wait_for_placement
     from system.run_dir import RunDir
-    from system.runtime import start_ray, stop_ray
+    from system.runtime import ClusterVersionError, start_ray, stop_ray
     from system.wiring import build_system, kill_system
 
     torch.set_num_threads(config.run.torch_threads)
@@ -101,7 +101,7 @@ def train(args: argparse.Namespace) -> int:
         if system.gateway is not None:
             print(f"dynaray: ingest gateway at {get(system.gateway.url.remote())} (docs/gateway.md)", file=sys.stderr)
         summary = Driver(config, spec, system, run_dir, on_report=show, placement=placement).run()
-    except (RoleError, PlacementError) as exc:
+    except (RoleError, PlacementError, ClusterVersionError) as exc:
         return _fail(str(exc), EXIT_FAILED)
     except RayActorError as exc:
         return _fail(f"a role could not start: {describe_error(exc)}", EXIT_FAILED)

@@ -23,6 +23,7 @@ from replay.handles import get, is_actor_failure, wait
 from system.config import SystemConfig
 from system.loops import LearnerReport
 from system.metrics import DriverMetrics
+from system.placement import locate
 from system.run_dir import RunDir
 from system.wiring import System
 
@@ -120,6 +121,8 @@ class Driver:
         self._gateway_pending = False
         self._lost_calls: Counter[tuple[str, int]] = Counter()
         self._incarnations: dict[tuple[str, int], int] = {}
+        self._added_at: dict[tuple[str, int], float] = {}
+        """(pool, index) -> when a worker added by scaling was made, until its first report."""
         self._env_errors: dict[int, int] = {}
         self._acting: dict[int, int] = {}
         self._metrics = DriverMetrics(config.run.total_env_steps, enabled=config.run.metrics)
@@ -197,9 +200,25 @@ class Driver:
         for _ in range(size - len(active)):
             i = self._next_index[pool]
             self._next_index[pool] += 1
-            self.system.add_worker(pool, i)
+            handle = self.system.add_worker(pool, i)
             logger.info("scaling: %s worker %d added", pool, i)
+            self._added_at[(pool, i)] = time.monotonic()
+            if not self.system.local:  # where it lands: answered once it is made, before its first call
+                self._submit(locate(handle), _Call("placed", i, pool))
             (self._submit_rollout if pool == "rollout" else self._submit_imagination)(i)
+
+    def _on_placed(self, call: _Call, where: dict[str, str]) -> None:
+        """A worker added by scaling runs: its node goes into the placement (run dir, ``dynaray status``)."""
+        self.placement[f"{call.payload}-{call.index}"] = where
+        self.run_dir.write_json("placement", self.placement)
+
+    def _first_report(self, pool: str, i: int) -> None:
+        """The first report of a worker added by scaling: say where it runs and how long it took to report."""
+        added = self._added_at.pop((pool, i), None)
+        if added is not None:
+            where = self.placement.get(f"{pool}-{i}", {})
+            print(f"dynaray: scaling: {pool}-{i} on node {where.get('ip', '?')} ({where.get('node_id', '?')[:8]}): "
+                  f"first report {time.monotonic() - added:.1f} s after it was added", file=sys.stderr)
 
     def _pool_calls(self, pool: str) -> list[_Call]:
         """Calls in flight to workers of ``pool``."""
@@ -233,6 +252,8 @@ class Driver:
         if call.kind == "retire" and is_actor_failure(exc):  # died while retiring: nothing more to flush
             self._on_retire(call, None)
             return True
+        if call.kind == "placed":  # the worker's own calls tell what happened to it
+            return True
         if call.kind not in RESTARTABLE or not is_actor_failure(exc) or getattr(exc, "actor_init_failed", False):
             return False
         role = RESTARTABLE[call.kind]
@@ -260,6 +281,7 @@ class Driver:
 
     def _on_rollout(self, call: _Call, report: RolloutReport) -> None:
         self._count_incarnation("rollout", report)
+        self._first_report("rollout", call.index)
         self._steps_in_flight -= call.payload
         self.env_steps += report.env_steps
         for episode_return, _ in report.episodes:
@@ -306,6 +328,7 @@ class Driver:
 
     def _on_imagination(self, call: _Call, report: ImaginationReport) -> None:
         self._count_incarnation("imagination", report)
+        self._first_report("imagination", call.index)
         # counts summed over the run, then the newest values (columns imagination_<name>)
         total = self._latest.setdefault(
             "imagination", {"transitions": 0, "stopped_uncertain": 0, "stopped_nonfinite": 0, "penalized": 0})

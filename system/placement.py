@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["PlacementError", "describe", "diagnose", "planned_demands", "wait_for_placement"]
+__all__ = ["PlacementError", "describe", "diagnose", "locate", "planned_demands", "wait_for_placement"]
 
 
 class PlacementError(RuntimeError):
@@ -68,6 +68,12 @@ def _where(_actor: Any) -> dict[str, str]:
     return {"node_id": context.get_node_id(), "ip": ray.util.get_node_ip_address()}
 
 
+def locate(handle: Any) -> Any:
+    """A ref to ``{"node_id", "ip"}`` of the actor behind ``handle``, answered once the actor is made (before any
+    call submitted after this one)."""
+    return handle.__ray_call__.remote(_where)
+
+
 def wait_for_placement(system: Any, timeout_s: float) -> dict[str, dict[str, str]]:
     """Role name -> ``{"node_id", "ip"}`` once every actor of ``system`` runs (its constructor finished).
 
@@ -77,7 +83,7 @@ def wait_for_placement(system: Any, timeout_s: float) -> dict[str, dict[str, str
     """
     import ray
 
-    refs = {name: handle.__ray_call__.remote(_where) for name, handle in system.named_actors()}
+    refs = {name: locate(handle) for name, handle in system.named_actors()}
     by_ref = {ref: name for name, ref in refs.items()}
     ready, pending = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
     if pending:

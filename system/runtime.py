@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket
 
 from system.config import SystemConfig
@@ -50,6 +51,60 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
+class ClusterVersionError(RuntimeError):
+    """The Ray of this process and of the cluster's nodes differ; the message names each version."""
+
+
+_MISMATCH = re.compile(r"started with:\s+Ray: (\S+)\s+Python: (\S+).*?started with:\s+Ray: (\S+)\s+Python: (\S+)",
+                       re.DOTALL)
+
+
+def version_mismatch_line(error: BaseException, address: str) -> str | None:
+    """One line for Ray's multi-line "Version mismatch" error of ``ray.init(address)``; None for another error."""
+    match = _MISMATCH.search(str(error)) if str(error).startswith("Version mismatch") else None
+    if match is None:
+        return None
+    cluster_ray, cluster_py, here_ray, here_py = match.groups()
+    return (f"the cluster at {address} runs Ray {cluster_ray} on Python {cluster_py}, this process Ray {here_ray} on "
+            f"Python {here_py}: install the cluster's versions here (constraints.txt pins the tested ones)")
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def differing_versions(here: str, nodes: dict[str, str]) -> str | None:
+    """One line naming the nodes (``"ip (node id)" -> Ray version``) whose Ray is not ``here``; None if all match."""
+    other = {node: version for node, version in sorted(nodes.items()) if version != here}
+    if not other:
+        return None
+    shown = ", ".join(f"{node} Ray {version}" for node, version in other.items())
+    return (f"Ray versions differ: this process Ray {here}, {shown}: install the same versions on every node "
+            f"(pip install -c constraints.txt; deploy/README.md)")
+
+
+def check_node_versions(timeout_s: float = 60.0) -> None:
+    """Ask every alive node of the connected cluster which Ray its worker processes import (a zero-CPU task pinned
+    to each node) and compare with this process's.
+
+    Raises:
+        ClusterVersionError: some node's Ray differs (nodes that do not answer within ``timeout_s`` are not judged).
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_ray_version)
+    refs = {probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote():
+            f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node in ray.nodes() if node["Alive"]}
+    ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    if line := differing_versions(ray.__version__, {refs[ref]: ray.get(ref) for ref in ready}):
+        raise ClusterVersionError(line)
+
+
 def _drop_token_enabled_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
@@ -58,6 +113,9 @@ def start_ray(config: SystemConfig, namespace: str) -> str:
     """Join ``ray.address`` (or RAY_ADDRESS), else start an embedded local Ray sized for the roles.
 
     Returns a short description of where the run lives.
+
+    Raises:
+        ClusterVersionError: joining a cluster whose head or nodes run another Ray than this process.
     """
     import ray
 
@@ -67,7 +125,13 @@ def start_ray(config: SystemConfig, namespace: str) -> str:
         common["runtime_env"] = {"env_vars": env_vars}
     if address:
         check_reachable(address)
-        ray.init(address=address, **common)
+        try:
+            ray.init(address=address, **common)
+        except RuntimeError as exc:
+            if line := version_mismatch_line(exc, address):  # the head's Ray is not ours
+                raise ClusterVersionError(line) from None
+            raise
+        check_node_versions()
         return f"Ray cluster at {address}"
     # Ray turns token authentication on for a new local cluster and says so in a warning at every start: it stays on
     # (`dynaray status|scale` use the token Ray saves in ~/.ray/auth_token), and the warning goes.

@@ -103,3 +103,33 @@ def test_imagination_device_and_resources_are_checked():
         load_config([], ["imagination.num_gpus=-0.5"])
     with pytest.raises(ConfigError, match=r"imagination.resources=\{'learner_gpu': -1.0\}: expected a mapping"):
         load_config([], ["imagination.resources={learner_gpu: -1}"])
+
+
+def test_a_cluster_head_with_another_ray_is_named_in_one_line():
+    import platform
+
+    import pytest
+    import ray
+    from ray._private.utils import check_version_info
+
+    from system.runtime import version_mismatch_line
+
+    with pytest.raises(RuntimeError) as raised:  # what ray.init(address) raises when the head's Ray differs
+        check_version_info({"ray_version": "2.59.0", "python_version": platform.python_version()}, "node 10.0.0.1")
+    line = version_mismatch_line(raised.value, "10.0.0.9:6379")
+    assert line == (f"the cluster at 10.0.0.9:6379 runs Ray 2.59.0 on Python {platform.python_version()}, this "
+                    f"process Ray {ray.__version__} on Python {platform.python_version()}: install the cluster's "
+                    f"versions here (constraints.txt pins the tested ones)")
+    assert version_mismatch_line(RuntimeError("Failed to connect to GCS"), "10.0.0.9:6379") is None
+
+
+def test_nodes_with_another_ray_are_named_in_one_line():
+    from system.runtime import differing_versions
+
+    assert differing_versions("2.60.0", {"10.0.0.1 (aaaa0000)": "2.60.0", "10.0.0.2 (bbbb0000)": "2.60.0"}) is None
+    line = differing_versions("2.60.0", {"10.0.0.1 (aaaa0000)": "2.60.0", "10.0.0.3 (cccc0000)": "2.59.0",
+                                         "10.0.0.2 (bbbb0000)": "2.61.0"})
+    assert line == ("Ray versions differ: this process Ray 2.60.0, 10.0.0.2 (bbbb0000) Ray 2.61.0, 10.0.0.3 "
+                    "(cccc0000) Ray 2.59.0: install the same versions on every node (pip install -c "
+                    "constraints.txt; deploy/README.md)")
+    assert "\n" not in line
