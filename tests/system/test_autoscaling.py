@@ -100,7 +100,8 @@ def autoscaling_cluster():
     config_path.write_text(json.dumps(autoscaling_config(temp_dir)))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
            "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", "PYTHONPATH": str(REPO),
-           "RAY_raylet_start_wait_time_s": "300"}  # a loaded machine: every node's raylet may be slow to register
+           # a loaded machine: every node's raylet and agents may be slow to start and register
+           "RAY_raylet_start_wait_time_s": "300", "RAY_agent_register_timeout_ms": "300000"}
     head = ON_THIS_MACHINE["head"]
     try:
         started = subprocess.run(
