@@ -192,11 +192,13 @@ class _Maker:
         return handle
 
 
-def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, replay_dir: str | None = None) -> System:
+def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, replay_dir: str | None = None,
+                 gateway_tokens: tuple = ()) -> System:
     """Create every role of a run and connect every edge.
 
     ``replay_dir``: where the shards persist their tables (an absolute path every shard's node can write; see
-    ``ReplayConfig.directory``); None persists nothing.
+    ``ReplayConfig.directory``); None persists nothing. ``gateway_tokens``: ``actors.gateway_tokens.Token``s the
+    ingest gateway accepts besides those of ``gateway.token_file`` (secrets travel as arguments, never in the config).
     """
     system = System(local=local)
     make = _Maker(config, local, system)
@@ -273,11 +275,15 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
             system.add_worker("imagination", i)
 
     # Ingest gateway (optional): external agents download "policy" from the store and post episodes, which it
-    # validates and writes to "real" on the shards.
+    # validates and writes to "real" on the shards, in inserts no larger than the shards' rate limiters admit
+    # (error_buffer_steps / num_shards rows). Ray restarts it when its process dies (gateway.max_restarts).
     if config.gateway.enabled:
+        max_insert_rows = max(1, config.replay.error_buffer_steps // config.replay.num_shards)
         system.gateway = make(IngestGateway, "gateway", config.gateway.num_cpus, config.gateway,
                               replay_client(config.seed + SEED_GATEWAY), WeightsClient(system.store, "policy"),
-                              partial(policy_factory, seed=config.seed + SEED_GATEWAY, device="cpu"), spec)
+                              partial(policy_factory, seed=config.seed + SEED_GATEWAY, device="cpu"), spec,
+                              tokens=gateway_tokens, max_insert_rows=max_insert_rows,
+                              max_restarts=config.gateway.max_restarts)
 
     # Control: `dynaray scale` writes desired pool sizes here, the driver polls them; `dynaray status` reads the
     # status the driver posts.
