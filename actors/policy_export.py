@@ -30,7 +30,8 @@ SPEC_FILE = "spec.json"
 the ONNX model's metadata property holding it."""
 ONNX_OPSET = 17
 """ONNX opset of the exported model (ONNX Runtime 1.14 and later run it)."""
-_DEPRECATIONS = (r"`torch\.jit\.\w+` is deprecated", r".*legacy TorchScript-based ONNX export.*")
+_DEPRECATIONS = (r"`torch\.jit\.\w+` is deprecated", r".*legacy TorchScript-based ONNX export.*",
+                 r"The feature will be removed")
 
 
 @contextlib.contextmanager

@@ -614,7 +614,7 @@ def test_exported_module_checks_its_input_shape():
 # -------------------------------------------------------------------------------------------------- example
 
 
-def test_example_robot_drives_an_env_through_the_gateway(rig):
+def test_example_robot_drives_an_env_through_the_gateway(rig, tmp_path):
     spec = importlib.util.spec_from_file_location("gateway_robot", REPO / "examples" / "gateway_robot.py")
     robot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(robot)
@@ -624,4 +624,10 @@ def test_example_robot_drives_an_env_through_the_gateway(rig):
     batch = rig.shard.sample("real", 500)
     assert set(batch["policy_version"].tolist()) == {1}
     assert set(batch["writer_id"].tolist()) == {rig.gateway.writer_id}
-    assert robot.main(["--url", rig.url, "--token", "wrong-token-0123456789abc", "--episodes", "1"]) == 1
+    wrong = tmp_path / "token"
+    wrong.write_text("wrong-token-0123456789abc\n")
+    wrong.chmod(0o600)
+    assert robot.main(["--url", rig.url, "--token-file", str(wrong), "--episodes", "1"]) == 1
+    onnx = robot.run_robot(rig.url, TOKEN, episodes=1, max_episode_steps=10, noise=0.0, wait_s=5,
+                           policy_format="onnx")
+    assert onnx[0]["rows"] > 0

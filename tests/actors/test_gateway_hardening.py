@@ -10,7 +10,6 @@ import ipaddress
 import json
 import os
 import socket
-import ssl
 import struct
 import subprocess
 import threading
@@ -36,7 +35,6 @@ from replay.shard import ReplayShard
 from replay.table import TableConfig
 from replay.writers import episode_id
 from system.handles import LocalHandle
-from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 from tests.actors.test_gateway import ACT_DIM, OBS_DIM, SPEC, TOKEN, episode, make_policy, policy_state
 from tests.conftest import RecordingReplay
 
