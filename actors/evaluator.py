@@ -28,13 +28,33 @@ class EvalConfig:
                 raise ValueError(f"eval.{name}={getattr(self, name)}: expected an integer >= 1")
 
 
+@dataclass(frozen=True)
+class EvalResult:
+    """What one :meth:`Evaluator.evaluate` call measured."""
+
+    return_mean: float
+    """Mean return over the episodes."""
+    return_std: float
+    """Standard deviation of the returns."""
+    returns: tuple[float, ...]
+    """Return of each episode."""
+    lengths: tuple[int, ...]
+    """Length of each episode."""
+    seconds: float
+    """Wall time of the evaluation."""
+    env_steps: int | None = None
+    """Env steps of the run at which the evaluated policy was taken, as the caller gave it."""
+    version: int | None = None
+    """Version of the evaluated policy, as the caller gave it."""
+
+
 class Evaluator:
     """Runs a given policy deterministically.
 
     Usage::
 
         evaluator = Evaluator(env_config, make_policy, seed=0)
-        result = evaluator.evaluate(policy_state, episodes=5)   # {"return_mean", "returns", "lengths", ...}
+        result = evaluator.evaluate(policy_state, episodes=5)   # an EvalResult: return_mean, returns, lengths, ...
     """
 
     def __init__(self, env_config: EnvConfig, make_policy: Callable[[], Any], seed: int = 0):
@@ -43,8 +63,10 @@ class Evaluator:
         self._seed = seed
         self._evaluations = 0
 
-    def evaluate(self, policy_state: Any, episodes: int, **tags: Any) -> dict[str, Any]:
-        """Mean return over ``episodes``; ``tags`` (e.g. env_steps, version) are echoed in the result."""
+    def evaluate(self, policy_state: Any, episodes: int, env_steps: int | None = None,
+                 version: int | None = None) -> EvalResult:
+        """Mean return over ``episodes``; ``env_steps`` and ``version`` (what the policy is) are echoed in the
+        result."""
         start = time.perf_counter()
         self._policy.load_state(policy_state)
         returns, lengths = [], []
@@ -60,14 +82,15 @@ class Evaluator:
             returns.append(total)
             lengths.append(length)
         self._evaluations += 1
-        return {
-            **tags,
-            "return_mean": float(np.mean(returns)),
-            "return_std": float(np.std(returns)),
-            "returns": returns,
-            "lengths": lengths,
-            "seconds": time.perf_counter() - start,
-        }
+        return EvalResult(
+            return_mean=float(np.mean(returns)),
+            return_std=float(np.std(returns)),
+            returns=tuple(returns),
+            lengths=tuple(lengths),
+            seconds=time.perf_counter() - start,
+            env_steps=env_steps,
+            version=version,
+        )
 
     def close(self) -> None:
         self._env.close()

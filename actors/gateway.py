@@ -32,12 +32,13 @@ An agent's loop (``actors.gateway_client``; examples/gateway_robot.py)::
 The system layer's side::
 
     gateway = IngestGateway(config, replay_client, WeightsClient(store, "policy"), make_policy, env_spec,
-                            tokens=[env_token() or new_token()], max_insert_rows=...)
+                            tokens=[env_token() or new_token()], max_insert_rows=..., metrics=GatewayMetrics)
     gateway.url()
-    gateway.stats()
+    gateway.stats()                                          # a GatewayStats
     gateway.close()
 
-Row stamps: ``writer_id = replay.writers.new_writer_id("gateway", index)`` (fresh random incarnation bits each
+Row stamps, by a ``replay.writers.RowStamper``: ``writer_id = replay.writers.new_writer_id("gateway", index)``
+(fresh random incarnation bits each
 time a gateway object is made, so a restarted gateway is a new writer: its ``seq`` restarts at 0 without the shards
 taking its rows for duplicates, and its episode ids never repeat the old ones); ``episode_id =
 replay.writers.episode_id(writer_id, n)`` for the n-th episode this gateway object stored; ``step`` 0, 1, ... within
@@ -60,13 +61,14 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import numpy as np
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from actors.metrics import GatewayRecorder
 from actors.gateway_tokens import (
     TOKEN_ENV, Token, TokenError, TokenSet, env_token, new_token, read_token_file,
 )
@@ -76,15 +78,14 @@ from actors.gateway_upload import (
 from actors.policy_export import SPEC_FILE, DeterministicActor, export_onnx, export_torchscript
 from replay.client import ReplayTimeout
 from replay.schema import SchemaError, arrow_schema, transition_columns, validate_chunk
-from replay.writers import episode_id as make_episode_id
-from replay.writers import new_writer_id
-from system.metrics import GatewayMetrics
+from replay.writers import RowStamper
 
 __all__ = [
     "API_PREFIX",
     "ARROW_STREAM_TYPE",
     "DeterministicActor",
     "GatewayConfig",
+    "GatewayStats",
     "IngestGateway",
     "OPTIONAL_COLUMNS",
     "POLICY_DIGEST_HEADER",
@@ -360,6 +361,46 @@ class _Uploads:
         return len(self._records)
 
 
+@dataclass(frozen=True)
+class GatewayStats:
+    """What :meth:`IngestGateway.stats` answers: counts since the gateway object was made."""
+
+    requests: Mapping[int, int] = field(default_factory=dict)
+    """Requests answered, by HTTP status code."""
+    requests_by_token: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    """Requests answered, by token id (``-``: no valid token) and HTTP status code. Never a token itself."""
+    episodes: int = 0
+    """Episodes stored."""
+    rows: int = 0
+    """Rows stored."""
+    bytes_received: int = 0
+    """Bytes of upload bodies read."""
+    policy_downloads: int = 0
+    """Policies downloaded."""
+    policy_exports: int = 0
+    """Policy archives exported (one per version and format downloaded)."""
+    uploads_in_progress: int = 0
+    """Uploads being read, validated or stored now."""
+    idempotent_replays: int = 0
+    """Retried uploads answered with their first answer (nothing stored again)."""
+    connections: int = 0
+    """Connections open now."""
+    connections_timed_out: int = 0
+    """Connections closed because their request was not in by ``request_timeout_s``."""
+    connections_evicted: int = 0
+    """Connections closed to stay within ``max_connections``."""
+    internal_errors: int = 0
+    """Answers 500 (a bug; each is logged with its traceback)."""
+    policy_version: int | None = None
+    """The newest policy version the gateway has seen (None: none published yet)."""
+    writer_id: int = 0
+    """The writer id its rows carry."""
+    address: tuple[str, int] = ("", 0)
+    """``(host, port)`` the server listens on."""
+    token_ids: tuple[str, ...] = ()
+    """Ids of the tokens accepted now."""
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # connections
 
@@ -423,6 +464,8 @@ class IngestGateway:
         tokens: tokens accepted besides those of ``config.token_file`` (``env_token()``, ``new_token()``).
         max_insert_rows: the most rows the replay rate limiter admits in one insert (caps
             ``config.insert_chunk_rows``); None: no cap.
+        metrics: makes the gateway's Prometheus recorder (``actors.metrics.GatewayRecorder``, the default, records
+            nothing).
 
     Raises:
         TokenError: no token at all, or an unusable token file.
@@ -440,13 +483,15 @@ class IngestGateway:
         index: int = 0,
         tokens: Iterable[Token] = (),
         max_insert_rows: int | None = None,
+        metrics: Callable[[int], GatewayRecorder] = GatewayRecorder,
     ):
         if not isinstance(index, int) or isinstance(index, bool):
             raise ValueError(f"gateway index={index!r}: expected an integer")
         self.config = config
         self.index = index
         self.tokens = TokenSet(tokens, config.token_file)
-        self.writer_id = new_writer_id("gateway", index)
+        self._stamper = RowStamper("gateway", index)
+        self.writer_id = self._stamper.writer_id
         self.chunk_rows = config.insert_chunk_rows if max_insert_rows is None else max(
             1, min(config.insert_chunk_rows, int(max_insert_rows)))
         self._replay = replay
@@ -460,6 +505,7 @@ class IngestGateway:
         self.action_high = np.broadcast_to(np.asarray(spec.action_high, dtype=np.float32).reshape(-1), (act_dim,))
         self._columns = transition_columns(self.obs_shape, self.action_shape)
         self._specs = {c.name: c for c in self._columns}
+        self._upload_columns = [c for c in self._columns if c.name not in STAMPED_COLUMNS]
         self._parser = EpisodeParser(self._columns, self.action_low, self.action_high, config.max_episode_rows,
                                      config.max_decoded_bytes, config.max_abs_value)
 
@@ -469,8 +515,6 @@ class IngestGateway:
         self._export_lock = threading.Lock()
         self._exports: dict[str, tuple[int, bytes, str]] = {}
         self._store_lock = threading.Lock()
-        self._episodes_stored = 0
-        self._next_seq = 0
         self._uploads = _Uploads(config.max_idempotency_keys)
         self._budget = _RowBudget(config.max_rows_per_s)
         self._slots_lock = threading.Lock()
@@ -490,7 +534,7 @@ class IngestGateway:
             "connections_evicted": 0,
             "internal_errors": 0,
         }
-        self._metrics = GatewayMetrics(index)  # Prometheus (a no-op without Ray)
+        self._metrics = metrics(index)  # Prometheus
         self._connections: dict[_Connection, None] = {}
         self._ssl = server_ssl_context(config) if config.tls else None
         self._work = concurrent.futures.ThreadPoolExecutor(config.max_concurrent_uploads + 2,
@@ -533,23 +577,19 @@ class IngestGateway:
             version = self._version
         return self._spec(version)
 
-    def stats(self) -> dict[str, Any]:
-        """Requests answered by status code (``requests``) and by token id and status (``requests_by_token``),
-        episodes and rows stored, bytes of upload bodies read, policy downloads and exports, uploads in progress,
-        idempotent replays, connections open, timed out and evicted, internal errors, the newest policy version."""
+    def stats(self) -> GatewayStats:
+        """Requests answered by status code and by token id, episodes and rows stored, bytes of upload bodies read,
+        policy downloads and exports, uploads in progress, idempotent replays, connections open, timed out and
+        evicted, internal errors, the newest policy version seen."""
         with self._stats_lock:
-            out: dict[str, Any] = {
-                "requests": dict(sorted(self._requests.items())),
-                "requests_by_token": {k: dict(sorted(v.items())) for k, v in sorted(self._by_token.items())},
-                **self._counters,
-            }
-        out["connections"] = len(self._connections)
+            requests = dict(sorted(self._requests.items()))
+            by_token = {k: dict(sorted(v.items())) for k, v in sorted(self._by_token.items())}
+            counters = dict(self._counters)
         with self._weights_lock:
-            out["policy_version"] = self._version
-        out["writer_id"] = self.writer_id
-        out["address"] = self.address()
-        out["token_ids"] = self.tokens.ids()
-        return out
+            version = self._version
+        return GatewayStats(requests=requests, requests_by_token=by_token, **counters,
+                            connections=len(self._connections), policy_version=version, writer_id=self.writer_id,
+                            address=self.address(), token_ids=tuple(self.tokens.ids()))
 
     def close(self) -> None:
         """Stop serving (open connections are closed) and stop polling weights."""
@@ -880,43 +920,31 @@ class IngestGateway:
             self._budget.spend(token.id, len(episode["reward"]))
         return self._store(episode, record)
 
-    def _stamped(self, episode: dict[str, np.ndarray], episode_id: int, first_seq: int) -> dict[str, np.ndarray]:
-        rows = len(episode["reward"])
-        versions = episode.get("policy_version")
-        if versions is None:
-            versions = np.full(rows, -1, dtype=np.int64)
-        return {
-            **{name: episode[name] for name in UPLOAD_COLUMNS},
-            "episode_id": np.full(rows, episode_id, dtype=np.int64),
-            "step": np.arange(rows, dtype=np.int64),
-            "policy_version": versions.astype(np.int64),
-            "writer_id": np.full(rows, self.writer_id, dtype=np.int64),
-            "seq": np.arange(first_seq, first_seq + rows, dtype=np.int64),
-        }
-
     def _store(self, episode: dict[str, np.ndarray], record: _Upload) -> dict[str, Any]:
         """Stamp the episode and insert it into ``real``, flushed: returns what was stored.
 
         A new episode gets the next episode id and seq numbers; a retried one (``record`` left ``partial`` by a
-        replay timeout) keeps its own and inserts only the chunks the replay client has not been given yet (the
-        client still holds the others and stores them, deduplicated by the shards, with the next flush).
+        replay timeout) is stamped again with its own and inserts only the chunks the replay client has not been
+        given yet (the client still holds the others and stores them, deduplicated by the shards, with the next
+        flush). A new episode none of whose chunks reached the replay client gives its ids back.
         """
         rows = len(episode["reward"])
+        versions = episode.get("policy_version")
+        if versions is None:
+            versions = np.full(rows, -1, dtype=np.int64)
+        upload = {name: episode[name] for name in UPLOAD_COLUMNS}
         with self._store_lock:
-            fresh = record.episode_id is None
-            if fresh:
-                episode_id, first_seq = make_episode_id(self.writer_id, self._episodes_stored), self._next_seq
-            else:
-                episode_id, first_seq = record.episode_id, record.first_seq
-            chunk = self._stamped(episode, episode_id, first_seq)
-            try:
-                validate_chunk(chunk, self._columns)
+            try:  # the stamps are right by construction: check the rest before they are given out
+                validate_chunk({**upload, "policy_version": versions.astype(np.int64)}, self._upload_columns)
             except SchemaError as exc:
                 raise Refused(400, f"episode does not match table {TABLE!r}: {exc}") from None
+            fresh = record.episode_id is None
             if fresh:
-                self._episodes_stored += 1
-                self._next_seq += rows
-                record.episode_id, record.first_seq, record.rows = episode_id, first_seq, rows
+                chunk = self._stamper.episode(upload, policy_version=versions)
+                record.episode_id, record.first_seq = int(chunk["episode_id"][0]), int(chunk["seq"][0])
+            else:
+                chunk = self._stamper.episode_again(upload, versions, record.episode_id, record.first_seq)
+            episode_id, first_seq = record.episode_id, record.first_seq
             step = self.chunk_rows
             try:
                 for i, start in enumerate(range(0, rows, step)):
@@ -927,8 +955,7 @@ class IngestGateway:
                 self._replay.flush()
             except BaseException as exc:
                 if fresh and record.submitted == 0:  # nothing handed to replay: the ids go back
-                    self._episodes_stored -= 1
-                    self._next_seq -= rows
+                    self._stamper.take_back(rows)
                     record.episode_id = None
                 if not isinstance(exc, ReplayTimeout):
                     raise
@@ -1061,7 +1088,7 @@ class IngestGateway:
             self._requests[status] = self._requests.get(status, 0) + 1
             by_token = self._by_token.setdefault(token_id, {})
             by_token[status] = by_token.get(status, 0) + 1
-        self._metrics.answered(status)
+        self._metrics.answered(status, token_id)
 
 
 class _Slot:

@@ -22,13 +22,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from replay.writers import episode_id, new_writer_id
+from actors.metrics import ImaginationRecorder
+from replay.writers import RowStamper
 
 logger = logging.getLogger(__name__)
-
-_CONSERVATIVE_REPORT = {"stopped_uncertain": 0, "penalized": 0, "penalty_mean": 0.0, "disagreement_mean": 0.0}
-"""Report keys of conservative rollouts: rows stopped for disagreement, rewards penalised, and the mean penalty and
-disagreement over the rows written in the call."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +86,57 @@ class ImaginationConfig:
             return self.horizon_end
         frac = (env_steps - self.horizon_ramp_start) / (self.horizon_ramp_end - self.horizon_ramp_start)
         return int(self.horizon_start + frac * (self.horizon_end - self.horizon_start))
+
+
+@dataclass(frozen=True)
+class ImaginationReport:
+    """What one :meth:`ImaginationWorker.run` call did."""
+
+    index: int
+    """The worker's number in its pool."""
+    writer_id: int
+    """The worker's writer id: a new one tells that Ray restarted the worker."""
+    horizon: int
+    """Rollout horizon H used in the call."""
+    seconds: float
+    """Wall time of the call."""
+    policy_version: int
+    """Version of the policy the worker held at the end of the call."""
+    model_version: int
+    """Version of the world model the worker held at the end of the call."""
+    transitions: int = 0
+    """Imagined transitions written to ``imagined``."""
+    rollouts: int = 0
+    """Rollout batches made."""
+    skipped_starts: int = 0
+    """Start states skipped because no policy or no world model was published yet."""
+    terminated: int = 0
+    """Rows the model ended with a predicted termination."""
+    stopped_nonfinite: int = 0
+    """Rows stopped before a transition with a non-finite prediction (not written)."""
+    stopped_uncertain: int = 0
+    """Rows stopped before a transition whose disagreement passed ``max_disagreement`` (not written)."""
+    penalized: int = 0
+    """Rows written with a reward lowered by the disagreement penalty."""
+    penalty_mean: float = 0.0
+    """Mean reward penalty over the rows written."""
+    disagreement_mean: float = 0.0
+    """Mean elite disagreement over the rows written."""
+
+
+@dataclass
+class _Tally:
+    """The counts of an :class:`ImaginationReport` while its call runs."""
+
+    transitions: int = 0
+    rollouts: int = 0
+    skipped_starts: int = 0
+    terminated: int = 0
+    stopped_nonfinite: int = 0
+    stopped_uncertain: int = 0
+    penalized: int = 0
+    penalty_mean: float = 0.0
+    disagreement_mean: float = 0.0
 
 
 _ROLLOUT_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "start", "step", "disagreement",
@@ -167,7 +215,10 @@ class ImaginationWorker:
 
         worker = ImaginationWorker(config, replay, policy_weights, model_weights, make_policy, make_model)
         while running:
-            report = worker.run(env_steps=driver_env_steps, max_seconds=2.0)
+            report = worker.run(env_steps=driver_env_steps, max_seconds=2.0)   # an ImaginationReport
+
+    ``metrics`` makes the worker's Prometheus recorder in its process (``actors.metrics.ImaginationRecorder``, the
+    default, records nothing).
     """
 
     def __init__(
@@ -180,18 +231,16 @@ class ImaginationWorker:
         make_model: Callable[[], Any],
         index: int = 0,
         local: bool = False,
+        metrics: Callable[[int], ImaginationRecorder] = ImaginationRecorder,
     ):
-        self.config, self.index, self.writer_id = config, index, new_writer_id("imagination", index)
+        self.config, self.index, self._stamper = config, index, RowStamper("imagination", index)
+        self.writer_id = self._stamper.writer_id
         self._replay, self._local = replay, local
         self._policy_weights, self._model_weights = policy_weights, model_weights
         self._policy, self._model = make_policy(), make_model()
         self._pending: deque = deque()
-        self._seq = 0
-        self._rollouts = 0
         self.transitions = 0
-        from system.metrics import ImaginationMetrics
-
-        self._metrics = ImaginationMetrics(index)  # Prometheus (a no-op without Ray)
+        self._metrics = metrics(index)  # Prometheus
 
     def _refresh(self) -> bool:
         """Load newer weights; True once both a policy and a model are there."""
@@ -201,12 +250,11 @@ class ImaginationWorker:
                 target.load_state(state)
         return self._policy_weights.version >= 0 and self._model_weights.version >= 0
 
-    def run(self, env_steps: int, max_seconds: float) -> dict[str, Any]:
+    def run(self, env_steps: int, max_seconds: float) -> ImaginationReport:
         """Roll out batches until ``max_seconds`` pass (or, in process, until no start states are ready)."""
         start = time.perf_counter()
         horizon = self.config.horizon(env_steps)
-        report = {"index": self.index, "writer_id": self.writer_id, "transitions": 0, "rollouts": 0, "skipped_starts": 0, "stopped_nonfinite": 0,
-                  "terminated": 0, "horizon": horizon, **_CONSERVATIVE_REPORT}
+        report = _Tally()
         while time.perf_counter() - start < max_seconds:
             while len(self._pending) < self.config.prefetch:
                 self._pending.append(self._replay.submit_sample("real", self.config.batch_size, "imagination"))
@@ -217,60 +265,59 @@ class ImaginationWorker:
                 continue
             starts = self._pending.popleft().result()
             if not self._refresh():
-                report["skipped_starts"] += len(starts["obs"])
+                report.skipped_starts += len(starts["obs"])
                 continue
             self._imagine(starts, horizon, report)
-        report["seconds"] = time.perf_counter() - start
-        report["policy_version"] = self._policy_weights.version
-        report["model_version"] = self._model_weights.version
-        self._metrics.record(report)
-        return report
+        done = ImaginationReport(
+            index=self.index, writer_id=self.writer_id, horizon=horizon, **vars(report),
+            seconds=time.perf_counter() - start, policy_version=self._policy_weights.version,
+            model_version=self._model_weights.version,
+        )
+        self._metrics.record(done)
+        return done
 
     def flush(self) -> None:
         """Wait until replay has acknowledged every transition written so far."""
         self._replay.flush()
 
-    def _imagine(self, starts: dict[str, np.ndarray], horizon: int, report: dict[str, Any]) -> None:
+    def _imagine(self, starts: dict[str, np.ndarray], horizon: int, report: _Tally) -> None:
         obs = torch.as_tensor(starts["obs"], dtype=torch.float32)
         with torch.inference_mode():
             out = rollout(self._policy, self._model, obs, horizon, self.config.penalty_scale,
                           self.config.max_disagreement)
         n = int(out["obs"].shape[0])
-        first = self._rollouts * self.config.batch_size
-        chunk = {
+        # every start state of the batch is an episode of its own: batch_size episode ids per rollout batch
+        episode_ids = self._stamper.start_episodes(self.config.batch_size)
+        chunk = self._stamper.stamp({
             "obs": out["obs"].cpu().numpy(),
             "action": out["action"].cpu().numpy(),
             "reward": out["reward"].cpu().numpy(),
             "next_obs": out["next_obs"].cpu().numpy(),
             "terminated": out["terminated"].cpu().numpy(),
             "truncated": out["truncated"].cpu().numpy(),
-            "episode_id": episode_id(self.writer_id, first + out["start"].cpu().numpy().astype(np.int64)),
+            "episode_id": episode_ids[out["start"].cpu().numpy()],
             "step": out["step"].cpu().numpy().astype(np.int64),
-            "policy_version": np.full(n, self._policy_weights.version, dtype=np.int64),
-            "writer_id": np.full(n, self.writer_id, dtype=np.int64),
-            "seq": np.arange(self._seq, self._seq + n, dtype=np.int64),
-        }
-        self._seq += n
-        self._rollouts += 1
+        }, policy_version=self._policy_weights.version)
         if n:
             self._replay.insert("imagined", chunk, self.writer_id)
-        report["transitions"] += n
-        report["rollouts"] += 1
-        report["terminated"] += int(out["terminated"].sum())
+        report.transitions += n
+        report.rollouts += 1
+        report.terminated += int(out["terminated"].sum())
         self._count_conservative(out, n, report)
         self.transitions += n
 
-    def _count_conservative(self, out: dict[str, torch.Tensor], n: int, report: dict[str, Any]) -> None:
+    def _count_conservative(self, out: dict[str, torch.Tensor], n: int, report: _Tally) -> None:
         """Add one rollout's stopped rows, penalties and disagreement to ``report`` (means over written rows)."""
         nonfinite = int(out["nonfinite"])
-        if nonfinite and not report["stopped_nonfinite"]:
+        if nonfinite and not report.stopped_nonfinite:
             logger.warning("imagination worker %d: %d rows stopped on non-finite model predictions (not written; "
                            "counted in stopped_nonfinite, logged once per report)", self.index, nonfinite)
-        report["stopped_nonfinite"] += nonfinite
-        report["stopped_uncertain"] += int(out["uncertain"])
-        report["penalized"] += int((out["penalty"] > 0).sum())
-        before = report["transitions"] - n  # the rows the means already cover
+        report.stopped_nonfinite += nonfinite
+        report.stopped_uncertain += int(out["uncertain"])
+        report.penalized += int((out["penalty"] > 0).sum())
+        before = report.transitions - n  # the rows the means already cover
         if n:
-            for key, column in (("penalty_mean", "penalty"), ("disagreement_mean", "disagreement")):
-                total = report[key] * before + float(out[column].sum())
-                report[key] = total / (before + n)
+            penalty, disagreement = float(out["penalty"].sum()), float(out["disagreement"].sum())
+            report.penalty_mean = (report.penalty_mean * before + penalty) / (before + n)
+            report.disagreement_mean = (report.disagreement_mean * before + disagreement) / (before + n)
+

@@ -16,9 +16,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from actors.envs import EnvConfig, make_vector_env
+from actors.metrics import RolloutRecorder
 from actors.planner import Planner, PlannerConfig
-from replay.writers import episode_id, new_writer_id
-from system.metrics import RolloutMetrics
+from replay.writers import RowStamper
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,30 @@ class RolloutConfig:
             raise ValueError(f"rollout.num_cpus={self.num_cpus}: expected a number >= 0")
 
 
+@dataclass(frozen=True)
+class RolloutReport:
+    """What one :meth:`RolloutWorker.run` call did."""
+
+    index: int
+    """The worker's number in its pool."""
+    writer_id: int
+    """The worker's writer id: a new one tells that Ray restarted the worker."""
+    env_steps: int
+    """Env steps taken in the call."""
+    total_env_steps: int
+    """Env steps this worker (this incarnation) took in all its calls."""
+    episodes: tuple[tuple[float, int], ...]
+    """(return, length) of every episode finished in the call."""
+    policy_version: int
+    """Version of the policy acting at the end of the call (-1: random warm-up, no policy yet)."""
+    env_errors: int
+    """Env failures this worker survived in all its calls."""
+    planned_steps: int
+    """Env steps in the call whose actions the planner chose."""
+    seconds: float
+    """Wall time of the call."""
+
+
 class ChunkBuilder:
     """Collects (T, N) vector steps and emits them slot-major, so each env slot's rows stay contiguous."""
 
@@ -108,8 +132,9 @@ class ChunkBuilder:
     def full(self) -> bool:
         return self.t == self.length
 
-    def take(self, writer_id: int, first_seq: int) -> dict[str, np.ndarray]:
-        """The first ``t`` steps as a chunk of t * N rows (slot-major); resets the builder."""
+    def take(self) -> dict[str, np.ndarray]:
+        """The first ``t`` steps as t * N rows (slot-major), not yet stamped with writer id and seq; resets the
+        builder."""
         t, n = self.t, self.num_envs
         chunk = {}
         for name, buf in self._buf.items():
@@ -117,8 +142,6 @@ class ChunkBuilder:
             rows = np.empty((n, t) + buf.shape[2:], dtype=buf.dtype)
             np.copyto(rows, buf[:t].swapaxes(0, 1))
             chunk[name] = rows.reshape((t * n,) + buf.shape[2:])
-        chunk["writer_id"] = np.full(t * n, writer_id, dtype=np.int64)
-        chunk["seq"] = np.arange(first_seq, first_seq + t * n, dtype=np.int64)
         self.t = 0
         return chunk
 
@@ -140,6 +163,9 @@ class RolloutWorker:
     With ``config.planner.enabled`` the worker also needs ``model_weights`` (a client of ``world_model``
     weights, polled without blocking like ``weights``) and ``make_model`` (a ``WorldModel`` factory); it plans
     once both a policy and a model are loaded, and acts with the policy alone until then.
+
+    ``metrics`` makes the worker's Prometheus recorder in its process (``actors.metrics.RolloutRecorder``, the
+    default, records nothing).
     """
 
     def __init__(
@@ -153,8 +179,11 @@ class RolloutWorker:
         seed: int = 0,
         model_weights: Any = None,
         make_model: Callable[[], Any] | None = None,
+        metrics: Callable[[int], RolloutRecorder] = RolloutRecorder,
     ):
-        self.config, self.index, self.writer_id = config, index, new_writer_id("rollout", index)
+        self.config, self.index = config, index
+        self._stamper = RowStamper("rollout", index)
+        self.writer_id = self._stamper.writer_id
         self._env_config, self._seed = env_config, seed
         noise = config.exploration_noise
         self._noise = float(noise[index % len(noise)]) if noise else 0.0
@@ -175,12 +204,10 @@ class RolloutWorker:
         self.planned_steps = 0
         """Env steps whose actions the planner chose, over this worker's life."""
         self._warmup_left = config.warmup_steps // config.num_workers + (index < config.warmup_steps % config.num_workers)
-        self._episodes_started = 0
-        self._seq = 0
         self.env_steps = 0
         self.env_errors = 0
         self._errors_in_a_row = 0
-        self._metrics = RolloutMetrics(index)  # Prometheus (a no-op without Ray)
+        self._metrics = metrics(index)  # Prometheus
         self._start_envs()
         self._chunk = ChunkBuilder(config.chunk_length, config.envs_per_worker,
                                    self._env.single_observation_space.shape, self._env.single_action_space.shape)
@@ -192,8 +219,7 @@ class RolloutWorker:
         reseed = self._seed + 7919 * self.env_errors
         self._env.action_space.seed(reseed)
         self._obs, _ = self._env.reset(seed=[reseed + i for i in range(n)])
-        self._episode_id = np.array([self._new_episode_id(self._episodes_started + i) for i in range(n)], dtype=np.int64)
-        self._episodes_started += n
+        self._episode_id = self._stamper.start_episodes(n)
         self._episode_step = np.zeros(n, dtype=np.int64)
         self._episode_return = np.zeros(n, dtype=np.float64)
 
@@ -215,9 +241,6 @@ class RolloutWorker:
         except Exception:  # the broken env may fail to close too; the new one replaces it either way
             pass
         self._start_envs()
-
-    def _new_episode_id(self, counter: int) -> int:
-        return episode_id(self.writer_id, counter)
 
     # acting ---------------------------------------------------------------------------------------------------
     def _refresh_policy(self) -> None:
@@ -250,7 +273,7 @@ class RolloutWorker:
         return action, self._policy_version, planned
 
     # the loop -------------------------------------------------------------------------------------------------
-    def run(self, num_steps: int, random_steps: int | None = None) -> dict[str, Any]:
+    def run(self, num_steps: int, random_steps: int | None = None) -> RolloutReport:
         """Take at least ``num_steps`` env steps; return what happened in them.
 
         ``random_steps``: how many of them act uniformly at random (the driver hands out the run's warm-up this
@@ -292,8 +315,7 @@ class RolloutWorker:
             self._episode_step += 1
             for i in np.flatnonzero(done):
                 episodes.append((float(self._episode_return[i]), int(self._episode_step[i])))
-                self._episode_id[i] = self._new_episode_id(self._episodes_started)
-                self._episodes_started += 1
+                self._episode_id[i] = self._stamper.start_episodes(1)[0]
                 self._episode_return[i], self._episode_step[i] = 0.0, 0
             self._obs = next_obs
             if self._chunk.full:
@@ -303,24 +325,22 @@ class RolloutWorker:
             vector_step += 1
         self.env_steps += steps
         self.planned_steps += planned_steps
-        report = {
-            "index": self.index,
-            "writer_id": self.writer_id,
-            "env_steps": steps,
-            "total_env_steps": self.env_steps,
-            "episodes": episodes,
-            "policy_version": self._policy_version,
-            "env_errors": self.env_errors,
-            "planned_steps": planned_steps,
-            "seconds": time.perf_counter() - start,
-        }
+        report = RolloutReport(
+            index=self.index,
+            writer_id=self.writer_id,
+            env_steps=steps,
+            total_env_steps=self.env_steps,
+            episodes=tuple(episodes),
+            policy_version=self._policy_version,
+            env_errors=self.env_errors,
+            planned_steps=planned_steps,
+            seconds=time.perf_counter() - start,
+        )
         self._metrics.record(report)
         return report
 
     def _write_chunk(self) -> None:
-        chunk = self._chunk.take(self.writer_id, self._seq)
-        self._seq += len(chunk["seq"])
-        self._replay.insert("real", chunk, self.writer_id)
+        self._replay.insert("real", self._stamper.stamp(self._chunk.take()), self.writer_id)
 
     def flush(self) -> None:
         """Write the partial chunk and wait until replay has acknowledged everything written so far."""

@@ -1,6 +1,6 @@
 """ReplayClient: inserts spread over shards with bounded in-flight calls, samples split across shards.
 
-Written once against ``system.handles``: shards are ``LocalHandle``-wrapped :class:`ReplayShard` objects in
+Written once against ``replay.handles``: shards are ``LocalHandle``-wrapped :class:`ReplayShard` objects in
 process or Ray actor handles. In process a shard call cannot wait (it would block the only thread), so shard
 calls get ``timeout=0`` and the client retries with a short backoff; on Ray each call long-polls for
 ``config.long_poll_s`` and the client retries "not now" answers until its own deadline.
@@ -30,7 +30,7 @@ import numpy as np
 
 from replay.config import ReplayConfig
 from replay.table import KEY_COLUMN, check_priority_update
-from system.handles import get, is_actor_failure, wait
+from replay.handles import get, is_actor_failure, wait
 
 __all__ = ["PendingSample", "ReplayClient", "ReplayTimeout"]
 

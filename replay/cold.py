@@ -41,7 +41,9 @@ Restarts: the tier skips rows at or below the newest key it already holds (:attr
 recovery that replays logged inserts (and evicts again) spills nothing twice. At startup it rebuilds its index from
 the files: leftover ``.tmp`` files and unreadable segments are removed with a warning naming the file, and a
 segment overlapping an older one is removed the same way. A tier created with ``recover=False`` (tables that are
-not persisted, whose keys start again at 0) removes every old segment.
+not persisted, whose keys start again at 0) removes every old segment. A tier created with ``read_only=True``
+(export and inspection, through :func:`replay.recovery.open_table`) takes no LOCK and creates, changes or removes
+no file: what it would remove or rewrite it only leaves out of its index, and rows it takes stay in memory.
 
 :class:`ColdTier` is not thread-safe except :meth:`ColdTier.flush` and :meth:`ColdTier.close`, which take a
 ``guard`` (the table's lock) and hold it only to change the index, never while writing a file.
@@ -267,6 +269,11 @@ class ColdTier:
             them (a table that starts empty, whose keys start again at 0).
         write_behind: leave sealed segments for the caller to write with :meth:`flush` (a shard does, after
             releasing the table lock); False writes them inside :meth:`append`'s caller, :meth:`Table.write`.
+        read_only: only read the files (export, inspection, while a live shard may be writing them): no LOCK, no
+            file created, changed or removed. Segment files are indexed as with ``recover``, but a leftover temp
+            file is ignored and an unreadable or overlapping segment skipped with a warning; rows taken afterwards
+            (a recovery replaying logs) stay in memory, and :meth:`drop_from`, :meth:`clear` and the disk capacity
+            only change the index. A missing ``directory`` is an empty tier.
 
     Raises:
         RuntimeError: another live cold tier uses ``directory``.
@@ -282,6 +289,7 @@ class ColdTier:
         segment_rows: int = 0,
         recover: bool = True,
         write_behind: bool = False,
+        read_only: bool = False,
     ):
         if not isinstance(disk_capacity, int) or isinstance(disk_capacity, bool) or disk_capacity < 1:
             raise ValueError(f"cold tier of table {name!r}: disk_capacity must be an int >= 1, got {disk_capacity!r}")
@@ -301,8 +309,14 @@ class ColdTier:
         self._flush_lock = threading.Lock()
         self._closed = False
         self._warned_layout = False
+        self.read_only = read_only
+        self._lock_fd: int | None = None
+        if read_only:
+            if os.path.isdir(directory):
+                self._load()
+            return
         os.makedirs(directory, exist_ok=True)
-        self._lock_fd: int | None = os.open(os.path.join(directory, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = os.open(os.path.join(directory, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -364,9 +378,11 @@ class ColdTier:
         }
 
     def _load(self) -> None:
-        """Index the segment files in the directory, removing temp files, unreadable and overlapping segments."""
+        """Index the segment files in the directory, removing temp files, unreadable and overlapping segments
+        (read-only: leaving temp files alone, which a live writer may be writing, and skipping the others)."""
+        removed = "skipped" if self.read_only else "removed"
         for name in sorted(os.listdir(self.directory)):
-            if name.endswith(".tmp"):
+            if name.endswith(".tmp") and not self.read_only:
                 path = os.path.join(self.directory, name)
                 _warn(f"cold tier of table {self.name!r}: removed the half-written segment {path}")
                 os.unlink(path)
@@ -376,21 +392,29 @@ class ColdTier:
             except SchemaError:
                 raise
             except (OSError, ValueError, pa.ArrowException) as exc:
-                _warn(f"cold tier of table {self.name!r}: removed the unreadable segment {path} ({exc})")
-                os.unlink(path)
+                if self.read_only and isinstance(exc, FileNotFoundError):
+                    raise  # deleted by a live shard since the listing: the reader starts over
+                _warn(f"cold tier of table {self.name!r}: {removed} the unreadable segment {path} ({exc})")
+                self._unlink(path)
                 continue
             if first_key < self._end_key:
                 _warn(
-                    f"cold tier of table {self.name!r}: removed the segment {path}: its keys from {first_key} "
+                    f"cold tier of table {self.name!r}: {removed} the segment {path}: its keys from {first_key} "
                     f"overlap the previous segment's, which end at {self._end_key - 1}"
                 )
                 part.close()
-                os.unlink(path)
+                self._unlink(path)
                 continue
             self._parts.append(part)
             self._size += part.rows
             self._end_key = first_key + part.rows
         self._trim()
+
+    def _unlink(self, path: str) -> None:
+        """Delete a file of this tier (not in read-only mode, nor when it is gone already)."""
+        if not self.read_only:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def _remove_all(self) -> None:
         removed = 0
@@ -508,9 +532,7 @@ class ColdTier:
         if isinstance(part, _DiskPart):
             self._decoded.pop(part.first_key, None)
             part.close()
-        path = os.path.join(self.directory, _segment_name(part.first_key))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        self._unlink(os.path.join(self.directory, _segment_name(part.first_key)))
 
     def flush(self, guard: ContextManager | None = None, blocking: bool = True, include_staged: bool = False) -> None:
         """Write the sealed segments, oldest first; with ``include_staged`` also the staged rows so far (their file
@@ -524,7 +546,7 @@ class ColdTier:
             OSError: writing a file failed; the segment stays in memory and the next flush tries again.
         """
         guard = guard if guard is not None else contextlib.nullcontext()
-        if not self._flush_lock.acquire(blocking=blocking):
+        if self.read_only or not self._flush_lock.acquire(blocking=blocking):
             return
         try:
             while True:
@@ -658,6 +680,9 @@ class ColdTier:
                 part.rows = keep
                 part.written_rows = min(part.written_rows, keep)
                 continue
+            if self.read_only:
+                part.rows = keep  # the file keeps them; the index forgets them
+                continue
             if part.views is not None:
                 rows = {name: part.take(name, np.arange(keep, dtype=np.int64)) for name in part.specs}
             else:
@@ -675,7 +700,8 @@ class ColdTier:
         """Forget every row and delete every segment file."""
         for part in list(self._parts):
             self._remove(part)
-        self._remove_all()
+        if not self.read_only:
+            self._remove_all()
         self._end_key = 0
 
     @property

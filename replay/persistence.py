@@ -34,8 +34,8 @@ removed row never comes back, killed process or not. Counts of rows not yet remo
 shard closes (and kept in every snapshot), not on every sample, which would write a record per sampled row: after
 a crash, a live row's count is the one of the last snapshot or clean close, so it can be sampled up to
 ``max_times_sampled - 1`` more times in all than configured. "Every acknowledged transition is recovered" then means
-every acknowledged row that was not removed. Readers that do not configure ``max_times_sampled`` (export,
-inspection) are not given the counts: to them, removed rows are still stored.
+every acknowledged row that was not removed. The counts are read only for a configuration with
+``max_times_sampled`` (export and inspection set it whenever the files hold counts, see :mod:`replay.stored`).
 
 Durability: every record is written to the OS (``sink.flush()`` of an ``OSFile``, unbuffered) before the caller
 acknowledges the insert, so a killed process loses nothing acknowledged. Against power loss, ``fsync`` chooses
@@ -45,10 +45,10 @@ insert path: up to that window of acknowledged inserts can be lost) or ``"none"`
 :class:`TableStore` is not thread-safe: the shard calls it under the table's lock, except for
 :meth:`TableStore.write_snapshot` and :meth:`TableStore.remove_before`, which touch only files no writer uses.
 
-Readers outside the shard (export, inspection: :mod:`replay.offline`) open a store with ``read_only=True``: it takes
-no LOCK and changes no file, so it can read a directory a live shard is writing; :meth:`TableStore.recover` then
-leaves temp files alone and skips a torn final record (a live writer may be in the middle of it) with a warning
-instead of cutting it off.
+Readers outside the shard (export, inspection: :func:`replay.recovery.open_table` with ``read_only=True``) open a
+store with ``read_only=True``: it takes no LOCK and changes no file, so it can read a directory a live shard is
+writing; :meth:`TableStore.recover` then leaves temp files alone and skips a torn final record (a live writer may be
+in the middle of it) with a warning instead of cutting it off.
 """
 
 from __future__ import annotations
@@ -146,6 +146,9 @@ class SnapshotImage:
     """Rows removed after ``max_times_sampled`` samples so far."""
     dropped_non_finite: int = 0
     """Rows dropped at insert for NaN or inf so far."""
+    priority_exponent: float | None = None
+    """The ``priority_exponent`` ``priorities`` were raised to (read from a snapshot's metadata; None when it has
+    no priorities)."""
 
 
 @dataclass
@@ -480,6 +483,7 @@ class TableStore:
             times_sampled,
             int(meta.get("removed", 0)),
             int(meta.get("dropped_non_finite", 0)),
+            meta.get("priority_exponent"),
         )
 
     # ---- logging -----------------------------------------------------------------------------------------------

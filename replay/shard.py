@@ -1,6 +1,6 @@
 """ReplayShard: several tables with dedup, per-consumer rate limiting and long-poll waits.
 
-A shard is a plain object: in process it is wrapped in ``system.handles.LocalHandle``; on Ray it runs as a
+A shard is a plain object: in process it is wrapped in ``replay.handles.LocalHandle``; on Ray it runs as a
 threaded actor (``max_concurrency`` > 1), so every method is thread-safe. Each table has one lock and one
 condition variable; waiting inserts and samples sleep on the condition and are woken by the other side.
 
@@ -10,14 +10,14 @@ time out.
 
 Persistence (opt-in, ``directory`` plus :attr:`TableConfig.persist`): every insert and priority update of a
 persisted table is written to its write-ahead log before it is applied and acknowledged, and a shard built over an
-existing directory recovers the newest snapshot plus the logs after it (:mod:`replay.persistence`). What is
+existing directory recovers the newest snapshot plus the logs after it (:mod:`replay.persistence`; the tables are
+opened by :func:`replay.recovery.open_table`, the one code path that rebuilds a table from disk). What is
 recovered: rows in FIFO order, insert counter and row keys, dedup state, priorities, removals after
 ``max_times_sampled`` samples (logged before the sample that removed the rows returns; the counts of rows not yet
 removed as of the last snapshot or clean close), the ``removed`` and ``dropped_non_finite`` counters. What
-restarts: the ``sampled``,
-``duplicates`` and wait counters start at 0, and each rate limiter restarts from the recovered size as if its
-consumer were exactly on target (``inserted = size``, ``sampled = samples_per_insert * (size - min_size)``), so
-neither side is blocked by history from before the restart.
+restarts: the ``sampled``, ``duplicates`` and wait counters start at 0, and each rate limiter restarts from the
+recovered size as if its consumer were exactly on target (``inserted = size``,
+``sampled = samples_per_insert * (size - min_size)``), so neither side is blocked by history from before the restart.
 
 Cold tier (:attr:`TableConfig.disk_capacity` ``> 0``, needs ``directory``): rows evicted from memory go to Parquet
 segment files under ``<directory>/shard-<index>/<table>/cold/`` (:mod:`replay.cold`) and stay sampleable. A full
@@ -31,86 +31,38 @@ table that is not persisted starts with an empty cold tier.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections import deque
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from replay.cold import COLD_DIRECTORY, ColdTier
-from replay.persistence import FSYNC_MODES, InsertRecord, PriorityRecord, SnapshotImage, TableStore, table_directory
+from replay.metrics import ShardRecorder
+from replay.persistence import FSYNC_MODES, SnapshotImage
 from replay.rate_limiter import RateLimiter
+from replay.recovery import OpenedTable, SeenChunks, open_table
 from replay.schema import SchemaError
-from replay.table import Table, TableConfig
-from system.metrics import ReplayMetrics
+from replay.table import TableConfig
 
 __all__ = ["ReplayShard"]
 
 logger = logging.getLogger(__name__)
 
-DEDUP_WINDOW = 1024
-"""Chunks per writer whose keys are remembered exactly; older keys collapse into a floor."""
-
-
-class _SeenChunks:
-    """Dedup keys (first ``seq`` of each stored chunk) of one writer in one table.
-
-    Exact over the last :data:`DEDUP_WINDOW` chunks, so chunks that arrive out of order (concurrent calls of a
-    threaded actor, a retried "not now" overtaken by the next chunk) are all stored once; keys at or below the
-    largest key that left the window count as duplicates.
-    """
-
-    __slots__ = ("_keys", "_order", "_floor")
-
-    def __init__(self) -> None:
-        self._keys: set[int] = set()
-        self._order: deque[int] = deque()
-        self._floor: int | None = None
-
-    def __contains__(self, key: int) -> bool:
-        return key in self._keys or (self._floor is not None and key <= self._floor)
-
-    def state(self) -> tuple[list[int], int | None]:
-        """Remembered keys in arrival order and the floor, for snapshots."""
-        return list(self._order), self._floor
-
-    @classmethod
-    def from_state(cls, keys: Sequence[int], floor: int | None) -> "_SeenChunks":
-        seen = cls()
-        seen._order.extend(int(k) for k in keys)
-        seen._keys.update(seen._order)
-        seen._floor = None if floor is None else int(floor)
-        return seen
-
-    def add(self, key: int) -> None:
-        self._keys.add(key)
-        self._order.append(key)
-        if len(self._order) > DEDUP_WINDOW:
-            old = self._order.popleft()
-            self._keys.discard(old)
-            self._floor = old if self._floor is None else max(self._floor, old)
-
 
 class _TableState:
     """One table plus everything the shard keeps about it, guarded by ``cond``."""
 
-    def __init__(
-        self,
-        config: TableConfig,
-        rng: np.random.Generator,
-        store: TableStore | None = None,
-        cold: ColdTier | None = None,
-    ):
-        self.table = Table(config, cold)
-        self.store = store
+    def __init__(self, opened: OpenedTable, rng: np.random.Generator):
+        self.table = opened.table
+        self.store = opened.store
         self.snapshot_lock = threading.Lock()
-        self.since_snapshot = 0
+        self.since_snapshot = opened.since_snapshot
         self.cond = threading.Condition(threading.Lock())
-        self.limiters = {name: RateLimiter(cfg, name=name) for name, cfg in config.limiters}
+        self.limiters = {name: RateLimiter(cfg, name=name) for name, cfg in self.table.config.limiters}
+        if self.store is not None:
+            self.restart_limiters()
         self.unlimited_sampled: dict[str, int] = {}
-        self.seen: dict[int, _SeenChunks] = {}
+        self.seen: dict[int, SeenChunks] = opened.seen
         self.rng = rng
         self.sampled = 0
         self.duplicates = 0
@@ -118,6 +70,14 @@ class _TableState:
         self.samples_waited = 0
         self.insert_wait_s = 0.0
         self.sample_wait_s = 0.0
+
+    def restart_limiters(self) -> None:
+        """After a recovery: every consumer exactly on target for the recovered size (see the module docstring)."""
+        size = self.table.size
+        for limiter in self.limiters.values():
+            c = limiter.config
+            limiter.inserted = size
+            limiter.sampled = max(0, int(c.samples_per_insert * (size - c.min_size)))
 
     def insert_blocker(self, n: int) -> str | None:
         """Name of the first consumer whose limiter refuses an insert of ``n`` rows, or None."""
@@ -156,6 +116,8 @@ class ReplayShard:
             ``"every_insert"`` (also ``os.fsync`` before acknowledging: survives power loss) or ``"interval"``
             (``os.fsync`` at most every ``fsync_interval_ms``, on the insert path).
         fsync_interval_ms: see ``fsync``.
+        metrics: makes the shard's Prometheus recorder, ``metrics(index, self.stats)``, in the shard's process
+            (``replay.metrics.ShardRecorder``, the default, records nothing).
 
     Raises:
         ValueError: a table has ``disk_capacity > 0`` but no ``directory`` was given.
@@ -171,6 +133,7 @@ class ReplayShard:
         directory: str | None = None,
         fsync: str = "none",
         fsync_interval_ms: int = 100,
+        metrics: Callable[[int, Callable[[], Mapping]], ShardRecorder] = ShardRecorder,
     ):
         tables = list(tables)
         if not tables:
@@ -196,79 +159,12 @@ class ReplayShard:
         self._tables: dict[str, _TableState] = {}
         try:
             for cfg, s in zip(tables, seeds):
-                store = cold = None
-                try:
-                    if directory is not None and cfg.persist:
-                        root = table_directory(directory, index, cfg.name)
-                        store = TableStore(root, cfg, fsync=fsync, fsync_interval_ms=fsync_interval_ms)
-                    if cfg.disk_capacity > 0:
-                        cold = ColdTier(
-                            os.path.join(table_directory(directory, index, cfg.name), COLD_DIRECTORY),
-                            cfg.name,
-                            cfg.columns,
-                            cfg.disk_capacity,
-                            cfg.disk_segment_rows,
-                            recover=store is not None,
-                            write_behind=True,
-                        )
-                except BaseException:
-                    if store is not None:
-                        store.close()
-                    raise
-                state = self._tables[cfg.name] = _TableState(cfg, np.random.default_rng(s), store, cold)
-                if store is not None:
-                    self._recover(state)
+                opened = open_table(directory, index, cfg, fsync=fsync, fsync_interval_ms=fsync_interval_ms)
+                self._tables[cfg.name] = _TableState(opened, np.random.default_rng(s))
         except BaseException:
             self.close()
             raise
-        self._metrics = ReplayMetrics(index, self.stats)  # Prometheus, read from stats() every few seconds
-
-    @staticmethod
-    def _recover(state: _TableState) -> None:
-        """Rebuild a persisted table from its snapshot and logs (see :mod:`replay.persistence`)."""
-        snapshot, records = state.store.recover()
-        table = state.table
-        if snapshot is not None:
-            table.restore(
-                snapshot.chunk,
-                snapshot.inserted,
-                snapshot.priorities,
-                snapshot.max_priority,
-                snapshot.times_sampled,
-                snapshot.removed,
-                snapshot.dropped_non_finite,
-            )
-            state.seen = {w: _SeenChunks.from_state(keys, floor) for w, (keys, floor) in snapshot.seen.items()}
-        cold = table.cold
-        for record in records:
-            if isinstance(record, InsertRecord):
-                table.write(record.chunk, record.rows, record.dropped_non_finite)
-                if cold is not None and cold.has_pending:
-                    cold.flush()
-                if record.dedup_key is not None:
-                    seen = state.seen.get(record.writer_id)
-                    if seen is None:
-                        seen = state.seen[record.writer_id] = _SeenChunks()
-                    seen.add(record.dedup_key)
-                state.since_snapshot += record.rows
-            elif isinstance(record, PriorityRecord):
-                table.update_priorities(record.keys, record.priorities)
-            else:
-                table.set_times_sampled(record.keys, record.counts)
-        table.reconcile_cold()
-        size = table.size
-        for limiter in state.limiters.values():
-            c = limiter.config
-            limiter.inserted = size
-            limiter.sampled = max(0, int(c.samples_per_insert * (size - c.min_size)))
-        if snapshot is not None or table.inserted:
-            logger.info(
-                "replay table %r recovered from %s: %d rows, inserted %d",
-                table.name,
-                state.store.root,
-                size,
-                table.inserted,
-            )
+        self._metrics = metrics(index, self.stats)  # Prometheus, read from stats() every few seconds
 
     def _state(self, table: str) -> _TableState:
         try:
@@ -344,7 +240,7 @@ class ReplayShard:
                 limiter.on_insert(n)
             seen = state.seen.get(writer_id)
             if seen is None:
-                seen = state.seen[writer_id] = _SeenChunks()
+                seen = state.seen[writer_id] = SeenChunks()
             seen.add(key)
             state.cond.notify_all()
             result = {"status": "ok", "size": state.table.size}

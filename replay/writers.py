@@ -11,13 +11,19 @@ writes under a fresh writer id; otherwise its first chunks would be dropped as d
 probability 2**-23 per restart); ``role`` tells rollout workers, imagination workers, the ingest gateway and
 offline imports apart; ``index`` is the worker's number in its pool. Episode ids are then unique across writers
 and incarnations, and within one writer they wrap only after 16.7 million episodes.
+
+:class:`RowStamper` holds one writer's id and counters and stamps its rows; the rollout worker, the imagination
+worker and the ingest gateway each own one, so no role writes ``writer_id``, ``seq`` or ``episode_id`` by hand.
 """
 
 from __future__ import annotations
 
 import secrets
+from typing import Mapping
 
-__all__ = ["ROLES", "episode_id", "new_writer_id", "writer_index", "writer_role"]
+import numpy as np
+
+__all__ = ["ROLES", "RowStamper", "episode_id", "new_writer_id", "writer_index", "writer_role"]
 
 ROLES = {"rollout": 0, "imagination": 1, "gateway": 2, "import": 3}
 """Role numbers of the writers of replay rows."""
@@ -51,3 +57,72 @@ def writer_role(writer_id: int) -> str:
 def episode_id(writer_id: int, counter):
     """Episode id of the ``counter``-th episode a writer started (int, or an int64 array of counters)."""
     return (writer_id << EPISODE_BITS) | (counter & ((1 << EPISODE_BITS) - 1))
+
+
+class RowStamper:
+    """One writer of replay rows: its writer id, the next ``seq`` and the number of episodes it started.
+
+    Usage::
+
+        stamper = RowStamper("rollout", index=3)
+        ids = stamper.start_episodes(4)                    # episode ids of 4 new episodes (int64 array)
+        chunk = stamper.stamp(columns)                     # + writer_id, + seq continuing from the last chunk
+        chunk = stamper.episode(columns, policy_version)   # one whole episode: + episode_id, step, writer_id, seq
+        chunk = stamper.episode_again(columns, policy_version, episode_id, first_seq)   # the same stamps again
+
+    Not thread-safe: a writer shared by threads stamps under its own lock.
+    """
+
+    def __init__(self, role: str, index: int, incarnation: int | None = None):
+        self.writer_id = new_writer_id(role, index, incarnation)
+        self.seq = 0
+        """``seq`` of the next row stamped (rows are numbered from 0, consecutively)."""
+        self.episodes = 0
+        """Episodes started so far; the n-th (from 0) has id ``episode_id(writer_id, n)``."""
+
+    def start_episodes(self, n: int) -> np.ndarray:
+        """Ids of the next ``n`` episodes (int64, shape (n,)), counted as started."""
+        first = self.episodes
+        self.episodes += n
+        return episode_id(self.writer_id, np.arange(first, first + n, dtype=np.int64))
+
+    def stamp(self, columns: Mapping[str, np.ndarray], policy_version: int | np.ndarray | None = None
+              ) -> dict[str, np.ndarray]:
+        """``columns`` with ``writer_id`` and the next ``seq`` numbers added (and ``policy_version``, a version for
+        every row or one per row, when given); the rows count as written."""
+        rows = len(next(iter(columns.values())))
+        chunk = dict(columns)
+        if policy_version is not None:
+            chunk["policy_version"] = np.broadcast_to(np.asarray(policy_version, dtype=np.int64), (rows,)).copy()
+        chunk["writer_id"] = np.full(rows, self.writer_id, dtype=np.int64)
+        chunk["seq"] = np.arange(self.seq, self.seq + rows, dtype=np.int64)
+        self.seq += rows
+        return chunk
+
+    def episode(self, columns: Mapping[str, np.ndarray], policy_version: int | np.ndarray) -> dict[str, np.ndarray]:
+        """One whole episode's ``columns`` stamped as a new episode (its id, steps 0, 1, ...) and by :meth:`stamp`."""
+        rows = len(next(iter(columns.values())))
+        (episode,) = self.start_episodes(1)
+        stamped = {**columns, "episode_id": np.full(rows, episode, dtype=np.int64),
+                   "step": np.arange(rows, dtype=np.int64)}
+        return self.stamp(stamped, policy_version)
+
+    def episode_again(self, columns: Mapping[str, np.ndarray], policy_version: int | np.ndarray, episode: int,
+                      first_seq: int) -> dict[str, np.ndarray]:
+        """An episode :meth:`episode` stamped before (id ``episode``, first row ``first_seq``) stamped the same way
+        again, for a retried write: the shards drop the chunks they already hold as duplicates. Counters stay."""
+        rows = len(next(iter(columns.values())))
+        seq = self.seq
+        self.seq = first_seq
+        try:
+            stamped = {**columns, "episode_id": np.full(rows, episode, dtype=np.int64),
+                       "step": np.arange(rows, dtype=np.int64)}
+            return self.stamp(stamped, policy_version)
+        finally:
+            self.seq = seq
+
+    def take_back(self, rows: int) -> None:
+        """Un-count the episode of ``rows`` rows that :meth:`episode` stamped last, none of whose rows were written:
+        its id and seq numbers go to the next episode."""
+        self.episodes -= 1
+        self.seq -= rows

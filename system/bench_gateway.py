@@ -138,7 +138,7 @@ def bench_uploads(clients: int, seconds: float, rows: int) -> Throughput:
     from replay.schema import transition_columns
     from replay.shard import ReplayShard
     from replay.table import TableConfig
-    from system.handles import LocalHandle
+    from replay.handles import LocalHandle
 
     spec = EnvSpec(OBS_SHAPE, ACTION_SHAPE, np.full(1, -3.0, np.float32), np.full(1, 3.0, np.float32))
     columns = transition_columns(OBS_SHAPE, ACTION_SHAPE)

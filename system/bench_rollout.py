@@ -24,7 +24,7 @@ ratio. Torch runs one intra-op thread in every worker (``torch.set_num_threads(1
 Backends:
 
 - in process (always): one worker; the shards are :class:`replay.shard.ReplayShard` objects in this process
-  behind :class:`system.handles.LocalHandle`, so their insert cost is counted in the worker's CPU time.
+  behind :class:`replay.handles.LocalHandle`, so their insert cost is counted in the worker's CPU time.
 - ``--ray``: for every count in ``--workers``, that many worker actors (one CPU each) on a local Ray started here
   and shut down at the end, writing to shard actors; raw and collection turns run in all workers at once. Adds the
   2-vs-1 scaling of the total rate, next to the scaling of the raw simulators themselves (what the machine allows).
@@ -248,7 +248,7 @@ class CollectorProbe:
         while version < 1:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the rollout worker saw no published policy in {WARMUP_TIMEOUT_S:.0f} s")
-            version = self.worker.run(steps)["policy_version"]
+            version = self.worker.run(steps).policy_version
         self.worker.run(steps)
         self.worker.flush()
         for _ in range(3):
@@ -271,7 +271,7 @@ class CollectorProbe:
         steps = 0
         wall, cpu = time.perf_counter(), time.process_time()
         while steps == 0 or time.perf_counter() - wall < seconds:
-            steps += self.worker.run(per_call)["env_steps"]
+            steps += self.worker.run(per_call).env_steps
         self.worker.flush()
         return Turns(steps, time.perf_counter() - wall, time.process_time() - cpu)
 
@@ -473,7 +473,7 @@ def bench_in_process(env_id: str, envs_per_worker: int, vector_mode: str, second
     """One worker in this process, writing to shards in this process."""
     from replay.config import ReplayConfig
     from replay.shard import ReplayShard
-    from system.handles import LocalHandle
+    from replay.handles import LocalHandle
     from system.weights import WeightsStore
 
     tables, spec = _table_configs(env_id)

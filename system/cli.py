@@ -69,13 +69,13 @@ def train(args: argparse.Namespace) -> int:
 
     import torch
 
+    from replay.handles import get
     from system.attach import remove_ray_file, write_ray_file
     from system.control import namespace
     from ray.exceptions import RayActorError
 
     from system.driver import Driver, RoleError, describe_error, progress_printer
     from system.placement import PlacementError, describe as describe_placement, wait_for_placement
-    from system.handles import get
     from system.run_dir import RunDir
     from system.runtime import start_ray, stop_ray
     from system.wiring import build_system, kill_system
@@ -221,8 +221,8 @@ def evaluate(args: argparse.Namespace) -> int:
     finally:
         evaluator.close()
     print(
-        f"{config.env.id}: mean return {result['return_mean']:.1f} +- {result['return_std']:.1f} over "
-        f"{args.episodes} episodes (mean length {sum(result['lengths']) / len(result['lengths']):.0f})"
+        f"{config.env.id}: mean return {result.return_mean:.1f} +- {result.return_std:.1f} over "
+        f"{args.episodes} episodes (mean length {sum(result.lengths) / len(result.lengths):.0f})"
     )
     return 0
 

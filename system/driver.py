@@ -15,16 +15,19 @@ from typing import Any, Callable, TextIO
 import numpy as np
 
 from actors.envs import EnvSpec
+from actors.evaluator import EvalResult
+from actors.gateway import GatewayStats
+from actors.imagination import ImaginationReport
+from actors.rollout import RolloutReport
+from replay.handles import get, is_actor_failure, wait
 from system.config import SystemConfig
-from system.handles import get, is_actor_failure, wait
+from system.loops import LearnerReport
 from system.metrics import DriverMetrics
 from system.run_dir import RunDir
 from system.wiring import System
 
 logger = logging.getLogger(__name__)
 
-IMAGINATION_COUNTS = ("transitions", "stopped_uncertain", "stopped_nonfinite", "penalized")
-"""Imagination worker report counts the driver sums into the metrics table (``imagination_<count>``)."""
 CONTROL_POLL_S = 0.5
 """How often the driver asks the control actor for new pool sizes."""
 POOL_CALLS = {"rollout": ("rollout", "rollout_flush"), "imagination": ("imagination",)}
@@ -98,6 +101,9 @@ class Driver:
         self._episode_returns: deque[float] = deque(maxlen=20)
         self._episodes = 0
         self._latest: dict[str, dict[str, Any]] = {}
+        """Role -> the newest values of its columns in the metrics table."""
+        self._policy_version = 0
+        """Newest policy version a policy learner report named."""
         self._rows: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         self._next_eval = config.eval.every_steps
@@ -216,10 +222,11 @@ class Driver:
         self.system.remove_worker(call.payload, call.index)
         logger.info("scaling: %s worker %d flushed and ended", call.payload, call.index)
 
-    def _on_gateway_stats(self, call: _Call, stats: dict[str, Any]) -> None:
+    def _on_gateway_stats(self, call: _Call, stats: GatewayStats) -> None:
         self._gateway_pending = False
-        row = {f"gateway_{k}": stats[k] for k in ("episodes", "rows", "policy_downloads") if k in stats}
-        row.update({f"gateway_requests_{code}": n for code, n in stats["requests"].items()})
+        row = {"gateway_episodes": stats.episodes, "gateway_rows": stats.rows,
+               "gateway_policy_downloads": stats.policy_downloads}
+        row.update({f"gateway_requests_{code}": n for code, n in stats.requests.items()})
         self._latest["gateway"] = row
 
     def _restarted(self, call: _Call, exc: BaseException) -> bool:
@@ -247,24 +254,24 @@ class Driver:
             self._submit_imagination(call.index)
         return True
 
-    def _count_incarnation(self, role: str, report: dict[str, Any]) -> None:
+    def _count_incarnation(self, role: str, report: RolloutReport | ImaginationReport) -> None:
         """A report from a worker: its writer id tells whether Ray restarted it since its last report."""
-        self._lost_calls[(role, report["index"])] = 0
-        seen = self._incarnations.setdefault((role, report["index"]), report["writer_id"])
-        if seen != report["writer_id"]:
-            self._incarnations[(role, report["index"])] = report["writer_id"]
+        self._lost_calls[(role, report.index)] = 0
+        seen = self._incarnations.setdefault((role, report.index), report.writer_id)
+        if seen != report.writer_id:
+            self._incarnations[(role, report.index)] = report.writer_id
             self._restarts[role] += 1
 
-    def _on_rollout(self, call: _Call, report: dict[str, Any]) -> None:
+    def _on_rollout(self, call: _Call, report: RolloutReport) -> None:
         self._count_incarnation("rollout", report)
         self._steps_in_flight -= call.payload
-        self.env_steps += report["env_steps"]
-        for episode_return, _ in report["episodes"]:
+        self.env_steps += report.env_steps
+        for episode_return, _ in report.episodes:
             self._episode_returns.append(episode_return)
-        self._episodes += len(report["episodes"])
-        self._env_errors[call.index] = report["env_errors"]
-        self._acting[call.index] = report["policy_version"]
-        self._latest["rollout"] = {"policy_version_acting": report["policy_version"],
+        self._episodes += len(report.episodes)
+        self._env_errors[call.index] = report.env_errors
+        self._acting[call.index] = report.policy_version
+        self._latest["rollout"] = {"policy_version_acting": report.policy_version,
                                    "rollout_env_errors": sum(self._env_errors.values())}
         while self.env_steps >= self._next_eval and self._next_eval < self.config.run.total_env_steps:
             self._request_eval(self._next_eval)
@@ -280,25 +287,39 @@ class Driver:
             return False
         return not (self._draining() and progress == 0)
 
-    def _on_policy(self, call: _Call, report: dict[str, Any]) -> None:
-        self._latest.setdefault("policy", {}).update(report)
-        if self._keep_going(report["updates"]):
+    def _on_policy(self, call: _Call, report: LearnerReport) -> None:
+        self._policy_version = report.version
+        self._learner_columns("policy", report)
+        if self._keep_going(report.updates):
             self._submit_learner("policy")
 
-    def _on_world_model(self, call: _Call, report: dict[str, Any]) -> None:
-        self._latest.setdefault("world_model", {}).update(report)
-        if self._keep_going(report["updates"]):
+    def _on_world_model(self, call: _Call, report: LearnerReport) -> None:
+        self._learner_columns("world_model", report)
+        if self._keep_going(report.updates):
             self._submit_learner("world_model")
 
-    def _on_imagination(self, call: _Call, report: dict[str, Any]) -> None:
+    def _learner_columns(self, role: str, report: LearnerReport) -> None:
+        """``<role>_<metric>`` per learner metric (a metric not in this report keeps its last value), then
+        ``<role>_updates``, ``_total_updates``, ``_updates_per_s``, ``_sample_wait_fraction``, ``_version``."""
+        columns = self._latest.setdefault(role, {})
+        columns.update({f"{role}_{name}": value for name, value in report.metrics.items()})
+        columns.update({f"{role}_updates": report.updates, f"{role}_total_updates": report.total_updates,
+                        f"{role}_updates_per_s": report.updates_per_s,
+                        f"{role}_sample_wait_fraction": report.sample_wait_fraction,
+                        f"{role}_version": report.version})
+
+    def _on_imagination(self, call: _Call, report: ImaginationReport) -> None:
         self._count_incarnation("imagination", report)
-        total = self._latest.setdefault("imagination", dict.fromkeys(IMAGINATION_COUNTS, 0))
-        for key in IMAGINATION_COUNTS:
-            total[key] += report.get(key, 0)
-        for key in ("horizon", "model_version", "penalty_mean", "disagreement_mean"):
-            if key in report:
-                total[key] = report[key]
-        if self._keep_going(report["rollouts"] + report["skipped_starts"]):
+        # counts summed over the run, then the newest values (columns imagination_<name>)
+        total = self._latest.setdefault(
+            "imagination", {"transitions": 0, "stopped_uncertain": 0, "stopped_nonfinite": 0, "penalized": 0})
+        total["transitions"] += report.transitions
+        total["stopped_uncertain"] += report.stopped_uncertain
+        total["stopped_nonfinite"] += report.stopped_nonfinite
+        total["penalized"] += report.penalized
+        total.update(horizon=report.horizon, model_version=report.model_version, penalty_mean=report.penalty_mean,
+                     disagreement_mean=report.disagreement_mean)
+        if self._keep_going(report.rollouts + report.skipped_starts):
             self._submit_imagination(call.index)
 
     def _on_eval_weights(self, call: _Call, latest: tuple[int, list] | None) -> None:
@@ -311,19 +332,19 @@ class Driver:
         ref = evaluator.evaluate.remote(box[0], self.config.eval.episodes, env_steps=call.payload, version=version)
         self._submit(ref, _Call("eval"))
 
-    def _on_eval(self, call: _Call, result: dict[str, Any]) -> None:
-        self.evals.append(self._eval_row(result["env_steps"], result["version"], result))
+    def _on_eval(self, call: _Call, result: EvalResult) -> None:
+        self.evals.append(self._eval_row(result.env_steps, result.version, result))
         target = self.config.run.target_return
-        if target is not None and result["return_mean"] >= target and not self._stop_reason:
-            self._stop_reason = f"target return {target:g} reached at {result['env_steps']} env steps"
+        if target is not None and result.return_mean >= target and not self._stop_reason:
+            self._stop_reason = f"target return {target:g} reached at {result.env_steps} env steps"
 
-    def _eval_row(self, env_steps: int, version: int, result: dict[str, Any] | None) -> dict[str, Any]:
+    def _eval_row(self, env_steps: int, version: int, result: EvalResult | None) -> dict[str, Any]:
         return {
             "env_steps": env_steps,
             "policy_version": version,
-            "return_mean": result["return_mean"] if result else float("nan"),
-            "return_std": result["return_std"] if result else float("nan"),
-            "length_mean": float(np.mean(result["lengths"])) if result else float("nan"),
+            "return_mean": result.return_mean if result else float("nan"),
+            "return_std": result.return_std if result else float("nan"),
+            "length_mean": float(np.mean(result.lengths)) if result else float("nan"),
             "wall_time_s": time.monotonic() - self._start,
         }
 
@@ -342,8 +363,7 @@ class Driver:
             "eval_return_mean": last_eval["return_mean"] if last_eval else float("nan"),
         }
         for role in ("policy", "world_model"):
-            for key, value in self._latest.get(role, {}).items():
-                row[key if key.startswith(role) else f"{role}_{key}"] = value
+            row.update(self._latest.get(role, {}))
         for key, value in self._latest.get("imagination", {}).items():
             row[f"imagination_{key}"] = value
         row.update(self._latest.get("rollout", {}))
@@ -474,7 +494,7 @@ class Driver:
             best_eval_return=max(scored) if scored else None,
             last_eval_return=scored[-1] if scored else None,
             stopped_because=self._stop_reason or "stopped",
-            policy_version=self._latest.get("policy", {}).get("version", 0),
+            policy_version=self._policy_version,
             run_dir=str(self.run_dir.path),
         )
 

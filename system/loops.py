@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -26,6 +26,25 @@ class BatchPart:
     consumer: str | None
 
 
+@dataclass(frozen=True)
+class LearnerReport:
+    """What one :meth:`LearnerLoop.run` call did."""
+
+    updates: int
+    """Learner updates made in the call."""
+    total_updates: int
+    """Updates the learner made in its life (restored ones included)."""
+    updates_per_s: float
+    """Updates per second of the call."""
+    sample_wait_fraction: float
+    """Fraction of the call spent waiting for batches."""
+    version: int
+    """Newest weights version published."""
+    metrics: Mapping[str, float]
+    """Mean of every metric the learner returned in the call (``critic_loss``, ``val_mse``, ...), by its name; a
+    metric the learner did not return in the call (e.g. validation, not run every update) is absent."""
+
+
 class LearnerLoop:
     """Runs ``learner.update`` on batches from replay, as fast as the rate limiter admits.
 
@@ -34,7 +53,7 @@ class LearnerLoop:
         loop = LearnerLoop("policy", learner, replay, publisher, parts, publish_every=10,
                            publish_state=learner.policy_state)
         while running:
-            report = loop.run(max_seconds=2.0)     # updates, rates, mean metrics, published version
+            report = loop.run(max_seconds=2.0)     # a LearnerReport: updates, rates, mean metrics, version
         state = loop.state_dict()                  # checkpoint
     """
 
@@ -76,7 +95,7 @@ class LearnerLoop:
             return results[0]
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
-    def run(self, max_seconds: float) -> dict[str, Any]:
+    def run(self, max_seconds: float) -> LearnerReport:
         """Update until ``max_seconds`` pass (in process: until no batch is ready); report what was done."""
         start = time.perf_counter()
         waited, updates = 0.0, 0
@@ -99,15 +118,13 @@ class LearnerLoop:
             if self.learner.num_updates - self._published_at >= self._publish_every:
                 self.publish_now()
         elapsed = time.perf_counter() - start
-        report = {f"{self.name}_{k}": v / counts[k] for k, v in sums.items()}
-        report.update(
-            {
-                "updates": updates,
-                "total_updates": self.learner.num_updates,
-                "updates_per_s": updates / elapsed if elapsed > 0 else 0.0,
-                "sample_wait_fraction": waited / elapsed if elapsed > 0 else 0.0,
-                "version": self._publisher.version,
-            }
+        report = LearnerReport(
+            updates=updates,
+            total_updates=self.learner.num_updates,
+            updates_per_s=updates / elapsed if elapsed > 0 else 0.0,
+            sample_wait_fraction=waited / elapsed if elapsed > 0 else 0.0,
+            version=self._publisher.version,
+            metrics={k: v / counts[k] for k, v in sums.items()},
         )
         self._metrics.record(report)
         return report

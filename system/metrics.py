@@ -7,8 +7,10 @@ namespace, so that runs sharing a cluster stay apart), plus ``table``, ``consume
 ``ray_dynaray_replay_size``; counters of seconds end in ``_seconds_total``. Every name is listed in
 ``docs/architecture.md`` (Metrics).
 
-A role makes its recorder in its own process (``RolloutMetrics(index)`` in ``RolloutWorker.__init__``, ...), so
-the Ray metric objects live where they are recorded and never travel; a recorder refuses to be pickled. When Ray
+The recorders of the roles below ``system/`` implement the interfaces of their floor (``actors.metrics``,
+``replay.metrics``); ``system/wiring.py`` hands each role its recorder's class as a factory (``metrics=``), and the
+role makes its recorder in its own process (``metrics(index)`` in ``RolloutWorker.__init__``, ...), so the Ray metric
+objects live where they are recorded and never travel; a recorder refuses to be pickled. When Ray
 is not initialized in the process (in-process roles, unit tests), or ``DYNARAY_METRICS=0`` (``run.metrics=false``
 sets it for every process of the run), every recorder is a no-op that costs one attribute check per call.
 
@@ -34,7 +36,15 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+from actors.metrics import GatewayRecorder, ImaginationRecorder, RolloutRecorder
+from replay.metrics import ShardRecorder
+
+if TYPE_CHECKING:
+    from actors.imagination import ImaginationReport
+    from actors.rollout import RolloutReport
+    from system.loops import LearnerReport
 
 logger = logging.getLogger(__name__)
 
@@ -284,11 +294,12 @@ def _mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-class RolloutMetrics:
+class RolloutMetrics(RolloutRecorder):
     """``dynaray_rollout_*``: env steps, episodes, returns and lengths, env steps/s, env errors, policy version,
     env steps whose actions the planner chose."""
 
     def __init__(self, index: int, enabled: bool | None = None):
+        super().__init__(index)
         m = self.metrics = Metrics("rollout", index, enabled)
         self.env_steps = m.counter("env_steps", "env steps taken")
         self.episodes = m.counter("episodes", "episodes finished")
@@ -299,26 +310,27 @@ class RolloutMetrics:
         self.steps_per_s = m.gauge("env_steps_per_s", "env steps per second in the last call")
         self.policy_version = m.gauge("policy_version", "policy version acting (-1: random warm-up)")
 
-    def record(self, report: Mapping[str, Any]) -> None:
-        """After a ``run`` call: its report (``env_steps``, ``episodes``, ``seconds``, ``env_errors``, ...)."""
+    def record(self, report: RolloutReport) -> None:
+        """After a ``run`` call: its report."""
         if not self.metrics.enabled:
             return
-        self.env_steps.inc(report["env_steps"])
-        self.episodes.inc(len(report["episodes"]))
-        self.env_errors.set_total(report["env_errors"])
-        self.planned_steps.inc(report.get("planned_steps", 0))
-        self.episode_return.set(_mean(r for r, _ in report["episodes"]))
-        self.episode_length.set(_mean(n for _, n in report["episodes"]))
-        if report["seconds"] > 0:
-            self.steps_per_s.set(report["env_steps"] / report["seconds"])
-        self.policy_version.set(report["policy_version"])
+        self.env_steps.inc(report.env_steps)
+        self.episodes.inc(len(report.episodes))
+        self.env_errors.set_total(report.env_errors)
+        self.planned_steps.inc(report.planned_steps)
+        self.episode_return.set(_mean(r for r, _ in report.episodes))
+        self.episode_length.set(_mean(n for _, n in report.episodes))
+        if report.seconds > 0:
+            self.steps_per_s.set(report.env_steps / report.seconds)
+        self.policy_version.set(report.policy_version)
 
 
-class ImaginationMetrics:
+class ImaginationMetrics(ImaginationRecorder):
     """``dynaray_imagination_*``: transitions written, rollouts, stopped rows (by ``reason``), horizon, weights
     versions, model disagreement and reward penalty where the report has them."""
 
     def __init__(self, index: int, enabled: bool | None = None):
+        super().__init__(index)
         m = self.metrics = Metrics("imagination", index, enabled)
         self.transitions = m.counter("transitions", "imagined transitions written to replay")
         self.rollouts = m.counter("rollouts", "model rollout batches")
@@ -331,30 +343,28 @@ class ImaginationMetrics:
         self.disagreement = m.gauge("disagreement_mean", "mean elite disagreement over the rows written")
         self.penalty = m.gauge("penalty_mean", "mean reward penalty over the rows written")
 
-    def record(self, report: Mapping[str, Any]) -> None:
-        """After a ``run`` call: its report (``transitions``, ``rollouts``, ``terminated``, ...)."""
+    def record(self, report: ImaginationReport) -> None:
+        """After a ``run`` call: its report."""
         if not self.metrics.enabled:
             return
-        self.transitions.inc(report.get("transitions", 0))
-        self.rollouts.inc(report.get("rollouts", 0))
-        self.stopped.inc(report.get("terminated", 0), reason="terminated")
-        self.stopped.inc(report.get("stopped_nonfinite", 0), reason="nonfinite")
-        self.stopped.inc(report.get("stopped_uncertain", 0), reason="uncertain")
-        self.skipped.inc(report.get("skipped_starts", 0))
-        self.horizon.set(report.get("horizon"))
-        if report.get("seconds", 0) > 0:
-            self.per_s.set(report.get("transitions", 0) / report["seconds"])
-        self.policy_version.set(report.get("policy_version"))
-        self.model_version.set(report.get("model_version"))
-        self.disagreement.set(report.get("disagreement_mean"))
-        self.penalty.set(report.get("penalty_mean"))
+        self.transitions.inc(report.transitions)
+        self.rollouts.inc(report.rollouts)
+        self.stopped.inc(report.terminated, reason="terminated")
+        self.stopped.inc(report.stopped_nonfinite, reason="nonfinite")
+        self.stopped.inc(report.stopped_uncertain, reason="uncertain")
+        self.skipped.inc(report.skipped_starts)
+        self.horizon.set(report.horizon)
+        if report.seconds > 0:
+            self.per_s.set(report.transitions / report.seconds)
+        self.policy_version.set(report.policy_version)
+        self.model_version.set(report.model_version)
+        self.disagreement.set(report.disagreement_mean)
+        self.penalty.set(report.penalty_mean)
 
 
 class LearnerMetrics:
     """``dynaray_<policy|world_model>_*``: updates, updates/s, sample wait, published version, and every metric
     the learner reports (losses, gradient norms, ``val_nll``, ...) as a gauge of its own name."""
-
-    REPORT_KEYS = ("updates", "total_updates", "updates_per_s", "sample_wait_fraction", "version")
 
     def __init__(self, role: str, enabled: bool | None = None):
         m = self.metrics = Metrics(role, 0, enabled)
@@ -364,22 +374,19 @@ class LearnerMetrics:
         self.wait = m.gauge("sample_wait_fraction", "fraction of the last call spent waiting for batches")
         self.version = m.gauge("published_version", "newest weights version published")
 
-    def record(self, report: Mapping[str, Any]) -> None:
-        """After a ``run`` call: its report (``updates``, ``<role>_<metric>`` means, ``version``, ...)."""
+    def record(self, report: LearnerReport) -> None:
+        """After a ``run`` call: its report (updates, rates, published version, the learner's metric means)."""
         if not self.metrics.enabled:
             return
-        self.updates.inc(report["updates"])
-        self.per_s.set(report["updates_per_s"])
-        self.wait.set(report["sample_wait_fraction"])
-        self.version.set(report["version"])
-        prefix = f"{self.role}_"
-        for key, value in report.items():
-            if key.startswith(prefix) and key not in self.REPORT_KEYS and isinstance(value, (int, float)):
-                quantity = key[len(prefix):]
-                self.metrics.gauge(quantity, f"{self.role} learner {quantity}, mean over the last call").set(value)
+        self.updates.inc(report.updates)
+        self.per_s.set(report.updates_per_s)
+        self.wait.set(report.sample_wait_fraction)
+        self.version.set(report.version)
+        for quantity, value in report.metrics.items():
+            self.metrics.gauge(quantity, f"{self.role} learner {quantity}, mean over the last call").set(value)
 
 
-class ReplayMetrics:
+class ReplayMetrics(ShardRecorder):
     """``dynaray_replay_*`` per shard and ``table``: size, rows inserted / sampled / evicted, duplicates, "not now"
     answers, seconds waited for the rate limiters, and each consumer's limiter lag. Read from ``stats`` on the
     refresh thread, so the insert and sample paths pay nothing."""
@@ -398,6 +405,7 @@ class ReplayMetrics:
 
     def __init__(self, index: int, stats: Callable[[], Mapping[str, Mapping[str, Any]]],
                  enabled: bool | None = None):
+        super().__init__(index, stats)
         m = self.metrics = Metrics("replay", index, enabled)
         self._stats = stats
         self.size = m.gauge("size", "rows stored", ("table",))
@@ -424,19 +432,21 @@ class ReplayMetrics:
                     self.error_buffer.set(limiter.get("error_buffer"), table=table, consumer=consumer)
 
 
-class GatewayMetrics:
-    """``dynaray_gateway_*``: HTTP requests by status ``code``, episodes and rows stored, policy downloads."""
+class GatewayMetrics(GatewayRecorder):
+    """``dynaray_gateway_*``: HTTP requests by status ``code`` and ``token_id`` (never the token), episodes and rows
+    stored, policy downloads."""
 
     COUNTED = {"episodes": "episodes stored", "rows": "rows stored", "policy_downloads": "policy downloads",
                "bytes_received": "bytes of upload bodies read"}
 
     def __init__(self, index: int, enabled: bool | None = None):
+        super().__init__(index)
         m = self.metrics = Metrics("gateway", index, enabled)
-        self.requests = m.counter("requests", "HTTP requests answered", ("code",))
+        self.requests = m.counter("requests", "HTTP requests answered", ("code", "token_id"))
         self.counted = {name: m.counter(name, description) for name, description in self.COUNTED.items()}
 
-    def answered(self, status: int) -> None:
-        self.requests.inc(1, code=status)
+    def answered(self, status: int, token_id: str = "-") -> None:
+        self.requests.inc(1, code=status, token_id=token_id)
 
     def count(self, name: str, amount: int) -> None:
         counter = self.counted.get(name)

@@ -6,7 +6,8 @@
 
 A run directory (it has ``config.yaml``) stands for its replay directory (``replay.directory`` of its config, else
 ``RUN_DIR/replay``); its config gives the tables' capacities and its ``metrics.parquet`` the rates. Reading never
-takes a shard's LOCK, so a live run can be exported or inspected. The logic is in :mod:`replay.offline`; formats in
+takes a shard's LOCK, so a live run can be exported or inspected. The logic is in :mod:`replay.export`,
+:mod:`replay.importer` and :mod:`replay.inspection` (reading through :mod:`replay.stored`); formats in
 docs/replay.md. Bad input ends in one line ``dynaray: error: ...`` on stderr and exit code 2.
 """
 
@@ -35,7 +36,7 @@ def _fail(message: str) -> int:
 
 def _run_guarded(action: Callable[[], int]) -> int:
     """Run ``action``; bad input and library errors become one line and exit 2, warnings one line each."""
-    from replay.offline import OfflineError
+    from replay.stored import OfflineError
     from replay.schema import SchemaError
 
     # the persistence module logs what it also warns about: show it once, as a warning line
@@ -60,9 +61,10 @@ def _run_guarded(action: Callable[[], int]) -> int:
     return code
 
 
-def _locate(path: str) -> tuple[str, dict[str, int] | None, Path | None]:
-    """The replay directory a path stands for, the tables' per-shard capacities and the metrics file, if known."""
-    from replay.offline import shard_indices
+def _locate(path: str) -> tuple[str, dict[str, tuple[int, int]] | None, Path | None]:
+    """The replay directory a path stands for, the tables' per-shard capacities (in memory, in the cold tier) and
+    the metrics file, if known."""
+    from replay.stored import shard_indices
 
     where = Path(path)
     if not where.exists():
@@ -83,8 +85,8 @@ def _locate(path: str) -> tuple[str, dict[str, int] | None, Path | None]:
             )
         replay = config.replay
         capacities = {
-            "real": replay.shard_capacity(replay.real_capacity) + replay.shard_capacity(replay.real_disk_capacity),
-            "imagined": replay.shard_capacity(replay.imagined_capacity),
+            "real": (replay.shard_capacity(replay.real_capacity), replay.shard_capacity(replay.real_disk_capacity)),
+            "imagined": (replay.shard_capacity(replay.imagined_capacity), 0),
         }
         return str(directory), capacities, where / "metrics.parquet"
     if shard_indices(path):
@@ -99,10 +101,11 @@ def _locate(path: str) -> tuple[str, dict[str, int] | None, Path | None]:
 
 def export(args: argparse.Namespace) -> int:
     def action() -> int:
-        from replay.offline import export_table, read_table
+        from replay.export import export_table
+        from replay.stored import read_table
 
         directory, capacities, _ = _locate(args.source)
-        stored = read_table(directory, args.table, (capacities or {}).get(args.table))
+        stored = read_table(directory, args.table, *(capacities or {}).get(args.table, (None, None)))
         paths = export_table(stored, args.to)
         names = ", ".join(Path(p).name for p in paths)
         print(
@@ -119,7 +122,7 @@ def export(args: argparse.Namespace) -> int:
 
 def import_(args: argparse.Namespace) -> int:
     def action() -> int:
-        from replay.offline import IMPORT_WRITER_ID, import_dataset
+        from replay.importer import IMPORT_WRITER_ID, import_dataset
 
         if args.shards is not None and args.shards < 1:
             raise _BadInput(f"--shards {args.shards}: expected an int >= 1")
@@ -186,7 +189,7 @@ def _column_line(stats) -> str:
 
 
 def render_inspection(report: dict) -> str:
-    """The text ``dynaray replay inspect`` prints for :func:`replay.offline.inspect_replay`'s report."""
+    """The text ``dynaray replay inspect`` prints for :func:`replay.inspection.inspect_replay`'s report."""
     lines = [f"replay directory {report['directory']}: {report['shards']} shard(s)"]
     for name, table in report["tables"].items():
         capacity = f" (capacity {table['capacity']:,} per shard)" if table["capacity"] is not None else ""
@@ -237,7 +240,7 @@ def render_inspection(report: dict) -> str:
 
 def inspect(args: argparse.Namespace) -> int:
     def action() -> int:
-        from replay.offline import inspect_replay
+        from replay.inspection import inspect_replay
 
         directory, capacities, metrics = _locate(args.source)
         report = inspect_replay(directory, capacities, str(metrics) if metrics else None, args.table or None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from system.handles import get, put, wait
+from replay.handles import get, put, wait
 
 
 class WeightsStore:

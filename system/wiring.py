@@ -1,8 +1,12 @@
 """Every role and every edge of the system, in one place.
 
 ``build_system(config, spec, local)`` makes each role either as a Ray actor (``local=False``) or as an in-process
-object behind a :class:`~system.handles.LocalHandle` (``local=True``, for tests and debugging); the role classes
+object behind a :class:`~replay.handles.LocalHandle` (``local=True``, for tests and debugging); the role classes
 are the same plain classes either way.
+
+Prometheus recorders: each role below ``system/`` takes its recorder's class (``metrics=``, from ``system.metrics``)
+and makes the recorder in its own ``__init__``, so in the role's process (a class travels to a Ray actor by name;
+Ray metric objects never travel). Without Ray in the process every recorder records nothing.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ from learners.networks import resolve_device
 from learners.sac import Policy, SACLearner
 from learners.world_model import WorldModel, WorldModelLearner
 from replay.client import ReplayClient
+from replay.handles import LocalHandle
 from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
 from system.config import SystemConfig
 from system.control import CONTROL_ACTOR, Control
-from system.handles import LocalHandle
 from system.loops import BatchPart, LearnerLoop, policy_batch_parts
+from system.metrics import GatewayMetrics, ImaginationMetrics, ReplayMetrics, RolloutMetrics
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 # Seed offsets per role, so that roles never share a random stream.
@@ -210,7 +215,7 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     system.shards = [
         make(ReplayShard, f"replay-shard-{i}", config.replay.num_cpus, tables, seed=config.seed + SEED_REPLAY + i,
              index=i, directory=replay_dir, fsync=config.replay.fsync,
-             fsync_interval_ms=config.replay.fsync_interval_ms, max_concurrency=16,
+             fsync_interval_ms=config.replay.fsync_interval_ms, metrics=ReplayMetrics, max_concurrency=16,
              max_restarts=config.replay.max_restarts, resources=config.placement.replay_resources,
              ray_options={"scheduling_strategy": config.placement.replay_strategy})
         for i in range(config.replay.num_shards)
@@ -248,7 +253,8 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
                                              seed=seed, device="cpu")}
         return make(RolloutWorker, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
                     replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
-                    index=i, seed=seed, max_restarts=config.rollout.max_restarts, num_gpus=config.rollout.num_gpus,
+                    index=i, seed=seed, metrics=RolloutMetrics, max_restarts=config.rollout.max_restarts,
+                    num_gpus=config.rollout.num_gpus,
                     resources=config.rollout.resources, **planner)
 
     system.worker_factories["rollout"] = rollout_worker
@@ -268,7 +274,8 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
                         partial(policy_factory, seed=seed, device=device),
                         partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model, seed=seed,
                                 device=device),
-                        index=i, local=local, max_restarts=config.imagination.max_restarts)
+                        index=i, local=local, metrics=ImaginationMetrics,
+                        max_restarts=config.imagination.max_restarts)
 
         system.worker_factories["imagination"] = imagination_worker
         for i in range(config.imagination.num_workers):
@@ -282,7 +289,7 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
         system.gateway = make(IngestGateway, "gateway", config.gateway.num_cpus, config.gateway,
                               replay_client(config.seed + SEED_GATEWAY), WeightsClient(system.store, "policy"),
                               partial(policy_factory, seed=config.seed + SEED_GATEWAY, device="cpu"), spec,
-                              tokens=gateway_tokens, max_insert_rows=max_insert_rows,
+                              tokens=gateway_tokens, max_insert_rows=max_insert_rows, metrics=GatewayMetrics,
                               max_restarts=config.gateway.max_restarts)
 
     # Control: `dynaray scale` writes desired pool sizes here, the driver polls them; `dynaray status` reads the

@@ -34,10 +34,10 @@ from actors.gateway_client import GatewayError, episode_to_arrow, fetch_policy, 
 from learners.sac import Policy, PolicyConfig, SACLearner
 from replay.client import ReplayClient
 from replay.config import ReplayConfig
+from replay.handles import LocalHandle
 from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
-from system.handles import LocalHandle
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 TOKEN = "test-token-0123456789abcdef"
@@ -81,7 +81,7 @@ class Rig:
 
     def assert_untouched_and_serving(self) -> None:
         assert self.stored() == 0
-        assert self.gateway.stats()["episodes"] == 0
+        assert self.gateway.stats().episodes == 0
         status, _, body = request(self, "GET", "/v1/spec")
         assert status == 200 and body["table"] == "real"
 
@@ -248,7 +248,7 @@ def test_missing_or_wrong_token_is_401_and_stores_nothing(rig, token, reason):
         assert payload["error"].startswith(reason)
         assert headers["www-authenticate"].startswith("Bearer")
     rig.assert_untouched_and_serving()
-    assert rig.gateway.stats()["requests"][401] == 3
+    assert rig.gateway.stats().requests[401] == 3
 
 
 def test_wrong_auth_scheme_is_401(rig):
@@ -416,7 +416,7 @@ def test_busy_and_stalled_uploads(make_rig):
     with socket.create_connection(rig.gateway.address(), timeout=30) as stalled:
         stalled.sendall(head + body[:10])  # holds the only upload slot, then stops sending
         deadline = time.monotonic() + 10
-        while rig.gateway.stats()["uploads_in_progress"] == 0:
+        while rig.gateway.stats().uploads_in_progress == 0:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         status, headers, payload = post(rig, body)
@@ -500,7 +500,7 @@ def test_good_episode_is_stored_in_real_with_gateway_stamps(rig):
     assert set(batch["policy_version"][mine].tolist()) == {-1}
     assert set(batch["step"][mine].tolist()) == set(range(7))
     stats = rig.gateway.stats()
-    assert stats["episodes"] == 2 and stats["rows"] == 127 and stats["requests"][200] >= 2
+    assert stats.episodes == 2 and stats.rows == 127 and stats.requests[200] >= 2
 
 
 def test_concurrent_uploads_are_all_stored_once(make_rig):
@@ -601,7 +601,7 @@ def test_new_policy_version_is_exported_once_and_served(rig):
     policy.load_state(rig.states[2])
     np.testing.assert_allclose(module(torch.from_numpy(obs)).numpy(), policy.act(obs, deterministic=True), atol=1e-6)
     stats = rig.gateway.stats()
-    assert stats["policy_exports"] == 2 and stats["policy_downloads"] == 3 and stats["policy_version"] == 2
+    assert stats.policy_exports == 2 and stats.policy_downloads == 3 and stats.policy_version == 2
 
 
 def test_exported_module_checks_its_input_shape():

@@ -34,7 +34,7 @@ from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
 from replay.writers import episode_id
-from system.handles import LocalHandle
+from replay.handles import LocalHandle
 from tests.actors.test_gateway import ACT_DIM, OBS_DIM, SPEC, TOKEN, episode, make_policy, policy_state
 from tests.conftest import RecordingReplay
 
@@ -275,7 +275,7 @@ def fuzz_gateway():
     gateway.close()
 
 
-@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
 @given(request=requests())
@@ -303,7 +303,7 @@ def test_fuzzed_gateway_still_serves(fuzz_gateway):
     assert gateway._serve_thread.is_alive()
     assert fetch_spec(gateway.url(), TOKEN)["table"] == "real"
     stats = gateway.stats()
-    assert 500 not in stats["requests"] and stats["internal_errors"] == 0
+    assert 500 not in stats.requests and stats.internal_errors == 0
     answer = send_episode(gateway.url(), TOKEN, episode(7))
     assert answer["rows"] == 7
 
@@ -369,7 +369,7 @@ def test_a_handler_bug_is_a_counted_500_and_the_gateway_goes_on(gateways, monkey
     body = episode_to_arrow(episode(4))
     status, _, answer = exchange(gateway, head(len(body)) + body)
     assert status == 500 and json.loads(answer)["error"] == "internal error (logged by the gateway)"
-    assert gateway.stats()["internal_errors"] == 1
+    assert gateway.stats().internal_errors == 1
     monkeypatch.undo()
     assert send_episode(gateway.url(), TOKEN, episode(4))["rows"] == 4
     # The first try was forgotten: the episode got the first episode id.
@@ -392,7 +392,7 @@ def dribble(sock: socket.socket, data: bytes, every_s: float, stop: threading.Ev
 def test_slow_clients_cannot_hold_the_gateway(gateways):
     slow = Token("slow", frozenset({"upload"}), "slow-robot-token-0123456789")
     replay = RecordingReplay()
-    gateway = gateways(replay, tokens=(ALL, slow), request_timeout_s=3.0, socket_timeout_s=2.0, max_connections=12,
+    gateway = gateways(replay, tokens=(ALL, slow), request_timeout_s=2.0, socket_timeout_s=1.5, max_connections=12,
                        max_concurrent_uploads=4, max_uploads_per_token=2)
     address = gateway.address()
     stop = threading.Event()
@@ -416,7 +416,8 @@ def test_slow_clients_cannot_hold_the_gateway(gateways):
 
         # A real robot still gets in at once.
         answer = send_episode(gateway.url(), TOKEN, episode(6), retries=0, timeout=10)
-        assert answer["rows"] == 6 and time.monotonic() - started < 2.5
+        robot_at = time.monotonic() - started
+        assert answer["rows"] == 6
 
         # The slow token holds at most max_uploads_per_token slots; the others were told to come back.
         answers = []
@@ -427,21 +428,22 @@ def test_slow_clients_cannot_hold_the_gateway(gateways):
         assert sorted(status for status, _, _ in answers) == [408, 408, 503, 503], answers
         for status, error, at in answers:
             if status == 408:  # the whole-request deadline, though a byte arrived every 0.5 s
-                assert "gateway.request_timeout_s" in error and 2.5 < at < 6.0, (error, at)
+                assert "gateway.request_timeout_s" in error and 1.5 < at < 5.0, (error, at)
+                assert robot_at < at, "the robot got in while the slow uploads held their slots"
             else:
                 assert "max_uploads_per_token" in error
         # The half-sent headers were evicted (past max_connections) or closed: aiohttp's keep-alive timeout
         # (socket_timeout_s) ends a connection whose first request is not complete by then.
         for sock in sockets:
-            sock.settimeout(max(0.1, started + 4.0 - time.monotonic()))
+            sock.settimeout(max(0.1, started + 3.0 - time.monotonic()))
             try:
                 assert sock.recv(1024) == b""
             except ConnectionResetError:
                 pass
         stats = gateway.stats()
-        assert stats["connections_evicted"] >= 4, stats
-        wait_for(lambda: gateway.stats()["connections"] == 0)  # the refused uploads too, once drained for 2 s
-        assert stats["requests_by_token"]["slow"] == {408: 2, 503: 2}
+        assert stats.connections_evicted >= 4, stats
+        wait_for(lambda: gateway.stats().connections == 0)  # the refused uploads too, once drained for 2 s
+        assert stats.requests_by_token["slow"] == {408: 2, 503: 2}
         assert stored_rows(replay) == 6
     finally:
         stop.set()
@@ -468,7 +470,7 @@ def test_the_request_deadline_holds_however_the_bytes_trickle_in(gateways):
         except ConnectionResetError:
             pass
         assert time.monotonic() - started < 3.0
-        assert gateway.stats()["connections_timed_out"] == 1
+        assert gateway.stats().connections_timed_out == 1
     finally:
         stop.set()
         headers.close()
@@ -477,11 +479,11 @@ def test_the_request_deadline_holds_however_the_bytes_trickle_in(gateways):
 
 def test_upload_rate_is_limited_per_token(gateways):
     other = Token("other", frozenset({"upload"}), "other-robot-token-0123456789")
-    gateway = gateways(tokens=(ALL, other), max_rows_per_s=100.0)
-    send_episode(gateway.url(), TOKEN, episode(150), retries=0)  # a second and a half of rows: now in debt
-    with pytest.raises(GatewayError, match=r"429: token 'default' is over its upload rate of 100 rows/s") as info:
+    gateway = gateways(tokens=(ALL, other), max_rows_per_s=50.0)
+    send_episode(gateway.url(), TOKEN, episode(150), retries=0)  # three seconds of rows: two seconds in debt
+    with pytest.raises(GatewayError, match=r"429: token 'default' is over its upload rate of 50 rows/s") as info:
         send_episode(gateway.url(), TOKEN, episode(3), retries=0)
-    assert 0 < float(info.value.retry_after) <= 1
+    assert 0 < float(info.value.retry_after) <= 2
     assert send_episode(gateway.url(), other.secret, episode(4), retries=0)["rows"] == 4  # another robot is not held
     assert send_episode(gateway.url(), TOKEN, episode(3))["rows"] == 3  # the client waits as told, then it goes in
 
@@ -543,7 +545,7 @@ def test_a_retried_upload_returns_the_first_answer_and_stores_nothing_again(gate
     assert_once(replay, 14)
     status, _, payload = post(gateway, episode_to_arrow(episode(6)), key="robot-7/episode-1")
     assert status == 422 and "used before with another body" in payload["error"]
-    assert gateway.stats()["idempotent_replays"] == 2 and gateway.stats()["episodes"] == 2
+    assert gateway.stats().idempotent_replays == 2 and gateway.stats().episodes == 2
 
 
 @pytest.mark.parametrize("flaky", [dict(fail_insert=2), dict(fail_flushes=1)], ids=["insert", "flush"])
@@ -558,11 +560,7 @@ def test_a_replay_timeout_is_a_503_and_the_retry_completes_the_episode_once(gate
     assert answer["episode_id"] == episode_id(gateway.writer_id, 0) and answer["first_seq"] == 0
     assert_once(replay, 12)
     assert {int(c["episode_id"][0]) for _, c, _ in replay.chunks} == {answer["episode_id"]}
-    assert gateway.stats()["episodes"] == 1
-    if "fail_flushes" in flaky:  # the client's own retries do the same (after Retry-After: 5 s)
-        replay.fail_flushes = 1
-        assert send_episode(gateway.url(), TOKEN, episode(8))["episode_id"] == episode_id(gateway.writer_id, 1)
-        assert_once(replay, 20)
+    assert gateway.stats().episodes == 1
 
 
 def test_a_timeout_before_any_insert_gives_the_episode_id_back(gateways):
@@ -643,7 +641,7 @@ def test_tls_serves_https_and_the_client_verifies_the_certificate(gateways, tmp_
     assert info.value.status is None
     with pytest.raises(GatewayError, match="no answer"):
         fetch_spec(url.replace("https://", "http://"), TOKEN)  # plain HTTP is not served on the TLS port
-    assert stored_rows(replay) == 5 and gateway.stats()["internal_errors"] == 0
+    assert stored_rows(replay) == 5 and gateway.stats().internal_errors == 0
     with pytest.raises(ValueError, match="cannot load them as a PEM certificate chain"):
         gateways(tls_cert=str(tmp_path / "missing.pem"), tls_key=key)
 
@@ -690,14 +688,14 @@ def test_token_file_scopes_and_revocation_without_restart(gateways, tmp_path):
     # A file others may read grants nothing (fail closed) until it is fixed.
     os.chmod(path, 0o644)
     wait_for(lambda: _status(url, late) == 401)
-    assert gateway.stats()["token_ids"] == []
+    assert gateway.stats().token_ids == ()
     os.chmod(path, 0o600)
     wait_for(lambda: _status(url, late) == 200)
 
     stats = gateway.stats()
-    assert {"robot-1", "dash", "robot-2", "-"} <= set(stats["requests_by_token"])
-    assert stats["requests_by_token"]["robot-1"][200] >= 2
-    text = json.dumps(stats)
+    assert {"robot-1", "dash", "robot-2", "-"} <= set(stats.requests_by_token)
+    assert stats.requests_by_token["robot-1"][200] >= 2
+    text = repr(stats)
     for secret in (uploader, viewer, late):
         assert secret not in text and secret not in repr(gateway.tokens)
     assert stored_rows(replay) == 7

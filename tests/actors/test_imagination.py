@@ -166,15 +166,15 @@ def test_worker_writes_only_trusted_rows_and_reports_the_counts():
                                lambda: _Loadable(HalfPolicy()), lambda: _Loadable(model), local=True)
     report = worker.run(env_steps=0, max_seconds=0.2)
     written = replay.rows("imagined")
-    assert report["transitions"] == len(written["obs"]) == 4 * report["rollouts"]
+    assert report.transitions == len(written["obs"]) == 4 * report.rollouts
     assert np.isfinite(written["next_obs"]).all()
     # per rollout: row 3 is non-finite at once; rows 0, 1 and 2 pass the threshold at steps 3, 1 and 0
-    assert report["stopped_nonfinite"] == report["rollouts"] and report["stopped_uncertain"] == 3 * report["rollouts"]
-    assert report["penalized"] == report["transitions"]
-    assert report["disagreement_mean"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.3) / 4)
-    assert report["penalty_mean"] == pytest.approx(report["disagreement_mean"])
-    np.testing.assert_allclose(written["reward"], 0.5 - np.tile([0.1, 0.3, 0.2, 0.3], report["rollouts"]), rtol=1e-6)
-    assert (written["policy_version"] == 3).all() and report["model_version"] == 7
+    assert report.stopped_nonfinite == report.rollouts and report.stopped_uncertain == 3 * report.rollouts
+    assert report.penalized == report.transitions
+    assert report.disagreement_mean == pytest.approx((0.1 + 0.2 + 0.3 + 0.3) / 4)
+    assert report.penalty_mean == pytest.approx(report.disagreement_mean)
+    np.testing.assert_allclose(written["reward"], 0.5 - np.tile([0.1, 0.3, 0.2, 0.3], report.rollouts), rtol=1e-6)
+    assert (written["policy_version"] == 3).all() and report.model_version == 7
 
 
 class _Loadable:

@@ -174,7 +174,7 @@ def planning_worker(replay, model_version=0, **planner):
 def test_rollout_worker_acts_through_the_planner_and_writes_well_formed_chunks(recording_replay):
     worker = planning_worker(recording_replay, bonus_scale=1.0)
     report = worker.run(60)
-    assert report["env_steps"] == 60 and report["planned_steps"] == 50  # 10 warm-up steps, then the planner
+    assert report.env_steps == 60 and report.planned_steps == 50  # 10 warm-up steps, then the planner
     assert worker._model.elites == [0, 2]  # the polled world-model weights are loaded
     assert worker.planned_steps == 50 and worker._planner.last_scores.shape == (2, 4)
     worker.flush()
@@ -193,7 +193,7 @@ def test_rollout_worker_acts_through_the_planner_and_writes_well_formed_chunks(r
 def test_rollout_worker_uses_the_policy_until_a_world_model_is_published(recording_replay):
     worker = planning_worker(recording_replay, model_version=-1)  # the store has no world model yet
     report = worker.run(40)
-    assert report["planned_steps"] == 0 and worker._model_weights.version == -1
+    assert report.planned_steps == 0 and worker._model_weights.version == -1
     assert (recording_replay.rows()["policy_version"] == 5).sum() == 30
 
 

@@ -27,10 +27,10 @@ def test_chunk_builder_is_slot_major():
     builder = ChunkBuilder(length=3, num_envs=2, obs_shape=(1,), action_shape=(1,))
     for t in range(3):
         builder.add(obs=np.array([[t], [10 + t]]), step=np.array([t, 10 + t]))
-    chunk = builder.take(writer_id=5, first_seq=100)
+    chunk = builder.take()
     assert chunk["obs"][:, 0].tolist() == [0, 1, 2, 10, 11, 12]
-    assert chunk["seq"].tolist() == list(range(100, 106))
-    assert set(chunk["writer_id"]) == {5}
+    assert chunk["step"].tolist() == [0, 1, 2, 10, 11, 12]
+    assert "seq" not in chunk and "writer_id" not in chunk  # the worker's RowStamper adds them
     assert builder.t == 0
 
 
@@ -38,7 +38,7 @@ def test_chunks_own_their_rows_even_with_one_env():
     builder = ChunkBuilder(length=2, num_envs=1, obs_shape=(1,), action_shape=(1,))
     for t in range(2):
         builder.add(obs=np.array([[t]]))
-    chunk = builder.take(writer_id=0, first_seq=0)
+    chunk = builder.take()
     for t in range(2):  # refill: a chunk resubmitted after a "not now" must still hold its own rows
         builder.add(obs=np.array([[7]]))
     assert chunk["obs"][:, 0].tolist() == [0, 1]
@@ -47,7 +47,7 @@ def test_chunks_own_their_rows_even_with_one_env():
 def test_chunks_have_fixed_size_and_rows_are_consistent(recording_replay):
     worker = make_worker(recording_replay)
     report = worker.run(60)
-    assert report["env_steps"] == 60
+    assert report.env_steps == 60
     assert all(len(c["obs"]) == 20 for _, c, _ in recording_replay.chunks)
     rows = recording_replay.rows()
     assert len(rows["obs"]) == 60
@@ -71,7 +71,7 @@ def test_truncation_and_termination_stay_separate(recording_replay):
     # A truncated row keeps the true final observation, not the reset observation of the next episode.
     trunc = np.flatnonzero(rows["truncated"])
     assert np.all(rows["step"][trunc] == 6)
-    assert all(length <= 7 for _, length in report["episodes"])
+    assert all(length <= 7 for _, length in report.episodes)
     # Each episode id holds one unbroken run of steps 0, 1, 2, ... (ids never shared between slots).
     for episode in np.unique(rows["episode_id"]):
         steps = rows["step"][rows["episode_id"] == episode]
@@ -118,8 +118,8 @@ def flaky_worker(replay, **kwargs):
 def test_a_failing_env_is_made_afresh_and_counted_and_no_episode_is_stitched(recording_replay, mode):
     worker = flaky_worker(recording_replay, fail_every=7, mode=mode)
     report = worker.run(100)
-    assert report["env_steps"] == 100
-    assert report["env_errors"] >= 5  # every env instance fails at its 7th step
+    assert report.env_steps == 100
+    assert report.env_errors >= 5  # every env instance fails at its 7th step
     worker.flush()
     rows = recording_replay.rows()
     assert np.isfinite(rows["obs"]).all() and np.isfinite(rows["next_obs"]).all() and np.isfinite(rows["reward"]).all()

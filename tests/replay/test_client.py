@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from replay import RateLimiterConfig, ReplayClient, ReplayConfig, ReplayShard, ReplayTimeout, SchemaError
-from system.handles import LocalHandle
+from replay.handles import LocalHandle
 from tests.replay.helpers import make_chunk, table_config
 
 FAST = dict(sample_timeout_s=0.2, insert_timeout_s=0.2)

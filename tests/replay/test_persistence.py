@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -127,6 +128,19 @@ def test_priorities_survive_restart_in_order(tmp_path):
     assert_same(shard, again)
     priorities = rows(again)[1]
     assert priorities[-1] == pytest.approx(5.0**0.6)
+    again.close()
+
+
+def test_snapshot_priorities_follow_a_changed_priority_exponent(tmp_path):
+    shard = ReplayShard([config(sampler="prioritized")], directory=str(tmp_path))  # priority_exponent 0.6
+    fill(shard, 2)
+    shard.update_priorities("real", np.array([0, 3, 9]), np.array([5.0, 0.25, 2.5]))
+    shard.snapshot("real")
+    shard.close()
+    changed = replace(config(sampler="prioritized"), priority_exponent=0.3)
+    again = ReplayShard([changed], directory=str(tmp_path))
+    priorities = rows(again)[1]  # the tree holds priority ** 0.3 now, also for rows of the 0.6 snapshot
+    np.testing.assert_allclose(priorities[[0, 3, 9, 1]], np.array([5.0, 0.25, 2.5, 1.0]) ** 0.3)
     again.close()
 
 

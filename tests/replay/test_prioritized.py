@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from replay import ReplayClient, ReplayConfig, ReplayShard, Table, TableConfig
-from replay.table import SumTree
-from system.handles import LocalHandle
+from replay.handles import LocalHandle
+from replay.samplers import SumTree
 from tests.replay.helpers import COLUMNS, make_chunk
 
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from replay import RateLimiterConfig, ReplayClient, ReplayConfig, ReplayShard, ReplayTimeout, Table, TableConfig
+from replay.handles import LocalHandle
 from replay.schema import transition_columns
-from replay.table import MAX_CACHED_SEQUENCE_LENGTHS
-from system.handles import LocalHandle
+from replay.sequences import MAX_CACHED_SEQUENCE_LENGTHS
 from tests.replay.helpers import COLUMNS, make_chunk, table_config
 
 

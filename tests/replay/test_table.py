@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from replay import RateLimiterConfig, SchemaError, Table, TableConfig
-from replay.table import FifoRemover
+from replay.removers import FifoRemover
 from tests.replay.helpers import COLUMNS, make_chunk, table_config
 
 

@@ -14,7 +14,7 @@ from actors.envs import probe_env
 from actors.gateway_client import send_episode
 from actors.gateway_tokens import TOKEN_ENV, Token
 from system.config import ConfigError, load_config
-from system.handles import LocalRef
+from replay.handles import LocalRef
 from system.run_dir import RunDir
 
 SECRET = "run-secret-token-0123456789abcdef"

@@ -15,10 +15,15 @@ import numpy as np
 import pytest
 
 import system.metrics as sm
+from actors.imagination import ImaginationReport
+from actors.metrics import GatewayRecorder, ImaginationRecorder, RolloutRecorder
+from actors.rollout import RolloutReport
+from replay.metrics import ShardRecorder
 from replay.rate_limiter import RateLimiterConfig
 from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
+from system.loops import LearnerReport
 
 
 class FakeMetric:
@@ -67,13 +72,28 @@ def fake_ray(monkeypatch):
     return made
 
 
+def _rollout_report(**fields) -> RolloutReport:
+    base = dict(index=2, writer_id=1, env_steps=10, total_env_steps=10, episodes=(), policy_version=1,
+                env_errors=0, planned_steps=0, seconds=0.1)
+    return RolloutReport(**{**base, **fields})
+
+
+def _learner_report(**fields) -> LearnerReport:
+    base = dict(updates=3, total_updates=3, updates_per_s=1.0, sample_wait_fraction=0.0, version=1, metrics={})
+    return LearnerReport(**{**base, **fields})
+
+
+def test_the_recorders_implement_the_interfaces_of_their_floors():
+    assert issubclass(sm.RolloutMetrics, RolloutRecorder) and issubclass(sm.ImaginationMetrics, ImaginationRecorder)
+    assert issubclass(sm.GatewayMetrics, GatewayRecorder) and issubclass(sm.ReplayMetrics, ShardRecorder)
+
+
 def test_without_ray_every_recorder_is_a_no_op():
     assert not sm.metrics_enabled()
     rollout = sm.RolloutMetrics(0)
     assert not rollout.metrics.enabled
-    rollout.record({"env_steps": 10, "episodes": [(1.0, 5)], "env_errors": 0, "seconds": 0.1, "policy_version": 1})
-    sm.LearnerMetrics("policy").record({"updates": 3, "updates_per_s": 1.0, "sample_wait_fraction": 0.0,
-                                        "version": 1, "policy_critic_loss": 0.5})
+    rollout.record(_rollout_report(episodes=((1.0, 5),)))
+    sm.LearnerMetrics("policy").record(_learner_report(metrics={"critic_loss": 0.5}))
     gauge = sm.Metrics("x").gauge("g", "d", ("table",))
     gauge.set(1.0)  # tags are not even checked: nothing is recorded
     gauge.refresh()
@@ -153,9 +173,9 @@ def test_metrics_are_not_pickled(fake_ray):
 
 def test_rollout_recorder(fake_ray):
     recorder = sm.RolloutMetrics(2)
-    recorder.record({"env_steps": 250, "episodes": [(10.0, 20), (20.0, 40)], "env_errors": 1, "seconds": 0.5,
-                     "policy_version": 7})
-    recorder.record({"env_steps": 250, "episodes": [], "env_errors": 3, "seconds": 0.5, "policy_version": 8})
+    recorder.record(_rollout_report(env_steps=250, episodes=((10.0, 20), (20.0, 40)), env_errors=1, seconds=0.5,
+                                    policy_version=7))
+    recorder.record(_rollout_report(env_steps=250, episodes=(), env_errors=3, seconds=0.5, policy_version=8))
     assert fake_ray["dynaray_rollout_env_steps"].values(index=2) == [250.0, 250.0]
     assert fake_ray["dynaray_rollout_episodes"].values() == [2.0]
     assert fake_ray["dynaray_rollout_episode_return"].values() == [15.0]
@@ -166,9 +186,8 @@ def test_rollout_recorder(fake_ray):
 
 
 def test_imagination_recorder(fake_ray):
-    sm.ImaginationMetrics(0).record({"transitions": 300, "rollouts": 2, "terminated": 4, "stopped_nonfinite": 0,
-                                     "skipped_starts": 0, "horizon": 3, "seconds": 1.0, "policy_version": 2,
-                                     "model_version": 1})
+    sm.ImaginationMetrics(0).record(ImaginationReport(index=0, writer_id=1, horizon=3, seconds=1.0, policy_version=2,
+                                                      model_version=1, transitions=300, rollouts=2, terminated=4))
     assert fake_ray["dynaray_imagination_transitions"].values() == [300.0]
     assert fake_ray["dynaray_imagination_stopped_rows"].values(reason="terminated") == [4.0]
     assert fake_ray["dynaray_imagination_horizon"].values() == [3.0]
@@ -176,8 +195,8 @@ def test_imagination_recorder(fake_ray):
 
 def test_learner_recorder_exports_every_reported_metric(fake_ray):
     recorder = sm.LearnerMetrics("world_model")
-    recorder.record({"updates": 12, "total_updates": 112, "updates_per_s": 6.0, "sample_wait_fraction": 0.25,
-                     "version": 3, "world_model_loss": 1.5, "world_model_val_nll": -0.5})
+    recorder.record(_learner_report(updates=12, total_updates=112, updates_per_s=6.0, sample_wait_fraction=0.25,
+                                    version=3, metrics={"loss": 1.5, "val_nll": -0.5}))
     assert fake_ray["dynaray_world_model_updates"].values() == [12.0]
     assert fake_ray["dynaray_world_model_published_version"].values() == [3.0]
     assert fake_ray["dynaray_world_model_loss"].values() == [1.5]
@@ -188,7 +207,7 @@ def test_learner_recorder_exports_every_reported_metric(fake_ray):
 def _shard() -> ReplayShard:
     limiter = RateLimiterConfig(samples_per_insert=1.0, min_size=10, error_buffer=20.0)
     table = TableConfig("real", 100, transition_columns((3,), (1,)), (("policy", limiter),))
-    return ReplayShard([table], index=1)
+    return ReplayShard([table], index=1, metrics=sm.ReplayMetrics)
 
 
 def _chunk(first_seq: int, n: int = 10) -> dict[str, np.ndarray]:
@@ -200,6 +219,12 @@ def _chunk(first_seq: int, n: int = 10) -> dict[str, np.ndarray]:
         "policy_version": np.zeros(n, np.int64), "writer_id": np.ones(n, np.int64),
         "seq": np.arange(first_seq, first_seq + n, dtype=np.int64),
     }
+
+
+def test_a_shard_made_without_a_factory_records_nothing():
+    limiter = RateLimiterConfig(samples_per_insert=1.0, min_size=10, error_buffer=20.0)
+    shard = ReplayShard([TableConfig("real", 100, transition_columns((3,), (1,)), (("policy", limiter),))])
+    assert type(shard._metrics) is ShardRecorder
 
 
 def test_the_shard_counts_seconds_waited_for_its_rate_limiters():

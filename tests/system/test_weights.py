@@ -1,4 +1,4 @@
-from system.handles import LocalHandle
+from replay.handles import LocalHandle
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 

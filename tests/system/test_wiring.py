@@ -32,15 +32,15 @@ def test_every_edge_carries_data_in_process(config):
     policy_report = policy.run(max_seconds=30)
     model_report = model.run(max_seconds=30)
     error_steps = config.replay.error_buffer_steps
-    assert policy_report["total_updates"] == pytest.approx(config.policy.updates_per_step * error_steps, rel=0.1)
-    assert model_report["total_updates"] == pytest.approx(config.world_model.updates_per_step * error_steps, rel=0.1)
+    assert policy_report.total_updates == pytest.approx(config.policy.updates_per_step * error_steps, rel=0.1)
+    assert model_report.total_updates == pytest.approx(config.world_model.updates_per_step * error_steps, rel=0.1)
     versions = system.store.wrapped.versions()
     assert versions["policy"] >= 1 and versions["world_model"] >= 1
 
     # real start states + both weights -> imagination -> imagined
     report = imagination.run(env_steps=300, max_seconds=30)
-    assert report["model_version"] >= 1 and report["policy_version"] >= 1
-    assert report["transitions"] > 0 and total(system.shards, "imagined") == report["transitions"]
+    assert report.model_version >= 1 and report.policy_version >= 1
+    assert report.transitions > 0 and total(system.shards, "imagined") == report.transitions
 
     # store -> rollout: the policy acts, rows carry its version
     rollout.run(100)
@@ -74,6 +74,6 @@ def test_rollout_workers_get_a_world_model_only_with_the_planner(config):
 
     # store -> rollout: "policy" and "world_model" both polled, the planner acts; rollout -> real
     report = rollout.run(30, random_steps=0)
-    assert report["planned_steps"] == 30 and report["policy_version"] == 1
+    assert report.planned_steps == 30 and report.policy_version == 1
     rollout.flush()
     assert total(system.shards, "real") == 30
