@@ -423,7 +423,7 @@ class _Connection(RequestHandler):
         self.gateway._opened(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.gateway._closed_connection(self)
+        self.gateway._connection_lost(self)
         super().connection_lost(exc)
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
@@ -687,7 +687,7 @@ class IngestGateway:
         victim = next((c for c in others if not c.authenticated), None) or next(iter(others), connection)
         self._drop(victim, "connections_evicted")
 
-    def _closed_connection(self, connection: _Connection) -> None:
+    def _connection_lost(self, connection: _Connection) -> None:
         self._connections.pop(connection, None)
 
     # ---------------------------------------------------------------------------------------------- requests

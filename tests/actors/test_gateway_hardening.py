@@ -358,6 +358,17 @@ def test_decoded_bytes_and_magnitudes_are_limited(gateways):
     assert stored_rows(replay) == 0
 
 
+def test_a_column_name_that_is_not_utf8_is_a_400(gateways):
+    replay = RecordingReplay()
+    gateway = gateways(replay)
+    body = bytearray(episode_to_arrow(episode(3)))
+    at = body.find(b"reward")
+    body[at + 1] = 0xFF
+    status, _, answer = exchange(gateway, head(len(body)) + bytes(body))
+    assert status == 400 and "a column name is not valid UTF-8" in json.loads(answer)["error"], answer
+    assert stored_rows(replay) == 0
+
+
 def test_a_handler_bug_is_a_counted_500_and_the_gateway_goes_on(gateways, monkeypatch):
     replay = RecordingReplay()
     gateway = gateways(replay)
