@@ -629,13 +629,13 @@ class IngestGateway:
 
     async def _start(self) -> None:
         config = self.config
+        sock = _listen(config.host, config.port)
         app = web.Application(middlewares=[self._middleware], client_max_size=config.max_body_bytes)
         app.router.add_get(f"{API_PREFIX}/spec", self._get_spec, allow_head=False)
         app.router.add_get(f"{API_PREFIX}/policy", self._get_policy, allow_head=False)
         app.router.add_post(f"{API_PREFIX}/episodes", self._post_episode, expect_handler=self._expect)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        sock = _listen(config.host, config.port)
         host, port = sock.getsockname()[:2]
         self._address = (str(host), int(port))
         handler_options = {"keepalive_timeout": config.socket_timeout_s, "lingering_time": LINGER_S,
