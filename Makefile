@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run    set up .venv and train on InvertedPendulum-v5 with the default preset (embedded local Ray)
+#   make run    set up .venv and train on InvertedPendulum-v5 with the defaults, the tuned run (embedded local Ray)
 #   make test   set up .venv with test dependencies and run the whole test suite
 PYTHON ?= python3
 VENV := .venv

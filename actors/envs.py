@@ -21,20 +21,21 @@ class EnvError(ValueError):
     """An env that cannot be made, or whose spaces the system cannot handle."""
 
 
+def _id_problem(env_id: Any) -> str | None:
+    """``env.id``'s check: only its form; whether it names an env is found when one is made (:func:`make_env`)."""
+    return None if isinstance(env_id, str) and env_id else "a gymnasium id or 'module:Class'"
+
+
 @dataclass(frozen=True)
 class EnvConfig:
-    id: str = "InvertedPendulum-v5"
+    """The env every role makes. ``metadata["check"]`` declares a field's constraint (checked by ``system.config``)."""
+
+    id: str = field(default="InvertedPendulum-v5", metadata={"check": _id_problem})
     """A registered gymnasium id, or ``module:Class`` for a class implementing the gymnasium API."""
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to the env constructor."""
-    max_episode_steps: int | None = None
+    max_episode_steps: int | None = field(default=None, metadata={"check": ">= 1"})
     """Time limit; None keeps the env's registered limit."""
-
-    def __post_init__(self):
-        if not isinstance(self.id, str) or not self.id:
-            raise ValueError(f"env.id={self.id!r}: expected a gymnasium id or 'module:Class'")
-        if self.max_episode_steps is not None and self.max_episode_steps < 1:
-            raise ValueError(f"env.max_episode_steps={self.max_episode_steps}: expected a positive integer or null")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -13,19 +13,17 @@ from actors.envs import EnvConfig, make_env
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every_steps: int = 1000
-    """Evaluate the policy published at every multiple of this many env steps."""
-    episodes: int = 5
-    """Episodes per evaluation."""
-    num_workers: int = 1
-    """Evaluator actors; evaluations queue round robin over them."""
-    num_cpus: float = 0.5
-    """Ray CPUs per evaluator."""
+    """Evaluation schedule and evaluators. ``metadata["check"]`` declares a field's constraint (checked by
+    ``system.config``)."""
 
-    def __post_init__(self):
-        for name in ("every_steps", "episodes", "num_workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"eval.{name}={getattr(self, name)}: expected an integer >= 1")
+    every_steps: int = field(default=250, metadata={"check": ">= 1"})
+    """Evaluate the policy published at every multiple of this many env steps."""
+    episodes: int = field(default=5, metadata={"check": ">= 1"})
+    """Episodes per evaluation."""
+    num_workers: int = field(default=1, metadata={"check": ">= 1"})
+    """Evaluator actors; evaluations queue round robin over them."""
+    num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
+    """Ray CPUs per evaluator."""
 
 
 @dataclass(frozen=True)

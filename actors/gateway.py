@@ -32,7 +32,7 @@ An agent's loop (``actors.gateway_client``; examples/gateway_robot.py)::
 The system layer's side::
 
     gateway = IngestGateway(config, replay_client, WeightsClient(store, "policy"), make_policy, env_spec,
-                            tokens=[env_token() or new_token()], max_insert_rows=..., metrics=GatewayMetrics)
+                            tokens=[env_token() or new_token()], metrics=GatewayMetrics)
     gateway.url()
     gateway.stats()                                          # a GatewayStats
     gateway.close()
@@ -61,7 +61,7 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import numpy as np
@@ -144,7 +144,8 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """The ingest gateway: where it listens, who may talk to it, and how much it accepts.
+    """The ingest gateway: where it listens, who may talk to it, and how much it accepts. ``metadata["check"]``
+    declares a field's constraint (checked by ``system.config``); the cross-field rules are in ``__post_init__``.
 
     Tokens are not settings: they come from ``$DYNARAY_GATEWAY_TOKEN`` and ``token_file`` (docs/gateway.md), so
     that no config file, command line or run directory holds one.
@@ -152,10 +153,11 @@ class GatewayConfig:
 
     enabled: bool = False
     """Start the gateway with the run."""
-    host: str = "127.0.0.1"
+    host: str = field(default="127.0.0.1", metadata={
+        "check": lambda host: None if host.strip() else "a host name or IP address such as '127.0.0.1'"})
     """Address to listen on. The default accepts local connections only; any other needs ``tls_cert`` and
     ``tls_key`` (or ``allow_plain_http``)."""
-    port: int = 0
+    port: int = field(default=0, metadata={"check": "in [0, 65535]", "note": "0: pick a free port"})
     """TCP port; 0 picks a free one (read it from ``IngestGateway.url()``; a restarted gateway picks a new one, so
     robots should be given a fixed port)."""
     token_file: str = ""
@@ -168,67 +170,44 @@ class GatewayConfig:
     allow_plain_http: bool = False
     """Serve plain HTTP on a non-loopback ``host`` (only behind a TLS reverse proxy or on a private link: the
     bearer token crosses the network in clear otherwise)."""
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = field(default=16 * 1024 * 1024, metadata={"check": ">= 1024"})
     """Largest upload body accepted; a larger one is refused with 413 before it is read."""
-    max_decoded_bytes: int = 64 * 1024 * 1024
+    max_decoded_bytes: int = field(default=64 * 1024 * 1024, metadata={"check": ">= 1024"})
     """Largest size the upload's Arrow record batches may decode to (compressed buffers are measured before they
     are decompressed); 413 beyond."""
-    max_episode_rows: int = 10_000
+    max_episode_rows: int = field(default=10_000, metadata={"check": ">= 1"})
     """Most rows one upload may hold (413 beyond: send a longer episode in parts)."""
-    max_abs_value: float = 1e6
+    max_abs_value: float = field(default=1e6, metadata={"check": "> 0"})
     """Largest magnitude accepted in ``obs``, ``next_obs`` and ``reward`` (400 beyond)."""
-    max_concurrent_uploads: int = 4
+    max_concurrent_uploads: int = field(default=4, metadata={"check": ">= 1"})
     """Uploads read, validated and stored at once (each holds its body in memory); more are refused with 503."""
-    max_uploads_per_token: int = 2
+    max_uploads_per_token: int = field(default=2, metadata={"check": ">= 1"})
     """Uploads in progress at once per token, so one robot cannot hold every upload slot; 503 beyond."""
-    max_rows_per_s: float = 10_000.0
+    max_rows_per_s: float = field(default=10_000.0, metadata={"check": ">= 0", "note": "0: no limit"})
     """Rows per second each token may upload on average (bursts up to one second's worth); 429 with Retry-After
     beyond. 0: no limit."""
-    max_connections: int = 64
+    max_connections: int = field(default=64, metadata={"check": ">= 1"})
     """Open connections; a new one past this closes the oldest connection that has not authenticated (else the
     oldest idle one, else itself)."""
-    request_timeout_s: float = 60.0
+    request_timeout_s: float = field(default=60.0, metadata={"check": "> 0"})
     """Whole-request deadline: headers and body must have arrived this many seconds after the connection opened
     (or the previous answer was sent), however slowly they trickle in; else the connection is closed (408 when
     the body was being read). Also the TLS handshake timeout."""
-    socket_timeout_s: float = 30.0
+    socket_timeout_s: float = field(default=30.0, metadata={"check": "> 0"})
     """A connection that sends nothing for this long (an idle keep-alive, a stalled upload) is closed."""
-    max_idempotency_keys: int = 10_000
+    max_idempotency_keys: int = field(default=10_000, metadata={"check": ">= 1"})
     """Uploads remembered for idempotent retries (oldest forgotten first)."""
-    insert_chunk_rows: int = 50
-    """Rows per replay insert when an episode is stored (capped by the system layer to what the replay rate
-    limiter admits: ``replay.error_buffer_steps / replay.num_shards``)."""
-    weights_poll_s: float = 1.0
+    insert_chunk_rows: int = field(default=50, metadata={"check": ">= 1"})
+    """Rows per replay insert when an episode is stored (the replay rate limiter refuses inserts of more than
+    ``2 * replay.error_buffer_steps / replay.num_shards`` rows; the system config checks it)."""
+    weights_poll_s: float = field(default=1.0, metadata={"check": "> 0"})
     """Seconds between non-blocking polls for newer policy weights."""
-    num_cpus: float = 0.5
+    num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
     """Ray CPUs reserved for the gateway actor (read by system/)."""
-    max_restarts: int = 3
-    """How often Ray restarts the gateway actor when its process dies (-1: without limit; read by system/)."""
+    max_restarts: int = field(default=3, metadata={"check": ">= -1", "note": "-1: no limit"})
+    """How often Ray restarts the gateway actor when its process dies (read by system/)."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("bool", "str"):
-                ok, kind = type(value).__name__ == f.type, f"a {f.type}"
-            elif f.type == "int":
-                ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
-            else:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                kind = "a finite number"
-            if not ok:
-                raise ValueError(f"gateway.{f.name}={value!r}: expected {kind}")
-        _require(bool(self.host.strip()), "host", self.host, "a host name or IP address such as '127.0.0.1'")
-        _require(0 <= self.port <= 65535, "port", self.port, "an integer in [0, 65535] (0: pick a free port)")
-        _require(self.max_body_bytes >= 1024, "max_body_bytes", self.max_body_bytes, "an integer >= 1024")
-        _require(self.max_decoded_bytes >= 1024, "max_decoded_bytes", self.max_decoded_bytes, "an integer >= 1024")
-        for name in ("max_episode_rows", "max_concurrent_uploads", "max_uploads_per_token", "max_connections",
-                     "max_idempotency_keys", "insert_chunk_rows"):
-            _require(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        for name in ("weights_poll_s", "socket_timeout_s", "request_timeout_s", "max_abs_value"):
-            _require(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
-        _require(self.max_rows_per_s >= 0, "max_rows_per_s", self.max_rows_per_s, "a number >= 0 (0: no limit)")
-        _require(self.num_cpus >= 0, "num_cpus", self.num_cpus, "a number >= 0")
-        _require(self.max_restarts >= -1, "max_restarts", self.max_restarts, "an integer >= -1 (-1: no limit)")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError(f"gateway.tls_cert={self.tls_cert!r}, gateway.tls_key={self.tls_key!r}: expected both "
                              f"(certificate chain and private key, PEM) or neither")
@@ -243,11 +222,6 @@ class GatewayConfig:
     def tls(self) -> bool:
         """Whether the gateway serves HTTPS."""
         return bool(self.tls_cert)
-
-
-def _require(ok: bool, name: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"gateway.{name}={value!r}: expected {expected}")
 
 
 def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext:
@@ -365,39 +339,39 @@ class _Uploads:
 class GatewayStats:
     """What :meth:`IngestGateway.stats` answers: counts since the gateway object was made."""
 
-    requests: Mapping[int, int] = field(default_factory=dict)
+    requests: Mapping[int, int]
     """Requests answered, by HTTP status code."""
-    requests_by_token: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    requests_by_token: Mapping[str, Mapping[int, int]]
     """Requests answered, by token id (``-``: no valid token) and HTTP status code. Never a token itself."""
-    episodes: int = 0
+    episodes: int
     """Episodes stored."""
-    rows: int = 0
+    rows: int
     """Rows stored."""
-    bytes_received: int = 0
+    bytes_received: int
     """Bytes of upload bodies read."""
-    policy_downloads: int = 0
+    policy_downloads: int
     """Policies downloaded."""
-    policy_exports: int = 0
+    policy_exports: int
     """Policy archives exported (one per version and format downloaded)."""
-    uploads_in_progress: int = 0
+    uploads_in_progress: int
     """Uploads being read, validated or stored now."""
-    idempotent_replays: int = 0
+    idempotent_replays: int
     """Retried uploads answered with their first answer (nothing stored again)."""
-    connections: int = 0
+    connections: int
     """Connections open now."""
-    connections_timed_out: int = 0
+    connections_timed_out: int
     """Connections closed because their request was not in by ``request_timeout_s``."""
-    connections_evicted: int = 0
+    connections_evicted: int
     """Connections closed to stay within ``max_connections``."""
-    internal_errors: int = 0
+    internal_errors: int
     """Answers 500 (a bug; each is logged with its traceback)."""
-    policy_version: int | None = None
+    policy_version: int | None
     """The newest policy version the gateway has seen (None: none published yet)."""
-    writer_id: int = 0
+    writer_id: int
     """The writer id its rows carry."""
-    address: tuple[str, int] = ("", 0)
+    address: tuple[str, int]
     """``(host, port)`` the server listens on."""
-    token_ids: tuple[str, ...] = ()
+    token_ids: tuple[str, ...]
     """Ids of the tokens accepted now."""
 
 
@@ -462,8 +436,6 @@ class IngestGateway:
         spec: the env's ``actors.envs.EnvSpec`` (observation and action shapes, action bounds).
         index: this gateway's number (0 <= index < 4096), encoded in its rows' ``writer_id``.
         tokens: tokens accepted besides those of ``config.token_file`` (``env_token()``, ``new_token()``).
-        max_insert_rows: the most rows the replay rate limiter admits in one insert (caps
-            ``config.insert_chunk_rows``); None: no cap.
         metrics: makes the gateway's Prometheus recorder (``actors.metrics.GatewayRecorder``, the default, records
             nothing).
 
@@ -482,7 +454,6 @@ class IngestGateway:
         spec: Any,
         index: int = 0,
         tokens: Iterable[Token] = (),
-        max_insert_rows: int | None = None,
         metrics: Callable[[int], GatewayRecorder] = GatewayRecorder,
     ):
         if not isinstance(index, int) or isinstance(index, bool):
@@ -492,8 +463,6 @@ class IngestGateway:
         self.tokens = TokenSet(tokens, config.token_file)
         self._stamper = RowStamper("gateway", index)
         self.writer_id = self._stamper.writer_id
-        self.chunk_rows = config.insert_chunk_rows if max_insert_rows is None else max(
-            1, min(config.insert_chunk_rows, int(max_insert_rows)))
         self._replay = replay
         self._weights = weights
         self._make_policy = make_policy
@@ -945,7 +914,7 @@ class IngestGateway:
             else:
                 chunk = self._stamper.episode_again(upload, versions, record.episode_id, record.first_seq)
             episode_id, first_seq = record.episode_id, record.first_seq
-            step = self.chunk_rows
+            step = self.config.insert_chunk_rows
             try:
                 for i, start in enumerate(range(0, rows, step)):
                     if i < record.submitted:

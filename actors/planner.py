@@ -23,7 +23,7 @@ size, A action size. Rows of the batched model rollout are ordered obs-major: ro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -33,30 +33,20 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    """``rollout.planner``: optimistic model-predictive action selection on rollout workers."""
+    """``rollout.planner``: optimistic model-predictive action selection on rollout workers. ``metadata["check"]``
+    declares a field's constraint (checked by ``system.config``)."""
 
     enabled: bool = False
     """Rollout workers act through the planner once a world model has been published (needs
     ``world_model.enabled``); off: they act with the policy alone."""
-    num_candidates: int = 8
+    num_candidates: int = field(default=8, metadata={"check": ">= 1"})
     """K: candidate action sequences per env observation, each drawn from the stochastic policy."""
-    horizon: int = 5
+    horizon: int = field(default=5, metadata={"check": ">= 1"})
     """H: model steps each candidate is rolled out and scored over."""
-    bonus_scale: float = 1.0
+    bonus_scale: float = field(default=1.0, metadata={"check": ">= 0", "note": "0: no bonus"})
     """Optimism: each step's score is reward + bonus_scale * disagreement (0: plain predicted return)."""
-    gamma: float = 0.99
+    gamma: float = field(default=0.99, metadata={"check": "in (0, 1]"})
     """Discount of the per-step scores over the horizon."""
-
-    def __post_init__(self) -> None:
-        for name in ("num_candidates", "horizon"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"rollout.planner.{name}={value!r}: expected an integer >= 1")
-        if not (self.bonus_scale >= 0 and math.isfinite(self.bonus_scale)):
-            raise ValueError(f"rollout.planner.bonus_scale={self.bonus_scale!r}: expected a finite number >= 0 "
-                             f"(0: no bonus)")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"rollout.planner.gamma={self.gamma!r}: expected a number in (0, 1]")
 
 
 def _rollout_scores(

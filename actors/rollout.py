@@ -28,56 +28,39 @@ RANDOM_POLICY_VERSION = -1
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    num_workers: int = 1
+    """Rollout workers. ``metadata["check"]`` declares a field's constraint (checked by ``system.config``)."""
+
+    num_workers: int = field(default=1, metadata={"check": ">= 1"})
     """Rollout worker actors."""
-    envs_per_worker: int = 1
+    envs_per_worker: int = field(default=1, metadata={"check": ">= 1"})
     """Env copies in each worker's vector env (one batched policy forward per vector step)."""
-    vector_mode: str = "sync"
+    vector_mode: str = field(default="sync", metadata={"check": ("sync", "async")})
     """'sync' steps the copies in the worker's process, 'async' in subprocesses."""
-    chunk_length: int = 50
+    chunk_length: int = field(default=25, metadata={"check": ">= 1"})
     """Vector steps per chunk written to replay; a chunk holds chunk_length * envs_per_worker rows."""
-    warmup_steps: int = 1000
+    warmup_steps: int = field(default=250, metadata={"check": ">= 0"})
     """Env steps (all workers together) taken with uniform random actions before the policy acts."""
-    weights_poll_steps: int = 10
+    weights_poll_steps: int = field(default=10, metadata={"check": ">= 1"})
     """Vector steps between non-blocking polls for newer policy weights."""
-    steps_per_call: int = 250
+    steps_per_call: int = field(default=50, metadata={"check": ">= 1"})
     """Env steps per run() call, i.e. how often the driver hears from each worker."""
-    num_cpus: float = 1.0
+    num_cpus: float = field(default=1.0, metadata={"check": ">= 0"})
     """Ray CPUs per rollout worker."""
-    num_gpus: float = 0.0
+    num_gpus: float = field(default=0.0, metadata={"check": ">= 0"})
     """Ray GPUs per rollout worker."""
-    resources: Mapping[str, float] = field(default_factory=dict)
+    resources: Mapping[str, float] = field(default_factory=dict, metadata={"check": ">= 0"})
     """Custom Ray resources per rollout worker, e.g. ``{rollout_node: 1}`` to keep workers on nodes that offer it
     (an autoscaler adds such nodes when workers wait for them)."""
-    exploration_noise: tuple[float, ...] = ()
+    exploration_noise: tuple[float, ...] = field(default=(), metadata={"check": "in [0, 10]"})
     """Std of Gaussian noise added to the policy's (stochastic) actions, as a fraction of each action's half-range,
     per worker index (worker i uses entry i mod length), so a pool explores at several scales; empty: none."""
-    max_restarts: int = 10
+    max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
     """How often Ray restarts a rollout worker whose process died (it resumes from the current weights)."""
-    max_env_errors_in_a_row: int = 20
+    max_env_errors_in_a_row: int = field(default=20, metadata={"check": ">= 1"})
     """Env failures (an exception, or NaN/inf in an observation or reward) a worker survives in a row by making
     its envs afresh; one more stops the run with the env's error."""
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     """Optimistic model-predictive action selection (``actors/planner.py``); off by default."""
-
-    def __post_init__(self):
-        for name in ("num_workers", "envs_per_worker", "chunk_length", "weights_poll_steps", "steps_per_call",
-                     "max_env_errors_in_a_row"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"rollout.{name}={getattr(self, name)}: expected an integer >= 1")
-        if any(not 0 <= x <= 10 for x in self.exploration_noise):
-            raise ValueError(f"rollout.exploration_noise={list(self.exploration_noise)}: expected numbers in [0, 10]")
-        if self.num_gpus < 0 or any(v < 0 for v in self.resources.values()):
-            raise ValueError(f"rollout.num_gpus={self.num_gpus}, rollout.resources={dict(self.resources)}: "
-                             f"expected amounts >= 0")
-        if self.max_restarts < -1:
-            raise ValueError(f"rollout.max_restarts={self.max_restarts}: expected an integer >= -1 (-1: no limit)")
-        if self.warmup_steps < 0:
-            raise ValueError(f"rollout.warmup_steps={self.warmup_steps}: expected an integer >= 0")
-        if self.vector_mode not in ("sync", "async"):
-            raise ValueError(f"rollout.vector_mode={self.vector_mode!r}: expected 'sync' or 'async'")
-        if self.num_cpus < 0:
-            raise ValueError(f"rollout.num_cpus={self.num_cpus}: expected a number >= 0")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Shared helpers: config validation (``__post_init__`` of the frozen configs) and checkpoint state."""
+"""Shared helpers: config checks (cross-field rules, the device field's check) and checkpoint state."""
 
 from __future__ import annotations
 
@@ -9,32 +9,22 @@ from torch import Tensor
 
 
 def require(ok: bool, section: str, field: str, value: Any, allowed: str) -> None:
-    """Raise ``ValueError("<section>.<field>=<value>: expected <allowed>")`` unless ``ok``."""
+    """Raise ``ValueError("<section>.<field>=<value>: expected <allowed>")`` unless ``ok`` (cross-field rules of the
+    configs' ``__post_init__``; single fields declare their constraint as ``metadata={"check": ...}``)."""
     if not ok:
         raise ValueError(f"{section}.{field}={value!r}: expected {allowed}")
 
 
-def normalize_hidden_sizes(config: Any, section: str) -> None:
-    """Coerce ``config.hidden_sizes`` (list from YAML/CLI, or tuple) to a non-empty tuple of positive ints."""
-    sizes = config.hidden_sizes
-    ok = (
-        isinstance(sizes, (tuple, list))
-        and len(sizes) > 0
-        and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in sizes)
-    )
-    require(ok, section, "hidden_sizes", sizes, "a non-empty sequence of positive ints")
-    object.__setattr__(config, "hidden_sizes", tuple(sizes))
-
-
-def check_device_name(name: Any, section: str) -> None:
-    """Syntax check only: whether CUDA exists is decided where the learner runs (``resolve_device``)."""
+def device_problem(name: Any) -> str | None:
+    """``metadata["check"]`` of a ``device`` field: what was expected, or None when ``name`` is a device name.
+    Syntax only: whether CUDA exists is decided where the learner runs (``resolve_device``)."""
     ok = isinstance(name, str)
     if ok and name != "auto":
         try:
             torch.device(name)
         except (RuntimeError, TypeError):
             ok = False
-    require(ok, section, "device", name, "'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+    return None if ok else "'auto', 'cpu', 'cuda' or 'cuda:<index>'"
 
 
 def to_cpu(obj: Any) -> Any:

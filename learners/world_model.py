@@ -18,7 +18,7 @@ T = O + 1 target dim (state delta and reward), Q calibration bins.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -27,11 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from learners._batch import check_columns, to_tensors
-from learners._common import (
-    check_device_name, generator_state, load_generator_state, normalize_hidden_sizes, require, to_cpu,
-)
+from learners._common import device_problem, generator_state, load_generator_state, require, to_cpu
 from learners.networks import EnsembleLinear, EnsembleMLP, resolve_device, seeded_init
-from learners.termination import TerminationFn, load_termination_fn
+from learners.termination import AUTO, TerminationFn, load_termination_fn, termination_fn_problem
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _FLOAT_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated")
@@ -45,74 +43,58 @@ _ROW_BLOCK = 512
 
 @dataclass(frozen=True)
 class WorldModelConfig:
-    """Hyper-parameters of the dynamics ensemble (and the model-side schedule read by ``system/``)."""
+    """Hyper-parameters of the dynamics ensemble (and the model-side schedule read by ``system/``).
+
+    Defaults: the settings measured best on InvertedPendulum-v5 (docs/benchmarks.md). ``metadata["check"]`` declares
+    each field's constraint; ``system.config`` checks it when a config is loaded."""
 
     enabled: bool = True
     """Train the model and imagine rollouts; False runs model-free SAC (read by ``system/``)."""
-    ensemble_size: int = 7
+    ensemble_size: int = field(default=7, metadata={"check": ">= 1"})
     """Number of ensemble members E."""
     num_elites: int = 5
-    """Members with the lowest validation MSE used for imagination."""
-    hidden_sizes: tuple[int, ...] = (200, 200, 200, 200)
+    """Members with the lowest validation MSE used for imagination, 1 <= num_elites <= ensemble_size."""
+    hidden_sizes: tuple[int, ...] = field(default=(200, 200, 200, 200), metadata={"check": ">= 1", "nonempty": True})
     """Hidden layer widths of each member."""
-    lr: float = 1e-3
+    lr: float = field(default=1e-3, metadata={"check": "> 0"})
     """Adam learning rate."""
-    weight_decay: float = 5e-5
+    weight_decay: float = field(default=5e-5, metadata={"check": ">= 0"})
     """L2 coefficient on the linear weights, added to the loss as weight_decay * sum(W^2) / 2."""
-    batch_size: int = 256
+    batch_size: int = field(default=256, metadata={"check": ">= 1"})
     """Rows per update batch (sampled by ``system/``)."""
-    holdout_ratio: float = 0.1
+    holdout_ratio: float = field(default=0.1, metadata={"check": "in [0, 1)"})
     """Fraction of rows (by hash of episode_id, step) held out for validation and never trained on."""
-    validation_size: int = 5000
+    validation_size: int = field(default=5000, metadata={"check": ">= 1"})
     """Capacity of the FIFO buffer of holdout rows."""
-    validate_every: int = 250
+    validate_every: int = field(default=100, metadata={"check": ">= 1"})
     """Updates between validations (member ranking and elite selection)."""
-    updates_per_step: float = 1.0
+    updates_per_step: float = field(default=2.0, metadata={"check": "> 0"})
     """Model updates per real env step (read by ``system/``)."""
-    learning_starts: int = 500
+    learning_starts: int = field(default=250, metadata={"check": ">= 0"})
     """Real env steps before the first model update (read by ``system/``)."""
-    publish_every: int = 250
+    publish_every: int = field(default=100, metadata={"check": ">= 1"})
     """Model updates between weight publications (read by ``system/``)."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata={"check": device_problem})
     """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
-    termination_fn: str | None = None
-    """Known termination function 'module:function' taking numpy (obs, action, next_obs) -> bool (N,), used by
-    imagination instead of the learned termination head (e.g. 'learners.termination:hopper'); None: learned."""
-    improvement_threshold: float = 0.01
+    termination_fn: str | None = field(default=AUTO, metadata={"check": termination_fn_problem})
+    """Known termination function used by imagination instead of the learned termination head: 'module:function'
+    taking numpy (obs, action, next_obs) -> bool (N,) (e.g. 'learners.termination:hopper'); 'auto': the one
+    ``learners.termination.KNOWN`` lists for the env (resolved by ``system/`` from ``env.id``), else the learned
+    head; None: the learned head. A ``WorldModel`` made directly with 'auto' has no env to go by: learned head."""
+    improvement_threshold: float = field(default=0.01, metadata={"check": "in [0, 1)"})
     """Relative decrease of a member's holdout MSE that counts as an improvement (early-stopping signal)."""
-    early_stop_patience: int = 0
+    early_stop_patience: int = field(default=0, metadata={"check": ">= 0", "note": "0: never pause"})
     """Validations without improvement after which gradient steps pause until the holdout MSE gets worse
     (new data); 0 never pauses (the signal ``val_since_improvement`` is reported either way)."""
-    calibration_bins: int = 5
+    calibration_bins: int = field(default=5, metadata={"check": ">= 1"})
     """Q: disagreement quantile bins of the calibration table reported by ``validate()``."""
 
     def __post_init__(self) -> None:
-        section = "world_model"
-        normalize_hidden_sizes(self, section)
-        require(self.ensemble_size >= 1, section, "ensemble_size", self.ensemble_size, "ensemble_size >= 1")
+        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         require(
-            1 <= self.num_elites <= self.ensemble_size, section, "num_elites", self.num_elites,
+            1 <= self.num_elites <= self.ensemble_size, "world_model", "num_elites", self.num_elites,
             f"1 <= num_elites <= ensemble_size={self.ensemble_size}",
         )
-        for name in ("lr", "updates_per_step"):
-            value = getattr(self, name)
-            require(value > 0 and math.isfinite(value), section, name, value, f"0 < {name} < inf")
-        require(self.weight_decay >= 0, section, "weight_decay", self.weight_decay, "weight_decay >= 0")
-        require(0 <= self.holdout_ratio < 1, section, "holdout_ratio", self.holdout_ratio, "0 <= holdout_ratio < 1")
-        for name in ("batch_size", "validation_size", "validate_every", "publish_every"):
-            value = getattr(self, name)
-            require(value >= 1, section, name, value, f"{name} >= 1")
-        require(self.learning_starts >= 0, section, "learning_starts", self.learning_starts, "learning_starts >= 0")
-        check_device_name(self.device, section)
-        if self.termination_fn is not None:
-            load_termination_fn(self.termination_fn, f"{section}.termination_fn")
-        require(
-            0 <= self.improvement_threshold < 1, section, "improvement_threshold", self.improvement_threshold,
-            "0 <= improvement_threshold < 1",
-        )
-        require(self.early_stop_patience >= 0, section, "early_stop_patience", self.early_stop_patience,
-                "early_stop_patience >= 0 (0: never pause)")
-        require(self.calibration_bins >= 1, section, "calibration_bins", self.calibration_bins, "calibration_bins >= 1")
 
 
 def holdout_mask(episode_id: np.ndarray, step: np.ndarray, holdout_ratio: float) -> np.ndarray:
@@ -566,7 +548,8 @@ class _InferenceWeights(NamedTuple):
 class WorldModel:
     """Inference half of the dynamics ensemble for imagination workers (weights from ``model_state()``).
 
-    With ``config.termination_fn`` set, termination comes from that function instead of the learned head.
+    With ``config.termination_fn`` a 'module:function', termination comes from that function instead of the learned
+    head (the system resolves 'auto' from the env id before it makes one; here 'auto' and None mean the head).
 
     Inference reads the weights as ``load_state`` left them: the normalisers' float32 statistics and the elites'
     weights are taken once there, not at every call, and ``step`` evaluates only the K elites (the other members
@@ -586,7 +569,7 @@ class WorldModel:
         self._generator.manual_seed(seed)
         self._termination_name = config.termination_fn
         self._termination_fn: TerminationFn | None = (
-            None if config.termination_fn is None else load_termination_fn(config.termination_fn)
+            None if config.termination_fn in (None, AUTO) else load_termination_fn(config.termination_fn)
         )
         self._weights = self._inference_weights()
 

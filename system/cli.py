@@ -5,9 +5,11 @@
     dynaray scale rollout=N [imagination=M] [--run NAME] [--address ADDR]
     dynaray status [--run NAME] [--address ADDR] [--runs-dir DIR]
     dynaray plot RUN_DIR [RUN_DIR ...] [--out PNG]
-    dynaray bench replay [--shards 1,2,4] [--samplers uniform,prioritized] [--seconds S] [--ray] [--rllib]
+    dynaray bench replay [PRESET ...] [key=value ...] [--shards 1,2,4] [--samplers uniform,prioritized] [--ray]
+    dynaray bench rollout [PRESET ...] [key=value ...] [--envs ...] [--envs-per-worker 1,8,32] [--ray] [--json OUT]
     dynaray bench imagination [--envs ...] [--batch-sizes 256,1024,4096] [--seconds S] [--json OUT]
     dynaray bench sac [--dims 17x6,11x3] [--variants twin,redq,layernorm] [--updates N] [--rounds R] [--no-sb3]
+    dynaray bench components | planner | cold-replay | sac-to-target | time-to-target ...   (docs/benchmarks.md)
     dynaray replay export RUN_DIR --to DIR | import DATASET --to REPLAY_DIR | inspect RUN_DIR   (docs/replay.md)
 
 Bad input (config, env id, checkpoint) ends in one line on stderr and a non-zero exit code, with no Ray
@@ -233,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("train", help="train on an embedded local Ray or an existing cluster")
     p.add_argument("items", nargs="*", metavar="PRESET|key=value",
-                   help="presets merged in order after 'default', then key=value overrides (e.g. seed=3)")
+                   help="presets overlaid on the defaults in order, then key=value overrides (e.g. seed=3)")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     p.set_defaults(func=train)
 
@@ -250,10 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seed for the eval env resets")
     p.set_defaults(func=evaluate)
 
-    from system import bench, bench_sac, plot_cli, status_cli
+    from system import bench, plot_cli, status_cli
 
-    bench.register(verbs)  # dynaray bench replay | rollout | imagination
-    bench_sac.register(verbs)  # dynaray bench sac
+    bench.register(verbs)  # dynaray bench replay | rollout | sac | imagination | ... (system/bench/__init__.py)
     register_replay_verbs(verbs)  # dynaray replay export|import|inspect
     status_cli.register(verbs)  # dynaray status
     plot_cli.register(verbs)  # dynaray plot

@@ -5,15 +5,23 @@ Usage::
     config = load_config(["debug"], ["policy.batch_size=64", "seed=3"])
     config.policy        # PolicyConfig: the only section the policy learner receives
 
-Every error names the key, the value and what is allowed (``ConfigError``).
+The dataclasses hold every default (``load_config([]) == SystemConfig()``); a preset (``system/presets/NAME.yaml``)
+only overlays the keys it names. Each field declares its constraint once, as ``metadata`` (see "field checks"
+below), and :func:`_build` checks every field of every section when a config is loaded; cross-field rules are the
+dataclasses' ``__post_init__``. Every error is one line naming the key, the value and what is allowed
+(``ConfigError``: ``section.key=value: expected ...``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import operator
+import re
 import types
 import typing
+from collections import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -38,46 +46,36 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    total_env_steps: int = 20_000
+    total_env_steps: int = field(default=10_000, metadata={"check": ">= 1"})
     """Stop after this many real env steps (all rollout workers together)."""
-    target_return: float | None = None
+    target_return: float | None = 950.0
     """Stop early once an evaluation's mean return reaches this; null to always use the whole budget."""
     runs_dir: str = "runs"
     """Where run directories are made (runs_dir/<name>/)."""
     upload_to: str = ""
     """A pyarrow filesystem URI (s3://bucket/runs, gs://..., hdfs://..., file:///shared/runs) the finished run
     directory is copied to as <upload_to>/<name>/ (replay data too); empty: keep it only under runs_dir."""
-    report_interval_s: float = 2.0
+    report_interval_s: float = field(default=2.0, metadata={"check": "> 0"})
     """Seconds between progress reports and metrics-table rows."""
     progress: bool = True
     """Show the live progress line."""
     metrics: bool = True
     """Export every role's metrics to Prometheus through ray.util.metrics (docs/architecture.md, Metrics)."""
-    torch_threads: int = 1
+    torch_threads: int = field(default=1, metadata={"check": ">= 1"})
     """torch intra-op threads per actor (keep 1 when actors share a few cores)."""
-    startup_timeout_s: float = 180.0
+    startup_timeout_s: float = field(default=180.0, metadata={"check": "> 0"})
     """How long every role may take to start before the run stops with an error."""
-
-    def __post_init__(self):
-        if self.total_env_steps < 1:
-            raise ValueError(f"run.total_env_steps={self.total_env_steps}: expected an integer >= 1")
-        if self.report_interval_s <= 0:
-            raise ValueError(f"run.report_interval_s={self.report_interval_s}: expected a number > 0")
-        if self.torch_threads < 1:
-            raise ValueError(f"run.torch_threads={self.torch_threads}: expected an integer >= 1")
-        if self.startup_timeout_s <= 0:
-            raise ValueError(f"run.startup_timeout_s={self.startup_timeout_s}: expected a number > 0")
 
 
 @dataclass(frozen=True)
 class RayConfig:
     address: str | None = None
     """An existing cluster to join (also RAY_ADDRESS); null starts an embedded local Ray."""
-    num_cpus: int | None = None
+    num_cpus: int | None = field(default=None, metadata={"check": ">= 1"})
     """Logical CPUs of the embedded local Ray; null: enough for every role, at least the machine's cores."""
     include_dashboard: bool = False
     """Start the Ray dashboard with the embedded local Ray."""
-    object_store_memory_mb: int | None = None
+    object_store_memory_mb: int | None = field(default=None, metadata={"check": ">= 1"})
     """Object store size of the embedded local Ray; null lets Ray choose."""
 
 
@@ -85,21 +83,14 @@ class RayConfig:
 class RoleResources:
     """The Ray resources one actor of a role asks for: where it can run."""
 
-    num_cpus: float = 1.0
+    num_cpus: float = field(default=1.0, metadata={"check": ">= 0"})
     """Logical CPUs."""
-    num_gpus: float = 0.0
+    num_gpus: float = field(default=0.0, metadata={"check": ">= 0"})
     """GPUs; a learner given a GPU trains on CUDA (device 'auto'), on CPU otherwise, with no code change."""
-    memory_mb: int = 0
+    memory_mb: int = field(default=0, metadata={"check": ">= 0", "note": "0: none reserved"})
     """Memory Ray reserves for the actor (0: none reserved)."""
-    resources: Mapping[str, float] = field(default_factory=dict)
+    resources: Mapping[str, float] = field(default_factory=dict, metadata={"check": ">= 0"})
     """Custom resources, e.g. {learner_gpu: 1} to land on nodes that advertise them."""
-
-    def __post_init__(self) -> None:
-        amounts = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "memory_mb": self.memory_mb,
-                   **{f"resources.{k}": v for k, v in self.resources.items()}}
-        for name, value in amounts.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name}={value!r}: expected a number >= 0")
 
     def ray_options(self) -> dict[str, Any]:
         """The resource part of ``actor.options(...)``."""
@@ -119,22 +110,19 @@ class PlacementConfig:
     """The policy learner actor."""
     world_model: RoleResources = field(default_factory=RoleResources)
     """The world-model learner actor."""
-    replay_resources: Mapping[str, float] = field(default_factory=dict)
+    replay_resources: Mapping[str, float] = field(default_factory=dict, metadata={"check": ">= 0"})
     """Custom resources per replay shard (besides replay.num_cpus), e.g. {replay_node: 1}."""
-    replay_strategy: str = "SPREAD"
+    replay_strategy: str = field(default="SPREAD", metadata={"check": ("SPREAD", "DEFAULT")})
     """Ray scheduling strategy of the replay shards: SPREAD (over the nodes that fit) or DEFAULT."""
-    timeout_s: float = 120.0
+    timeout_s: float = field(default=120.0, metadata={"check": "> 0"})
     """How long the driver waits for every actor to be placed before it names the roles that cannot be and why."""
-
-    def __post_init__(self) -> None:
-        if self.replay_strategy not in ("SPREAD", "DEFAULT"):
-            raise ValueError(f"placement.replay_strategy={self.replay_strategy!r}: expected 'SPREAD' or 'DEFAULT'")
-        if self.timeout_s <= 0:
-            raise ValueError(f"placement.timeout_s={self.timeout_s!r}: expected a number > 0")
 
 
 @dataclass(frozen=True)
 class SystemConfig:
+    """Every default of a run lives in these dataclasses (a preset only overlays some keys); they carry the settings
+    measured best on the default env, InvertedPendulum-v5 (docs/benchmarks.md)."""
+
     name: str = ""
     """Run name (runs_dir/<name>/); empty: <env id>-<timestamp>."""
     seed: int = 0
@@ -155,6 +143,20 @@ class SystemConfig:
         if self.rollout.planner.enabled and not self.world_model.enabled:
             raise ValueError("rollout.planner.enabled=True: expected world_model.enabled=true (the planner scores "
                              "its candidates with the learned world model), got world_model.enabled=false")
+        # Inserts of more rows than this can never pass a shard's rate limiter (replay/rate_limiter.py).
+        max_rows = self.replay.max_insert_rows()
+        limit = (f"2 * replay.error_buffer_steps / replay.num_shards = 2 * {self.replay.error_buffer_steps} / "
+                 f"{self.replay.num_shards} = {max_rows} rows per insert")
+        chunk_rows = self.rollout.chunk_length * self.rollout.envs_per_worker
+        if chunk_rows > max_rows:
+            need = -(-chunk_rows * self.replay.num_shards // 2)
+            raise ValueError(f"rollout.chunk_length={self.rollout.chunk_length}: expected chunk_length * "
+                             f"rollout.envs_per_worker ({chunk_rows} rows per chunk) <= {limit} (no chunk could "
+                             f"ever be stored); lower rollout.chunk_length or raise replay.error_buffer_steps to "
+                             f">= {need}")
+        if self.gateway.enabled and self.gateway.insert_chunk_rows > max_rows:
+            raise ValueError(f"gateway.insert_chunk_rows={self.gateway.insert_chunk_rows}: expected <= {limit} "
+                             f"(every upload would fail)")
 
     @property
     def imagination_enabled(self) -> bool:
@@ -218,32 +220,128 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}={value!r}: expected a list of {_describe(args[0])}")
         return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if origin in (Mapping, dict, typing.Mapping) or tp in (Mapping, dict):
+    if origin in (abc.Mapping, dict) or tp in (Mapping, dict):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}={value!r}: expected a mapping")
-        return dict(value)
+        return {k: _coerce(v, args[1], f"{key}.{k}") if args else v for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     return _coerce_scalar(value, tp, key)
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
+    """``cls`` from ``values`` (a mapping of some of its fields): each value coerced to its field's type, every field
+    (given or default, nested sections too) checked against its declared constraint, then the class's own
+    cross-field rules (``__post_init__``)."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"{prefix or 'config'}={values!r}: expected a mapping of {cls.__name__} fields")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            path = f"{prefix}.{key}" if prefix else str(key)
             raise ConfigError(f"unknown config key {path!r}{_suggest(path)}")
-        kwargs[key] = _coerce(value, hints[key], path)
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{prefix}.{name}" if prefix else name
+        if name in values:
+            kwargs[name] = _coerce(values[name], hints[name], path)
+        elif dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], {}, path)
+        else:
+            kwargs[name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        _check(f, hints[name], kwargs[name], path)
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# field checks: each field declares its constraint once, as ``metadata``, and _check reads it for every section
+#
+#   "check":    ">= 1", "> 0", "<= N", "< N", "in [a, b]" (either end open: "in (0, 1]"), applied to a number, to
+#               each item of a list or to each value of a mapping; a tuple of allowed values; or a function
+#               value -> what was expected (None when the value is fine)
+#   "inf":      True: a float field may be inf (every float key refuses NaN, and inf unless this is set)
+#   "nonempty": True: a list field needs at least one item
+#   "note":     shown after the expectation, in parentheses ("-1: no limit")
+#   "secret":   True: the value is never shown (its length is)
+
+_COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+_NUMBER = r"-?(?:\d+\.?\d*(?:e[+-]?\d+)?|inf)"
+_COMPARISON = re.compile(rf"(>=|>|<=|<) ({_NUMBER})")
+_INTERVAL = re.compile(rf"in ([\[(])({_NUMBER}), ({_NUMBER})([\])])")
+
+
+def _within(x: float, spec: str) -> bool:
+    if match := _COMPARISON.fullmatch(spec):
+        return _COMPARISONS[match[1]](x, float(match[2]))
+    if match := _INTERVAL.fullmatch(spec):
+        low = x > float(match[2]) if match[1] == "(" else x >= float(match[2])
+        high = x < float(match[3]) if match[4] == ")" else x <= float(match[3])
+        return low and high
+    raise TypeError(f"metadata check {spec!r}: expected '>= N', '> N', '<= N', '< N' or 'in [a, b]'")
+
+
+def _item_ok(x: Any, tp: Any, check: Any, meta: Mapping) -> bool:
+    if tp is float and (math.isnan(x) or (math.isinf(x) and not meta.get("inf"))):
+        return False
+    if isinstance(check, str):
+        return _within(x, check)
+    if isinstance(check, tuple):
+        return x in check
+    return True
+
+
+def _expectation(tp: Any, check: Any, meta: Mapping, many: str) -> str:
+    """E.g. "an integer >= 1", "a list of numbers in [0, 10]", "'sync' or 'async'"."""
+    if isinstance(check, tuple):
+        shown = [repr(c) for c in check]
+        return " or ".join(shown) if len(shown) == 2 else f"one of {', '.join(shown)}"
+    if tp is int:
+        kind = ("an integer", "integers")
+    elif meta.get("inf") or (isinstance(check, str) and check.startswith("in ")):
+        kind = ("a number", "numbers")
+    else:
+        kind = ("a finite number", "finite numbers")
+    text = kind[0] if not many else f"{many}{kind[1]}"
+    return f"{text} {check}" if isinstance(check, str) else text
+
+
+def _problem(tp: Any, value: Any, meta: Mapping) -> str | None:
+    """What a field of type ``tp`` declared with ``meta`` expected, when ``value`` is not that; else None."""
+    check = meta.get("check")
+    if callable(check):
+        return check(value)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        problem = _problem(next(a for a in args if a is not type(None)), value, meta)
+        return problem and f"null or {problem}"
+    if origin is tuple:
+        items, item_tp = list(value), args[0]
+        many = "a non-empty list of " if meta.get("nonempty") else "a list of "
+    elif origin in (abc.Mapping, dict):
+        items, item_tp, many = list(value.values()), args[1], "a mapping of names to "
+    else:
+        items, item_tp, many = [value], tp, ""
+    if item_tp not in (int, float) and not isinstance(check, tuple):
+        return None
+    if all(_item_ok(x, item_tp, check, meta) for x in items) and (items or not meta.get("nonempty")):
+        return None
+    return _expectation(item_tp, check, meta, many) + (f" ({meta['note']})" if "note" in meta else "")
+
+
+def _check(f: dataclasses.Field, tp: Any, value: Any, key: str) -> None:
+    """Raise ConfigError("key=value: expected ...") when ``value`` breaks field ``f``'s declared constraint."""
+    problem = _problem(tp, value, f.metadata)
+    if problem:
+        shown = f"<{len(value)} characters>" if f.metadata.get("secret") else repr(to_dict(value))
+        raise ConfigError(f"{key}={shown}: expected {problem}")
 
 
 def all_keys(cls: type = SystemConfig, prefix: str = "") -> list[str]:
@@ -285,8 +383,12 @@ def to_dict(config: Any) -> Any:
 # presets and overrides
 
 
+DEFAULT_PRESET = "default"
+"""The name of no overlay at all: the dataclass defaults (``dynaray train default`` is ``dynaray train``)."""
+
+
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return sorted([DEFAULT_PRESET, *(p.stem for p in PRESET_DIR.glob("*.yaml"))])
 
 
 def _read_yaml(path: Path, what: str) -> dict:
@@ -300,7 +402,9 @@ def _read_yaml(path: Path, what: str) -> dict:
 
 
 def read_preset(name: str) -> dict:
-    """A preset by name (system/presets/NAME.yaml) or by path to a YAML file."""
+    """A preset by name (system/presets/NAME.yaml; ``default``: none, an empty overlay) or by path to a YAML file."""
+    if name == DEFAULT_PRESET:
+        return {}
     path = Path(name)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
@@ -345,11 +449,10 @@ def parse_override(text: str) -> dict:
 
 
 def load_config(presets: Sequence[str] = (), overrides: Sequence[str] = ()) -> SystemConfig:
-    """``default`` preset, then each of ``presets`` in order, then each ``key=value`` override."""
-    data = read_preset("default")
+    """The dataclass defaults, overlaid by each of ``presets`` in order, then by each ``key=value`` override."""
+    data: dict = {}
     for name in presets:
-        if name != "default":
-            data = merge(data, read_preset(name))
+        data = merge(data, read_preset(name))
     for text in overrides:
         data = merge(data, parse_override(text))
     return _build(SystemConfig, data, "")

@@ -2,7 +2,8 @@
 
 ``build_system(config, spec, local)`` makes each role either as a Ray actor (``local=False``) or as an in-process
 object behind a :class:`~replay.handles.LocalHandle` (``local=True``, for tests and debugging); the role classes
-are the same plain classes either way.
+are the same plain classes either way. It is made of sub-graph factories (``build_replay``, ``build_store``,
+``build_rollout``) that the benchmarks (``system/bench/``) call to build the part of a run they measure.
 
 Prometheus recorders: each role below ``system/`` takes its recorder's class (``metrics=``, from ``system.metrics``)
 and makes the recorder in its own ``__init__``, so in the role's process (a class travels to a Ray actor by name;
@@ -11,7 +12,7 @@ Ray metric objects never travel). Without Ray in the process every recorder reco
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -22,6 +23,7 @@ from actors.imagination import ImaginationWorker
 from actors.rollout import RolloutWorker
 from learners.networks import resolve_device
 from learners.sac import Policy, SACLearner
+from learners.termination import resolve_termination_fn
 from learners.world_model import WorldModel, WorldModelLearner
 from replay.client import ReplayClient
 from replay.handles import LocalHandle
@@ -205,30 +207,20 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     ``ReplayConfig.directory``); None persists nothing. ``gateway_tokens``: ``actors.gateway_tokens.Token``s the
     ingest gateway accepts besides those of ``gateway.token_file`` (secrets travel as arguments, never in the config).
     """
+    # world_model.termination_fn "auto": the env's known termination function or the learned head, decided here
+    # once for every role that makes a WorldModel (imagination workers, planning rollout workers).
+    termination_fn = resolve_termination_fn(config.world_model.termination_fn, config.env.id, config.env.kwargs)
+    config = replace(config, world_model=replace(config.world_model, termination_fn=termination_fn))
     system = System(local=local)
     make = _Maker(config, local, system)
-    rollout_cpus = config.rollout.num_cpus
 
-    # Replay shards: K actors, each holding its slice of every table; threaded so inserts and samples interleave.
-    # Ray restarts a shard that dies, and the restarted shard recovers its persisted tables from replay_dir.
-    tables = table_configs(config, spec)
-    system.shards = [
-        make(ReplayShard, f"replay-shard-{i}", config.replay.num_cpus, tables, seed=config.seed + SEED_REPLAY + i,
-             index=i, directory=replay_dir, fsync=config.replay.fsync,
-             fsync_interval_ms=config.replay.fsync_interval_ms, metrics=ReplayMetrics, max_concurrency=16,
-             max_restarts=config.replay.max_restarts, resources=config.placement.replay_resources,
-             ray_options={"scheduling_strategy": config.placement.replay_strategy})
-        for i in range(config.replay.num_shards)
-    ]
+    # Replay shards (build_replay): every table of the run, one rate limiter per consumer of "real".
+    build_replay(config, table_configs(config, spec), system, replay_dir)
+    replay_client = partial(_replay_client, config, system)
 
-    def replay_client(seed: int) -> InActor:
-        return InActor(ReplayClient, system.shards, config.replay, local=local, seed=seed)
-
-    # Weights store: learners publish (version, ref) here; every acting role polls it.
-    system.store = make(WeightsStore, "weights-store", 0, max_concurrency=8)
-
-    policy_factory = partial(Policy, spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high,
-                             config.policy.hidden_sizes)
+    # Weights store (build_store): learners publish to it; every acting role polls it.
+    build_store(config, system)
+    policy_factory = _policy_factory(config, spec)
 
     # Policy learner: samples real (+ imagined) batches from the shards, publishes "policy" to the store.
     system.policy = make(PolicyLoop, "policy-learner", 0, config, spec, replay_client(config.seed + SEED_POLICY),
@@ -240,26 +232,8 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
                                   replay_client(config.seed + SEED_MODEL), system.store, local,
                                   ray_options=config.placement.world_model.ray_options())
 
-    # Rollout workers (a pool that `dynaray scale` resizes): write chunks to "real" on the shards; poll "policy"
-    # from the store.
-    def rollout_worker(i: int) -> Any:
-        seed = config.seed + SEED_ROLLOUT + 100 * i
-        # Planner (rollout.planner.enabled only): the worker also polls "world_model" from the store and builds
-        # its own WorldModel (CPU, in the worker's process) to score candidate actions with.
-        planner = {}
-        if config.rollout.planner.enabled:
-            planner = {"model_weights": WeightsClient(system.store, "world_model"),
-                       "make_model": partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model,
-                                             seed=seed, device="cpu")}
-        return make(RolloutWorker, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
-                    replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
-                    index=i, seed=seed, metrics=RolloutMetrics, max_restarts=config.rollout.max_restarts,
-                    num_gpus=config.rollout.num_gpus,
-                    resources=config.rollout.resources, **planner)
-
-    system.worker_factories["rollout"] = rollout_worker
-    for i in range(config.rollout.num_workers):
-        system.add_worker("rollout", i)
+    # Rollout workers (build_rollout; a pool that `dynaray scale` resizes): shards and store -> workers.
+    build_rollout(config, spec, system)
 
     # Imagination workers (a pool too): sample start states from "real", write model rollouts to "imagined";
     # poll "policy" and "world_model" from the store.
@@ -282,15 +256,14 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
             system.add_worker("imagination", i)
 
     # Ingest gateway (optional): external agents download "policy" from the store and post episodes, which it
-    # validates and writes to "real" on the shards, in inserts no larger than the shards' rate limiters admit
-    # (error_buffer_steps / num_shards rows). Ray restarts it when its process dies (gateway.max_restarts).
+    # validates and writes to "real" on the shards (the system config checks that its inserts fit the shards' rate
+    # limiters). Its tokens travel as arguments, never in the config. Ray restarts it when its process dies
+    # (gateway.max_restarts).
     if config.gateway.enabled:
-        max_insert_rows = max(1, config.replay.error_buffer_steps // config.replay.num_shards)
         system.gateway = make(IngestGateway, "gateway", config.gateway.num_cpus, config.gateway,
                               replay_client(config.seed + SEED_GATEWAY), WeightsClient(system.store, "policy"),
                               partial(policy_factory, seed=config.seed + SEED_GATEWAY, device="cpu"), spec,
-                              tokens=gateway_tokens, max_insert_rows=max_insert_rows, metrics=GatewayMetrics,
-                              max_restarts=config.gateway.max_restarts)
+                              tokens=gateway_tokens, metrics=GatewayMetrics, max_restarts=config.gateway.max_restarts)
 
     # Control: `dynaray scale` writes desired pool sizes here, the driver polls them; `dynaray status` reads the
     # status the driver posts.
@@ -305,6 +278,80 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
                  seed=seed)
         )
     return system
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sub-graphs: build_system is made of these; a benchmark builds the part it measures with the same calls
+
+
+def build_replay(config: SystemConfig, tables: list[TableConfig], system: System,
+                 replay_dir: str | None = None) -> list:
+    """Make ``config.replay.num_shards`` replay shards holding ``tables`` (a run's: :func:`table_configs`) into
+    ``system.shards`` and return them. ``replay_dir``: where they persist (see :func:`build_system`)."""
+    make = _Maker(config, system.local, system)
+
+    # Replay shards: K actors, each holding its slice of every table; threaded so inserts and samples interleave.
+    # Ray restarts a shard that dies, and the restarted shard recovers its persisted tables from replay_dir.
+    system.shards = [
+        make(ReplayShard, f"replay-shard-{i}", config.replay.num_cpus, tables, seed=config.seed + SEED_REPLAY + i,
+             index=i, directory=replay_dir, fsync=config.replay.fsync,
+             fsync_interval_ms=config.replay.fsync_interval_ms, metrics=ReplayMetrics, max_concurrency=16,
+             max_restarts=config.replay.max_restarts, resources=config.placement.replay_resources,
+             ray_options={"scheduling_strategy": config.placement.replay_strategy})
+        for i in range(config.replay.num_shards)
+    ]
+    return system.shards
+
+
+def _replay_client(config: SystemConfig, system: System, seed: int) -> InActor:
+    """A ReplayClient over ``system.shards``, built where the role that uses it lives."""
+    return InActor(ReplayClient, system.shards, config.replay, local=system.local, seed=seed)
+
+
+def _policy_factory(config: SystemConfig, spec: EnvSpec) -> partial:
+    """``Policy`` of the run's sizes; the caller adds ``seed`` (and ``device``)."""
+    return partial(Policy, spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high,
+                   config.policy.hidden_sizes)
+
+
+def build_store(config: SystemConfig, system: System) -> Any:
+    """Make the weights store into ``system.store`` and return it."""
+    make = _Maker(config, system.local, system)
+
+    # Weights store: learners publish (version, ref) here; every acting role polls it.
+    system.store = make(WeightsStore, "weights-store", 0, max_concurrency=8)
+    return system.store
+
+
+def build_rollout(config: SystemConfig, spec: EnvSpec, system: System, role: type = RolloutWorker) -> dict:
+    """Make the rollout pool's ``config.rollout.num_workers`` workers into ``system.rollout`` (needs the shards and
+    the store in ``system``), register its worker factory, and return the pool. ``role``: ``RolloutWorker`` or a
+    subclass taking the same arguments (``dynaray bench rollout`` measures with one)."""
+    make = _Maker(config, system.local, system)
+    replay_client = partial(_replay_client, config, system)
+    policy_factory = _policy_factory(config, spec)
+    rollout_cpus = config.rollout.num_cpus
+
+    # Rollout workers (a pool that `dynaray scale` resizes): write chunks to "real" on the shards; poll "policy"
+    # from the store.
+    def rollout_worker(i: int) -> Any:
+        seed = config.seed + SEED_ROLLOUT + 100 * i
+        # Planner (rollout.planner.enabled only): the worker also polls "world_model" from the store and builds
+        # its own WorldModel (CPU, in the worker's process) to score candidate actions with.
+        planner = {}
+        if config.rollout.planner.enabled:
+            planner = {"model_weights": WeightsClient(system.store, "world_model"),
+                       "make_model": partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model,
+                                             seed=seed, device="cpu")}
+        return make(role, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
+                    replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
+                    index=i, seed=seed, metrics=RolloutMetrics, max_restarts=config.rollout.max_restarts,
+                    num_gpus=config.rollout.num_gpus, resources=config.rollout.resources, **planner)
+
+    system.worker_factories["rollout"] = rollout_worker
+    for i in range(config.rollout.num_workers):
+        system.add_worker("rollout", i)
+    return system.rollout
 
 
 def kill_system(system: System) -> None:

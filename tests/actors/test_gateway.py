@@ -38,6 +38,7 @@ from replay.handles import LocalHandle
 from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
+from system.config import ConfigError, config_from_dict, load_config
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 TOKEN = "test-token-0123456789abcdef"
@@ -195,18 +196,23 @@ def post(rig: Rig, body: bytes, token: str | None = TOKEN, headers: dict | None 
 
 
 def test_config_validation_names_key_value_and_expected():
-    with pytest.raises(ValueError, match=r"gateway\.port=70000: expected an integer in \[0, 65535\]"):
-        GatewayConfig(port=70000)
-    with pytest.raises(ValueError, match=r"gateway\.max_body_bytes=10: expected an integer >= 1024"):
-        GatewayConfig(max_body_bytes=10)
-    with pytest.raises(ValueError, match=r"gateway\.enabled='yes': expected a bool"):
-        GatewayConfig(enabled="yes")
-    with pytest.raises(ValueError, match=r"gateway\.host='0\.0\.0\.0' is reachable from the network: expected "
-                                         r"gateway\.tls_cert and gateway\.tls_key"):
-        GatewayConfig(host="0.0.0.0")
-    assert GatewayConfig(host="0.0.0.0", allow_plain_http=True).host == "0.0.0.0"
-    with pytest.raises(ValueError, match="expected both"):
-        GatewayConfig(tls_cert="cert.pem")
+    with pytest.raises(ConfigError, match=r"gateway\.port=70000: expected an integer in \[0, 65535\]"):
+        load_config([], ["gateway.port=70000"])
+    with pytest.raises(ConfigError, match=r"gateway\.max_body_bytes=10: expected an integer >= 1024"):
+        load_config([], ["gateway.max_body_bytes=10"])
+    with pytest.raises(ConfigError, match=r"gateway\.enabled='yes': expected bool"):
+        config_from_dict({"gateway": {"enabled": "yes"}})
+    with pytest.raises(ConfigError, match=r"gateway\.host='  ': expected a host name or IP address"):
+        load_config([], ["gateway.host='  '"])
+    with pytest.raises(ConfigError, match=r"gateway\.host='0\.0\.0\.0' is reachable from the network: expected "
+                                          r"gateway\.tls_cert and gateway\.tls_key"):
+        load_config([], ["gateway.host=0.0.0.0"])
+    assert load_config([], ["gateway.host=0.0.0.0", "gateway.allow_plain_http=true"]).gateway.host == "0.0.0.0"
+    with pytest.raises(ConfigError, match="expected both"):
+        load_config([], ["gateway.tls_cert=cert.pem"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'gateway\.token'") as info:
+        load_config([], ["gateway.token=short-but-secret"])
+    assert "short-but-secret" not in str(info.value), "a token must never be echoed"
     assert not hasattr(GatewayConfig(), "token"), "tokens are not settings (no config file may hold one)"
 
 

@@ -9,6 +9,7 @@ import torch
 
 from actors.imagination import ImaginationConfig, ImaginationWorker, rollout
 from learners import WorldModel, WorldModelConfig
+from system.config import ConfigError, load_config
 from tests.conftest import RecordingReplay, StaticWeights
 
 
@@ -48,6 +49,8 @@ def test_horizon_schedule_is_linear_between_the_ramp_ends():
 def test_schedule_validation_names_the_key():
     with pytest.raises(ValueError, match="imagination.horizon_ramp_end=10: expected >= horizon_ramp_start"):
         ImaginationConfig(horizon_ramp_start=20, horizon_ramp_end=10)
+    with pytest.raises(ConfigError, match="imagination.horizon_ramp_end=10: expected >= horizon_ramp_start"):
+        load_config([], ["imagination.horizon_ramp_start=20", "imagination.horizon_ramp_end=10"])
 
 
 def test_rollout_stops_terminated_rows_and_marks_the_cut():
@@ -118,10 +121,13 @@ def test_rollout_of_rows_all_stopped_at_once_is_empty():
 
 def test_config_validates_the_conservative_keys():
     assert ImaginationConfig().penalty_scale == 0.0 and ImaginationConfig().max_disagreement == math.inf
-    with pytest.raises(ValueError, match="imagination.penalty_scale=-1.0: expected a finite number >= 0"):
-        ImaginationConfig(penalty_scale=-1.0)
-    with pytest.raises(ValueError, match=r"imagination.max_disagreement=0.0: expected a number > 0 \(inf: off\)"):
-        ImaginationConfig(max_disagreement=0.0)
+    assert load_config([], ["imagination.max_disagreement=.inf"]).imagination.max_disagreement == math.inf
+    with pytest.raises(ConfigError, match="imagination.penalty_scale=-1.0: expected a finite number >= 0"):
+        load_config([], ["imagination.penalty_scale=-1.0"])
+    with pytest.raises(ConfigError, match=r"imagination.max_disagreement=0.0: expected a number > 0 \(inf: off\)"):
+        load_config([], ["imagination.max_disagreement=0.0"])
+    with pytest.raises(ConfigError, match=r"imagination.max_disagreement=nan: expected a number > 0 \(inf: off\)"):
+        load_config([], ["imagination.max_disagreement=nan"])
 
 
 class _Done:

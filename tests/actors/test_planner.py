@@ -133,14 +133,14 @@ def test_planner_proposes_k_candidates_per_obs_in_one_batch_and_returns_the_best
 
 def test_planner_config_validation_names_key_value_and_expectation():
     assert PlannerConfig().enabled is False
-    with pytest.raises(ValueError, match=r"rollout.planner.num_candidates=0: expected an integer >= 1"):
-        PlannerConfig(num_candidates=0)
-    with pytest.raises(ValueError, match=r"rollout.planner.horizon=0: expected an integer >= 1"):
-        PlannerConfig(horizon=0)
-    with pytest.raises(ValueError, match=r"rollout.planner.bonus_scale=-1.0: expected a finite number >= 0"):
-        PlannerConfig(bonus_scale=-1.0)
-    with pytest.raises(ValueError, match=r"rollout.planner.gamma=0.0: expected a number in \(0, 1\]"):
-        PlannerConfig(gamma=0.0)
+    with pytest.raises(ConfigError, match=r"rollout.planner.num_candidates=0: expected an integer >= 1"):
+        load_config([], ["rollout.planner.num_candidates=0"])
+    with pytest.raises(ConfigError, match=r"rollout.planner.horizon=0: expected an integer >= 1"):
+        load_config([], ["rollout.planner.horizon=0"])
+    with pytest.raises(ConfigError, match=r"rollout.planner.bonus_scale=-1.0: expected a finite number >= 0"):
+        load_config([], ["rollout.planner.bonus_scale=-1.0"])
+    with pytest.raises(ConfigError, match=r"rollout.planner.gamma=0.0: expected a number in \(0, 1\]"):
+        load_config([], ["rollout.planner.gamma=0.0"])
 
 
 def test_system_config_planner_section_and_its_world_model_requirement():

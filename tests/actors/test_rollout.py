@@ -3,6 +3,7 @@ import pytest
 
 from actors.envs import EnvConfig
 from actors.rollout import RANDOM_POLICY_VERSION, ChunkBuilder, RolloutConfig, RolloutWorker
+from system.config import ConfigError, load_config
 from tests.conftest import StaticWeights
 
 
@@ -104,8 +105,8 @@ def test_close_flushes_partial_chunk(recording_replay):
 
 
 def test_config_validation_names_the_key():
-    with pytest.raises(ValueError, match=r"rollout.chunk_length=0: expected an integer >= 1"):
-        RolloutConfig(chunk_length=0)
+    with pytest.raises(ConfigError, match=r"rollout.chunk_length=0: expected an integer >= 1"):
+        load_config([], ["rollout.chunk_length=0"])
 
 
 def flaky_worker(replay, **kwargs):
@@ -158,5 +159,6 @@ def test_exploration_noise_per_worker_index(recording_replay):
     actions = [c["action"][:, 0] for _, c, _ in recording_replay.chunks]
     assert (actions[0] == 0.5).all()  # worker 2 uses entry 0: no noise
     assert actions[1].std() > 0.3 and (np.abs(actions[1]) <= 3.0).all()  # half-range 3: std 1.5, clipped to bounds
-    with pytest.raises(ValueError, match=r"rollout.exploration_noise=\[-1.0\]: expected numbers in \[0, 10\]"):
-        RolloutConfig(exploration_noise=(-1.0,))
+    with pytest.raises(ConfigError,
+                       match=r"rollout.exploration_noise=\[-1.0\]: expected a list of numbers in \[0, 10\]"):
+        load_config([], ["rollout.exploration_noise=[-1.0]"])

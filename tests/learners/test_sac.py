@@ -1,12 +1,14 @@
 """SAC learner and policy: Bellman targets, learning signal, entropy tuning, checkpoints, acting."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from learners import Policy, PolicyConfig, SACLearner
+from system.config import ConfigError, load_config
 
 O, A = 3, 2
 LOW, HIGH = np.array([-2.0, 0.0]), np.array([2.0, 1.0])
@@ -283,20 +285,24 @@ def test_log_prob_matches_change_of_variables():
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("gamma", 1.5, "policy.gamma=1.5: expected 0 < gamma <= 1"),
-    ("tau", 0.0, "policy.tau=0.0: expected 0 < tau <= 1"),
-    ("real_ratio", -0.1, "policy.real_ratio=-0.1: expected 0 <= real_ratio <= 1"),
-    ("num_critics", 1, "policy.num_critics=1: expected num_critics >= 2"),
+    ("gamma", 1.5, "policy.gamma=1.5: expected a number in (0, 1]"),
+    ("tau", 0.0, "policy.tau=0.0: expected a number in (0, 1]"),
+    ("real_ratio", -0.1, "policy.real_ratio=-0.1: expected a number in [0, 1]"),
+    ("num_critics", 1, "policy.num_critics=1: expected an integer >= 2"),
     ("critic_subset", 0, "policy.critic_subset=0: expected 1 <= critic_subset <= num_critics (2)"),
     ("critic_subset", 3, "policy.critic_subset=3: expected 1 <= critic_subset <= num_critics (2)"),
-    ("hidden_sizes", (), "policy.hidden_sizes=()"),
-    ("actor_lr", 0.0, "policy.actor_lr=0.0"),
-    ("batch_size", 0, "policy.batch_size=0"),
-    ("device", "gpu", "policy.device='gpu'"),
+    ("hidden_sizes", [], "policy.hidden_sizes=[]: expected a non-empty list of integers >= 1"),
+    ("hidden_sizes", [64, 0], "policy.hidden_sizes=[64, 0]: expected a non-empty list of integers >= 1"),
+    ("actor_lr", 0.0, "policy.actor_lr=0.0: expected a finite number > 0"),
+    ("actor_lr", "nan", "policy.actor_lr=nan: expected a finite number"),
+    ("actor_lr", ".inf", "policy.actor_lr=inf: expected a finite number"),
+    ("target_entropy", "nan", "policy.target_entropy=nan: expected null or a finite number"),
+    ("batch_size", 0, "policy.batch_size=0: expected an integer >= 1"),
+    ("device", "gpu", "policy.device='gpu': expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'"),
 ])
 def test_policy_config_validation(field, value, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        PolicyConfig(**{field: value})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config([], [f"policy.{field}={value}"])
 
 
 def test_policy_config_accepts_list_hidden_sizes():

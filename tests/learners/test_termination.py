@@ -36,6 +36,22 @@ def test_termination_function_matches_the_env(env_id, function):
     np.testing.assert_array_equal(predicted, rows["terminated"])
 
 
+@pytest.mark.parametrize("env_id", sorted(termination.KNOWN))
+def test_every_known_function_matches_its_env(env_id):
+    rows = random_transitions(env_id, 600)
+    function = termination.load_termination_fn(termination.KNOWN[env_id])
+    np.testing.assert_array_equal(function(rows["obs"], rows["action"], rows["next_obs"]), rows["terminated"])
+
+
+def test_auto_resolves_by_env_id_and_only_for_default_env_arguments():
+    resolve = termination.resolve_termination_fn
+    assert resolve("auto", "Hopper-v5") == "learners.termination:hopper"
+    assert resolve("auto", "Hopper-v5", {"terminate_when_unhealthy": False}) is None  # learned head
+    assert resolve("auto", "Ant-v5") is None and resolve("auto", "tests.actors.flaky_env:FlakyEnv") is None
+    assert resolve(None, "Hopper-v5") is None
+    assert resolve("learners.termination:never", "Hopper-v5") == "learners.termination:never"
+
+
 def test_never_and_non_finite_observations():
     obs = np.zeros((3, 4), dtype=np.float32)
     assert not termination.never(obs, obs[:, :1], obs).any()

@@ -13,6 +13,7 @@ from learners.termination import inverted_pendulum
 from learners.world_model import (
     EnsembleDynamics, RunningNorm, average_ranks, calibration_table, disagreement, holdout_mask, spearman,
 )
+from system.config import ConfigError, config_from_dict
 
 O, A, E = 4, 2, 4
 CONFIG = WorldModelConfig(
@@ -265,20 +266,28 @@ def test_running_norm_matches_full_data_statistics():
 
 @pytest.mark.parametrize("field, value, message", [
     ("num_elites", 8, r"world_model.num_elites=8: expected 1 <= num_elites <= ensemble_size=7"),
-    ("holdout_ratio", 1.0, r"world_model.holdout_ratio=1.0: expected 0 <= holdout_ratio < 1"),
-    ("lr", -1.0, r"world_model.lr=-1.0"),
-    ("validate_every", 0, r"world_model.validate_every=0"),
+    ("holdout_ratio", 1.0, r"world_model.holdout_ratio=1.0: expected a number in \[0, 1\)"),
+    ("lr", -1.0, r"world_model.lr=-1.0: expected a finite number > 0"),
+    ("lr", "nan", r"world_model.lr=nan: expected a finite number > 0"),
+    ("validate_every", 0, r"world_model.validate_every=0: expected an integer >= 1"),
     ("termination_fn", "learners.termination", r"world_model.termination_fn='learners.termination': expected "
                                                r"'module:function'"),
     ("termination_fn", "no_such_module:f", r"cannot import module 'no_such_module'"),
     ("termination_fn", "learners.termination:nope", r"module 'learners.termination' has no function 'nope'"),
-    ("calibration_bins", 0, r"world_model.calibration_bins=0: expected calibration_bins >= 1"),
-    ("early_stop_patience", -1, r"world_model.early_stop_patience=-1"),
-    ("improvement_threshold", 1.0, r"world_model.improvement_threshold=1.0"),
+    ("calibration_bins", 0, r"world_model.calibration_bins=0: expected an integer >= 1"),
+    ("early_stop_patience", -1, r"world_model.early_stop_patience=-1: expected an integer >= 0 \(0: never pause\)"),
+    ("improvement_threshold", 1.0, r"world_model.improvement_threshold=1.0: expected a number in \[0, 1\)"),
+    ("hidden_sizes", [], r"world_model.hidden_sizes=\[\]: expected a non-empty list of integers >= 1"),
+    ("device", "gpu", r"world_model.device='gpu': expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'"),
 ])
 def test_world_model_config_validation(field, value, message):
-    with pytest.raises(ValueError, match=message):
-        WorldModelConfig(**{field: value})
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"world_model": {field: value}})
+
+
+def test_world_model_config_accepts_auto_and_null_termination():
+    assert WorldModelConfig().termination_fn == "auto"
+    assert config_from_dict({"world_model": {"termination_fn": None}}).world_model.termination_fn is None
 
 
 def test_members_are_independent():

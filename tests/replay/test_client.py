@@ -6,6 +6,7 @@ import pytest
 
 from replay import RateLimiterConfig, ReplayClient, ReplayConfig, ReplayShard, ReplayTimeout, SchemaError
 from replay.handles import LocalHandle
+from system.config import ConfigError, load_config
 from tests.replay.helpers import make_chunk, table_config
 
 FAST = dict(sample_timeout_s=0.2, insert_timeout_s=0.2)
@@ -146,12 +147,14 @@ def test_refused_part_moves_to_a_shard_that_can_serve_it():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match=r"replay.num_shards=0: expected >= 1"):
-        ReplayConfig(num_shards=0)
-    with pytest.raises(ValueError, match=r"replay.sample_timeout_s=0: expected > 0"):
-        ReplayConfig(sample_timeout_s=0)
-    with pytest.raises(ValueError, match=r"replay.max_inflight_inserts=2.5: expected an int"):
-        ReplayConfig(max_inflight_inserts=2.5)
+    with pytest.raises(ConfigError, match=r"replay.num_shards=0: expected an integer >= 1"):
+        load_config([], ["replay.num_shards=0"])
+    with pytest.raises(ConfigError, match=r"replay.sample_timeout_s=0.0: expected a finite number > 0"):
+        load_config([], ["replay.sample_timeout_s=0"])
+    with pytest.raises(ConfigError, match=r"replay.max_inflight_inserts=2.5: expected int"):
+        load_config([], ["replay.max_inflight_inserts=2.5"])
+    with pytest.raises(ConfigError, match=r"replay.fsync='always': expected one of 'none', 'every_insert', 'interval'"):
+        load_config([], ["replay.fsync=always"])
     config = ReplayConfig(num_shards=3, error_buffer_steps=100)
     assert config.shard_capacity(1000) == 334
     assert config.limiter(samples_per_insert=4.0, min_size=500) == RateLimiterConfig(4.0, 167, 400.0 / 3)

@@ -12,7 +12,7 @@ import pytest
 
 from replay.config import ReplayConfig
 from replay.table import Table
-from system.bench import chunk_source, columns, raw_row_bytes, reachable_numpy_bytes, table_config, table_memory
+from system.bench.replay import chunk_source, columns, raw_row_bytes, reachable_numpy_bytes, table_config, table_memory
 
 DEFAULT_SHARD_CAPACITY = ReplayConfig().shard_capacity(ReplayConfig().real_capacity)
 

@@ -1,15 +1,42 @@
+import dataclasses
+import typing
+
 import pytest
 import yaml
 
 from system.config import (
     ConfigError,
     SystemConfig,
+    all_keys,
     available_presets,
     config_from_dict,
     load_config,
     parse_override,
+    read_preset,
     to_dict,
 )
+
+
+def leaf_types(cls: type = SystemConfig, prefix: str = "") -> dict[str, typing.Any]:
+    """Dotted key -> the type its field declares."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(leaf_types(tp, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = tp
+    return out
+
+
+def flatten(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) of every key of a ``to_dict`` tree (mapping-valued keys are leaves)."""
+    items = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and f"{prefix}{key}" not in all_keys():
+            items.extend(flatten(value, f"{prefix}{key}."))
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
 
 
 def test_default_preset_is_inverted_pendulum():
@@ -17,6 +44,75 @@ def test_default_preset_is_inverted_pendulum():
     assert config.env.id == "InvertedPendulum-v5"
     assert config.imagination_enabled
     assert {"default", "debug", "model_free"} <= set(available_presets())
+
+
+def test_the_dataclasses_hold_every_default():
+    """No second source: loading nothing, or the name `default`, gives exactly the dataclass defaults."""
+    assert load_config([]) == SystemConfig() == load_config(["default"]) == load_config(["default", "default"])
+    assert read_preset("default") == {}
+
+
+def test_one_value_per_key():
+    keys = [key for key, _ in flatten(to_dict(load_config([])))]
+    assert len(keys) == len(set(keys)) and sorted(keys) == sorted(all_keys())
+
+
+@pytest.mark.parametrize("preset", sorted(set(available_presets()) - {"default"}))
+def test_every_preset_is_an_overlay_of_known_keys(preset):
+    known = set(all_keys())
+    assert {key for key, _ in flatten(read_preset(preset))} <= known
+    load_config([preset])
+
+
+def test_the_default_run_is_the_tuned_inverted_pendulum_run():
+    """`dynaray train` runs the settings measured best (the inverted_pendulum preset) with a 10,000-step budget and
+    the env's termination function picked by `auto`."""
+    default, tuned = dict(flatten(to_dict(load_config([])))), dict(flatten(to_dict(load_config(["inverted_pendulum"]))))
+    differing = {key for key in default if default[key] != tuned[key]}
+    assert differing == {"run.total_env_steps", "world_model.termination_fn"}
+    assert default["run.total_env_steps"] == 10_000 and default["run.target_return"] == 950
+    assert default["world_model.termination_fn"] == "auto"
+
+
+FLOAT_KEYS = sorted(key for key, tp in leaf_types().items() if tp in (float, float | None))
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_nan_is_refused_for_every_float_key(key):
+    with pytest.raises(ConfigError, match=rf"^{key}=nan: expected "):
+        load_config([], [f"{key}=nan"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("policy.actor_lr=nan", "policy.actor_lr=nan: expected a finite number > 0"),
+    ("run.target_return=nan", "run.target_return=nan: expected null or a finite number"),
+    ("policy.updates_per_step=.inf", "policy.updates_per_step=inf: expected a finite number > 0"),
+    ("ray.num_cpus=-2", "ray.num_cpus=-2: expected null or an integer >= 1"),
+    ("ray.object_store_memory_mb=-100", "ray.object_store_memory_mb=-100: expected null or an integer >= 1"),
+    ("rollout.resources={node: -1}", "rollout.resources={'node': -1.0}: expected a mapping of names to finite "
+                                     "numbers >= 0"),
+    ("rollout.max_restarts=-2", "rollout.max_restarts=-2: expected an integer >= -1 (-1: no limit)"),
+    ("env.max_episode_steps=0", "env.max_episode_steps=0: expected null or an integer >= 1"),
+    ("eval.num_cpus=-1", "eval.num_cpus=-1.0: expected a finite number >= 0"),
+])
+def test_field_constraints_name_key_value_and_expectation(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config([], [override])
+    assert str(info.value) == message
+
+
+def test_inserts_that_no_shard_could_admit_are_refused():
+    """A shard's rate limiter admits at most 2 * error_buffer_steps / num_shards rows per insert (100 / 5 = 40 with
+    5 shards and the default error buffer): the gateway's 50-row inserts would all fail."""
+    assert load_config([], ["replay.num_shards=5"]).gateway.insert_chunk_rows == 50  # gateway off: not checked
+    with pytest.raises(ConfigError) as info:
+        load_config([], ["replay.num_shards=5", "gateway.enabled=true"])
+    assert str(info.value).startswith("gateway.insert_chunk_rows=50: expected <= 2 * replay.error_buffer_steps / "
+                                      "replay.num_shards = 2 * 100 / 5 = 40 rows per insert")
+    assert load_config([], ["replay.num_shards=5", "gateway.enabled=true", "gateway.insert_chunk_rows=40"])
+    with pytest.raises(ConfigError, match=r"^rollout.chunk_length=25: expected chunk_length \* "
+                                          r"rollout.envs_per_worker \(125 rows per chunk\) <= 2 \* "):
+        load_config([], ["rollout.envs_per_worker=5"])
 
 
 def test_presets_merge_in_order_then_overrides():

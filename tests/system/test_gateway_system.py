@@ -59,16 +59,18 @@ def test_the_run_takes_the_token_from_the_environment_or_writes_a_new_one_0600(t
     assert _gateway_tokens(load_config(["debug"]), tmp_path) == ()
 
 
-def test_gateway_inserts_fit_the_rate_limiters_of_five_shards(monkeypatch):
+def test_gateway_inserts_fit_the_rate_limiters_of_five_shards():
     from system.wiring import build_system, kill_system
 
-    config = load_config(["debug"], ["gateway.enabled=true", "replay.num_shards=5"])
+    with pytest.raises(ConfigError, match=r"gateway\.insert_chunk_rows=50: expected <= 2 \* replay\.error_buffer_steps"):
+        load_config([], ["gateway.enabled=true", "replay.num_shards=5"])  # every upload would fail: refused
+    rows = load_config(["debug"], ["replay.num_shards=5"]).replay.max_insert_rows()
+    config = load_config(["debug"], ["gateway.enabled=true", "replay.num_shards=5", f"gateway.insert_chunk_rows={rows}"])
     spec = probe_env(config.env)
     token = Token("default", frozenset({"upload", "download"}), SECRET)
     system = build_system(config, spec, local=True, gateway_tokens=(token,))
     try:
         gateway = system.gateway.wrapped
-        assert gateway.chunk_rows == config.replay.error_buffer_steps // 5 < config.gateway.insert_chunk_rows
         n = 60
         rng = np.random.default_rng(0)
         obs = rng.standard_normal((n + 1, spec.obs_dim)).astype(np.float32)

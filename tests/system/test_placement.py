@@ -37,7 +37,7 @@ def test_placement_config_errors_name_the_key():
     assert config.placement.world_model.ray_options()["resources"] == {"learner_gpu": 1}
     with pytest.raises(ConfigError, match=r"placement.replay_strategy='PACK': expected 'SPREAD' or 'DEFAULT'"):
         load_config([], ["placement.replay_strategy=PACK"])
-    with pytest.raises(ConfigError, match=r"num_gpus=-1.0: expected a number >= 0"):
+    with pytest.raises(ConfigError, match=r"placement.policy.num_gpus=-1.0: expected a finite number >= 0"):
         load_config([], ["placement.policy.num_gpus=-1"])
 
 

@@ -1,10 +1,10 @@
-"""Per-task presets: each loads on top of `default`, names its env, and its known termination function fits it."""
+"""Per-task presets: each overlays the defaults, names its env, and its known termination function fits it."""
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from learners.termination import load_termination_fn
+from learners.termination import load_termination_fn, resolve_termination_fn
 from system.config import available_presets, load_config
 
 TASKS = {
@@ -46,3 +46,9 @@ def test_task_preset_names_its_env_and_a_matching_termination_function(preset, e
 def test_task_presets_compose_with_debug(preset):
     config = load_config([preset, "debug"])
     assert config.run.total_env_steps == 2000 and config.env.id == TASKS[preset]
+
+
+@pytest.mark.parametrize("preset, env_id", sorted(TASKS.items()))
+def test_auto_termination_picks_each_task_presets_function(preset, env_id):
+    assert resolve_termination_fn("auto", env_id) == load_config([preset]).world_model.termination_fn
+    assert load_config([], [f"env.id={env_id}"]).world_model.termination_fn == "auto"

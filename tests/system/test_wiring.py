@@ -77,3 +77,15 @@ def test_rollout_workers_get_a_world_model_only_with_the_planner(config):
     assert report.planned_steps == 30 and report.policy_version == 1
     rollout.flush()
     assert total(system.shards, "real") == 30
+
+
+def test_auto_termination_is_resolved_once_for_every_world_model():
+    """`world_model.termination_fn: auto` on InvertedPendulum-v5: imagination and planning use its known function."""
+    planning = load_config(["debug"], ["rollout.planner.enabled=true"])
+    assert planning.world_model.termination_fn == "auto"
+    system = build_system(planning, probe_env(planning.env), local=True)
+    models = [system.imagination[0].wrapped._model, system.rollout[0].wrapped._model]
+    assert [m._termination_name for m in models] == ["learners.termination:inverted_pendulum"] * 2
+    learned = load_config(["debug"], ["world_model.termination_fn=null"])
+    system = build_system(learned, probe_env(learned.env), local=True)
+    assert system.imagination[0].wrapped._model._termination_fn is None

@@ -4,31 +4,19 @@ Nothing here asserts a speed; the numbers are only checked to be positive.
 """
 
 import json
+import os
 
 import pytest
 
-from system.bench import rllib_import_error
+from system.bench.replay import rllib_import_error
 from system.cli import main
+from tests.system.bench.markdown import number, table_rows
 
 HEADER = (
     "| backend | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | rows stored "
     "| insert rows/CPU-s | sample rows/CPU-s |"
 )
 TINY = ["--seconds", "0.02", "--capacity", "4096", "--insert-batch", "256"]
-
-
-def table_rows(out: str, first_cell: str) -> list[list[str]]:
-    """Cells of the Markdown table rows of ``out`` whose first cell is ``first_cell``."""
-    rows = []
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell:
-            rows.append(cells)
-    return rows
-
-
-def number(cell: str) -> float:
-    return float(cell.replace(",", "").rstrip("%"))
 
 
 def test_bench_in_process_prints_every_configuration(tmp_path, capsys):
@@ -101,3 +89,35 @@ def test_bench_against_rllib_buffers(capsys):
         assert number(row[4]) > 0 and number(row[5]) > 0 and number(row[8]) > 0
     assert "| vs RLlib | our log | insert x | sample x | p99 latency x |" in out
     assert [r[1] for r in table_rows(out, "uniform") if len(r) == 5 and r[1] in ("on", "off")] == ["off"]
+
+
+def test_bench_replay_rejects_a_bad_override(capsys):
+    assert main(["bench", "replay", *TINY, "replay.fsync=sometimes"]) == 2
+    assert "replay.fsync='sometimes'" in capsys.readouterr().err
+
+
+def test_bench_replay_logs_with_the_configs_fsync(tmp_path):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "replay", *TINY, "--samplers", "uniform", "--log", "on", "replay.fsync=every_insert",
+                 "--json", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    assert report["settings"]["replay_config"]["fsync"] == "every_insert"
+    assert report["settings"]["config_items"] == ["replay.fsync=every_insert"]
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
+def test_bench_replay_on_ray_with_one_and_two_shards(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "replay", *TINY, "--samplers", "prioritized", "--log", "off", "--shards", "1,2", "--ray",
+                 "--json", str(out_json)]) == 0
+    ray_rows = table_rows(capsys.readouterr().out, "ray")
+    assert [(r[1], r[2], r[3]) for r in ray_rows] == [("1", "prioritized", "off"), ("2", "prioritized", "off")]
+    for row in ray_rows:
+        assert number(row[4]) > 0 and number(row[5]) > 0 and 0 < number(row[6]) <= number(row[7])
+    assert [number(r[8]) for r in ray_rows] == [4096, 8192]
+    report = json.loads(out_json.read_text())
+    assert [t["target"] for t in report["targets"] if "Ray" in t["target"]] == [
+        "p99 sample latency ms, Ray, 1 shard(s) (prioritized, log off)",
+        "p99 sample latency ms, Ray, 2 shard(s) (prioritized, log off)",
+    ]

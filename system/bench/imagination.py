@@ -36,14 +36,13 @@ torch and gymnasium are imported when the benchmark runs, not when the CLI is bu
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from system.bench import (
-    _positive_ints, env_ids, load_averages, machine, positive_float, positive_int, progress, write_report,
+from system.bench.harness import (
+    Span, add_json_option, env_ids, fail, finish, load_averages, machine, positive_float, positive_int, positive_ints,
+    progress, targets_table, widths, write_report,
 )
 
 __all__ = [
@@ -53,9 +52,9 @@ __all__ = [
     "TARGET_PEAK_FRACTION",
     "Rate",
     "Report",
-    "add_parser",
+    "add_arguments",
     "linear_flops",
-    "run_imagination",
+    "run",
 ]
 
 DEFAULT_ENVS = ("InvertedPendulum-v5", "HalfCheetah-v5", "Hopper-v5")
@@ -99,12 +98,12 @@ def _time_round(call: Callable[[], float], seconds: float, rate: Rate) -> None:
     """One untimed call, then calls for ``seconds`` of wall time (at least one); adds the round, with the work the
     calls return, to ``rate``."""
     call()
-    calls, work, wall_start, cpu_start = 0, 0.0, time.perf_counter(), time.thread_time()
-    while calls == 0 or time.perf_counter() - wall_start < seconds:
+    calls, work, span = 0, 0.0, Span(cpu=time.thread_time)
+    while calls == 0 or time.perf_counter() - span.wall < seconds:
         work += call()
         calls += 1
-    rate.rounds.append({"calls": calls, "work": work, "wall_s": time.perf_counter() - wall_start,
-                        "cpu_s": time.thread_time() - cpu_start})
+    wall, cpu = span.end()
+    rate.rounds.append({"calls": calls, "work": work, "wall_s": wall, "cpu_s": cpu})
 
 
 @dataclass
@@ -192,24 +191,8 @@ class Report:
                 f"{r.forward.per_cpu_s / peak_cpu:.0%} | {r.step.per_s:,.0f} | {r.step.per_cpu_s:,.0f} | "
                 f"{step_gflops / 1e9:.1f} | {step_gflops / peak_cpu:.0%} |"
             )
-        checks = self.targets()
-        if checks:
-            lines += ["", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
-            for c in checks:
-                lines.append(f"| {c['target']} | {c['measured']:.0%} | >= {c['goal']:.0%} | "
-                             f"{'yes' if c['met'] else 'NO'} |")
+        lines += targets_table(self.targets(), lambda c: f"{c['measured']:.0%}", lambda c: f">= {c['goal']:.0%}")
         return "\n".join(lines)
-
-
-def _machine() -> dict:
-    import torch
-
-    return {
-        **machine(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
 
 
 # ------------------------------------------------------------------------------------------------------ run
@@ -232,12 +215,10 @@ def _models(obs_dim: int, act_dim: int, args: argparse.Namespace) -> tuple[Any, 
     return model, policy, args.ensemble * member, args.elites * member + acting
 
 
-def run_imagination(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``dynaray bench imagination``: measure, print Markdown tables, optionally write JSON."""
     if args.elites > args.ensemble:
-        print(f"dynaray: error: --elites {args.elites}: expected at most --ensemble ({args.ensemble})",
-              file=sys.stderr)
-        return 2
+        return fail(f"--elites {args.elites}: expected at most --ensemble ({args.ensemble})")
     import torch
 
     from actors.envs import EnvConfig, EnvError, probe_env
@@ -248,8 +229,7 @@ def run_imagination(args: argparse.Namespace) -> int:
         try:
             spec = probe_env(EnvConfig(env_id))
         except EnvError as exc:
-            print(f"dynaray: error: --envs: {exc}", file=sys.stderr)
-            return 2
+            return fail(f"--envs: {exc}")
         sizes[env_id] = (spec.obs_dim, spec.action_dim)
     torch.set_num_threads(1)
     settings = {
@@ -258,7 +238,7 @@ def run_imagination(args: argparse.Namespace) -> int:
         "policy_hidden_sizes": args.policy_hidden, "peak_sizes": list(args.peak_sizes), "dtype": "float32",
         "device": "cpu",
     }
-    report = Report(settings, _machine())
+    report = Report(settings, machine("torch", torch_threads=torch.get_num_threads()))
 
     generator = torch.Generator().manual_seed(0)
     calls: list[tuple[Rate, Callable[[], float]]] = []
@@ -293,26 +273,26 @@ def run_imagination(args: argparse.Namespace) -> int:
             progress(f"round {round_index + 1} of {args.rounds}")
             for rate, call in calls:
                 _time_round(call, per_call, rate)
-    report.machine["load_average_at_end"] = list(os.getloadavg())
+    finish(report.machine)
     return write_report(report, (
         f"{report.machine['cpus']} CPUs, one torch thread, float32; {load_averages(report.machine)}; peak "
         f"{report.peak_cpu / 1e9:.1f} GFLOP/CPU-s, {report.peak_wall / 1e9:.1f} GFLOP/s"
     ), args.json)
 
 
-def add_parser(components: argparse._SubParsersAction) -> None:
-    """Add ``imagination`` to ``dynaray bench``'s components."""
-    p = components.add_parser(
-        "imagination",
-        help="synthetic transitions/s per core and the world-model forward's fraction of the fp32 matmul peak",
-        description="One process, one torch thread: the core's fp32 matmul peak (torch.mm), the world model's "
-        "ensemble forward (GFLOP/s, fraction of that peak) and the whole imagination step (policy, model step, "
-        "rollout bookkeeping; transitions/s) at several batch sizes, per wall and per CPU second. See "
-        "system/bench_imagination.py for what each number means.",
-    )
+HELP = "synthetic transitions/s per core and the world-model forward's fraction of the fp32 matmul peak"
+DESCRIPTION = (
+    "One process, one torch thread: the core's fp32 matmul peak (torch.mm), the world model's ensemble forward "
+    "(GFLOP/s, fraction of that peak) and the whole imagination step (policy, model step, rollout bookkeeping; "
+    "transitions/s) at several batch sizes, per wall and per CPU second. See system/bench/imagination.py for what "
+    "each number means."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--envs", type=env_ids, default=list(DEFAULT_ENVS),
                    help=f"env ids whose obs and action sizes are used (default {','.join(DEFAULT_ENVS)})")
-    p.add_argument("--batch-sizes", type=_positive_ints, default=list(DEFAULT_BATCH_SIZES),
+    p.add_argument("--batch-sizes", type=positive_ints, default=list(DEFAULT_BATCH_SIZES),
                    help="rows per forward and per step (default 256,1024,4096)")
     p.add_argument("--seconds", type=positive_float, default=1.5,
                    help="timed seconds per operation and configuration, over all rounds (default 1.5)")
@@ -320,13 +300,12 @@ def add_parser(components: argparse._SubParsersAction) -> None:
                    help="turns the seconds are split into; every rate is the best turn's (default 3)")
     p.add_argument("--ensemble", type=positive_int, default=7, help="ensemble members E (default 7)")
     p.add_argument("--elites", type=positive_int, default=5, help="elites K (default 5)")
-    p.add_argument("--hidden", type=_positive_ints, default=[200, 200, 200, 200],
+    p.add_argument("--hidden", type=widths, default=[200, 200, 200, 200],
                    help="world-model hidden sizes (default 200,200,200,200)")
-    p.add_argument("--policy-hidden", type=_positive_ints, default=[256, 256],
+    p.add_argument("--policy-hidden", type=widths, default=[256, 256],
                    help="policy hidden sizes (default 256,256)")
-    p.add_argument("--peak-sizes", type=_positive_ints, default=list(PEAK_SIZES),
+    p.add_argument("--peak-sizes", type=positive_ints, default=list(PEAK_SIZES),
                    help="sides of the square matrices of the matmul peak (default 1024,2048)")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON to OUT")
-    p.set_defaults(func=run_imagination)
+    add_json_option(p)
 
 

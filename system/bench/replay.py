@@ -1,7 +1,8 @@
 """``dynaray bench replay``: replay throughput, sample latency and memory per stored row, next to RLlib's buffers.
 
-    dynaray bench replay [--shards 1,2,4] [--samplers uniform,prioritized] [--seconds S] [--insert-batch N]
-                         [--log on,off] [--capacity ROWS] [--ray] [--rllib] [--json OUT]
+    dynaray bench replay [PRESET ...] [key=value ...] [--shards 1,2,4] [--samplers uniform,prioritized]
+                         [--seconds S] [--insert-batch N] [--log on,off] [--capacity ROWS] [--ray] [--rllib]
+                         [--json OUT]
 
 Rows are HalfCheetah-sized transitions (obs 17 float32, action 6 float32, the columns of
 :func:`replay.schema.transition_columns`: 206 bytes of fields), written as episodes of 1000 steps.
@@ -16,13 +17,20 @@ What one configuration measures:
   priorities for every batch, as a learner does (included in the rows/s, logged when the log is on); p50/p99 of the
   sample call's latency.
 
+The system config (presets and ``key=value`` overrides, as ``dynaray train`` takes them; ``default`` alone when none
+are given) sets what a run's shards and clients are made with: ``replay.fsync`` and ``replay.fsync_interval_ms`` of
+the log, and with ``--ray`` everything ``system.wiring.build_replay`` reads (CPUs per shard, concurrency, restarts,
+placement) and the client's settings (``replay.max_inflight_inserts``, timeouts); ``--shards`` sets
+``replay.num_shards``. The tables are the benchmark's (above), not the config's.
+
 Backends:
 
 - ``shard`` (always): one :class:`replay.shard.ReplayShard` object called directly in this process: the per-shard
   cost, without RPC. Chunk preparation is outside the timed calls. Besides rows per wall-clock second it reports rows
   per CPU second of this process, which other processes taking turns on the CPUs do not lower.
-- ``ray`` (``--ray``): one :class:`replay.client.ReplayClient` in this process over K shard actors on a local Ray
-  started here (and shut down at the end), for every K of ``--shards``, each shard holding ``--capacity`` rows: the
+- ``ray`` (``--ray``): one :class:`replay.client.ReplayClient` in this process over K shard actors, made by
+  ``system.wiring.build_replay`` as in a run, on a Ray started (or joined: ``ray.address``) as ``dynaray train``
+  does and shut down at the end, for every K of ``--shards``, each shard holding ``--capacity`` rows: the
   service's throughput with K shards, wall clock. Inserts keep the client's default number of calls in flight;
   samples keep :data:`SAMPLE_PREFETCH` in flight (as the learner loops do) and latency runs from submit to result.
 - ``rllib`` (``--rllib``): RLlib's ``EpisodeReplayBuffer`` / ``PrioritizedEpisodeReplayBuffer`` with the same
@@ -41,11 +49,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 import types
@@ -54,9 +59,15 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from replay.config import ReplayConfig
 from replay.schema import ColumnSpec, transition_columns
 from replay.shard import ReplayShard
 from replay.table import Table, TableConfig
+from system.bench.harness import (
+    Span, add_config_items, add_json_option, check, choices, end_actors, fail, finish, load_averages,
+    load_bench_config, machine, per_second, percentile_ms, positive_float, positive_int, positive_ints, progress,
+    targets_table, timed_loop, write_report,
+)
 
 __all__ = [
     "ACTION_DIM",
@@ -70,12 +81,13 @@ __all__ = [
     "bench_ray",
     "bench_rllib",
     "bench_shard",
+    "add_arguments",
     "chunk_source",
     "columns",
     "raw_row_bytes",
     "reachable_numpy_bytes",
-    "register",
     "rllib_import_error",
+    "run",
     "table_config",
     "table_memory",
 ]
@@ -255,47 +267,12 @@ class Measurement:
     """Rows in the table(s) while sampling."""
 
 
-def _percentile_ms(latencies: list[float], q: float) -> float:
-    return float(np.percentile(latencies, q) * 1e3) if latencies else float("nan")
-
-
-class _Span:
-    """Wall and CPU time (of this process) from its creation to :meth:`end`."""
-
-    __slots__ = ("wall", "cpu")
-
-    def __init__(self) -> None:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def end(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-
-def _timed_loop(
-    seconds: float, step: Callable[[], tuple[float, float]], latencies: list[float] | None = None
-) -> tuple[int, float, float]:
-    """Call ``step`` (which returns the wall and CPU seconds of the measured operation) once untimed, to pay one-time
-    costs, then for ``seconds`` of wall time, at least once; return the timed calls and their wall and CPU seconds.
-    ``latencies``, which ``step`` appends to, is cleared after the untimed call."""
-    step()
-    if latencies is not None:
-        latencies.clear()
-    calls, wall, cpu = 0, 0.0, 0.0
-    start = time.perf_counter()
-    while calls == 0 or time.perf_counter() - start < seconds:
-        step_wall, step_cpu = step()
-        wall, cpu, calls = wall + step_wall, cpu + step_cpu, calls + 1
-    return calls, wall, cpu
-
-
-def _per_second(rows: int, seconds: float) -> float:
-    return rows / seconds if seconds > 0 else float("nan")
-
-
-def bench_shard(sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str) -> Measurement:
-    """One ReplayShard object in this process (see the module docstring)."""
+def bench_shard(replay: ReplayConfig, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int,
+                root: str) -> Measurement:
+    """One ReplayShard object in this process, logging as ``replay`` says (see the module docstring)."""
     directory = tempfile.mkdtemp(prefix=f"shard-{sampler}-", dir=root) if log else None
-    shard = ReplayShard([table_config(sampler, capacity, persist=log)], directory=directory)
+    shard = ReplayShard([table_config(sampler, capacity, persist=log)], directory=directory, fsync=replay.fsync,
+                        fsync_interval_ms=replay.fsync_interval_ms)
     result = Measurement("shard", 1, sampler, log)
     try:
         next_chunk = chunk_source(insert_batch)
@@ -304,13 +281,13 @@ def bench_shard(sampler: str, log: bool, seconds: float, insert_batch: int, capa
 
         def insert() -> tuple[float, float]:
             chunk = next_chunk()
-            span = _Span()
+            span = Span()
             shard.insert(TABLE, chunk, 0)
             return span.end()
 
-        calls, wall, cpu = _timed_loop(seconds, insert)
-        result.insert_rows_s = _per_second(calls * insert_batch, wall)
-        result.insert_rows_cpu_s = _per_second(calls * insert_batch, cpu)
+        calls, wall, cpu = timed_loop(seconds, insert)
+        result.insert_rows_s = per_second(calls * insert_batch, wall)
+        result.insert_rows_cpu_s = per_second(calls * insert_batch, cpu)
         result.stored = shard.size(TABLE)
 
         prioritized = sampler == "prioritized"
@@ -319,17 +296,17 @@ def bench_shard(sampler: str, log: bool, seconds: float, insert_batch: int, capa
 
         def sample() -> tuple[float, float]:
             priorities = rng.random(SAMPLE_BATCH)
-            span = _Span()
+            span = Span()
             batch = shard.sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)
             latencies.append(time.perf_counter() - span.wall)
             if prioritized:
                 shard.update_priorities(TABLE, batch["key"], priorities)
             return span.end()
 
-        calls, wall, cpu = _timed_loop(seconds, sample, latencies)
-        result.sample_rows_s = _per_second(calls * SAMPLE_BATCH, wall)
-        result.sample_rows_cpu_s = _per_second(calls * SAMPLE_BATCH, cpu)
-        result.p50_ms, result.p99_ms = _percentile_ms(latencies, 50), _percentile_ms(latencies, 99)
+        calls, wall, cpu = timed_loop(seconds, sample, latencies)
+        result.sample_rows_s = per_second(calls * SAMPLE_BATCH, wall)
+        result.sample_rows_cpu_s = per_second(calls * SAMPLE_BATCH, cpu)
+        result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
     finally:
         shard.close()
         del shard
@@ -340,22 +317,23 @@ def bench_shard(sampler: str, log: bool, seconds: float, insert_batch: int, capa
 
 
 def bench_ray(
-    num_shards: int, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str
+    config: Any, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str
 ) -> Measurement:
-    """A ReplayClient in this process over ``num_shards`` shard actors (Ray must be initialised)."""
+    """A ReplayClient in this process over the ``config.replay.num_shards`` shard actors that
+    ``system.wiring.build_replay`` makes of ``config`` (a ``SystemConfig``; Ray must be initialised)."""
     import ray
 
     from replay.client import ReplayClient
-    from replay.config import ReplayConfig
+    from system.wiring import System, build_replay
 
+    num_shards = config.replay.num_shards
     directory = tempfile.mkdtemp(prefix=f"ray-{num_shards}-{sampler}-", dir=root) if log else None
-    actor = ray.remote(ReplayShard).options(num_cpus=0, max_concurrency=8)
-    config = table_config(sampler, capacity, persist=log)
-    shards = [actor.remote([config], seed=0, index=i, directory=directory) for i in range(num_shards)]
+    system = System(local=False)
+    shards = build_replay(config, [table_config(sampler, capacity, persist=log)], system, directory)
     result = Measurement("ray", num_shards, sampler, log)
     try:
         ray.get([s.size.remote(TABLE) for s in shards])  # wait for the actors to start
-        client = ReplayClient(shards, ReplayConfig(num_shards=num_shards), local=False)
+        client = ReplayClient(shards, config.replay, local=False)
         next_chunk = chunk_source(insert_batch)
         for _ in range(-(-num_shards * capacity // insert_batch)):
             client.insert(TABLE, next_chunk(), 0)
@@ -390,10 +368,9 @@ def bench_ray(
             rest.result()
         client.flush_priorities()
         result.sample_rows_s = samples * SAMPLE_BATCH / (time.perf_counter() - start)
-        result.p50_ms, result.p99_ms = _percentile_ms(latencies, 50), _percentile_ms(latencies, 99)
+        result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
     finally:
-        for shard in shards:
-            ray.kill(shard)
+        end_actors(system)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
     return result
@@ -465,13 +442,13 @@ def bench_rllib(sampler: str, seconds: float, insert_batch: int, capacity: int) 
 
     def insert() -> tuple[float, float]:
         pieces = next(episodes)
-        span = _Span()
+        span = Span()
         buffer.add(pieces)
         return span.end()
 
-    calls, wall, cpu = _timed_loop(seconds, insert)
-    result.insert_rows_s = _per_second(calls * insert_batch, wall)
-    result.insert_rows_cpu_s = _per_second(calls * insert_batch, cpu)
+    calls, wall, cpu = timed_loop(seconds, insert)
+    result.insert_rows_s = per_second(calls * insert_batch, wall)
+    result.insert_rows_cpu_s = per_second(calls * insert_batch, cpu)
     result.stored = len(buffer)
 
     rng = np.random.default_rng(1)
@@ -479,17 +456,17 @@ def bench_rllib(sampler: str, seconds: float, insert_batch: int, capacity: int) 
 
     def sample() -> tuple[float, float]:
         priorities = rng.random(SAMPLE_BATCH)
-        span = _Span()
+        span = Span()
         buffer.sample(num_items=SAMPLE_BATCH, n_step=1, gamma=0.99, beta=BETA, sample_episodes=True)
         latencies.append(time.perf_counter() - span.wall)
         if prioritized:
             buffer.update_priorities(priorities[: len(buffer._last_sampled_indices)])
         return span.end()
 
-    calls, wall, cpu = _timed_loop(seconds, sample, latencies)
-    result.sample_rows_s = _per_second(calls * SAMPLE_BATCH, wall)
-    result.sample_rows_cpu_s = _per_second(calls * SAMPLE_BATCH, cpu)
-    result.p50_ms, result.p99_ms = _percentile_ms(latencies, 50), _percentile_ms(latencies, 99)
+    calls, wall, cpu = timed_loop(seconds, sample, latencies)
+    result.sample_rows_s = per_second(calls * SAMPLE_BATCH, wall)
+    result.sample_rows_cpu_s = per_second(calls * SAMPLE_BATCH, cpu)
+    result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
     del buffer
     gc.collect()
     return result
@@ -535,36 +512,28 @@ class Report:
     def targets(self) -> list[dict]:
         """The issue's per-shard targets against the in-process shard measurements, and the RLlib ratios."""
         checks: list[dict] = []
-
-        def check(name: str, value: float, target: float, higher_is_better: bool = True) -> None:
-            met = value >= target if higher_is_better else value < target
-            checks.append({"target": name, "measured": value, "goal": target, "met": bool(met)})
-
         for r in self.results:
             if r.backend != "shard":
                 continue
             where = f"{r.sampler}, log {'on' if r.log else 'off'}"
             if r.log:
-                check(f"insert rows/s per shard, log on ({r.sampler})", r.insert_rows_s, TARGET_INSERT_ROWS_S)
+                check(checks, f"insert rows/s per shard, log on ({r.sampler})", r.insert_rows_s, TARGET_INSERT_ROWS_S)
             goal = TARGET_UNIFORM_ROWS_S if r.sampler == "uniform" else TARGET_PRIORITIZED_ROWS_S
-            check(f"sample rows/s per shard ({where})", r.sample_rows_s, goal)
-            check(f"p99 sample latency ms ({where})", r.p99_ms, TARGET_P99_MS, higher_is_better=False)
+            check(checks, f"sample rows/s per shard ({where})", r.sample_rows_s, goal)
+            check(checks, f"p99 sample latency ms ({where})", r.p99_ms, TARGET_P99_MS, higher_is_better=False,
+                  strict=True)
         for r in self.results:
             if r.backend == "ray":
-                check(
-                    f"p99 sample latency ms, Ray, {r.shards} shard(s) ({r.sampler}, log {'on' if r.log else 'off'})",
-                    r.p99_ms,
-                    TARGET_P99_MS,
-                    higher_is_better=False,
-                )
+                check(checks,
+                      f"p99 sample latency ms, Ray, {r.shards} shard(s) ({r.sampler}, log {'on' if r.log else 'off'})",
+                      r.p99_ms, TARGET_P99_MS, higher_is_better=False, strict=True)
         for ratio in self.rllib_ratios():
             where = f"{ratio['sampler']}, our log {'on' if ratio['log'] else 'off'}"
-            check(f"insert x RLlib ({where})", ratio["insert"], TARGET_RLLIB_RATIO)
-            check(f"sample x RLlib ({where})", ratio["sample"], TARGET_RLLIB_RATIO)
+            check(checks, f"insert x RLlib ({where})", ratio["insert"], TARGET_RLLIB_RATIO)
+            check(checks, f"sample x RLlib ({where})", ratio["sample"], TARGET_RLLIB_RATIO)
         for m in self.memory:
-            check(
-                f"memory overhead per row ({m.sampler})", m.overhead, TARGET_MEMORY_OVERHEAD, higher_is_better=False
-            )
+            check(checks, f"memory overhead per row ({m.sampler})", m.overhead, TARGET_MEMORY_OVERHEAD,
+                  higher_is_better=False, strict=True)
         return checks
 
     def to_json(self) -> dict:
@@ -614,129 +583,60 @@ class Report:
                     f"| {m.sampler} | {m.capacity:,} | {m.bytes_per_row:.1f} | {m.raw_bytes_per_row} | "
                     f"{m.overhead:+.1%} |"
                 )
-        checks = self.targets()
-        if checks:
-            lines += ["", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
-            for c in checks:
-                percent = "overhead" in c["target"]
-                value = f"{c['measured']:+.1%}" if percent else f"{c['measured']:,.3g}"
-                goal = f"{c['goal']:.0%}" if percent else f"{c['goal']:,.6g}"
-                lines.append(f"| {c['target']} | {value} | {goal} | {'yes' if c['met'] else 'NO'} |")
+        lines += targets_table(
+            self.targets(),
+            lambda c: f"{c['measured']:+.1%}" if "overhead" in c["target"] else f"{c['measured']:,.3g}",
+            lambda c: f"{c['goal']:.0%}" if "overhead" in c["target"] else f"{c['goal']:,.6g}",
+        )
         return "\n".join(lines)
-
-
-def progress(text: str) -> None:
-    """A benchmark's progress line, on stderr so the report on stdout stays clean."""
-    print(f"dynaray bench: {text}", file=sys.stderr, flush=True)
-
-
-def load_averages(machine: dict) -> str:
-    """The 1, 5 and 15-minute load averages recorded at a benchmark's start and end, as a phrase for its summary."""
-    start, end = machine["load_average_at_start"], machine["load_average_at_end"]
-    return (f"load average (1, 5, 15 min) {start[0]:.1f} {start[1]:.1f} {start[2]:.1f} at the start, "
-            f"{end[0]:.1f} {end[1]:.1f} {end[2]:.1f} at the end (other processes share these CPUs)")
-
-
-def write_report(report: Any, summary: str, json_path: str | None) -> int:
-    """Print ``report``'s Markdown tables and the ``summary`` paragraph under them; write its JSON to ``json_path``
-    when given. Returns the command's exit code."""
-    print(report.markdown())
-    print(f"\n{summary}")
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(report.to_json(), f, indent=2)
-            f.write("\n")
-        progress(f"results written to {json_path}")
-    return 0
-
-
-def machine() -> dict:
-    """What a benchmark ran on: cores, platform, versions, load average."""
-    try:
-        import ray
-
-        ray_version = ray.__version__
-    except ImportError:
-        ray_version = None
-    return {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "ray": ray_version,
-        "load_average_at_start": os.getloadavg()[0],
-    }
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
 
-
-def _positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
+HELP = "replay insert/sample throughput, sample latency and memory per row (optionally on Ray, vs RLlib)"
+DESCRIPTION = (
+    "Insert and sample throughput, p50/p99 sample latency and memory per stored row of the replay service with "
+    "HalfCheetah-sized rows: one shard in process, with --ray a client over K shard actors made as a run makes them "
+    "(from the presets and overrides given, as 'dynaray train' takes them), with --rllib RLlib's episode replay "
+    "buffers on the same data. See system/bench/replay.py for what each number means."
+)
 
 
-def env_ids(text: str) -> list[str]:
-    """``--envs`` of the benches: comma-separated env ids, each once, in order."""
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of env ids, got {text!r}")
-    return list(dict.fromkeys(values))
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_items(p)
+    p.add_argument("--shards", type=positive_ints, default=[1, 2, 4],
+                   help="shard counts (replay.num_shards) with --ray (default 1,2,4)")
+    p.add_argument("--samplers", type=choices(SAMPLERS), default=list(SAMPLERS),
+                   help="samplers to measure (default uniform,prioritized)")
+    p.add_argument("--seconds", type=positive_float, default=3.0,
+                   help="timed seconds per phase (insert, sample) per configuration (default 3)")
+    p.add_argument("--insert-batch", type=positive_int, default=1024, help="rows per insert (default 1024)")
+    p.add_argument("--log", type=choices(("on", "off")), default=["on", "off"],
+                   help="write-ahead log on, off or both (default on,off)")
+    p.add_argument("--capacity", type=positive_int, default=1_000_000,
+                   help="rows per shard table, filled before timing (default 1,000,000)")
+    p.add_argument("--ray", action="store_true", help="also measure a client over K shard actors on Ray")
+    p.add_argument("--rllib", action="store_true",
+                   help="also measure RLlib's EpisodeReplayBuffer and PrioritizedEpisodeReplayBuffer")
+    add_json_option(p)
 
 
-def _choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        bad = [v for v in values if v not in allowed]
-        if not values or bad:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {list(allowed)}, got {text!r}")
-        return list(dict.fromkeys(values))
-
-    return parse
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def run_replay(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``dynaray bench replay``: run every configuration, print Markdown tables, optionally write JSON."""
+    from system.config import ConfigError, to_dict
+
     if args.insert_batch > args.capacity:
-        print(
-            f"dynaray: error: --insert-batch {args.insert_batch} is larger than --capacity {args.capacity}",
-            file=sys.stderr,
-        )
-        return 2
+        return fail(f"--insert-batch {args.insert_batch} is larger than --capacity {args.capacity}")
     if args.rllib:
         problem = rllib_import_error()
         if problem is not None:
-            print(
-                f"dynaray: error: --rllib needs RLlib's replay buffers, which do not import here ({problem}); "
-                f"they need dm-tree and scipy besides Ray: pip install dm-tree scipy lz4",
-                file=sys.stderr,
-            )
-            return 2
+            return fail(f"--rllib needs RLlib's replay buffers, which do not import here ({problem}); they need "
+                        f"dm-tree and scipy besides Ray: pip install dm-tree scipy lz4")
+    try:
+        config = load_bench_config(args)
+        configs = {k: load_bench_config(args, [f"replay.num_shards={k}"]) for k in (args.shards if args.ray else [])}
+    except ConfigError as exc:
+        return fail(str(exc))
     logs = [value == "on" for value in args.log]
     settings = {
         "shards": args.shards,
@@ -748,6 +648,8 @@ def run_replay(args: argparse.Namespace) -> int:
         "capacity_per_shard": args.capacity,
         "ray": args.ray,
         "rllib": args.rllib,
+        "config_items": args.items,
+        "replay_config": to_dict(config.replay),
     }
     report = Report(settings, machine())
 
@@ -758,63 +660,24 @@ def run_replay(args: argparse.Namespace) -> int:
         for sampler in args.samplers:
             for log in logs:
                 progress(f"shard in process, {sampler}, log {'on' if log else 'off'}")
-                report.results.append(bench_shard(sampler, log, args.seconds, args.insert_batch, args.capacity, root))
+                report.results.append(bench_shard(config.replay, sampler, log, args.seconds, args.insert_batch,
+                                                  args.capacity, root))
         if args.rllib:
             for sampler in args.samplers:
                 progress(f"RLlib {'Prioritized' if sampler == 'prioritized' else ''}EpisodeReplayBuffer")
                 report.results.append(bench_rllib(sampler, args.seconds, args.insert_batch, args.capacity))
         if args.ray:
-            import ray
+            from system.runtime import start_ray, stop_ray
 
-            ray.init(num_cpus=max(os.cpu_count() or 1, max(args.shards)), include_dashboard=False, log_to_driver=False)
+            start_ray(configs[max(args.shards)], namespace=f"dynaray-bench-{os.getpid()}")
             try:
                 for shards in args.shards:
                     for sampler in args.samplers:
                         for log in logs:
                             progress(f"Ray, {shards} shard(s), {sampler}, log {'on' if log else 'off'}")
-                            report.results.append(
-                                bench_ray(shards, sampler, log, args.seconds, args.insert_batch, args.capacity, root)
-                            )
+                            report.results.append(bench_ray(configs[shards], sampler, log, args.seconds,
+                                                            args.insert_batch, args.capacity, root))
             finally:
-                ray.shutdown()
-    report.machine["load_average_at_end"] = os.getloadavg()[0]
-    return write_report(report, (
-        f"{report.machine['cpus']} CPUs; 1-minute load average {report.machine['load_average_at_start']:.1f} at the "
-        f"start, {report.machine['load_average_at_end']:.1f} at the end (other processes share these CPUs)"
-    ), args.json)
-
-
-def register(verbs: argparse._SubParsersAction) -> None:
-    """Add ``dynaray bench replay`` to the CLI's verbs."""
-    bench = verbs.add_parser("bench", help="measure a component's throughput and latency")
-    what = bench.add_subparsers(dest="component", required=True)
-    p = what.add_parser(
-        "replay",
-        help="replay insert/sample throughput, sample latency and memory per row (optionally on Ray, vs RLlib)",
-        description="Insert and sample throughput, p50/p99 sample latency and memory per stored row of the replay "
-        "service with HalfCheetah-sized rows: one shard in process, with --ray a client over K shard actors, with "
-        "--rllib RLlib's episode replay buffers on the same data. See system/bench.py for what each number means.",
-    )
-    p.add_argument("--shards", type=_positive_ints, default=[1, 2, 4], help="shard counts with --ray (default 1,2,4)")
-    p.add_argument("--samplers", type=_choices(SAMPLERS), default=list(SAMPLERS),
-                   help="samplers to measure (default uniform,prioritized)")
-    p.add_argument("--seconds", type=positive_float, default=3.0,
-                   help="timed seconds per phase (insert, sample) per configuration (default 3)")
-    p.add_argument("--insert-batch", type=positive_int, default=1024, help="rows per insert (default 1024)")
-    p.add_argument("--log", type=_choices(("on", "off")), default=["on", "off"],
-                   help="write-ahead log on, off or both (default on,off)")
-    p.add_argument("--capacity", type=positive_int, default=1_000_000,
-                   help="rows per shard table, filled before timing (default 1,000,000)")
-    p.add_argument("--ray", action="store_true", help="also measure a client over K shard actors on a local Ray")
-    p.add_argument("--rllib", action="store_true",
-                   help="also measure RLlib's EpisodeReplayBuffer and PrioritizedEpisodeReplayBuffer")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON to OUT")
-    p.set_defaults(func=run_replay)
-
-    from system.bench_rollout import add_parser as add_rollout_parser
-
-    add_rollout_parser(what)  # dynaray bench rollout
-
-    from system.bench_imagination import add_parser as add_imagination_parser
-
-    add_imagination_parser(what)  # dynaray bench imagination
+                stop_ray()
+    finish(report.machine)
+    return write_report(report, f"{report.machine['cpus']} CPUs; {load_averages(report.machine)}", args.json)

@@ -31,18 +31,19 @@ torch and Stable-Baselines3 are imported when the benchmark runs, not when the C
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from system.bench import machine, positive_int, progress, write_report
+from system.bench.harness import (
+    Span, add_json_option, finish, load_averages, machine, positive_int, progress, random_transitions, targets_table,
+    write_report,
+)
 
-__all__ = ["BATCH", "HIDDEN", "VARIANTS", "Rates", "Report", "matmul_peak", "register", "sb3_import_error",
-           "update_flops"]
+__all__ = ["BATCH", "HIDDEN", "VARIANTS", "Rates", "Report", "add_arguments", "matmul_peak", "run",
+           "sb3_import_error", "update_flops"]
 
 BATCH = 256
 """Rows per update, ours and SB3's."""
@@ -99,10 +100,11 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
     flops = 2 * size**3
     wall, cpu = [], []
     for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
+        span = Span()
         torch.mm(a, b)
-        wall.append(time.perf_counter() - w0)
-        cpu.append(time.process_time() - c0)
+        spent = span.end()
+        wall.append(spent[0])
+        cpu.append(spent[1])
     return {"size": size, "gflops_wall": flops / min(wall) / 1e9, "gflops_cpu": flops / max(min(cpu), 1e-9) / 1e9}
 
 
@@ -110,15 +112,7 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
 
 
 def _pool(obs_dim: int, act_dim: int, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        "obs": rng.normal(size=(rows, obs_dim)).astype(np.float32),
-        "action": rng.uniform(-1, 1, (rows, act_dim)).astype(np.float32),
-        "reward": rng.normal(size=rows).astype(np.float32),
-        "next_obs": rng.normal(size=(rows, obs_dim)).astype(np.float32),
-        "terminated": rng.random(rows) < 0.01,
-        "truncated": np.zeros(rows, dtype=bool),
-    }
+    return random_transitions(rows, obs_dim, act_dim, np.random.default_rng(seed), terminated_rate=0.01)
 
 
 def ours(obs_dim: int, act_dim: int, variant: str, seed: int = 0) -> Callable[[int], None]:
@@ -298,11 +292,7 @@ class Report:
             f"{self.settings['peak_repeats']}): {self.peak['gflops_cpu']:.1f} GFLOP/CPU-s, "
             f"{self.peak['gflops_wall']:.1f} GFLOP/s wall",
         ]
-        checks = self.targets()
-        if checks:
-            lines += ["", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
-            for c in checks:
-                lines.append(f"| {c['target']} | {c['measured']:.2f} | {c['goal']:g} | {'yes' if c['met'] else 'NO'} |")
+        lines += targets_table(self.targets(), lambda c: f"{c['measured']:.2f}", lambda c: f"{c['goal']:g}")
         return "\n".join(lines)
 
 
@@ -311,13 +301,13 @@ class Report:
 
 def _timed(run: Callable[[int], None], n: int) -> tuple[float, float]:
     """Updates per wall-clock second and per CPU second of ``run(n)``."""
-    wall, cpu = time.perf_counter(), time.process_time()
+    span = Span()
     run(n)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    wall, cpu = span.end()
     return n / wall, n / max(cpu, 1e-9)
 
 
-def run_sac(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """``dynaray bench sac``: interleaved rounds of ours and SB3, Markdown tables, optionally JSON."""
     import torch
 
@@ -333,12 +323,8 @@ def run_sac(args: argparse.Namespace) -> int:
         "rounds": args.rounds, "batch": BATCH, "hidden": list(HIDDEN), "sb3": with_sb3,
         "peak_repeats": args.peak_repeats,
     }
-    extra: dict[str, Any] = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-    if with_sb3:
-        import stable_baselines3
-
-        extra["stable_baselines3"] = stable_baselines3.__version__
-    report = Report(settings, {**machine(), **extra}, sb3_error=sb3_error)
+    modules = ("torch", "stable_baselines3") if with_sb3 else ("torch",)
+    report = Report(settings, machine(*modules, torch_threads=torch.get_num_threads()), sb3_error=sb3_error)
 
     progress("matmul peak")
     report.peak = matmul_peak(repeats=args.peak_repeats)
@@ -360,13 +346,10 @@ def run_sac(args: argparse.Namespace) -> int:
                 rates.wall.append(wall)
                 rates.cpu.append(cpu)
         report.rates.extend(rates for rates, _ in contenders)
-    report.machine["load_average_at_end"] = os.getloadavg()[0]
-
+    finish(report.machine)
     return write_report(report, (
-        f"{report.machine['cpus']} CPUs, one torch thread; 1-minute load average "
-        f"{report.machine['load_average_at_start']:.1f} at the start, {report.machine['load_average_at_end']:.1f} at "
-        f"the end (other processes share these CPUs); medians over {args.rounds} interleaved rounds of "
-        f"{args.updates} updates"
+        f"{report.machine['cpus']} CPUs, one torch thread; {load_averages(report.machine)}; medians over "
+        f"{args.rounds} interleaved rounds of {args.updates} updates"
     ), args.json)
 
 
@@ -390,15 +373,15 @@ def _variants(text: str) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def add_parser(components: argparse._SubParsersAction) -> None:
-    """Add ``sac`` to ``dynaray bench``'s components."""
-    p = components.add_parser(
-        "sac",
-        help="policy-learner updates/s (batch 256, 256x256) against Stable-Baselines3 SAC, and GFLOP/s",
-        description="Updates/s of dynaray's SACLearner (twin critics, REDQ 10/2, LayerNorm critics) and of "
-        "Stable-Baselines3's SAC.train in interleaved rounds in one process on one torch thread, batch 256, 256x256 "
-        "networks; our matmul GFLOP/s against a measured fp32 matmul peak. See system/bench_sac.py.",
-    )
+HELP = "policy-learner updates/s (batch 256, 256x256) against Stable-Baselines3 SAC, and GFLOP/s"
+DESCRIPTION = (
+    "Updates/s of dynaray's SACLearner (twin critics, REDQ 10/2, LayerNorm critics) and of Stable-Baselines3's "
+    "SAC.train in interleaved rounds in one process on one torch thread, batch 256, 256x256 networks; our matmul "
+    "GFLOP/s against a measured fp32 matmul peak. See system/bench/sac.py."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dims", type=_dims, default=list(DEFAULT_DIMS),
                    help="OBSxACTION sizes (default 17x6,11x3: HalfCheetah, Hopper)")
     p.add_argument("--variants", type=_variants, default=list(VARIANTS),
@@ -409,12 +392,4 @@ def add_parser(components: argparse._SubParsersAction) -> None:
     p.add_argument("--peak-repeats", type=positive_int, default=5,
                    help="2048x2048 matmuls for the peak, best taken (default 5)")
     p.add_argument("--no-sb3", action="store_true", help="measure ours only")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON to OUT")
-    p.set_defaults(func=run_sac)
-
-
-def register(verbs: argparse._SubParsersAction) -> None:
-    """Add ``sac`` to the ``dynaray bench`` verb that ``system.bench.register`` added to ``verbs``."""
-    bench = verbs.choices["bench"]
-    components = next(a for a in bench._actions if isinstance(a, argparse._SubParsersAction))
-    add_parser(components)
+    add_json_option(p)

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from system import bench_sac
-from system.bench_sac import sb3_import_error, update_flops
+from system.bench import sac as bench_sac
+from system.bench.sac import sb3_import_error, update_flops
 from system.cli import main
-from tests.system.test_bench import number, table_rows
+from tests.system.bench.markdown import number, table_rows
 
 HEADER = (
     "| obs x action | variant | updates/s | updates/CPU-s | SB3 updates/s | SB3 updates/CPU-s | x SB3 | x SB3 (CPU) "

@@ -1,8 +1,16 @@
 """``dynaray bench rollout``: env steps/s a rollout worker collects, against the raw simulator in the same run.
 
-    dynaray bench rollout [--envs HalfCheetah-v5,Hopper-v5] [--envs-per-worker 1,8,32] [--workers 1,2]
-                          [--seconds S] [--rounds R] [--publish-interval S] [--vector-mode sync] [--ray]
-                          [--json OUT]
+    dynaray bench rollout [PRESET ...] [key=value ...] [--envs HalfCheetah-v5,Hopper-v5] [--envs-per-worker 1,8,32]
+                          [--workers 1,2] [--seconds S] [--rounds R] [--publish-interval S] [--vector-mode sync]
+                          [--ray] [--json OUT]
+
+The system measured is the one ``dynaray train`` runs with the same presets and overrides (``default`` alone when
+none are given): the replay shards, the weights store and the rollout workers are made by the wiring's factories
+(``system.wiring.build_replay``, ``build_store``, ``build_rollout``) from that config, in which each configuration
+sets ``env.id`` (``--envs``), ``rollout.envs_per_worker`` (``--envs-per-worker``), ``rollout.vector_mode``
+(``--vector-mode``) and ``rollout.num_workers`` (``--workers``; 1 in process). Two things differ from a run, and
+only these: the shards hold table ``real`` alone, without its rate limiters (nothing samples here: the learners'
+limiters would stop collection), and a thread of this process publishes the policy in the learner's place.
 
 One configuration is an env id, a number of envs per worker ``N`` and a number of workers. For each it measures,
 in ``--rounds`` turns of ``seconds / rounds`` each (raw, then collection, then raw again, ...), so that both see
@@ -10,32 +18,36 @@ the same load on a shared machine:
 
 - raw: a vector env of ``N`` copies made by :func:`actors.envs.make_vector_env` (the worker's own kind:
   gymnasium's ``SyncVectorEnv``, same-step autoreset) stepping uniform random actions: no policy, no replay.
-- collection: a :class:`actors.rollout.RolloutWorker` with ``N`` envs and the default rollout settings (chunks of
-  50 vector steps, a weights poll every 10 vector steps), warm-up over, acting with a SAC
-  :class:`learners.sac.Policy` of hidden sizes (256, 256) whose weights come from the weights store, writing
-  its chunks through a :class:`replay.client.ReplayClient` to real replay shards (``ReplayConfig().num_shards``
-  of them, table ``real`` without persistence or rate limiting). The time of each turn includes the flush that
-  waits until replay has acknowledged every row of the turn.
+- collection: the :class:`actors.rollout.RolloutWorker` of the config (chunk length, weights polls, exploration
+  noise, ``steps_per_call`` env steps per ``run`` call as the driver asks), warm-up over, acting with the config's
+  SAC :class:`learners.sac.Policy` whose weights come from the weights store, writing its chunks through its
+  :class:`replay.client.ReplayClient` to the config's replay shards (``replay.num_shards``; table ``real`` persisted
+  to a temporary directory when ``replay.persist_real``, with the config's fsync, as a run persists it to its run
+  directory). The time of each turn includes the flush that waits until replay has acknowledged every row of the
+  turn. With ``rollout.planner.enabled`` the worker has its planner's edges, but no world model is published here,
+  so it acts with the policy (the planner's own cost: ``dynaray bench planner``).
 
 Both report env steps per second of wall time and per CPU second of the process that steps the envs (what the
 worker would collect with a core of its own, robust to other processes taking turns on the CPUs), and their
-ratio. Torch runs one intra-op thread in every worker (``torch.set_num_threads(1)``), as in a run.
+ratio. Torch runs ``run.torch_threads`` intra-op threads in every worker (1 by default), as in a run.
 
 Backends:
 
-- in process (always): one worker; the shards are :class:`replay.shard.ReplayShard` objects in this process
-  behind :class:`replay.handles.LocalHandle`, so their insert cost is counted in the worker's CPU time.
-- ``--ray``: for every count in ``--workers``, that many worker actors (one CPU each) on a local Ray started here
-  and shut down at the end, writing to shard actors; raw and collection turns run in all workers at once. Adds the
-  2-vs-1 scaling of the total rate, next to the scaling of the raw simulators themselves (what the machine allows).
+- in process (always): one worker; the roles are objects in this process behind :class:`replay.handles.LocalHandle`
+  (``build_system(local=True)``'s kind), so the shards' insert cost is counted in the worker's CPU time.
+- ``--ray``: for every count in ``--workers``, that many worker actors (``rollout.num_cpus`` each) and the shard and
+  store actors, on a Ray started (or joined: ``ray.address``) as ``dynaray train`` does and shut down at the end;
+  raw and collection turns run in all workers at once. Adds the 2-vs-1 scaling of the total rate, next to the
+  scaling of the raw simulators themselves (what the machine allows).
 
-Policy staleness: a publisher thread in this process publishes new policy weights (a fresh copy of a 256x256
-actor's state, one ``put`` each, as a learner does) every ``--publish-interval`` seconds, by default
-``PolicyConfig().publish_every`` SAC updates at the speed measured here before the runs (``SACLearner.update``,
-hidden (256, 256), batch 256, one thread). For every row the worker writes, staleness is the newest published
-version at the moment its action was chosen minus the version that chose it ("act"), and also at the moment the
-row's chunk was handed to replay ("insert", which adds the chunk's own age). Medians and p90s are over rows.
-Publication and act times are ``time.monotonic()`` in different processes with Ray: comparable on one machine.
+Policy staleness: a publisher thread in this process publishes new policy weights (a fresh copy of the learner's
+``policy_state()``, one ``put`` each, as the policy learner does) every ``--publish-interval`` seconds, by default
+``policy.publish_every`` SAC updates at the speed measured here before the runs (``SACLearner.update`` of the
+config's ``policy`` section, on ``run.torch_threads`` threads). For every row the worker writes, staleness is the
+newest published version at the moment its action was chosen minus the version that chose it ("act"), and also at
+the moment the row's chunk was handed to replay ("insert", which adds the chunk's own age). Medians and p90s are
+over rows. Publication and act times are ``time.monotonic()`` in different processes with Ray: comparable on one
+machine.
 
 torch, gymnasium and Ray are imported when a benchmark runs, not when the CLI is built.
 """
@@ -45,26 +57,31 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
-import sys
+import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from system.bench import env_ids, load_averages, machine, positive_float, positive_int, progress, write_report
+from system.bench.harness import (
+    Span, add_config_items, add_json_option, check, end_actors, env_ids, fail, finish, load_averages, load_bench_config,
+    machine, positive_float, positive_int, positive_ints, progress, random_transitions, targets_table, torch_threads,
+    write_report,
+)
+from replay.handles import get
 
 __all__ = [
     "DEFAULT_ENVS",
     "DEFAULT_ENVS_PER_WORKER",
-    "HIDDEN_SIZES",
     "CollectorProbe",
     "Measurement",
     "Report",
-    "add_parser",
-    "run_rollout",
+    "add_arguments",
+    "bench_system",
+    "run",
     "sac_update_seconds",
     "staleness",
 ]
@@ -72,12 +89,6 @@ __all__ = [
 DEFAULT_ENVS = ("HalfCheetah-v5", "Hopper-v5")
 DEFAULT_ENVS_PER_WORKER = (1, 8, 32)
 DEFAULT_WORKERS = (1, 2)
-HIDDEN_SIZES = (256, 256)
-"""The policy MLP's hidden sizes."""
-TABLE_CAPACITY = 200_000
-"""Rows of table ``real`` per shard (a ring: older rows are evicted)."""
-SAC_BATCH = 256
-"""Batch size of the SAC updates timed for the default publication interval."""
 WARMUP_TIMEOUT_S = 60.0
 """How long a worker may take to receive its first published weights."""
 
@@ -127,6 +138,9 @@ class _LoggedPolicy:
 
     def load_state(self, state: Any) -> None:
         self._policy.load_state(state)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         log = self._log
@@ -194,62 +208,39 @@ class Turns:
 
 
 class CollectorProbe:
-    """One rollout worker and one raw vector env of the same size, stepped in turns. Runs in this process or as
-    a Ray actor (the same class): ``shards`` and ``store`` are :class:`LocalHandle` objects or actor handles."""
+    """A run's rollout worker and a raw vector env of the same size, stepped in turns.
 
-    def __init__(
-        self,
-        env_id: str,
-        envs_per_worker: int,
-        vector_mode: str,
-        shards: Sequence[Any],
-        store: Any,
-        local: bool,
-        index: int = 0,
-        seed: int = 0,
-        hidden_sizes: Sequence[int] = HIDDEN_SIZES,
-    ):
-        import torch
+    ``system.wiring.build_rollout(..., role=CollectorProbe)`` makes it in the worker's place, with the worker's
+    arguments and edges, in this process or as a Ray actor: it builds the :class:`actors.rollout.RolloutWorker`
+    from them, with its replay client, weights client and policy wrapped to log what staleness needs.
+    """
 
-        from actors.envs import EnvConfig, make_vector_env, probe_env
-        from actors.rollout import RolloutConfig, RolloutWorker
-        from learners.sac import Policy
-        from replay.client import ReplayClient
-        from replay.config import ReplayConfig
-        from system.weights import WeightsClient
+    def __init__(self, env_config: Any, config: Any, replay: Any, weights: Any, make_policy: Any, index: int = 0,
+                 seed: int = 0, **planner: Any):
+        from actors.envs import make_vector_env
+        from actors.rollout import RolloutWorker
 
-        torch.set_num_threads(1)
-        env_config = EnvConfig(env_id)
-        self.num_envs = envs_per_worker
         self.log = _ActLog()
-        self.raw_env = make_vector_env(env_config, envs_per_worker, vector_mode)
+        self.config, self.num_envs = config, config.envs_per_worker
+        self.raw_env = make_vector_env(env_config, self.num_envs, config.vector_mode)
         self.raw_env.action_space.seed(seed + 1)
         self.raw_env.reset(seed=seed + 1)
-        spec = probe_env(env_config)
-
-        def make_policy() -> _LoggedPolicy:
-            policy = Policy(spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high, tuple(hidden_sizes),
-                            seed=seed)
-            return _LoggedPolicy(policy, self.log)
-
-        self.config = RolloutConfig(envs_per_worker=envs_per_worker, vector_mode=vector_mode, warmup_steps=0)
-        self.replay = ReplayClient(shards, ReplayConfig(), local=local, seed=seed)
         self.worker = RolloutWorker(
-            env_config, self.config, _LoggedReplay(self.replay, self.log),
-            _LoggedWeights(WeightsClient(store, "policy"), self.log), make_policy, index=index, seed=seed,
+            env_config, config, _LoggedReplay(replay, self.log), _LoggedWeights(weights, self.log),
+            lambda: _LoggedPolicy(make_policy(), self.log), index=index, seed=seed, **planner,
         )
 
     def warm_up(self) -> int:
-        """Run until the worker acts with published weights, then one more chunk; clear the logs. Returns the
-        acting version."""
+        """Run (no random warm-up: the driver hands none out here) until the worker acts with published weights,
+        then one more chunk; clear the logs. Returns the acting version."""
         deadline = time.monotonic() + WARMUP_TIMEOUT_S
         steps = self.config.chunk_length * self.num_envs
         version = -1
         while version < 1:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the rollout worker saw no published policy in {WARMUP_TIMEOUT_S:.0f} s")
-            version = self.worker.run(steps).policy_version
-        self.worker.run(steps)
+            version = self.worker.run(steps, random_steps=0).policy_version
+        self.worker.run(steps, random_steps=0)
         self.worker.flush()
         for _ in range(3):
             self.raw_env.step(self.raw_env.action_space.sample())
@@ -259,21 +250,21 @@ class CollectorProbe:
     def raw(self, seconds: float) -> Turns:
         """Step the raw vector env with uniform random actions for ``seconds``."""
         env, steps = self.raw_env, 0
-        wall, cpu = time.perf_counter(), time.process_time()
-        while steps == 0 or time.perf_counter() - wall < seconds:
+        span = Span()
+        while steps == 0 or time.perf_counter() - span.wall < seconds:
             env.step(env.action_space.sample())
             steps += self.num_envs
-        return Turns(steps, time.perf_counter() - wall, time.process_time() - cpu)
+        return Turns(steps, *span.end())
 
     def collect(self, seconds: float) -> Turns:
-        """Collect with the rollout worker for ``seconds`` (a chunk at a time), then flush."""
-        per_call = self.config.chunk_length * self.num_envs
+        """Collect with the rollout worker for ``seconds`` (``steps_per_call`` env steps a call, as the driver
+        asks), then flush."""
         steps = 0
-        wall, cpu = time.perf_counter(), time.process_time()
-        while steps == 0 or time.perf_counter() - wall < seconds:
-            steps += self.worker.run(per_call).env_steps
+        span = Span()
+        while steps == 0 or time.perf_counter() - span.wall < seconds:
+            steps += self.worker.run(self.config.steps_per_call, random_steps=0).env_steps
         self.worker.flush()
-        return Turns(steps, time.perf_counter() - wall, time.process_time() - cpu)
+        return Turns(steps, *span.end())
 
     def logs(self) -> dict[str, np.ndarray]:
         return self.log.arrays()
@@ -325,31 +316,31 @@ def staleness(times: np.ndarray, versions: np.ndarray, rows: np.ndarray | None,
     return lag if rows is None else np.repeat(lag, rows)
 
 
-def sac_update_seconds(obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = HIDDEN_SIZES,
-                       updates: int = 15) -> float:
-    """Median seconds of one ``SACLearner.update`` (batch 256) on one torch thread in this process."""
+def sac_update_seconds(config: Any, spec: Any, updates: int = 15) -> float:
+    """Median seconds of one ``SACLearner.update`` of ``config.policy`` (a ``SystemConfig``) on a batch of
+    ``policy.batch_size`` random rows of ``spec``'s sizes, on ``run.torch_threads`` threads, in this process."""
     import torch
 
-    from learners.sac import PolicyConfig, SACLearner
+    from learners.sac import SACLearner
 
-    torch.set_num_threads(1)
-    learner = SACLearner(obs_dim, act_dim, -1.0, 1.0, PolicyConfig(hidden_sizes=tuple(hidden_sizes), device="cpu"))
-    rng = np.random.default_rng(0)
-    batch = {
-        "obs": rng.normal(size=(SAC_BATCH, obs_dim)).astype(np.float32),
-        "action": rng.uniform(-1, 1, (SAC_BATCH, act_dim)).astype(np.float32),
-        "reward": rng.normal(size=SAC_BATCH).astype(np.float32),
-        "next_obs": rng.normal(size=(SAC_BATCH, obs_dim)).astype(np.float32),
-        "terminated": np.zeros(SAC_BATCH, dtype=bool),
-        "truncated": np.zeros(SAC_BATCH, dtype=bool),
-    }
+    torch.set_num_threads(config.run.torch_threads)
+    learner = SACLearner(spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high, config.policy)
+    batch = random_transitions(config.policy.batch_size, spec.obs_dim, spec.action_dim, np.random.default_rng(0))
     times = []
     for i in range(updates + 3):
-        start = time.perf_counter()
+        span = Span()
         learner.update(batch)
         if i >= 3:
-            times.append(time.perf_counter() - start)
+            times.append(span.end()[0])
     return float(np.median(times))
+
+
+def _policy_state(config: Any, spec: Any) -> dict:
+    """What the policy learner of ``config`` publishes: ``SACLearner.policy_state()``, at its initial weights."""
+    from learners.sac import SACLearner
+
+    learner = SACLearner(spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high, config.policy, seed=1)
+    return {k: v.clone() for k, v in learner.policy_state().items()}
 
 
 @dataclass
@@ -422,14 +413,13 @@ def _summary(lag: np.ndarray) -> dict[str, float]:
             "mean": float(lag.mean()), "max": float(lag.max())}
 
 
-def _measure(
-    probes: Sequence[Any], call: Callable[..., Any], get: Callable[[list], list],
-    result: Measurement, seconds: float, rounds: int, publisher: _Publisher,
-) -> None:
-    """Warm the probes up, then alternate raw and collection turns in all of them at once; fill ``result``.
+def _measure(probes: Sequence[Any], result: Measurement, seconds: float, rounds: int, publisher: _Publisher) -> None:
+    """Warm the probes (handles: in-process or Ray) up, then alternate raw and collection turns in all of them at
+    once; fill ``result``."""
 
-    ``call(probe, method, *args)`` starts a probe's method (returning a result or a ref), ``get`` resolves a list.
-    """
+    def call(probe: Any, name: str, *args: Any) -> Any:
+        return getattr(probe, name).remote(*args)
+
     get([call(p, "warm_up") for p in probes])
     result.raw = [Turns() for _ in probes]
     result.collected = [Turns() for _ in probes]
@@ -452,79 +442,40 @@ def _measure(
     ]))
 
 
-def _table_configs(env_id: str) -> tuple[list, Any]:
-    from actors.envs import EnvConfig, probe_env
-    from replay.schema import transition_columns
-    from replay.table import TableConfig
+def _tables(config: Any, spec: Any) -> list:
+    """Table ``real`` of the run's tables, without its rate limiters (nothing samples in this bench)."""
+    from system.wiring import table_configs
 
-    spec = probe_env(EnvConfig(env_id))
-    return [TableConfig("real", TABLE_CAPACITY, transition_columns(spec.obs_shape, spec.action_shape))], spec
+    return [dataclasses.replace(t, limiters=()) for t in table_configs(config, spec) if t.name == "real"]
 
 
-def _policy_state(spec: Any, hidden_sizes: Sequence[int]) -> dict:
-    from learners.sac import Policy
+def bench_system(config: Any, spec: Any, local: bool, seconds: float, rounds: int,
+                 publish_interval: float) -> Measurement:
+    """Shards, store and ``rollout.num_workers`` probes of ``config`` made by the wiring's factories, in this process
+    (``local``) or as Ray actors (Ray must be initialised); measured in turns."""
+    from system.wiring import System, build_replay, build_rollout, build_store
 
-    policy = Policy(spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high, tuple(hidden_sizes), seed=1)
-    return {k: v.clone() for k, v in policy.actor.state_dict().items()}
-
-
-def bench_in_process(env_id: str, envs_per_worker: int, vector_mode: str, seconds: float, rounds: int,
-                     publish_interval: float, hidden_sizes: Sequence[int] = HIDDEN_SIZES) -> Measurement:
-    """One worker in this process, writing to shards in this process."""
-    from replay.config import ReplayConfig
-    from replay.shard import ReplayShard
-    from replay.handles import LocalHandle
-    from system.weights import WeightsStore
-
-    tables, spec = _table_configs(env_id)
-    shards = [LocalHandle(ReplayShard(tables, seed=0, index=i)) for i in range(ReplayConfig().num_shards)]
-    store = LocalHandle(WeightsStore())
-    publisher = _Publisher(store, True, _policy_state(spec, hidden_sizes), publish_interval)
-    publisher.publish()
-    probe = CollectorProbe(env_id, envs_per_worker, vector_mode, shards, store, local=True,
-                           hidden_sizes=hidden_sizes)
-    result = Measurement(env_id, envs_per_worker, 1, "process", vector_mode, publish_interval_s=publish_interval)
+    rollout = config.rollout
+    result = Measurement(config.env.id, rollout.envs_per_worker, rollout.num_workers,
+                         "process" if local else "ray", rollout.vector_mode, publish_interval_s=publish_interval)
+    replay_dir = tempfile.mkdtemp(prefix="dynaray-bench-rollout-") if config.replay.persist_real else None
+    system = System(local=local)
     try:
-        _measure([probe], lambda p, name, *a: getattr(p, name)(*a), list, result, seconds, rounds, publisher)
+        build_replay(config, _tables(config, spec), system, replay_dir)
+        build_store(config, system)
+        probes = list(build_rollout(config, spec, system, role=CollectorProbe).values())
+        publisher = _Publisher(system.store, local, _policy_state(config, spec), publish_interval)
+        publisher.publish()
+        _measure(probes, result, seconds, rounds, publisher)
+        get([p.close.remote() for p in probes])
     finally:
-        probe.close()
+        if local:
+            for shard in system.shards:
+                shard.wrapped.close()
+        end_actors(system)
+        if replay_dir is not None:
+            shutil.rmtree(replay_dir, ignore_errors=True)
     return result
-
-
-def bench_ray(env_id: str, envs_per_worker: int, workers: int, vector_mode: str, seconds: float, rounds: int,
-              publish_interval: float, hidden_sizes: Sequence[int] = HIDDEN_SIZES) -> Measurement:
-    """``workers`` worker actors writing to shard actors (Ray must be initialised)."""
-    import ray
-
-    from replay.config import ReplayConfig
-    from replay.shard import ReplayShard
-    from system.weights import WeightsStore
-
-    tables, spec = _table_configs(env_id)
-    shard_actor = ray.remote(ReplayShard).options(num_cpus=0, max_concurrency=16)
-    shards = [shard_actor.remote(tables, seed=0, index=i) for i in range(ReplayConfig().num_shards)]
-    store = ray.remote(WeightsStore).options(num_cpus=0, max_concurrency=8).remote()
-    probe_actor = ray.remote(CollectorProbe).options(num_cpus=1)
-    probes = [
-        probe_actor.remote(env_id, envs_per_worker, vector_mode, shards, store, False, index=i, seed=100 * i,
-                           hidden_sizes=hidden_sizes)
-        for i in range(workers)
-    ]
-    publisher = _Publisher(store, False, _policy_state(spec, hidden_sizes), publish_interval)
-    publisher.publish()
-    result = Measurement(env_id, envs_per_worker, workers, "ray", vector_mode, publish_interval_s=publish_interval)
-
-    try:
-        _measure(probes, lambda p, name, *a: getattr(p, name).remote(*a), ray.get, result, seconds, rounds,
-                 publisher)
-        ray.get([p.close.remote() for p in probes])
-    finally:
-        for actor in [*probes, *shards, store]:
-            ray.kill(actor)
-    return result
-
-
-# ---------------------------------------------------------------------------------------------------- report
 
 
 @dataclass
@@ -555,24 +506,21 @@ class Report:
 
     def targets(self) -> list[dict]:
         checks: list[dict] = []
-
-        def check(name: str, value: float, goal: float, higher_is_better: bool = True) -> None:
-            met = value >= goal if higher_is_better else value <= goal
-            checks.append({"target": name, "measured": value, "goal": goal, "met": bool(met)})
-
         for r in self.results:
             mode = "" if r.vector_mode == "sync" else f", {r.vector_mode}"
             where = f"{r.env}, {r.backend}{mode}, {r.workers} worker(s)"
             if r.envs_per_worker == TARGET_ENVS_PER_WORKER:
-                check(f"collected / raw, wall ({where}, {r.envs_per_worker} envs)", r.ratio, TARGET_RATIO)
+                check(checks, f"collected / raw, wall ({where}, {r.envs_per_worker} envs)", r.ratio, TARGET_RATIO)
                 if r.vector_mode == "sync":
-                    check(f"collected / raw, CPU ({where}, {r.envs_per_worker} envs)", r.cpu_ratio, TARGET_RATIO)
-            check(f"staleness p50, versions ({where}, {r.envs_per_worker} envs)", r.staleness_act["p50"],
+                    check(checks, f"collected / raw, CPU ({where}, {r.envs_per_worker} envs)", r.cpu_ratio,
+                          TARGET_RATIO)
+            check(checks, f"staleness p50, versions ({where}, {r.envs_per_worker} envs)", r.staleness_act["p50"],
                   TARGET_STALENESS_P50, higher_is_better=False)
         for s in self.scaling():
             if s["workers"] == 2:
                 mode = "" if s["vector_mode"] == "sync" else f", {s['vector_mode']}"
-                check(f"2 workers / 1 ({s['env']}{mode}, {s['envs_per_worker']} envs)", s["speedup"], TARGET_SCALING)
+                check(checks, f"2 workers / 1 ({s['env']}{mode}, {s['envs_per_worker']} envs)", s["speedup"],
+                      TARGET_SCALING)
         return checks
 
     def to_json(self) -> dict:
@@ -616,41 +564,14 @@ class Report:
                     f"| {s['env']}{mode} | {s['envs_per_worker']} | {s['workers']} | {s['total_rate']:,.0f} | "
                     f"{s['one_worker_rate']:,.0f} | {s['speedup']:.2f} | {s['raw_speedup']:.2f} |"
                 )
-        checks = self.targets()
-        if checks:
-            lines += ["", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
-            for c in checks:
-                goal = f"<= {c['goal']:g}" if "staleness" in c["target"] else f">= {c['goal']:g}"
-                lines.append(f"| {c['target']} | {c['measured']:.2f} | {goal} | {'yes' if c['met'] else 'NO'} |")
+        lines += targets_table(
+            self.targets(), lambda c: f"{c['measured']:.2f}",
+            lambda c: f"<= {c['goal']:g}" if "staleness" in c["target"] else f">= {c['goal']:g}",
+        )
         return "\n".join(lines)
 
 
-def _machine() -> dict:
-    import gymnasium
-    import mujoco
-    import torch
-
-    return {
-        **machine(),
-        "torch": torch.__version__,
-        "torch_threads_per_worker": 1,
-        "gymnasium": gymnasium.__version__,
-        "mujoco": mujoco.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-    }
-
-
 # ------------------------------------------------------------------------------------------------------ CLI
-
-
-def _positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return list(dict.fromkeys(values))
 
 
 def _vector_modes(text: str) -> list[str]:
@@ -660,95 +581,113 @@ def _vector_modes(text: str) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def run_rollout(args: argparse.Namespace) -> int:
-    """``dynaray bench rollout``: measure every configuration, print Markdown tables, optionally write JSON."""
-    import torch
-
-    from actors.envs import EnvConfig, EnvError, probe_env
-
-    specs = {}
-    for env_id in args.envs:
-        try:
-            specs[env_id] = probe_env(EnvConfig(env_id))
-        except EnvError as exc:
-            print(f"dynaray: error: --envs: {exc}", file=sys.stderr)
-            return 2
-    torch.set_num_threads(1)
-    hidden = HIDDEN_SIZES
-    settings = {
-        "envs": args.envs,
-        "envs_per_worker": args.envs_per_worker,
-        "workers": args.workers if args.ray else [1],
-        "vector_modes": args.vector_mode,
-        "seconds": args.seconds,
-        "rounds": args.rounds,
-        "hidden_sizes": list(hidden),
-        "publish_interval_s": args.publish_interval,
-        "ray": args.ray,
-    }
-    report = Report(settings, _machine())
-
-    intervals = {}
-    for env_id, spec in specs.items():
-        if args.publish_interval is None:
-            from learners.sac import PolicyConfig
-
-            update = sac_update_seconds(spec.obs_dim, spec.action_dim, hidden)
-            report.sac_update_s[env_id] = update
-            intervals[env_id] = PolicyConfig().publish_every * update
-            progress(f"{env_id}: SAC update {update * 1e3:.1f} ms, so a policy is published every "
-                     f"{intervals[env_id]:.3f} s")
-        else:
-            intervals[env_id] = args.publish_interval
-    configurations = [(env_id, n, mode) for env_id in args.envs for n in args.envs_per_worker
-                      for mode in args.vector_mode]
-    for env_id, n, mode in configurations:
-        progress(f"in process: {env_id}, {n} envs ({mode})")
-        report.results.append(bench_in_process(env_id, n, mode, args.seconds, args.rounds, intervals[env_id],
-                                               hidden))
-    if args.ray:
-        import ray
-
-        ray.init(num_cpus=max(os.cpu_count() or 1, max(args.workers)), include_dashboard=False,
-                 log_to_driver=False)
-        try:
-            for env_id, n, mode in configurations:
-                for workers in args.workers:
-                    progress(f"Ray: {env_id}, {n} envs ({mode}), {workers} worker(s)")
-                    report.results.append(bench_ray(env_id, n, workers, mode, args.seconds, args.rounds,
-                                                    intervals[env_id], hidden))
-        finally:
-            ray.shutdown()
-    report.machine["load_average_at_end"] = list(os.getloadavg())
-    return write_report(report, (
-        f"{report.machine['cpus']} CPUs, one torch thread per worker; {load_averages(report.machine)}"
-    ), args.json)
+HELP = "env steps/s a rollout worker collects against the raw simulator (optionally 1 and 2 workers on Ray)"
+DESCRIPTION = (
+    "Env steps/s collected by the rollout worker of a run (the roles made by the wiring from the presets and "
+    "overrides given, as 'dynaray train' takes them; real replay shards, weights published while it runs) against "
+    "the same vector env stepping random actions, in turns in the same run; with --ray, 1 and 2 worker actors and "
+    "their scaling; policy staleness per row. See system/bench/rollout.py for what each number means."
+)
 
 
-def add_parser(components: argparse._SubParsersAction) -> None:
-    """Add ``rollout`` to ``dynaray bench``'s components."""
-    p = components.add_parser(
-        "rollout",
-        help="env steps/s a rollout worker collects against the raw simulator (optionally 1 and 2 workers on Ray)",
-        description="Env steps/s collected by a rollout worker (SAC policy 256x256, real replay shards, weights "
-        "published while it runs) against the same vector env stepping random actions, in turns in the same run; "
-        "with --ray, 1 and 2 worker actors and their scaling; policy staleness per row. See "
-        "system/bench_rollout.py for what each number means.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_items(p)
     p.add_argument("--envs", type=env_ids, default=list(DEFAULT_ENVS),
-                   help=f"env ids (default {','.join(DEFAULT_ENVS)})")
-    p.add_argument("--envs-per-worker", type=_positive_ints, default=list(DEFAULT_ENVS_PER_WORKER),
-                   help="vector env sizes (default 1,8,32)")
-    p.add_argument("--workers", type=_positive_ints, default=list(DEFAULT_WORKERS),
-                   help="worker counts with --ray (default 1,2); in process there is one worker")
+                   help=f"env ids, each measured as env.id (default {','.join(DEFAULT_ENVS)})")
+    p.add_argument("--envs-per-worker", type=positive_ints, default=list(DEFAULT_ENVS_PER_WORKER),
+                   help="vector env sizes, rollout.envs_per_worker (default 1,8,32)")
+    p.add_argument("--workers", type=positive_ints, default=list(DEFAULT_WORKERS),
+                   help="worker counts (rollout.num_workers) with --ray (default 1,2); in process there is one worker")
     p.add_argument("--seconds", type=positive_float, default=6.0,
                    help="timed seconds per configuration for raw and again for collection (default 6)")
     p.add_argument("--rounds", type=positive_int, default=3,
                    help="turns the seconds are split into, raw and collection alternating (default 3)")
     p.add_argument("--publish-interval", type=positive_float, default=None, metavar="S",
-                   help="seconds between policy publications (default: 10 SAC updates at the speed measured here)")
+                   help="seconds between policy publications (default: policy.publish_every SAC updates at the "
+                   "speed measured here)")
     p.add_argument("--vector-mode", type=_vector_modes, default=["sync"],
-                   help="sync, async or both (default sync)")
-    p.add_argument("--ray", action="store_true", help="also measure worker actors on a local Ray")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON to OUT")
-    p.set_defaults(func=run_rollout)
+                   help="sync, async or both: rollout.vector_mode (default sync)")
+    p.add_argument("--ray", action="store_true", help="also measure worker actors on Ray")
+    add_json_option(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dynaray bench rollout``: measure every configuration, print Markdown tables, optionally write JSON."""
+    from actors.envs import EnvError, probe_env
+    from system.config import ConfigError, to_dict
+
+    def config_of(env_id: str, envs: int = 1, mode: str = "sync", workers: int = 1) -> Any:
+        # Nothing samples here (no learner rate limiters), so the error buffer only has to admit a whole chunk of
+        # the larger vector envs, which a run would be told to raise it for.
+        chunk_rows = base.rollout.chunk_length * envs
+        error_buffer = max(base.replay.error_buffer_steps, -(-chunk_rows * base.replay.num_shards // 2))
+        return load_bench_config(args, [f"env.id={env_id}", f"rollout.envs_per_worker={envs}",
+                                        f"rollout.vector_mode={mode}", f"rollout.num_workers={workers}",
+                                        f"replay.error_buffer_steps={error_buffer}"])
+
+    workers = args.workers if args.ray else [1]
+    configurations = [(env_id, n, mode) for env_id in args.envs for n in args.envs_per_worker
+                      for mode in args.vector_mode]
+    try:
+        base = load_bench_config(args)
+        configs = {(env_id, n, mode, count): config_of(env_id, n, mode, count)
+                   for env_id, n, mode in configurations for count in {1, *workers}}
+        specs = {}
+        for (env_id, *_), config in configs.items():
+            specs[env_id] = specs.get(env_id) or probe_env(config.env)
+    except ConfigError as exc:
+        return fail(str(exc))
+    except EnvError as exc:
+        return fail(f"--envs: {exc}")
+    import torch
+
+    torch.set_num_threads(base.run.torch_threads)
+    settings = {
+        "envs": args.envs,
+        "envs_per_worker": args.envs_per_worker,
+        "workers": workers,
+        "vector_modes": args.vector_mode,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "hidden_sizes": list(base.policy.hidden_sizes),
+        "publish_interval_s": args.publish_interval,
+        "ray": args.ray,
+        "config_items": args.items,
+        "config": to_dict(base),
+    }
+    report = Report(settings, machine("torch", "gymnasium", "mujoco", torch_threads_per_worker=base.run.torch_threads))
+
+    intervals = {}
+    for env_id, spec in specs.items():
+        if args.publish_interval is None:
+            update = sac_update_seconds(base, spec)
+            report.sac_update_s[env_id] = update
+            intervals[env_id] = base.policy.publish_every * update
+            progress(f"{env_id}: SAC update {update * 1e3:.1f} ms, so a policy is published every "
+                     f"{intervals[env_id]:.3f} s")
+        else:
+            intervals[env_id] = args.publish_interval
+    for env_id, n, mode in configurations:
+        progress(f"in process: {env_id}, {n} envs ({mode})")
+        report.results.append(bench_system(configs[env_id, n, mode, 1], specs[env_id], True, args.seconds,
+                                           args.rounds, intervals[env_id]))
+    if args.ray:
+        from system.runtime import start_ray, stop_ray
+
+        start_ray(max(configs.values(), key=lambda c: c.rollout.num_workers),
+                  namespace=f"dynaray-bench-{os.getpid()}")
+        try:
+            for env_id, n, mode in configurations:
+                for count in workers:
+                    progress(f"Ray: {env_id}, {n} envs ({mode}), {count} worker(s)")
+                    report.results.append(bench_system(configs[env_id, n, mode, count], specs[env_id], False,
+                                                       args.seconds, args.rounds, intervals[env_id]))
+        finally:
+            stop_ray()
+    finish(report.machine)
+    return write_report(report, (
+        f"{report.machine['cpus']} CPUs, {torch_threads(base.run.torch_threads)} per worker; "
+        f"{load_averages(report.machine)}"
+    ), args.json)
+
+

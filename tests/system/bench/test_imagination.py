@@ -5,9 +5,9 @@ Nothing here asserts a speed; the numbers are only checked to be positive.
 
 import json
 
-from system.bench_imagination import linear_flops
+from system.bench.imagination import linear_flops
 from system.cli import main
-from tests.system.test_bench import number, table_rows
+from tests.system.bench.markdown import number, table_rows
 
 HEADER = (
     "| env | obs, act | rows | forward GFLOP/s | of peak | forward GFLOP/CPU-s | of peak (CPU) | step transitions/s "

@@ -1,0 +1,288 @@
+"""What every ``dynaray bench`` shares: the machine record, progress lines, the report's Markdown/summary/JSON, parsers
+of the common flags, the system config a bench measures, timing over wall and CPU time, and random transitions.
+
+A bench module (``system/bench/<name>.py``) imports this module; this module imports no bench. Each bench module
+defines ``HELP``, ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> exit code``;
+``system/bench/__init__.py`` holds the table of verbs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+def progress(text: str) -> None:
+    """A benchmark's progress line, on stderr so the report on stdout stays clean."""
+    print(f"dynaray bench: {text}", file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> int:
+    """Print ``dynaray: error: message`` on stderr; return the bad-input exit code."""
+    print(f"dynaray: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def machine(*modules: str, **extra: Any) -> dict:
+    """What a benchmark ran on: cores, platform, Python, numpy and Ray versions, the version of each importable
+    module of ``modules`` (e.g. ``"torch"``), ``extra``, and the 1, 5 and 15-minute load averages now
+    (``load_average_at_start``; :func:`finish` adds ``load_average_at_end``)."""
+    record = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "ray": _version("ray"),
+    }
+    record.update({name: _version(name) for name in modules})
+    record.update(extra)
+    record["load_average_at_start"] = list(os.getloadavg())
+    return record
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
+
+
+def finish(record: dict) -> None:
+    """Add the load averages at the end of the run to a :func:`machine` record."""
+    record["load_average_at_end"] = list(os.getloadavg())
+
+
+def load_averages(record: dict) -> str:
+    """The 1, 5 and 15-minute load averages recorded at a benchmark's start and end, as a phrase for its summary."""
+    start, end = record["load_average_at_start"], record["load_average_at_end"]
+    return (f"load average (1, 5, 15 min) {start[0]:.1f} {start[1]:.1f} {start[2]:.1f} at the start, "
+            f"{end[0]:.1f} {end[1]:.1f} {end[2]:.1f} at the end (other processes share these CPUs)")
+
+
+def torch_threads(count: int) -> str:
+    """``one torch thread`` or ``N torch threads``, for a summary."""
+    return "one torch thread" if count == 1 else f"{count} torch threads"
+
+
+def write_report(report: Any, summary: str, json_path: str | None) -> int:
+    """Print ``report.markdown()`` and the ``summary`` paragraph under it; write ``report.to_json()`` to
+    ``json_path`` when given. Returns the command's exit code."""
+    print(report.markdown())
+    print(f"\n{summary}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report.to_json(), f, indent=2)
+            f.write("\n")
+        progress(f"results written to {json_path}")
+    return 0
+
+
+def check(checks: list[dict], name: str, value: float, goal: float, higher_is_better: bool = True,
+          strict: bool = False) -> None:
+    """Append a target check: met when ``value >= goal`` (``higher_is_better``) or ``value <= goal`` (``< goal``
+    when ``strict``)."""
+    if higher_is_better:
+        met = value >= goal
+    else:
+        met = value < goal if strict else value <= goal
+    checks.append({"target": name, "measured": value, "goal": goal, "met": bool(met)})
+
+
+def targets_table(checks: Sequence[dict], measured: Callable[[dict], str], goal: Callable[[dict], str]) -> list[str]:
+    """Markdown lines of the ``| target | measured | goal | met |`` table (none without checks)."""
+    if not checks:
+        return []
+    lines = ["", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
+    for c in checks:
+        lines.append(f"| {c['target']} | {measured(c)} | {goal(c)} | {'yes' if c['met'] else 'NO'} |")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+
+
+def positive_ints(text: str) -> list[int]:
+    """Comma-separated positive integers, each once, in order."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def widths(text: str) -> list[int]:
+    """Comma-separated positive integers, in order, repeats kept: the hidden layer widths of a network."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def env_ids(text: str) -> list[str]:
+    """``--envs`` of the benches: comma-separated env ids, each once, in order."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of env ids, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def choices(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """A parser of comma-separated values from ``allowed``, each once, in order."""
+
+    def parse(text: str) -> list[str]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not values or any(v not in allowed for v in values):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {list(allowed)}, got {text!r}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON to OUT")
+
+
+def add_config_items(parser: argparse.ArgumentParser) -> None:
+    """The system config a bench builds its roles from, as ``dynaray train`` takes it: presets, then overrides."""
+    parser.add_argument("items", nargs="*", metavar="PRESET|key=value",
+                        help="presets merged in order after 'default', then key=value overrides, as for "
+                        "'dynaray train' (the bench's own flags override the keys they name)")
+
+
+def config_items(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """``(presets, overrides)`` of :func:`add_config_items`' positional items."""
+    return [a for a in args.items if "=" not in a], [a for a in args.items if "=" in a]
+
+
+def load_bench_config(args: argparse.Namespace, overrides: Sequence[str] = ()) -> Any:
+    """The ``SystemConfig`` of the bench's presets and overrides, then ``overrides`` (the bench's flags).
+
+    Raises:
+        system.config.ConfigError: a preset, key or value that is not allowed.
+    """
+    from system.config import load_config
+
+    presets, items = config_items(args)
+    return load_config(presets, [*items, *overrides])
+
+
+# ---------------------------------------------------------------------------------------------------- timing
+
+
+class Span:
+    """Wall time and CPU time from its creation to :meth:`end`. ``cpu``: the CPU clock, ``time.process_time``
+    (this process; other processes taking turns on the CPUs do not lower it) or ``time.thread_time``."""
+
+    __slots__ = ("wall", "cpu", "_clock")
+
+    def __init__(self, cpu: Callable[[], float] = time.process_time) -> None:
+        self._clock = cpu
+        self.wall, self.cpu = time.perf_counter(), cpu()
+
+    def end(self) -> tuple[float, float]:
+        """Wall and CPU seconds since the span began."""
+        return time.perf_counter() - self.wall, self._clock() - self.cpu
+
+
+def timed_loop(
+    seconds: float, step: Callable[[], tuple[float, float]], latencies: list[float] | None = None
+) -> tuple[int, float, float]:
+    """Call ``step`` (which returns the wall and CPU seconds of the measured operation) once untimed, to pay one-time
+    costs, then for ``seconds`` of wall time, at least once; return the timed calls and their wall and CPU seconds.
+    ``latencies``, which ``step`` appends to, is cleared after the untimed call."""
+    step()
+    if latencies is not None:
+        latencies.clear()
+    calls, wall, cpu = 0, 0.0, 0.0
+    start = time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < seconds:
+        step_wall, step_cpu = step()
+        wall, cpu, calls = wall + step_wall, cpu + step_cpu, calls + 1
+    return calls, wall, cpu
+
+
+def per_second(amount: float, seconds: float) -> float:
+    """``amount / seconds``; NaN for no time."""
+    return amount / seconds if seconds > 0 else float("nan")
+
+
+def percentile_ms(latencies: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile of ``latencies`` (seconds) in milliseconds; NaN for none."""
+    return float(np.percentile(latencies, q) * 1e3) if len(latencies) else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def random_transitions(rows: int, obs_dim: int, act_dim: int, rng: np.random.Generator,
+                       terminated_rate: float = 0.0) -> dict[str, np.ndarray]:
+    """``rows`` random transitions: the columns a learner's batch has (obs, action in [-1, 1], reward, next_obs,
+    terminated with probability ``terminated_rate``, truncated never)."""
+    return {
+        "obs": rng.normal(size=(rows, obs_dim)).astype(np.float32),
+        "action": rng.uniform(-1, 1, (rows, act_dim)).astype(np.float32),
+        "reward": rng.normal(size=rows).astype(np.float32),
+        "next_obs": rng.normal(size=(rows, obs_dim)).astype(np.float32),
+        "terminated": rng.random(rows) < terminated_rate if terminated_rate else np.zeros(rows, dtype=bool),
+        "truncated": np.zeros(rows, dtype=bool),
+    }
+
+
+# ------------------------------------------------------------------------------------------------------- Ray
+
+
+def end_actors(system: Any, timeout_s: float = 30.0) -> None:
+    """End every actor a bench built into ``system`` (``system.wiring.kill_system``) and wait until their names are
+    free again, so the next configuration can make actors of the same names."""
+    from system.wiring import kill_system
+
+    kill_system(system)
+    if system.local:
+        return
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    for name in list(system.by_name):
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name)
+            except ValueError:
+                break
+            time.sleep(0.05)
