@@ -3,6 +3,8 @@ what full validation of an upload costs per MB.
 
     dynaray bench gateway [--clients 16] [--seconds 10] [--rows 200] [--json OUT]
 
+(Registration: one line ``"gateway": "system.bench.gateway"`` in ``system/bench/__init__.py``'s ``VERBS``.)
+
 Upload throughput: an :class:`actors.gateway.IngestGateway` in this process on 127.0.0.1 (defaults of
 ``GatewayConfig`` except ``max_concurrent_uploads = --clients`` and no per-token row rate, so that the clients are
 limited by the gateway's work, not by its admission limits), storing into two :class:`replay.shard.ReplayShard`
@@ -18,22 +20,25 @@ Validation cost: :meth:`actors.gateway_upload.EpisodeParser.parse` (message walk
 ZSTD-compressed, timed in this process on one thread: milliseconds per upload, per MB of upload body and per MB of
 decoded Arrow data; and of that, Arrow's ``RecordBatch.validate(full=True)`` alone on the decoded batches. Each is
 the best of 5 rounds of 20 calls (the least disturbed by other processes on a shared machine).
+
+torch, Ray and the gateway are imported when the benchmark runs, not when the CLI is built.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from system.bench import load_averages, machine, positive_float, positive_int, progress, write_report
+from system.bench.harness import (
+    add_json_option, finish, load_averages, machine, positive_float, positive_int, progress, write_report,
+)
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 OBS_SHAPE, ACTION_SHAPE = (4,), (1,)
 """InvertedPendulum-v5's spaces."""
@@ -65,14 +70,15 @@ def _body(rows: int, seed: int, compression: str | None = None) -> bytes:
 # ------------------------------------------------------------------------------------------------------ clients
 
 
-def _client_process(address: tuple[str, int], tokens: list[str], rows: int, start_at: float, stop_at: float,
-                    results: Any) -> None:
-    """Runs in another process: one thread per token posting episodes back to back; puts (latencies, statuses)."""
+def _client_process(address: tuple[str, int], tokens: list[str], rows: int, seconds: float, results: Any) -> None:
+    """Runs in another process: one thread per token posting episodes back to back for ``seconds`` (from when its
+    bodies are built); puts one (latencies, statuses) per thread."""
     import http.client
     import threading
 
     bodies = [_body(rows, seed) for seed in range(8)]
     collected: list[tuple[list[float], dict[int, int]]] = []
+    stop_at = time.monotonic() + seconds
 
     def robot(index: int, token: str) -> None:
         latencies: list[float] = []
@@ -80,11 +86,9 @@ def _client_process(address: tuple[str, int], tokens: list[str], rows: int, star
         conn = http.client.HTTPConnection(*address, timeout=120)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/vnd.apache.arrow.stream"}
         i = 0
-        while time.time() < start_at:
-            time.sleep(0.001)
-        while time.time() < stop_at:
+        while time.monotonic() < stop_at:
             body = bodies[(index + i) % len(bodies)]
-            began = time.perf_counter()
+            began = time.monotonic()
             try:
                 conn.request("POST", "/v1/episodes", body=body, headers={**headers, "Idempotency-Key": f"{index}-{i}"})
                 response = conn.getresponse()
@@ -94,8 +98,8 @@ def _client_process(address: tuple[str, int], tokens: list[str], rows: int, star
                 conn.close()
                 conn = http.client.HTTPConnection(*address, timeout=120)
                 status = 0
-            if time.time() <= stop_at:
-                latencies.append(time.perf_counter() - began)
+            if time.monotonic() <= stop_at:
+                latencies.append(time.monotonic() - began)
                 statuses[status] = statuses.get(status, 0) + 1
             i += 1
         conn.close()
@@ -158,10 +162,8 @@ def bench_uploads(clients: int, seconds: float, rows: int) -> Throughput:
                             spec, tokens=tokens)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    start_at = time.time() + 8.0  # the client process imports pyarrow and builds its bodies first
-    stop_at = start_at + seconds
     process = context.Process(target=_client_process, args=(gateway.address(), [t.secret for t in tokens], rows,
-                                                             start_at, stop_at, results))
+                                                             seconds, results))
     try:
         process.start()
         collected = results.get(timeout=seconds + 300)
@@ -294,33 +296,32 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
+HELP = "uploads/s, rows/s and latency of the ingest gateway with concurrent robot clients; validation cost per MB"
+DESCRIPTION = (
+    "Upload throughput and latency of an in-process ingest gateway on 127.0.0.1 with N robot clients (threads of "
+    "another process, one token each) storing into in-process replay shards, and the cost of full validation per "
+    "MB. See system/bench/gateway.py for what each number means."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clients", type=positive_int, default=16, help="concurrent robot clients (default 16)")
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="timed seconds of uploads (default 10)")
+    p.add_argument("--rows", type=positive_int, default=200, help="rows per uploaded episode (default 200)")
+    add_json_option(p)
+
+
 def run(args: argparse.Namespace) -> int:
     """``dynaray bench gateway``: validation cost, then upload throughput; Markdown on stdout, JSON to ``--json``."""
-    info = {**machine(), "load_average_at_start": list(os.getloadavg()), "cpu_model": _cpu_model()}
-    report = Report({"clients": args.clients, "seconds": args.seconds, "rows": args.rows}, info)
+    record = machine("aiohttp", "pyarrow", cpu_model=_cpu_model())
+    report = Report({"clients": args.clients, "seconds": args.seconds, "rows": args.rows}, record)
     for rows in VALIDATION_ROWS:
         for compression in (None, "zstd"):
             progress(f"validation: {rows} rows, compression {compression or 'none'}")
             report.validation.append(bench_validation(rows, compression))
     progress(f"uploads: {args.clients} clients, {args.rows} rows each, {args.seconds:g} s")
     report.uploads = bench_uploads(args.clients, args.seconds, args.rows)
-    report.machine["load_average_at_end"] = list(os.getloadavg())
-    summary = (f"{info['cpus']} CPUs ({info['cpu_model']}), gateway and clients on the same machine; "
-               f"{load_averages(report.machine)}")
+    finish(record)
+    summary = (f"{record['cpus']} CPUs ({record['cpu_model']}), gateway and clients on the same machine; "
+               f"{load_averages(record)}")
     return write_report(report, summary, args.json)
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``gateway`` to ``dynaray bench``'s components."""
-    p = subparsers.add_parser(
-        "gateway",
-        help="uploads/s, rows/s and latency of the ingest gateway with concurrent robot clients; validation cost",
-        description="Upload throughput and latency of an in-process ingest gateway on 127.0.0.1 with N robot "
-        "clients (threads of another process, one token each) storing into in-process replay shards, and the cost "
-        "of full validation per MB. See system/bench_gateway.py for what each number means.",
-    )
-    p.add_argument("--clients", type=positive_int, default=16, help="concurrent robot clients (default 16)")
-    p.add_argument("--seconds", type=positive_float, default=10.0, help="timed seconds of uploads (default 10)")
-    p.add_argument("--rows", type=positive_int, default=200, help="rows per uploaded episode (default 200)")
-    p.add_argument("--json", metavar="OUT", default=None, help="also write the results as JSON to OUT")
-    p.set_defaults(func=run)
