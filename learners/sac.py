@@ -85,6 +85,19 @@ class PolicyConfig:
     """Policy updates between weight publications (read by ``system/``)."""
     device: str = field(default="auto", metadata={"check": device_problem})
     """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
+    prioritized: bool = False
+    """Prioritized replay (Schaul et al., 2016) on table ``real``: rows drawn with probability proportional to
+    ``priority ** priority_alpha``, the critic loss weighted by each row's importance weight, and each sampled
+    row's priority set to its |TD error| + ``priority_eps`` after the update. The table's sampler serves every
+    consumer of ``real``: the world-model learner and the imagination start states are then drawn by priority
+    too (without weights). Imagined rows stay uniform."""
+    priority_alpha: float = field(default=0.6, metadata={"check": ">= 0"})
+    """Priority exponent alpha: ``P(i) = p_i^alpha / sum_j p_j^alpha``; 0 samples uniformly."""
+    priority_beta: float = field(default=0.4, metadata={"check": "in [0, 1]"})
+    """Importance exponent beta in [0, 1]: row weights ``(N * P(i))^-beta``, normalised by the batch maximum; 1
+    corrects the sampling bias fully, 0 not at all."""
+    priority_eps: float = field(default=1e-6, metadata={"check": "> 0"})
+    """Added to |TD error| so that no row's priority is 0 (it would never be drawn again)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
@@ -339,13 +352,31 @@ class SACLearner:
         next_value = torch.where(tensors["terminated"] > 0, 0.0, next_q - alpha * next_log_prob)
         return tensors["reward"] + self.config.gamma * next_value
 
-    def update(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+    def _weights(self, batch: Mapping[str, np.ndarray], rows: int) -> Tensor:
+        """Importance weights (B,) from the batch's ``weight`` column (all 1 without one), divided by their
+        maximum."""
+        if "weight" not in batch:
+            return torch.ones(rows, device=self.device)
+        weights = np.asarray(batch["weight"], dtype=np.float32)
+        if weights.shape != (rows,) or not (np.isfinite(weights).all() and (weights > 0).all()):
+            raise ValueError(
+                f"batch['weight'] has shape {weights.shape} and range [{weights.min(initial=np.inf):g}, "
+                f"{weights.max(initial=-np.inf):g}], expected ({rows},) finite weights > 0"
+            )
+        weights = torch.from_numpy(np.ascontiguousarray(weights)).to(self.device, non_blocking=True)
+        return weights / weights.max()
+
+    def update(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """One SAC update on ``batch`` (columns per docs/architecture.md; extra columns ignored).
 
-        Returns the metrics; if any loss or gradient norm is non-finite no parameter changes, the metrics
-        carry ``skipped: 1.0`` and ``nonfinite_streak`` grows.
+        Returns the metrics (floats); if any loss or gradient norm is non-finite no parameter changes, the metrics
+        carry ``skipped: 1.0`` and ``nonfinite_streak`` grows. With ``config.prioritized`` each row's squared TD
+        error in the critic loss is weighted by the batch's ``weight`` column (importance weights, divided by
+        their maximum; all 1 when the column is missing), and an applied update also returns ``td_error``: each
+        row's |Q - target| averaged over the critics, a float32 array (B,), for the rows' new priorities.
         """
         tensors = self._tensors(batch)
+        weights = self._weights(batch, len(tensors["reward"])) if self.config.prioritized else None
         alpha = self.log_alpha.detach().exp()
         critic_params, actor_params = self._critic_params, self._actor_params
 
@@ -354,7 +385,8 @@ class SACLearner:
 
         # losses (the actor reads the critics through detached parameters: no gradient reaches them from it)
         q = self._q_with(critic_params, tensors["obs"], tensors["action"])
-        critic_loss = (q - target).pow(2).mean(dim=1).sum()
+        td = q - target  # (E, B)
+        critic_loss = (td.pow(2) if weights is None else td.pow(2) * weights).mean(dim=1).sum()
         action, log_prob = self.actor(tensors["obs"], generator=self._generator)
         q_pi = self._q_with([p.detach() for p in critic_params], tensors["obs"], action)
         if self.config.critic_subset == self.config.num_critics:
@@ -381,6 +413,8 @@ class SACLearner:
         if not all(math.isfinite(v) for v in values):
             self.nonfinite_streak += 1
             return {**metrics, "skipped": 1.0}
+        if weights is not None:  # read back before the step's kernels are queued (one wait on an accelerator)
+            metrics["td_error"] = td.detach().abs().mean(dim=0).cpu().numpy()
 
         # step
         for param, grad in zip([*critic_params, *actor_params, self.log_alpha], grads):

@@ -9,7 +9,9 @@ Recovery (see :mod:`replay.persistence` for the files): the newest snapshot (row
 counters, dedup state), then the logged records after it in their original order: inserts (rows and their dedup
 keys), priority updates and sample counts. A cold tier indexes its segment files first, skips the evictions of keys
 it already holds while the logs are replayed, and is reconciled with the rows in memory at the end
-(:meth:`replay.table.Table.reconcile_cold`).
+(:meth:`replay.table.Table.reconcile_cold`). Damaged files are passed over record by record (a damaged snapshot for
+the one before it) and reported in ``store.recovery``; a shard that recovered damage writes a snapshot before it
+serves, which moves the damaged files aside (:attr:`replay.persistence.TableStore.needs_snapshot`).
 
 Dedup state: per writer, the first ``seq`` of the chunks it stored (:class:`SeenChunks`), so that a retried chunk is
 stored once.
@@ -213,6 +215,14 @@ def _recover(opened: OpenedTable, snapshot: SnapshotImage | None, records: Itera
         opened.seen = {w: SeenChunks.from_state(keys, floor) for w, (keys, floor) in snapshot.seen.items()}
     cold = table.cold
     for record in records:
+        if cold is not None and opened.store.recovery.gaps and not opened.store.read_only:
+            damaged = {d.path: d.ranges for d in opened.store.recovery.damaged}
+            raise RuntimeError(
+                f"replay table {table.name!r} in {opened.store.root}: damaged files (byte ranges: {damaged}) lost rows "
+                f"(first key, rows: {opened.store.recovery.gaps}), so the rows after them would get lower keys, which "
+                f"the segments of its cold tier do not follow; no file was moved or deleted. Restore the damaged "
+                f"files, or move {cold.directory} aside to start without the cold rows (they stay in its files)"
+            )
         if isinstance(record, InsertRecord):
             table.write(record.chunk, record.rows, record.dropped_non_finite)
             if cold is not None and cold.has_pending:
@@ -229,10 +239,12 @@ def _recover(opened: OpenedTable, snapshot: SnapshotImage | None, records: Itera
             table.set_times_sampled(record.keys, record.counts)
     table.reconcile_cold()
     if snapshot is not None or table.inserted:
+        damage = opened.store.recovery.summary()
         logger.info(
-            "replay table %r recovered from %s: %d rows, inserted %d",
+            "replay table %r recovered from %s: %d rows, inserted %d%s",
             table.name,
             opened.store.root,
             table.size,
             table.inserted,
+            f" ({damage})" if damage else "",
         )

@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from replay.metrics import ShardRecorder
-from replay.persistence import FSYNC_MODES, SnapshotImage
+from replay.persistence import FSYNC_MODES, RecoveryReport, SnapshotImage
 from replay.rate_limiter import RateLimiter
 from replay.recovery import OpenedTable, SeenChunks, open_table
 from replay.schema import SchemaError
@@ -99,6 +99,7 @@ class _TableState:
             "insert_wait_s": self.insert_wait_s,
             "sample_wait_s": self.sample_wait_s,
             "consumers": consumers,
+            **(self.store.recovery if self.store is not None else RecoveryReport()).stats(),
         }
 
 
@@ -114,7 +115,8 @@ class ReplayShard:
             ``cold/`` subdirectory); None (default) persists nothing. Existing files are recovered.
         fsync: ``"none"`` (records reach the OS before an insert is acknowledged: a killed process loses nothing),
             ``"every_insert"`` (also ``os.fsync`` before acknowledging: survives power loss) or ``"interval"``
-            (``os.fsync`` at most every ``fsync_interval_ms``, on the insert path).
+            (``os.fsync`` at most ``fsync_interval_ms`` after a write: on the insert path, and from a timer after
+            the last write of a burst).
         fsync_interval_ms: see ``fsync``.
         metrics: makes the shard's Prometheus recorder, ``metrics(index, self.stats)``, in the shard's process
             (``replay.metrics.ShardRecorder``, the default, records nothing).
@@ -160,7 +162,10 @@ class ReplayShard:
         try:
             for cfg, s in zip(tables, seeds):
                 opened = open_table(directory, index, cfg, fsync=fsync, fsync_interval_ms=fsync_interval_ms)
-                self._tables[cfg.name] = _TableState(opened, np.random.default_rng(s))
+                state = self._tables[cfg.name] = _TableState(opened, np.random.default_rng(s))
+                if state.store is not None and state.store.needs_snapshot:
+                    # damaged files: a snapshot of what was recovered, before anything is logged, lets them move aside
+                    self._snapshot(state)
         except BaseException:
             self.close()
             raise
@@ -230,10 +235,7 @@ class ReplayShard:
                 return {"status": "not_now", "size": state.table.size, "blocked_by": blocker}
             if store is not None:
                 # logged (and flushed) before it is applied
-                if dropped:
-                    store.append_insert(chunk, writer_id, dedup_key=key, dropped_non_finite=dropped)
-                else:
-                    store.append_insert(chunk, writer_id)
+                store.append_insert(chunk, writer_id, key, dropped, first_key=state.table.inserted)
                 state.since_snapshot += n
             state.table.write(chunk, n, dropped)
             for limiter in state.limiters.values():
@@ -278,7 +280,8 @@ class ReplayShard:
             state.snapshot_lock.release()
 
     def snapshot(self, table: str) -> dict:
-        """Write a Parquet snapshot of a persisted table, start a new log generation and delete older ones.
+        """Write a Parquet snapshot of a persisted table, start a new log generation and delete the files older
+        than the previous snapshot (see :meth:`replay.persistence.TableStore.prune`).
 
         Sampling and inserting go on while the file is written: the rows are copied and the logs rotated under
         the table lock, and inserts after that go to the new generation's log. Waits for a snapshot in progress.
@@ -315,7 +318,7 @@ class ReplayShard:
             state.table.cold.flush(guard=state.cond, include_staged=True)
         image = SnapshotImage(rows, inserted, priorities, max_priority, seen, times_sampled, removed, dropped)
         path = state.store.write_snapshot(generation, image)
-        removed = state.store.remove_before(generation)
+        removed = state.store.prune(generation)
         n = len(next(iter(rows.values())))
         return {"generation": generation, "rows": n, "inserted": inserted, "path": path, "removed": removed}
 
@@ -494,7 +497,9 @@ class ReplayShard:
         and ``consumers``: per consumer ``sampled`` and
         ``samples_per_insert`` (None when unlimited), plus the limiter's lag, min_size and error_buffer. A table
         with a cold tier also reports memory_rows, disk_rows, staged_rows, disk_files, disk_bytes, spilled and
-        disk_capacity (see :meth:`replay.table.Table.stats`); its size is memory_rows + disk_rows + staged_rows."""
+        disk_capacity (see :meth:`replay.table.Table.stats`); its size is memory_rows + disk_rows + staged_rows.
+        What the last recovery found (0 for a table not persisted): corrupt_files, corrupt_records,
+        rows_lost_to_corruption and recovered_duplicates (:meth:`replay.persistence.RecoveryReport.stats`)."""
         out = {}
         for name, state in self._tables.items():
             with state.cond:

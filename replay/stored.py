@@ -4,7 +4,8 @@
 (:func:`replay.recovery.open_table` with ``read_only=True``): no LOCK is taken and no file is created, changed or
 removed, so a table can be read while a live shard writes it, and the rows are those a shard recovering the same
 files would hold (removals after ``max_times_sampled`` samples included). A live writer may be in the middle of
-its last record: that torn tail is skipped with a warning. Should a live shard compact while we read (deleting the
+its last record: that torn tail is skipped with a warning (damaged records are skipped and reported, see
+:mod:`replay.persistence`). Should a live shard compact while we read (deleting the
 files we were about to open), the read starts over.
 
 The table's configuration comes from its files: the columns from the newest snapshot or log, a prioritized sampler
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from replay.cold import COLD_DIRECTORY, list_segments
-from replay.persistence import KEY_FIELD, PRIORITY_FIELD, TIMES_SAMPLED_FIELD, table_directory
+from replay.persistence import KEY_FIELD, PRIORITY_FIELD, TIMES_SAMPLED_FIELD, log_schema, table_directory
 from replay.recovery import SeenChunks, open_table
 from replay.schema import ColumnSpec, SchemaError, columns_from_arrow_schema
 from replay.table import TableConfig
@@ -37,7 +38,7 @@ _MOST_SAMPLES = 2**31 - 2
 """``max_times_sampled`` of a table read from files with sample counts: only logged removals (-1) remove rows."""
 _READ_ATTEMPTS = 5
 _SHARD_RE = re.compile(r"^shard-(\d+)$")
-_FILE_RE = re.compile(r"^(snapshot|wal|priorities|sampled)-(\d+)\.(parquet|arrows)$")
+_FILE_RE = re.compile(r"^(snapshot|wal|priorities|sampled)-(\d+)\.(parquet|log)$")
 
 
 class OfflineError(ValueError):
@@ -127,8 +128,8 @@ def _newest_snapshot_names(root: str) -> list[str]:
     for _, path in _files(root)["snapshot"]:
         try:
             return pq.read_schema(path).names
-        except FileNotFoundError:
-            continue
+        except (OSError, pa.ArrowException):
+            continue  # gone or damaged
     return []
 
 
@@ -138,15 +139,13 @@ def file_columns(root: str) -> tuple[ColumnSpec, ...] | None:
     for _, path in files["snapshot"]:
         try:
             schema = pq.read_schema(path)
-        except FileNotFoundError:
-            continue
+        except (OSError, pa.ArrowException):
+            continue  # gone or damaged
         return columns_from_arrow_schema(schema, skip=(KEY_FIELD, PRIORITY_FIELD, TIMES_SAMPLED_FIELD))
     for _, path in files["wal"]:
-        try:
-            with pa.OSFile(path, "rb") as source:
-                schema = pa.ipc.open_stream(source).schema
-        except (FileNotFoundError, pa.ArrowInvalid, OSError):
-            continue  # gone, empty or torn before its schema: no rows in it
+        schema = log_schema(path)
+        if schema is None:
+            continue  # gone, empty, torn or damaged before its schema: no rows in it
         return columns_from_arrow_schema(schema)
     return None
 

@@ -157,6 +157,9 @@ class SystemConfig:
         if self.gateway.enabled and self.gateway.insert_chunk_rows > max_rows:
             raise ValueError(f"gateway.insert_chunk_rows={self.gateway.insert_chunk_rows}: expected <= {limit} "
                              f"(every upload would fail)")
+        if self.policy.prioritized and self.replay.real_disk_capacity > 0:
+            raise ValueError("policy.prioritized=true: expected replay.real_disk_capacity=0 (rows of the cold tier on "
+                             f"disk keep no priorities), got replay.real_disk_capacity={self.replay.real_disk_capacity}")
 
     @property
     def imagination_enabled(self) -> bool:

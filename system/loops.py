@@ -17,6 +17,9 @@ from system.metrics import LearnerMetrics
 
 MAX_NONFINITE_STREAK = 100
 """Consecutive skipped (non-finite) updates after which a learner stops with an error."""
+PRIORITY_UPDATES_PER_SEND = 4
+"""Learner updates whose new priorities a loop sends together, one call per shard: each call has a fixed cost on
+the learner and on the shard, and a priority reaches its shard at most this many updates late."""
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,10 @@ class BatchPart:
     table: str
     rows: int
     consumer: str | None
+    priority_eps: float | None = None
+    """Prioritized part: the batch is sampled with keys and importance weights (column ``weight``), and after each
+    update this part's rows get |TD error| + ``priority_eps`` (the learner's ``td_error``) as their new priorities.
+    None: a plain sample."""
 
 
 @dataclass(frozen=True)
@@ -73,27 +80,55 @@ class LearnerLoop:
         self._replay, self._publisher, self._parts = replay, publisher, parts
         self._publish_every, self._publish_state = publish_every, publish_state
         self._prefetch, self._local = prefetch, local
-        self._pending: deque[list] = deque()
+        self._pending: deque[tuple[list[BatchPart], list]] = deque()
         self._published_at = 0
+        self._priorities: list[tuple[str, np.ndarray, np.ndarray]] = []  # (table, keys, priorities) not sent yet
+        self._queued_updates = 0
         self._metrics = LearnerMetrics(name)  # Prometheus (a no-op without Ray)
 
     def _submit(self) -> None:
         while len(self._pending) < self._prefetch:
+            parts = [p for p in self._parts() if p.rows > 0]
+            keys = any(p.priority_eps is not None for p in parts)  # every part, so that each row has a weight
             self._pending.append(
-                [self._replay.submit_sample(p.table, p.rows, p.consumer) for p in self._parts() if p.rows > 0]
+                (parts, [self._replay.submit_sample(p.table, p.rows, p.consumer, with_keys=keys) for p in parts])
             )
 
-    def _next_batch(self) -> dict[str, np.ndarray] | None:
-        """The oldest prefetched batch if all its parts have arrived, else None (never blocks)."""
+    def _next_batch(self) -> tuple[dict[str, np.ndarray], list[BatchPart]] | None:
+        """The oldest prefetched batch (its parts' rows in part order) and its parts if all have arrived, else
+        None (never blocks)."""
         self._submit()
-        head = self._pending[0]
+        parts, head = self._pending[0]
         if not all(part.done() for part in head):
             return None
         self._pending.popleft()
         results = [part.result() for part in head]
         if len(results) == 1:
-            return results[0]
-        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+            return results[0], parts
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}, parts
+
+    def _queue_priorities(self, batch: dict[str, np.ndarray], parts: list[BatchPart], td_error: np.ndarray) -> None:
+        """Queue |TD error| + eps as the new priorities of each prioritized part's rows; send every
+        ``PRIORITY_UPDATES_PER_SEND`` updates."""
+        start = 0
+        for part in parts:
+            if part.priority_eps is not None:
+                rows = slice(start, start + part.rows)
+                self._priorities.append((part.table, batch["key"][rows], td_error[rows] + part.priority_eps))
+            start += part.rows
+        self._queued_updates += 1
+        if self._queued_updates >= PRIORITY_UPDATES_PER_SEND:
+            self._send_priorities()
+
+    def _send_priorities(self) -> None:
+        """Send the queued priorities, one ``update_priorities`` per table in update order (a key's latest priority
+        wins), without waiting for them to be applied (the client bounds the calls in flight)."""
+        for table in dict.fromkeys(table for table, _, _ in self._priorities):
+            queued = [(keys, priorities) for name, keys, priorities in self._priorities if name == table]
+            self._replay.update_priorities(table, np.concatenate([k for k, _ in queued]),
+                                           np.concatenate([p for _, p in queued]))
+        self._priorities.clear()
+        self._queued_updates = 0
 
     def run(self, max_seconds: float) -> LearnerReport:
         """Update until ``max_seconds`` pass (in process: until no batch is ready); report what was done."""
@@ -102,14 +137,18 @@ class LearnerLoop:
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         while time.perf_counter() - start < max_seconds:
-            batch = self._next_batch()
-            if batch is None:
+            ready = self._next_batch()
+            if ready is None:
                 if self._local:
                     break
                 time.sleep(0.002)
                 waited += 0.002
                 continue
+            batch, parts = ready
             metrics = self.learner.update(batch)
+            td_error = metrics.pop("td_error", None)
+            if td_error is not None:
+                self._queue_priorities(batch, parts, td_error)
             updates += 1
             for key, value in metrics.items():
                 sums[key] += float(value)
@@ -117,6 +156,8 @@ class LearnerLoop:
             self._check_finite()
             if self.learner.num_updates - self._published_at >= self._publish_every:
                 self.publish_now()
+        if self._priorities:
+            self._send_priorities()
         elapsed = time.perf_counter() - start
         report = LearnerReport(
             updates=updates,
@@ -146,15 +187,17 @@ class LearnerLoop:
         return self.learner.state_dict()
 
 
-def policy_batch_parts(replay: Any, batch_size: int, real_ratio: float, imagination: bool) -> Callable[[], list[BatchPart]]:
+def policy_batch_parts(
+    replay: Any, batch_size: int, real_ratio: float, imagination: bool, priority_eps: float | None = None
+) -> Callable[[], list[BatchPart]]:
     """Policy batches: ``real_ratio`` of the rows from ``real`` (rate-limited), the rest from ``imagined``.
 
     Until the ``imagined`` table holds a batch worth of rows (checked at most once a second), a batch is only its
-    real part.
+    real part. ``priority_eps`` (prioritized replay) makes the ``real`` part prioritized (see ``BatchPart``).
     """
     n_real = batch_size if not imagination else max(1, round(batch_size * real_ratio))
     n_imagined = batch_size - n_real
-    real_only = [BatchPart("real", n_real, "policy")]
+    real_only = [BatchPart("real", n_real, "policy", priority_eps)]
     mixed = real_only + [BatchPart("imagined", n_imagined, None)]
     state = {"ready": n_imagined == 0, "checked": float("-inf")}
 

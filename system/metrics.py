@@ -402,6 +402,12 @@ class ReplayMetrics(ShardRecorder):
         "insert_wait_s": ("insert_wait_seconds", "seconds inserts waited for the rate limiters"),
         "sample_wait_s": ("sample_wait_seconds", "seconds samples waited for the rate limiters or rows"),
     }
+    RECOVERY = {  # fixed when the shard recovered its table from disk: gauges, not counters from a baseline
+        "corrupt_files": ("recovery_corrupt_files", "damaged log or snapshot files set aside at recovery"),
+        "corrupt_records": ("recovery_corrupt_records", "damaged log records skipped at recovery"),
+        "rows_lost_to_corruption": ("recovery_rows_lost", "acknowledged rows lost to damaged log records"),
+        "recovered_duplicates": ("recovery_duplicates", "records logged twice, recovered once"),
+    }
 
     def __init__(self, index: int, stats: Callable[[], Mapping[str, Mapping[str, Any]]],
                  enabled: bool | None = None):
@@ -415,6 +421,7 @@ class ReplayMetrics(ShardRecorder):
         self.error_buffer = m.gauge("limiter_error_buffer", "how far a consumer may run ahead or behind",
                                     ("table", "consumer"))
         self.counters = {key: m.counter(q, d, ("table",)) for key, (q, d) in self.COUNTERS.items()}
+        self.recovery = {key: m.gauge(q, d, ("table",)) for key, (q, d) in self.RECOVERY.items()}
         if m.enabled:
             self.collect()  # baselines: rows recovered from disk are not counted as inserted by this process
             m.every_refresh(self.collect)
@@ -426,6 +433,9 @@ class ReplayMetrics(ShardRecorder):
             for key, counter in self.counters.items():
                 if key in stats:
                     counter.set_total(stats[key], table=table)
+            for key, gauge in self.recovery.items():
+                if key in stats:
+                    gauge.set(stats[key], table=table)
             for consumer, limiter in stats.get("consumers", {}).items():
                 if "lag" in limiter:
                     self.lag.set(limiter["lag"], table=table, consumer=consumer)

@@ -47,8 +47,10 @@ class PolicyLoop(LearnerLoop):
     def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool):
         learner = SACLearner(spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high, config.policy,
                              seed=config.seed + SEED_POLICY)
+        # prioritized replay: the real rows come with importance weights and get their |TD error| back as priorities
         parts = policy_batch_parts(replay, config.policy.batch_size, config.policy.real_ratio,
-                                   config.imagination_enabled)
+                                   config.imagination_enabled,
+                                   config.policy.priority_eps if config.policy.prioritized else None)
         super().__init__("policy", learner, replay, WeightsPublisher(store, "policy", local), parts,
                          config.policy.publish_every, learner.policy_state, local=local)
 
@@ -136,10 +138,17 @@ def table_configs(config: SystemConfig, spec: EnvSpec) -> list[TableConfig]:
         (consumer, replay.limiter(spi, min_rows)) for consumer, (spi, min_rows) in real_table_limiters(config).items()
     )
     snapshot_every = replay.shard_capacity(replay.snapshot_every_rows)
+    # policy.prioritized: `real` samples by priority (for every consumer of it); `imagined` stays uniform: its rows
+    # are short-lived model rollouts, mostly evicted before a learnt priority is used, and new rows entering at the
+    # maximum priority would only bias batches toward the newest ones
+    policy = config.policy
+    sampler = {"sampler": "prioritized", "priority_exponent": policy.priority_alpha,
+               "importance_exponent": policy.priority_beta} if policy.prioritized else {}
     tables = [
         TableConfig("real", replay.shard_capacity(replay.real_capacity), columns, limiters,
                     persist=replay.persist_real, snapshot_every_inserts=snapshot_every,
-                    disk_capacity=replay.shard_capacity(replay.real_disk_capacity), non_finite=replay.non_finite)
+                    disk_capacity=replay.shard_capacity(replay.real_disk_capacity), non_finite=replay.non_finite,
+                    **sampler)
     ]
     if config.imagination_enabled:
         tables.append(TableConfig("imagined", replay.shard_capacity(replay.imagined_capacity), columns,

@@ -217,6 +217,75 @@ def test_bad_batch_shapes_are_reported():
         learner.update(batch)
 
 
+def reference_critic_step(learner, batch, seed, weights=None):
+    """Critic loss and per-row |TD error| of ``learner``'s next update on ``batch`` (its generator seeded with
+    ``seed``), computed the long way: sum over critics of the mean over rows of w * (Q - target)^2, w divided by
+    its maximum (no w: the unweighted loss)."""
+    tensors = learner._tensors(batch)
+    learner._generator.manual_seed(seed)
+    with torch.no_grad():
+        target = learner._targets(tensors)
+        q = learner._q(learner.critic, tensors["obs"], tensors["action"])
+    squared = (q - target).pow(2)
+    if weights is not None:
+        w = torch.as_tensor(weights)
+        squared = squared * (w / w.max())
+    return float(squared.mean(dim=1).sum()), (q - target).abs().mean(dim=0).numpy()
+
+
+def test_unprioritized_critic_loss_is_the_plain_mean_squared_td_error_and_ignores_weights():
+    batch = make_batch()
+    expected, _ = reference_critic_step(make_learner(), batch, seed=5)
+    runs = []
+    for columns in ({}, {"weight": np.linspace(0.1, 1.0, 64, dtype=np.float32)}):
+        learner = make_learner()
+        learner._generator.manual_seed(5)
+        metrics = learner.update({**batch, **columns})
+        assert metrics["critic_loss"] == expected and "td_error" not in metrics
+        runs.append((metrics, [p.clone() for p in learner.critic.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_prioritized_update_with_unit_weights_is_the_unweighted_update():
+    batch = make_batch()
+    plain, prioritized, no_column = make_learner(), make_learner(prioritized=True), make_learner(prioritized=True)
+    for _ in range(3):
+        expected = plain.update(batch)
+        metrics = prioritized.update({**batch, "weight": np.ones(64, dtype=np.float32)})
+        td_error = metrics.pop("td_error")
+        assert metrics == expected
+        assert td_error.shape == (64,) and td_error.dtype == np.float32 and (td_error >= 0).all()
+        missing = no_column.update(batch)
+        np.testing.assert_array_equal(missing.pop("td_error"), td_error)
+        assert missing == expected
+    for a, b in zip(plain.critic.parameters(), prioritized.critic.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_prioritized_critic_loss_is_importance_weighted_and_td_errors_are_per_row():
+    batch = make_batch()
+    weights = np.random.default_rng(1).uniform(0.05, 0.5, 64).astype(np.float32)  # the learner divides by the max
+    expected_loss, expected_td = reference_critic_step(make_learner(prioritized=True), batch, seed=5, weights=weights)
+    unweighted, _ = reference_critic_step(make_learner(prioritized=True), batch, seed=5)
+    learner = make_learner(prioritized=True)
+    learner._generator.manual_seed(5)
+    metrics = learner.update({**batch, "weight": weights})
+    assert metrics["critic_loss"] == pytest.approx(expected_loss, rel=1e-6)
+    assert abs(metrics["critic_loss"] - unweighted) > 1e-3 * unweighted
+    np.testing.assert_allclose(metrics["td_error"], expected_td, rtol=1e-6)
+
+
+def test_prioritized_update_rejects_bad_weights_and_returns_no_td_error_when_skipped():
+    learner = make_learner(prioritized=True)
+    for weights in (np.ones(63, dtype=np.float32), np.zeros(64, dtype=np.float32),
+                    np.full(64, np.nan, dtype=np.float32)):
+        with pytest.raises(ValueError, match=r"batch\['weight'\] has shape .* expected \(64,\) finite weights > 0"):
+            learner.update(make_batch(weight=weights))
+    metrics = learner.update(make_batch(reward=np.full(64, np.nan, dtype=np.float32)))
+    assert metrics["skipped"] == 1.0 and "td_error" not in metrics
+
+
 def test_state_dict_round_trip_with_weights_only(tmp_path):
     learner = make_learner(seed=0)
     batch = make_batch()
@@ -299,6 +368,9 @@ def test_log_prob_matches_change_of_variables():
     ("target_entropy", "nan", "policy.target_entropy=nan: expected null or a finite number"),
     ("batch_size", 0, "policy.batch_size=0: expected an integer >= 1"),
     ("device", "gpu", "policy.device='gpu': expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'"),
+    ("priority_alpha", -0.5, "policy.priority_alpha=-0.5: expected a finite number >= 0"),
+    ("priority_beta", 1.5, "policy.priority_beta=1.5: expected a number in [0, 1]"),
+    ("priority_eps", 0.0, "policy.priority_eps=0.0: expected a finite number > 0"),
 ])
 def test_policy_config_validation(field, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

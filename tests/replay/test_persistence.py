@@ -14,7 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from replay import RateLimiterConfig, ReplayShard, TableConfig
-from replay.persistence import KEY_FIELD, PRIORITY_FIELD, TIMES_SAMPLED_FIELD, table_directory
+from replay.persistence import (
+    KEY_FIELD,
+    PRIORITY_FIELD,
+    TIMES_SAMPLED_FIELD,
+    InsertRecord,
+    TableStore,
+    table_directory,
+)
 from tests.replay.helpers import COLUMNS, make_chunk
 
 CHUNK = 8
@@ -89,7 +96,7 @@ def test_recovery_without_close_and_second_shard_refused(tmp_path):
 def test_torn_tail_recovers_every_complete_record(tmp_path):
     shard = ReplayShard([config()], directory=str(tmp_path))
     ends = []
-    wal = os.path.join(table_dir(tmp_path), "wal-0.arrows")
+    wal = os.path.join(table_dir(tmp_path), "wal-0.log")
     for i in range(6):
         fill(shard, 1, start=i)
         ends.append(os.path.getsize(wal))
@@ -99,10 +106,10 @@ def test_torn_tail_recovers_every_complete_record(tmp_path):
     for offset in sorted(rng.integers(1, len(full) - 1, size=8).tolist()) + [ends[2] + 1, len(full) - 1]:
         root = tmp_path / f"torn-{offset}"
         os.makedirs(table_dir(root))
-        with open(os.path.join(table_dir(root), "wal-0.arrows"), "wb") as f:
+        with open(os.path.join(table_dir(root), "wal-0.log"), "wb") as f:
             f.write(full[:offset])
         complete = sum(end <= offset for end in ends)
-        with pytest.warns(RuntimeWarning, match=r"wal-0\.arrows.*dropping \d+ byte"):
+        with pytest.warns(RuntimeWarning, match=r"wal-0\.log.*dropping \d+ byte"):
             again = ReplayShard([config()], directory=str(root))
         assert again.size("real") == complete * CHUNK, offset
         np.testing.assert_array_equal(rows(again)[0]["seq"], np.arange(complete * CHUNK))
@@ -155,12 +162,18 @@ def test_snapshot_then_more_inserts_recovers_everything(tmp_path):
     shard.update_priorities("real", np.array([45]), np.array([7.0]))
     shard.close()
     files = sorted(os.listdir(table_dir(tmp_path)))
-    assert files == ["LOCK", "priorities-1.arrows", "snapshot-1.parquet", "wal-1.arrows"]
+    # the first snapshot deletes nothing: with no snapshot before it, the logs from the start are its fallback
+    assert files == [
+        "LOCK", "priorities-0.log", "priorities-1.log", "snapshot-1.parquet", "wal-0.log", "wal-1.log"
+    ]
     again = ReplayShard([cfg], directory=str(tmp_path))
     assert_same(shard, again)
     assert again.insert("real", make_chunk(CHUNK, start_seq=0), 0)["status"] == "duplicate"
     info = again.snapshot("real")  # generation 3: 2 was started when `again` opened
-    assert sorted(os.listdir(table_dir(tmp_path))) == ["LOCK", f"snapshot-{info['generation']}.parquet"]
+    # the previous snapshot and the logs after it stay (the fallback), older files go
+    assert sorted(os.listdir(table_dir(tmp_path))) == [
+        "LOCK", "priorities-1.log", "snapshot-1.parquet", f"snapshot-{info['generation']}.parquet", "wal-1.log"
+    ]
     again.close()
     # the snapshot is plain Parquet: vectors as fixed_size_list, readable by pandas
     path = os.path.join(table_dir(tmp_path), f"snapshot-{info['generation']}.parquet")
@@ -181,7 +194,7 @@ def test_automatic_snapshots_and_eviction_across_restart(tmp_path):
     fill(shard, 10)
     shard.close()
     gens = [f for f in os.listdir(table_dir(tmp_path)) if f.startswith("snapshot")]
-    assert len(gens) == 1
+    assert len(gens) == 2  # the newest and the one before it
     again = ReplayShard([cfg], directory=str(tmp_path))
     assert again.size("real") == 50
     np.testing.assert_array_equal(rows(again)[0]["seq"], np.arange(80 - 50, 80))
@@ -352,11 +365,12 @@ def test_non_finite_drop_logs_only_the_kept_rows(tmp_path):
     assert shard.insert("real", nothing, 0) == {"status": "ok", "size": 6, "dropped_non_finite": CHUNK}
     fill(shard, 1, start=2)
     kill(shard)
-    wal = os.path.join(table_dir(tmp_path), "wal-0.arrows")
-    with pa.OSFile(wal, "rb") as source:
-        logged = pa.ipc.open_stream(source).read_all()
-    assert logged.column("seq").to_pylist() == [1, 2, 3, 4, 5, 7] + list(range(2 * CHUNK, 3 * CHUNK))
-    assert all(np.isfinite(v).all() for v in logged.column("obs").to_pylist())
+    _, records = TableStore(table_dir(tmp_path), cfg, read_only=True).recover()
+    logged = [r for r in records if isinstance(r, InsertRecord)]
+    assert [r.rows for r in logged] == [6, 0, CHUNK] and [r.dropped_non_finite for r in logged] == [2, CHUNK, 0]
+    seq = np.concatenate([r.chunk["seq"] for r in logged])
+    assert seq.tolist() == [1, 2, 3, 4, 5, 7] + list(range(2 * CHUNK, 3 * CHUNK))
+    assert all(np.isfinite(r.chunk["obs"]).all() for r in logged)
     again = ReplayShard([cfg], directory=str(tmp_path))
     assert_same(shard, again)
     assert again.stats()["real"]["dropped_non_finite"] == CHUNK + 2

@@ -65,13 +65,13 @@ def test_read_table_while_live_matches_the_shards_and_changes_nothing(tmp_path):
 def test_torn_tail_is_skipped_with_a_warning_and_left_in_place(tmp_path):
     shard = ReplayShard([persisted()], directory=str(tmp_path))
     fill(shard, 3, writer_id=0)
-    wal = os.path.join(table_directory(str(tmp_path), 0, "real"), "wal-0.arrows")
+    wal = os.path.join(table_directory(str(tmp_path), 0, "real"), "wal-0.log")
     complete = os.path.getsize(wal)
     fill(shard, 1, writer_id=0, start_seq=3 * CHUNK)
     shard.close()
     with open(wal, "r+b") as f:
         f.truncate(complete + 40)  # the last record is cut in the middle
-    with pytest.warns(RuntimeWarning, match=r"wal-0\.arrows: skipped a torn final record"):
+    with pytest.warns(RuntimeWarning, match=r"wal-0\.log: skipped a torn final record"):
         stored = read_table(str(tmp_path), "real")
     assert stored.rows == 3 * CHUNK
     assert os.path.getsize(wal) == complete + 40

@@ -152,7 +152,7 @@ def test_import_into_a_run_dir_or_a_live_directory_is_refused(tmp_path, capsys):
 
 def test_torn_tail_of_a_live_log_is_a_warning_line(tmp_path, capsys):
     fill_replay(tmp_path / "replay", shards=1)
-    wal = os.path.join(table_directory(str(tmp_path / "replay"), 0, "real"), "wal-0.arrows")
+    wal = os.path.join(table_directory(str(tmp_path / "replay"), 0, "real"), "wal-0.log")
     with open(wal, "ab") as f:
         f.write(b"\xff\xff\xff\xff\x10\x00")  # a record a live writer is in the middle of
     assert main(["replay", "inspect", str(tmp_path / "replay")]) == 0
