@@ -1,19 +1,24 @@
 """Ingest gateway: external agents (real robots, any process outside the cluster) fetch the policy and send episodes.
 
-A small HTTP server (stdlib ``http.server``, one thread per connection) in front of the replay client and the
-weights client of one role. Every request needs ``Authorization: Bearer <token>``. Endpoints (docs/gateway.md):
+An aiohttp server, run by its own event loop in a thread of the gateway object, in front of the replay client and
+the weights client of one role. aiohttp parses HTTP, applies the header limits and keep-alive timeout, and serves
+TLS (Python's ssl); what is ours is authentication, the limits below, validation and storing. Every request needs
+``Authorization: Bearer <token>`` (tokens and scopes: ``actors/gateway_tokens.py``). Endpoints (docs/gateway.md):
 
 - ``GET /v1/spec``: JSON: observation and action spaces, the newest policy version, the upload columns, limits.
-- ``GET /v1/policy``: the newest policy as TorchScript (obs float32 (B, O) -> action float32 (B, A) in env units,
-  deterministic), with the spec as ``spec.json`` inside the archive; runs in plain torch (or libtorch), no dynaray.
-- ``POST /v1/episodes``: one episode as an Arrow IPC stream (columns obs, action, reward, next_obs, terminated,
-  truncated, optionally policy_version). Everything is validated before anything is stored; the gateway then
-  stamps episode_id, step, writer_id and seq, inserts into ``real`` and flushes, so 200 means stored.
+- ``GET /v1/policy[?format=torchscript|onnx]``: the newest policy (``actors/policy_export.py``), with its SHA-256
+  in the header ``X-Dynaray-Policy-SHA256``; scope ``download``.
+- ``POST /v1/episodes``: one episode as an Arrow IPC stream, validated in full before anything is stored
+  (``actors/gateway_upload.py``), then stamped (episode_id, step, writer_id, seq), inserted into ``real`` and
+  flushed, so 200 means stored; scope ``upload``. Idempotent: an ``Idempotency-Key`` (default: the body's SHA-256)
+  seen before is answered with the first answer and stores nothing again.
 
-Errors are JSON ``{"error": ...}`` (plus ``"column"`` for a bad column, ``"limit"`` for an oversized body):
-401 bad token, 400 bad body, 411 no Content-Length, 413 body over ``max_body_bytes``, 404/405 unknown path or
-method, 503 no policy yet / replay not answering / too many uploads at once. The server keeps serving after each.
-Plain HTTP only: put TLS in a reverse proxy (docs/gateway.md).
+Never a crash, never a 500 on input: every refusal is a 4xx JSON ``{"error": ...}`` with a one-line reason; an
+exception that still escapes a handler is a logged, counted 500 and the server goes on.
+
+Limits: a whole-request deadline (``request_timeout_s``: headers and body, however slowly they trickle in), a cap on
+open connections (``max_connections``; unauthenticated ones are closed first), uploads at once (globally and per
+token), rows per second per token, body bytes, decoded bytes and rows per episode.
 
 An agent's loop (``actors.gateway_client``; examples/gateway_robot.py)::
 
@@ -26,50 +31,53 @@ An agent's loop (``actors.gateway_client``; examples/gateway_robot.py)::
 
 The system layer's side::
 
-    config = dataclasses.replace(config, token=resolve_token(config))
-    gateway = IngestGateway(config, replay_client, WeightsClient(store, "policy"), make_policy, env_spec)
-    host, port = gateway.address()
-    ...
+    gateway = IngestGateway(config, replay_client, WeightsClient(store, "policy"), make_policy, env_spec,
+                            tokens=[env_token() or new_token()], metrics=GatewayMetrics)
+    gateway.url()
     gateway.stats()                                          # a GatewayStats
     gateway.close()
 
-Row stamps (one ``replay.writers.RowStamper``): ``writer_id = replay.writers.new_writer_id("gateway", index)``
-(fresh random incarnation bits each time a gateway object is made, so a restarted gateway is a new writer: its
-``seq`` restarts at 0 without the shards taking its rows for duplicates, and its episode ids never repeat the old
-ones); ``episode_id = replay.writers.episode_id(writer_id, n)`` for the n-th episode this gateway object stored;
-``step`` 0, 1, ... within the episode; ``seq`` numbers rows consecutively from 0.
+Row stamps, by a ``replay.writers.RowStamper``: ``writer_id = replay.writers.new_writer_id("gateway", index)``
+(fresh random incarnation bits each
+time a gateway object is made, so a restarted gateway is a new writer: its ``seq`` restarts at 0 without the shards
+taking its rows for duplicates, and its episode ids never repeat the old ones); ``episode_id =
+replay.writers.episode_id(writer_id, n)`` for the n-th episode this gateway object stored; ``step`` 0, 1, ... within
+the episode; ``seq`` numbers rows consecutively from 0. An episode's ids are fixed when its first insert is made:
+a retry after a replay timeout inserts only the chunks that were not yet handed to the replay client.
 """
 
 from __future__ import annotations
 
-import copy
-import hmac
-import io
+import asyncio
+import base64
+import concurrent.futures
+import hashlib
+import ipaddress
 import json
 import logging
 import math
-import os
-import secrets
 import socket
-import socketserver
+import ssl
 import threading
 import time
-import warnings
-from dataclasses import dataclass, field, fields
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import torch
-from torch import Tensor, nn
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from actors.metrics import GatewayRecorder
+from actors.gateway_tokens import (
+    TOKEN_ENV, Token, TokenError, TokenSet, env_token, new_token, read_token_file,
+)
+from actors.gateway_upload import (
+    ARROW_STREAM_TYPE, OPTIONAL_COLUMNS, STAMPED_COLUMNS, UPLOAD_COLUMNS, EpisodeParser, Refused,
+)
+from actors.policy_export import SPEC_FILE, DeterministicActor, export_onnx, export_torchscript
 from replay.client import ReplayTimeout
-from replay.schema import ColumnSpec, SchemaError, arrow_schema, transition_columns, validate_chunk
+from replay.schema import SchemaError, arrow_schema, transition_columns, validate_chunk
 from replay.writers import RowStamper
 
 __all__ = [
@@ -77,169 +85,254 @@ __all__ = [
     "ARROW_STREAM_TYPE",
     "DeterministicActor",
     "GatewayConfig",
+    "GatewayStats",
     "IngestGateway",
     "OPTIONAL_COLUMNS",
+    "POLICY_DIGEST_HEADER",
     "SPEC_FILE",
     "STAMPED_COLUMNS",
     "TOKEN_ENV",
+    "Token",
+    "TokenError",
     "UPLOAD_COLUMNS",
-    "resolve_token",
+    "env_token",
+    "export_onnx",
+    "export_torchscript",
+    "is_loopback",
+    "new_token",
+    "read_token_file",
 ]
 
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
 """Prefix of every endpoint; a later, incompatible API gets a new one."""
-TOKEN_ENV = "DYNARAY_GATEWAY_TOKEN"
-"""Environment variable read for the token when ``GatewayConfig.token`` is empty."""
-ARROW_STREAM_TYPE = "application/vnd.apache.arrow.stream"
-"""Content type of an uploaded episode (the Arrow IPC streaming format)."""
-SPEC_FILE = "spec.json"
-"""Name of the spec inside the TorchScript archive (``torch.jit.load(..., _extra_files={SPEC_FILE: ""})``)."""
 TABLE = "real"
 """The replay table uploads go to."""
-UPLOAD_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
-"""Columns every upload must have."""
-OPTIONAL_COLUMNS = ("policy_version",)
-"""Columns an upload may have: ``policy_version`` (the version the agent acted with; -1, the default, for none)."""
-STAMPED_COLUMNS = ("episode_id", "step", "writer_id", "seq")
-"""Columns the gateway sets; an upload that has them is refused."""
-MIN_TOKEN_CHARS = 16
-"""Shortest token accepted."""
+POLICY_FORMATS = {"torchscript": ("application/octet-stream", "pt"), "onnx": ("application/onnx", "onnx")}
+"""``GET /v1/policy?format=...``: content type and file extension of each format."""
+POLICY_DIGEST_HEADER = "X-Dynaray-Policy-SHA256"
+"""Header of a policy download holding the hex SHA-256 of its body (the client checks it before loading)."""
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""Header naming an upload so that a retry of it stores nothing again (at most 128 printable ASCII characters)."""
+REPLAYED_HEADER = "Idempotent-Replayed"
+"""Header (``true``) of an answer repeated for a retried upload."""
+MAX_KEY_CHARS = 128
 LINGER_S = 2.0
-"""How long a connection whose request body was refused unread is drained before it is closed (so that the client
+"""How long the unread body of a refused upload is drained before its connection is closed (so that the client
 reads the answer instead of a connection reset)."""
 RETRY_AFTER_S = 5
-"""``Retry-After`` of 503 answers."""
-_ACTION_BOUND_SLACK = 1e-5
-"""Relative slack on the action bounds (float32 rounding of a policy's tanh output scaled to the bounds)."""
-_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
+"""``Retry-After`` of 503 answers for no policy yet and replay timeouts."""
+WATCHDOG_S = 0.2
+"""How often open connections are checked against the request deadline."""
+TOKEN_KEY = web.RequestKey("token", Token)
+"""The request's authenticated token."""
+BODY_READ_KEY = web.RequestKey("body_read", bool)
+"""Whether the request's body was read in full (a refused request whose body was not is answered, drained for
+:data:`LINGER_S`, and its connection closed)."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only: ``localhost``, 127.0.0.0/8, ``::1``."""
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     """The ingest gateway: where it listens, who may talk to it, and how much it accepts. ``metadata["check"]``
-    declares a field's constraint (checked by ``system.config``; ``secret``: the value is never shown)."""
+    declares a field's constraint (checked by ``system.config``); the cross-field rules are in ``__post_init__``.
+
+    Tokens are not settings: they come from ``$DYNARAY_GATEWAY_TOKEN`` and ``token_file`` (docs/gateway.md), so
+    that no config file, command line or run directory holds one.
+    """
 
     enabled: bool = False
     """Start the gateway with the run."""
     host: str = field(default="127.0.0.1", metadata={
         "check": lambda host: None if host.strip() else "a host name or IP address such as '127.0.0.1'"})
-    """Address to listen on. The default accepts local connections only; anything else serves plain HTTP on the
-    network: put a TLS reverse proxy in front (docs/gateway.md)."""
+    """Address to listen on. The default accepts local connections only; any other needs ``tls_cert`` and
+    ``tls_key`` (or ``allow_plain_http``)."""
     port: int = field(default=0, metadata={"check": "in [0, 65535]", "note": "0: pick a free port"})
-    """TCP port; 0 picks a free one (read it from ``IngestGateway.address()``)."""
-    token: str = field(default="", metadata={
-        "check": lambda token: token_problem(token) if token else None, "secret": True})
-    """Bearer token every request must carry (at least 16 printable ASCII characters, no spaces); empty: read
-    ``DYNARAY_GATEWAY_TOKEN``, and when that is empty too the system layer generates one (:func:`resolve_token`)."""
+    """TCP port; 0 picks a free one (read it from ``IngestGateway.url()``; a restarted gateway picks a new one, so
+    robots should be given a fixed port)."""
+    token_file: str = ""
+    """Token file: one ``<id> <scopes> <token>`` per line, mode 0600, re-read when it changes (removing a line
+    revokes that token). Empty: only ``$DYNARAY_GATEWAY_TOKEN`` (or the token the run generates)."""
+    tls_cert: str = ""
+    """PEM certificate chain to serve HTTPS with (together with ``tls_key``)."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+    allow_plain_http: bool = False
+    """Serve plain HTTP on a non-loopback ``host`` (only behind a TLS reverse proxy or on a private link: the
+    bearer token crosses the network in clear otherwise)."""
     max_body_bytes: int = field(default=16 * 1024 * 1024, metadata={"check": ">= 1024"})
     """Largest upload body accepted; a larger one is refused with 413 before it is read."""
+    max_decoded_bytes: int = field(default=64 * 1024 * 1024, metadata={"check": ">= 1024"})
+    """Largest size the upload's Arrow record batches may decode to (compressed buffers are measured before they
+    are decompressed); 413 beyond."""
+    max_episode_rows: int = field(default=10_000, metadata={"check": ">= 1"})
+    """Most rows one upload may hold (413 beyond: send a longer episode in parts)."""
+    max_abs_value: float = field(default=1e6, metadata={"check": "> 0"})
+    """Largest magnitude accepted in ``obs``, ``next_obs`` and ``reward`` (400 beyond)."""
     max_concurrent_uploads: int = field(default=4, metadata={"check": ">= 1"})
-    """Uploads read and validated at once (each holds its body in memory); more are refused with 503."""
+    """Uploads read, validated and stored at once (each holds its body in memory); more are refused with 503."""
+    max_uploads_per_token: int = field(default=2, metadata={"check": ">= 1"})
+    """Uploads in progress at once per token, so one robot cannot hold every upload slot; 503 beyond."""
+    max_rows_per_s: float = field(default=10_000.0, metadata={"check": ">= 0", "note": "0: no limit"})
+    """Rows per second each token may upload on average (bursts up to one second's worth); 429 with Retry-After
+    beyond. 0: no limit."""
+    max_connections: int = field(default=64, metadata={"check": ">= 1"})
+    """Open connections; a new one past this closes the oldest connection that has not authenticated (else the
+    oldest idle one, else itself)."""
+    request_timeout_s: float = field(default=60.0, metadata={"check": "> 0"})
+    """Whole-request deadline: headers and body must have arrived this many seconds after the connection opened
+    (or the previous answer was sent), however slowly they trickle in; else the connection is closed (408 when
+    the body was being read). Also the TLS handshake timeout."""
+    socket_timeout_s: float = field(default=30.0, metadata={"check": "> 0"})
+    """A connection that sends nothing for this long (an idle keep-alive, a stalled upload) is closed."""
+    max_idempotency_keys: int = field(default=10_000, metadata={"check": ">= 1"})
+    """Uploads remembered for idempotent retries (oldest forgotten first)."""
     insert_chunk_rows: int = field(default=50, metadata={"check": ">= 1"})
     """Rows per replay insert when an episode is stored (the replay rate limiter refuses inserts of more than
     ``2 * replay.error_buffer_steps / replay.num_shards`` rows; the system config checks it)."""
     weights_poll_s: float = field(default=1.0, metadata={"check": "> 0"})
     """Seconds between non-blocking polls for newer policy weights."""
-    socket_timeout_s: float = field(default=30.0, metadata={"check": "> 0"})
-    """A connection that sends nothing for this long (an idle keep-alive, a stalled upload) is closed."""
     num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
     """Ray CPUs reserved for the gateway actor (read by system/)."""
+    max_restarts: int = field(default=3, metadata={"check": ">= -1", "note": "-1: no limit"})
+    """How often Ray restarts the gateway actor when its process dies (read by system/)."""
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError(f"gateway.tls_cert={self.tls_cert!r}, gateway.tls_key={self.tls_key!r}: expected both "
+                             f"(certificate chain and private key, PEM) or neither")
+        if not self.tls and not self.allow_plain_http and not is_loopback(self.host):
+            raise ValueError(
+                f"gateway.host={self.host!r} is reachable from the network: expected gateway.tls_cert and "
+                f"gateway.tls_key (HTTPS), or gateway.allow_plain_http=true behind a TLS reverse proxy (bearer "
+                f"tokens would otherwise cross the network in clear)"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gateway serves HTTPS."""
+        return bool(self.tls_cert)
 
 
-def _redacted(value: Any) -> str:
-    return f"<{len(value)} characters>" if isinstance(value, str) else f"<{type(value).__name__}>"
-
-
-def token_problem(token: str) -> str | None:
-    """What is wrong with ``token`` as a bearer token ("at least 16 ..."), or None if it is fine."""
-    if len(token) < MIN_TOKEN_CHARS or not all("!" <= ch <= "~" for ch in token):
-        return f"at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces, got {len(token)} characters"
-    return None
-
-
-def resolve_token(config: GatewayConfig) -> str:
-    """The token to use: ``config.token``, else ``$DYNARAY_GATEWAY_TOKEN``, else a fresh ``secrets.token_urlsafe(32)``.
+def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext:
+    """The TLS context of ``config.tls_cert`` / ``tls_key`` (TLS 1.2 or newer).
 
     Raises:
-        ValueError: the environment variable holds an unusable token (too short, spaces, non-ASCII).
+        ValueError: a file is missing or not a matching PEM certificate chain and key.
     """
-    if config.token:
-        return config.token
-    token = os.environ.get(TOKEN_ENV, "")
-    if token:
-        problem = token_problem(token)
-        if problem:
-            raise ValueError(f"${TOKEN_ENV}={_redacted(token)}: expected {problem}")
-        return token
-    return secrets.token_urlsafe(32)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"gateway.tls_cert={config.tls_cert!r}, gateway.tls_key={config.tls_key!r}: cannot load "
+                         f"them as a PEM certificate chain and its key ({exc})") from None
+    return context
 
 
-class DeterministicActor(nn.Module):
-    """The exported policy: obs float32 (B, O) -> action float32 (B, A) in env units.
+# ---------------------------------------------------------------------------------------------------------------
+# per-token limits and idempotency records
 
-    The tanh-Gaussian actor's deterministic action: ``tanh(mean) * action_scale + action_bias``, which is what
-    ``Policy.act(obs, deterministic=True)`` computes. Built from a ``learners.sac.TanhGaussianActor``.
+
+class _RowBudget:
+    """Rows per second per token id: a bucket of one second's rows that may go into debt by one upload.
+
+    An upload is admitted while its token's bucket is not in debt; its rows are taken once it is validated (so an
+    upload is never refused after it was read), and the bucket refills at ``rate`` rows per second.
     """
 
-    def __init__(self, trunk: nn.Module, action_scale: Tensor, action_bias: Tensor, obs_dim: int, act_dim: int):
-        super().__init__()
-        self.trunk = trunk
-        self.obs_dim = obs_dim
-        self.act_dim = act_dim
-        self.register_buffer("action_scale", action_scale.detach().clone().float())
-        self.register_buffer("action_bias", action_bias.detach().clone().float())
+    def __init__(self, rate: float):
+        self.rate = float(rate)
+        self._level: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
 
-    @classmethod
-    def from_actor(cls, actor: nn.Module) -> "DeterministicActor":
-        """A CPU copy of ``actor``'s trunk and action scaling (``TanhGaussianActor``)."""
-        trunk = copy.deepcopy(actor.trunk).cpu().eval().requires_grad_(False)
-        return cls(trunk, actor.action_scale.cpu(), actor.action_bias.cpu(), int(actor.obs_dim), int(actor.act_dim))
+    def _now(self, token_id: str) -> float:
+        level, at = self._level.get(token_id, (self.rate, time.monotonic()))
+        now = time.monotonic()
+        return min(self.rate, level + (now - at) * self.rate)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        if obs.dim() != 2 or obs.size(1) != self.obs_dim:
-            raise ValueError(
-                "obs has shape " + str(obs.shape) + ", expected (B, " + str(self.obs_dim) + ") float32"
-            )
-        mean = self.trunk(obs.to(torch.float32)).narrow(1, 0, self.act_dim)
-        return torch.tanh(mean) * self.action_scale + self.action_bias
+    def wait_s(self, token_id: str) -> float:
+        """Seconds until the token may upload again (0: now)."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            level = self._now(token_id)
+        return 0.0 if level >= 0 else -level / self.rate
 
-
-def export_torchscript(actor: nn.Module, spec: Mapping[str, Any]) -> bytes:
-    """TorchScript archive of ``actor``'s deterministic policy, with ``spec`` as JSON inside it (:data:`SPEC_FILE`).
-
-    ``torch.jit`` is deprecated in recent torch in favour of ``torch.export``, but TorchScript is what loads in
-    libtorch (C++) and in old and new torch alike, which is what a robot needs; its deprecation warning is
-    silenced here.
-    """
-    module = DeterministicActor.from_actor(actor)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=DeprecationWarning)
-        scripted = torch.jit.script(module)
-        torch.jit.save(scripted, buffer, _extra_files={SPEC_FILE: json.dumps(spec, sort_keys=True)})
-    return buffer.getvalue()
+    def spend(self, token_id: str, rows: int) -> None:
+        if self.rate <= 0:
+            return
+        with self._lock:
+            self._level[token_id] = (self._now(token_id) - rows, time.monotonic())
 
 
-class _HttpError(Exception):
-    """An answer other than 200: status, message, and extra JSON fields / headers."""
+@dataclass
+class _Upload:
+    """What the gateway remembers of one upload (by token id and idempotency key)."""
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        column: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        **extra: Any,
-    ):
-        super().__init__(message)
-        self.status = int(status)
-        self.message = message
-        self.payload: dict[str, Any] = {"error": message, **extra}
-        if column is not None:
-            self.payload["column"] = column
-        self.headers = dict(headers or {})
+    digest: str
+    state: str = "storing"
+    """``storing`` (a request is on it), ``partial`` (replay timed out: a retry resumes it), ``stored``."""
+    result: dict | None = None
+    episode_id: int | None = None
+    first_seq: int = 0
+    rows: int = 0
+    submitted: int = 0
+    """Insert chunks handed to the replay client (a retry goes on from there)."""
+
+
+class _Uploads:
+    """Idempotency records, least recently used forgotten first (never one a request is on)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._records: OrderedDict[tuple[str, str], _Upload] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def begin(self, key: tuple[str, str], digest: str) -> _Upload:
+        """The record for ``key``, now marked ``storing``; raises :class:`Refused` if it cannot go on."""
+        with self._lock:
+            record = self._records.get(key)
+            if record is not None:
+                self._records.move_to_end(key)
+                if record.digest != digest:
+                    raise Refused(422, f"{IDEMPOTENCY_HEADER} {key[1]!r} was used before with another body; expected "
+                                       f"one key per episode")
+                if record.state == "storing":
+                    raise Refused(409, f"an upload with {IDEMPOTENCY_HEADER} {key[1]!r} is in progress; retry once "
+                                       f"it is answered", headers={"Retry-After": "1"})
+                if record.state == "partial":
+                    record.state = "storing"
+                return record
+            record = self._records[key] = _Upload(digest)
+            while len(self._records) > self.capacity:
+                oldest = next((k for k, r in self._records.items() if r.state != "storing"), None)
+                if oldest is None:
+                    break
+                del self._records[oldest]
+            return record
+
+    def end(self, key: tuple[str, str], record: _Upload, state: str | None) -> None:
+        """Leave ``record`` in ``state``; None forgets it (nothing of it was stored)."""
+        with self._lock:
+            if state is None:
+                if self._records.get(key) is record:
+                    del self._records[key]
+            else:
+                record.state = state
+
+    def __len__(self) -> int:
+        return len(self._records)
 
 
 @dataclass(frozen=True)
@@ -248,6 +341,8 @@ class GatewayStats:
 
     requests: Mapping[int, int]
     """Requests answered, by HTTP status code."""
+    requests_by_token: Mapping[str, Mapping[int, int]]
+    """Requests answered, by token id (``-``: no valid token) and HTTP status code. Never a token itself."""
     episodes: int
     """Episodes stored."""
     rows: int
@@ -257,39 +352,96 @@ class GatewayStats:
     policy_downloads: int
     """Policies downloaded."""
     policy_exports: int
-    """Policy versions exported to TorchScript (one per version downloaded)."""
+    """Policy archives exported (one per version and format downloaded)."""
     uploads_in_progress: int
-    """Uploads being read or stored now."""
+    """Uploads being read, validated or stored now."""
+    idempotent_replays: int
+    """Retried uploads answered with their first answer (nothing stored again)."""
+    connections: int
+    """Connections open now."""
+    connections_timed_out: int
+    """Connections closed because their request was not in by ``request_timeout_s``."""
+    connections_evicted: int
+    """Connections closed to stay within ``max_connections``."""
+    internal_errors: int
+    """Answers 500 (a bug; each is logged with its traceback)."""
     policy_version: int | None
     """The newest policy version the gateway has seen (None: none published yet)."""
     writer_id: int
     """The writer id its rows carry."""
     address: tuple[str, int]
     """``(host, port)`` the server listens on."""
+    token_ids: tuple[str, ...]
+    """Ids of the tokens accepted now."""
 
 
-def _bad_column(column: str, reason: str) -> _HttpError:
-    return _HttpError(400, f"column {column!r}: {reason}", column=column)
+# ---------------------------------------------------------------------------------------------------------------
+# connections
+
+
+class _Connection(RequestHandler):
+    """aiohttp's HTTP protocol for one connection, plus what the gateway's limits need to know about it."""
+
+    def __init__(self, gateway: "IngestGateway", *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.gateway = gateway
+        self.phase_started = time.monotonic()
+        """When this connection opened, or its last answer was sent: the request deadline counts from here."""
+        self.authenticated = False
+        self.in_request = False
+        """A request's headers have arrived and its handler runs (the deadline is then the handler's)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.phase_started = time.monotonic()
+        self.gateway._opened(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.gateway._connection_lost(self)
+        super().connection_lost(exc)
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        """A request aiohttp could not parse (or a failure outside our handlers): a JSON error, connection closed."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer was sent already; closing the connection")
+        if status >= 500:
+            self.gateway._count("internal_errors")
+            logger.error("ingest gateway: request from %s failed", request.remote, exc_info=exc)
+            text = "internal error (logged by the gateway)"
+        else:
+            text = " ".join(str(message or exc or "bad request").split())[:300]
+            logger.info("ingest gateway: unparsable request from %s -> %d: %s", request.remote, status, text)
+        response = _json({"error": f"bad HTTP request: {text}" if status < 500 else text}, status=status)
+        response.force_close()
+        self.gateway._answered(status, "-")
+        return response
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the gateway
 
 
 class IngestGateway:
-    """HTTP endpoint for external agents: policy downloads and validated episode uploads into ``real``.
+    """HTTP(S) endpoint for external agents: policy downloads and validated episode uploads into ``real``.
 
-    Plain class (no Ray): the server runs in background threads from construction until :meth:`close`. On Ray,
-    ``system/`` makes it an actor and calls :meth:`address`, :meth:`stats` and :meth:`close` remotely.
+    Plain class (no Ray): the server runs in a background thread with its own event loop from construction until
+    :meth:`close`. On Ray, ``system/`` makes it an actor and calls :meth:`url`, :meth:`stats` and :meth:`close`.
 
     Args:
-        config: where to listen and the limits; ``config.token`` (or ``$DYNARAY_GATEWAY_TOKEN``) must be set.
+        config: where to listen, TLS, the token file and the limits.
         replay: a ``ReplayClient`` (or anything with ``insert(table, chunk, writer_id)`` and ``flush()``).
         weights: a ``WeightsClient`` for ``"policy"`` (``poll()`` -> new state or None, ``.version``).
         make_policy: builds a ``learners.sac.Policy`` (``load_state(state)``, ``.actor``) for the export.
         spec: the env's ``actors.envs.EnvSpec`` (observation and action shapes, action bounds).
         index: this gateway's number (0 <= index < 4096), encoded in its rows' ``writer_id``.
+        tokens: tokens accepted besides those of ``config.token_file`` (``env_token()``, ``new_token()``).
         metrics: makes the gateway's Prometheus recorder (``actors.metrics.GatewayRecorder``, the default, records
             nothing).
 
     Raises:
-        ValueError: no token configured, or ``index`` out of range.
+        TokenError: no token at all, or an unusable token file.
+        ValueError: ``index`` out of range, or unusable TLS files.
         OSError: the address cannot be listened on (port taken, unknown host); the message names the setting.
     """
 
@@ -301,24 +453,16 @@ class IngestGateway:
         make_policy: Callable[[], Any],
         spec: Any,
         index: int = 0,
+        tokens: Iterable[Token] = (),
         metrics: Callable[[int], GatewayRecorder] = GatewayRecorder,
     ):
-        token = config.token or os.environ.get(TOKEN_ENV, "")
-        if not token:
-            raise ValueError(
-                f"gateway.token is empty and ${TOKEN_ENV} is not set: expected a token "
-                f"(resolve_token(config) generates one)"
-            )
-        problem = token_problem(token)
-        if problem:
-            raise ValueError(f"${TOKEN_ENV}={_redacted(token)}: expected {problem}")
         if not isinstance(index, int) or isinstance(index, bool):
             raise ValueError(f"gateway index={index!r}: expected an integer")
         self.config = config
         self.index = index
+        self.tokens = TokenSet(tokens, config.token_file)
         self._stamper = RowStamper("gateway", index)
         self.writer_id = self._stamper.writer_id
-        self._token = token.encode()
         self._replay = replay
         self._weights = weights
         self._make_policy = make_policy
@@ -331,16 +475,22 @@ class IngestGateway:
         self._columns = transition_columns(self.obs_shape, self.action_shape)
         self._specs = {c.name: c for c in self._columns}
         self._upload_columns = [c for c in self._columns if c.name not in STAMPED_COLUMNS]
+        self._parser = EpisodeParser(self._columns, self.action_low, self.action_high, config.max_episode_rows,
+                                     config.max_decoded_bytes, config.max_abs_value)
 
         self._weights_lock = threading.Lock()
         self._state: Any = None
         self._version: int | None = None
         self._export_lock = threading.Lock()
-        self._export: tuple[int, bytes] | None = None
+        self._exports: dict[str, tuple[int, bytes, str]] = {}
         self._store_lock = threading.Lock()
-        self._uploads = threading.BoundedSemaphore(config.max_concurrent_uploads)
+        self._uploads = _Uploads(config.max_idempotency_keys)
+        self._budget = _RowBudget(config.max_rows_per_s)
+        self._slots_lock = threading.Lock()
+        self._slots: dict[str, int] = {}
         self._stats_lock = threading.Lock()
         self._requests: dict[int, int] = {}
+        self._by_token: dict[str, dict[int, int]] = {}
         self._counters = {
             "episodes": 0,
             "rows": 0,
@@ -348,42 +498,47 @@ class IngestGateway:
             "policy_downloads": 0,
             "policy_exports": 0,
             "uploads_in_progress": 0,
+            "idempotent_replays": 0,
+            "connections_timed_out": 0,
+            "connections_evicted": 0,
+            "internal_errors": 0,
         }
         self._metrics = metrics(index)  # Prometheus
-        self._routes: dict[str, dict[str, Callable[[_Handler], None]]] = {
-            f"{API_PREFIX}/spec": {"GET": self._get_spec},
-            f"{API_PREFIX}/policy": {"GET": self._get_policy},
-            f"{API_PREFIX}/episodes": {"POST": self._post_episode},
-        }
+        self._connections: dict[_Connection, None] = {}
+        self._ssl = server_ssl_context(config) if config.tls else None
+        self._work = concurrent.futures.ThreadPoolExecutor(config.max_concurrent_uploads + 2,
+                                                          thread_name_prefix="gateway-work")
 
         self._closed = threading.Event()
         self._poll_weights()
-        self._server = _Server(config.host, config.port, self)
-        self._serve_thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="gateway-http", daemon=True
-        )
-        self._poll_thread = threading.Thread(target=self._poll_loop, name="gateway-weights", daemon=True)
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(self._loop_error)
+        self._address: tuple[str, int] = ("", 0)
+        started: concurrent.futures.Future = concurrent.futures.Future()
+        self._serve_thread = threading.Thread(target=self._serve, args=(started,), name="gateway-http", daemon=True)
         self._serve_thread.start()
+        try:
+            started.result()
+        except BaseException:
+            self._serve_thread.join()
+            self._work.shutdown(wait=False)
+            raise
+        self._poll_thread = threading.Thread(target=self._poll_loop, name="gateway-weights", daemon=True)
         self._poll_thread.start()
-        host, port = self.address()
-        if not _is_loopback(host):
-            logger.warning(
-                "ingest gateway serves plain HTTP on %s:%d, reachable from the network: put a TLS reverse proxy in "
-                "front of it (docs/gateway.md)", host, port,
-            )
-        logger.info("ingest gateway listening on %s (writer id %d)", self.url(), self.writer_id)
+        logger.info("ingest gateway listening on %s (writer id %d, tokens %s)", self.url(), self.writer_id,
+                    self.tokens.ids())
 
     # ------------------------------------------------------------------------------------------------ public
 
     def address(self) -> tuple[str, int]:
         """``(host, port)`` the server listens on (the port actually bound when ``config.port`` is 0)."""
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._address
 
     def url(self) -> str:
-        """``http://host:port`` of the server (IPv6 hosts in brackets)."""
+        """``http(s)://host:port`` of the server (IPv6 hosts in brackets)."""
         host, port = self.address()
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def spec(self) -> dict[str, Any]:
         """What ``GET /v1/spec`` answers (the policy version is the newest this gateway has seen)."""
@@ -392,30 +547,406 @@ class IngestGateway:
         return self._spec(version)
 
     def stats(self) -> GatewayStats:
-        """Requests answered by status code, episodes and rows stored, bytes of upload bodies read, policy downloads
-        and exports (one per version), uploads in progress, the newest policy version seen."""
+        """Requests answered by status code and by token id, episodes and rows stored, bytes of upload bodies read,
+        policy downloads and exports, uploads in progress, idempotent replays, connections open, timed out and
+        evicted, internal errors, the newest policy version seen."""
         with self._stats_lock:
-            requests, counters = dict(sorted(self._requests.items())), dict(self._counters)
+            requests = dict(sorted(self._requests.items()))
+            by_token = {k: dict(sorted(v.items())) for k, v in sorted(self._by_token.items())}
+            counters = dict(self._counters)
         with self._weights_lock:
             version = self._version
-        return GatewayStats(requests=requests, **counters, policy_version=version, writer_id=self.writer_id,
-                            address=self.address())
+        return GatewayStats(requests=requests, requests_by_token=by_token, **counters,
+                            connections=len(self._connections), policy_version=version, writer_id=self.writer_id,
+                            address=self.address(), token_ids=tuple(self.tokens.ids()))
 
     def close(self) -> None:
-        """Stop serving (requests in progress finish on their own threads) and stop polling weights."""
+        """Stop serving (open connections are closed) and stop polling weights."""
         if self._closed.is_set():
             return
         self._closed.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._serve_thread.join()
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=10)
+        except (concurrent.futures.TimeoutError, RuntimeError) as exc:
+            logger.warning("ingest gateway: stopping the server: %s", exc)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._serve_thread.join(10)
         self._poll_thread.join()
+        self._work.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> "IngestGateway":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    # ------------------------------------------------------------------------------------------------ server
+
+    def _serve(self, started: concurrent.futures.Future) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._start())
+        except BaseException as exc:
+            started.set_exception(exc)
+            self._loop.close()
+            return
+        started.set_result(None)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    async def _start(self) -> None:
+        config = self.config
+        sock = _listen(config.host, config.port)
+        app = web.Application(middlewares=[self._middleware], client_max_size=config.max_body_bytes)
+        app.router.add_get(f"{API_PREFIX}/spec", self._get_spec, allow_head=False)
+        app.router.add_get(f"{API_PREFIX}/policy", self._get_policy, allow_head=False)
+        app.router.add_post(f"{API_PREFIX}/episodes", self._post_episode, expect_handler=self._expect)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        host, port = sock.getsockname()[:2]
+        self._address = (str(host), int(port))
+        handler_options = {"keepalive_timeout": config.socket_timeout_s, "lingering_time": LINGER_S,
+                           "access_log": None, "auto_decompress": False}
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self, self._runner.server, loop=loop, **handler_options), sock=sock, ssl=self._ssl,
+            ssl_handshake_timeout=config.request_timeout_s if self._ssl is not None else None,
+        )
+        self._watchdog = loop.create_task(self._watch())
+
+    async def _stop(self) -> None:
+        self._watchdog.cancel()
+        self._server.close()
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        await self._runner.cleanup()
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """Errors of the event loop outside handlers (a failed TLS handshake, a reset): one log line."""
+        exc = context.get("exception")
+        logger.info("ingest gateway: %s%s", context.get("message", "connection error"),
+                    f" ({type(exc).__name__}: {exc})" if exc else "")
+
+    async def _watch(self) -> None:
+        """Close connections whose request did not arrive within ``request_timeout_s`` (slow or silent clients)."""
+        timeout = self.config.request_timeout_s
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            now = time.monotonic()
+            for connection in list(self._connections):
+                if not connection.in_request and now - connection.phase_started > timeout:
+                    self._drop(connection, "connections_timed_out")
+
+    def _drop(self, connection: _Connection, counter: str) -> None:
+        self._connections.pop(connection, None)
+        if connection.transport is not None:
+            connection.transport.abort()
+        self._count(counter)
+
+    def _opened(self, connection: _Connection) -> None:
+        """A new connection: over ``max_connections``, close the oldest unauthenticated one, else the oldest idle
+        one, else the new one."""
+        self._connections[connection] = None
+        if len(self._connections) <= self.config.max_connections:
+            return
+        others = [c for c in self._connections if c is not connection and not c.in_request]
+        victim = next((c for c in others if not c.authenticated), None) or next(iter(others), connection)
+        self._drop(victim, "connections_evicted")
+
+    def _connection_lost(self, connection: _Connection) -> None:
+        self._connections.pop(connection, None)
+
+    # ---------------------------------------------------------------------------------------------- requests
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable]) -> Any:
+        """Every request: token first (401/403), then the endpoint; every refusal and failure becomes JSON."""
+        connection = request.protocol if isinstance(request.protocol, _Connection) else None
+        if connection is not None:
+            connection.in_request = True
+        token_id = "-"
+        try:
+            token = self._authenticate(request)
+            token_id = token.id
+            if connection is not None:
+                connection.authenticated = True
+            request[TOKEN_KEY] = token
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = self._refusal(request, self._from_aiohttp(request, exc))
+        except Refused as err:
+            response = self._refusal(request, err)
+        except Exception:
+            logger.exception("ingest gateway: %s %s failed", request.method, request.path)
+            self._count("internal_errors")
+            response = _json({"error": "internal error (logged by the gateway)"}, status=500)
+            response.force_close()
+        finally:
+            if connection is not None:
+                connection.in_request = False
+                connection.phase_started = time.monotonic()
+        self._answered(response.status, token_id)
+        return response
+
+    def _refusal(self, request: web.Request, err: Refused) -> web.Response:
+        level = logging.WARNING if err.status >= 500 else logging.INFO
+        logger.log(level, "ingest gateway: %s %s from %s -> %d: %s", request.method, request.path, request.remote,
+                   err.status, err.message)
+        response = _json(err.payload, status=err.status, headers=err.headers)
+        if err.status in (401, 403) or not request.get(BODY_READ_KEY, request.method not in ("POST", "PUT")):
+            response.force_close()  # the body was not read: drained for LINGER_S, then the connection closes
+        return response
+
+    def _from_aiohttp(self, request: web.Request, exc: web.HTTPException) -> Refused:
+        if isinstance(exc, web.HTTPNotFound):
+            endpoints = [f"{route.method} {route.resource.canonical}" for route in request.app.router.routes()]
+            return Refused(404, f"no endpoint {request.path!r}; endpoints: {endpoints}")
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            status = 405 if request.method in _KNOWN_METHODS else 501
+            return Refused(status, f"{request.method} is not allowed on {request.path}; allowed: {allowed}",
+                           headers={"Allow": allowed})
+        return Refused(exc.status, " ".join((exc.text or exc.reason).split()))
+
+    def _authenticate(self, request: web.Request) -> Token:
+        header = request.headers.get("Authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        challenge = {"WWW-Authenticate": 'Bearer realm="dynaray-gateway"'}
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise Refused(401, "missing bearer token: send the header 'Authorization: Bearer <token>'",
+                          headers=challenge)
+        token = self.tokens.check(credentials.strip())
+        if token is None:
+            raise Refused(401, "wrong bearer token", headers=challenge)
+        return token
+
+    @staticmethod
+    def _require_scope(request: web.Request, scope: str) -> Token:
+        token = request[TOKEN_KEY]
+        if scope not in token.scopes:
+            raise Refused(403, f"token {token.id!r} has scopes {sorted(token.scopes)}; this endpoint needs {scope!r}")
+        return token
+
+    # ------------------------------------------------------------------------------------------ endpoints
+
+    async def _get_spec(self, request: web.Request) -> web.Response:
+        return _json(self.spec(), headers={"Cache-Control": "no-store"})
+
+    async def _get_policy(self, request: web.Request) -> web.Response:
+        self._require_scope(request, "download")
+        fmt = request.query.get("format", "torchscript")
+        if fmt not in POLICY_FORMATS:
+            raise Refused(400, f"format={fmt!r}: expected one of {list(POLICY_FORMATS)}")
+        loop = asyncio.get_running_loop()
+        version, archive, digest = await loop.run_in_executor(self._work, self._policy_archive, fmt)
+        self._count("policy_downloads")
+        content_type, extension = POLICY_FORMATS[fmt]
+        return web.Response(body=archive, content_type=content_type, headers={
+            "X-Dynaray-Policy-Version": str(version),
+            "X-Dynaray-Policy-Format": fmt,
+            POLICY_DIGEST_HEADER: digest,
+            "Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:",
+            "Content-Disposition": f'attachment; filename="policy-v{version}.{extension}"',
+            "Cache-Control": "no-store",
+        })
+
+    async def _expect(self, request: web.Request) -> web.Response | None:
+        """``Expect: 100-continue``: an upload that will be refused (token, scope, length, limits) is answered
+        before its body is sent."""
+        try:
+            if request.headers.get("Expect", "").lower() != "100-continue":
+                raise Refused(417, f"Expect {request.headers.get('Expect')!r}: only '100-continue' is understood")
+            token = self._authenticate(request)
+            request[TOKEN_KEY] = token
+            self._require_scope(request, "upload")
+            self._declared_length(request)
+            self._check_rate(token)
+        except Refused as err:
+            self._answered(err.status, request[TOKEN_KEY].id if TOKEN_KEY in request else "-")
+            return self._refusal(request, err)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    async def _post_episode(self, request: web.Request) -> web.Response:
+        token = self._require_scope(request, "upload")
+        length = self._declared_length(request)
+        key = request.headers.get(IDEMPOTENCY_HEADER)
+        if key is not None and not (0 < len(key) <= MAX_KEY_CHARS and all("!" <= ch <= "~" for ch in key)):
+            raise Refused(400, f"{IDEMPOTENCY_HEADER} must be 1-{MAX_KEY_CHARS} printable ASCII characters without "
+                               f"spaces, got {len(key)} characters")
+        self._check_rate(token)
+        with self._take_slot(token):
+            body = await self._read_body(request, length)
+            request[BODY_READ_KEY] = True
+            self._count("bytes_received", len(body))
+            digest = hashlib.sha256(body).hexdigest()
+            record_key = (token.id, key or f"sha256:{digest}")
+            record = self._uploads.begin(record_key, digest)
+            if record.state == "stored":
+                self._count("idempotent_replays")
+                return _json(record.result, headers={REPLAYED_HEADER: "true"})
+            loop = asyncio.get_running_loop()
+            state: str | None = None
+            try:
+                result = await loop.run_in_executor(self._work, self._validate_and_store, body, token, record)
+                state = "stored"
+            except Refused as err:
+                state = "partial" if err.status == 503 and record.submitted else None
+                raise
+            except BaseException:
+                state = "partial" if record.submitted else None
+                raise
+            finally:
+                self._uploads.end(record_key, record, state)
+        return _json(result)
+
+    def _declared_length(self, request: web.Request) -> int:
+        limit = self.config.max_body_bytes
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise Refused(415, f"Content-Encoding {encoding!r} is not accepted: send the Arrow stream as it is "
+                               f"(Arrow's own LZ4/ZSTD buffer compression is fine)")
+        if "Transfer-Encoding" in request.headers:
+            raise Refused(411, f"Transfer-Encoding {request.headers['Transfer-Encoding']!r} is not accepted: send "
+                               f"the body with a Content-Length header (at most {limit} bytes)", limit=limit)
+        length = request.content_length
+        if length is None:
+            raise Refused(411, f"Content-Length header missing: expected the body's size (at most {limit} bytes)",
+                          limit=limit)
+        if length > limit:
+            raise Refused(413, f"body of {length} bytes is over the limit of {limit} bytes (gateway.max_body_bytes): "
+                               f"send shorter episodes or raise the limit", limit=limit)
+        if length == 0:
+            raise Refused(400, f"empty body: expected one episode as an Arrow IPC stream ({ARROW_STREAM_TYPE})")
+        return length
+
+    def _check_rate(self, token: Token) -> None:
+        wait = self._budget.wait_s(token.id)
+        if wait > 0:
+            raise Refused(429, f"token {token.id!r} is over its upload rate of {self.config.max_rows_per_s:g} rows/s "
+                               f"(gateway.max_rows_per_s); retry in {wait:.1f} s",
+                          headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+    def _take_slot(self, token: Token) -> "_Slot":
+        config = self.config
+        with self._slots_lock:
+            if sum(self._slots.values()) >= config.max_concurrent_uploads:
+                raise Refused(503, f"too many uploads at once (gateway.max_concurrent_uploads="
+                                   f"{config.max_concurrent_uploads}); retry shortly", headers={"Retry-After": "1"})
+            if self._slots.get(token.id, 0) >= config.max_uploads_per_token:
+                raise Refused(503, f"token {token.id!r} has {config.max_uploads_per_token} uploads in progress "
+                                   f"(gateway.max_uploads_per_token); retry once one is answered",
+                              headers={"Retry-After": "1"})
+            self._slots[token.id] = self._slots.get(token.id, 0) + 1
+        self._count("uploads_in_progress")
+        return _Slot(self, token.id)
+
+    def _release_slot(self, token_id: str) -> None:
+        with self._slots_lock:
+            self._slots[token_id] -= 1
+        self._count("uploads_in_progress", -1)
+
+    async def _read_body(self, request: web.Request, length: int) -> bytes:
+        """The body, which must arrive within the request deadline and without a pause over ``socket_timeout_s``."""
+        config = self.config
+        connection = request.protocol if isinstance(request.protocol, _Connection) else None
+        started = connection.phase_started if connection is not None else time.monotonic()
+        deadline = started + config.request_timeout_s
+        body = bytearray()
+        while len(body) < length:
+            wait = min(deadline - time.monotonic(), config.socket_timeout_s)
+            try:
+                if wait <= 0:
+                    raise asyncio.TimeoutError
+                data = await asyncio.wait_for(request.content.read(min(1 << 20, length - len(body))), wait)
+            except asyncio.TimeoutError:
+                if wait < config.socket_timeout_s:
+                    raise Refused(408, f"the body did not arrive within {config.request_timeout_s:g} s of the "
+                                       f"request's start (gateway.request_timeout_s): {len(body)} of {length} "
+                                       f"bytes") from None
+                raise Refused(408, f"the body did not arrive: {len(body)} of {length} bytes, then nothing for "
+                                   f"{wait:g} s (gateway.socket_timeout_s)") from None
+            except Exception as exc:  # the client went away or sent a broken body
+                raise Refused(400, f"body ended after {len(body)} of {length} bytes ({type(exc).__name__})") from None
+            if not data:
+                raise Refused(400, f"body ended after {len(body)} of {length} bytes (its Content-Length)")
+            body += data
+        return bytes(body)
+
+    # ----------------------------------------------------------------------------------------------- storing
+
+    def _validate_and_store(self, body: bytes, token: Token, record: _Upload) -> dict[str, Any]:
+        """Worker thread: parse and check the body, take its rows from the token's budget, store it."""
+        with self._weights_lock:
+            newest = self._version
+        episode = self._parser.parse(body, newest)
+        del body
+        if record.episode_id is None:
+            self._budget.spend(token.id, len(episode["reward"]))
+        return self._store(episode, record)
+
+    def _store(self, episode: dict[str, np.ndarray], record: _Upload) -> dict[str, Any]:
+        """Stamp the episode and insert it into ``real``, flushed: returns what was stored.
+
+        A new episode gets the next episode id and seq numbers; a retried one (``record`` left ``partial`` by a
+        replay timeout) is stamped again with its own and inserts only the chunks the replay client has not been
+        given yet (the client still holds the others and stores them, deduplicated by the shards, with the next
+        flush). A new episode none of whose chunks reached the replay client gives its ids back.
+        """
+        rows = len(episode["reward"])
+        versions = episode.get("policy_version")
+        if versions is None:
+            versions = np.full(rows, -1, dtype=np.int64)
+        upload = {name: episode[name] for name in UPLOAD_COLUMNS}
+        with self._store_lock:
+            try:  # the stamps are right by construction: check the rest before they are given out
+                validate_chunk({**upload, "policy_version": versions.astype(np.int64)}, self._upload_columns)
+            except SchemaError as exc:
+                raise Refused(400, f"episode does not match table {TABLE!r}: {exc}") from None
+            fresh = record.episode_id is None
+            if fresh:
+                chunk = self._stamper.episode(upload, policy_version=versions)
+                record.episode_id, record.first_seq = int(chunk["episode_id"][0]), int(chunk["seq"][0])
+            else:
+                chunk = self._stamper.episode_again(upload, versions, record.episode_id, record.first_seq)
+            episode_id, first_seq = record.episode_id, record.first_seq
+            step = self.config.insert_chunk_rows
+            try:
+                for i, start in enumerate(range(0, rows, step)):
+                    if i < record.submitted:
+                        continue
+                    self._replay.insert(TABLE, {k: v[start:start + step] for k, v in chunk.items()}, self.writer_id)
+                    record.submitted = i + 1
+                self._replay.flush()
+            except BaseException as exc:
+                if fresh and record.submitted == 0:  # nothing handed to replay: the ids go back
+                    self._stamper.take_back(rows)
+                    record.episode_id = None
+                if not isinstance(exc, ReplayTimeout):
+                    raise
+                logger.warning("ingest gateway: replay did not acknowledge episode %d: %s", episode_id, exc)
+                raise Refused(
+                    503,
+                    f"replay did not acknowledge episode {episode_id} in time; retry the same upload (same body, "
+                    f"same {IDEMPOTENCY_HEADER}) to complete it without storing any row twice",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                ) from None
+        result = {
+            "stored": True,
+            "table": TABLE,
+            "rows": rows,
+            "episode_id": episode_id,
+            "writer_id": self.writer_id,
+            "first_seq": first_seq,
+        }
+        record.result = result
+        self._count("episodes")
+        self._count("rows", rows)
+        return result
 
     # ----------------------------------------------------------------------------------------------- weights
 
@@ -433,30 +964,36 @@ class IngestGateway:
             with self._weights_lock:
                 self._state, self._version = state, int(self._weights.version)
 
-    def _policy_archive(self) -> tuple[int, bytes]:
+    def _policy_archive(self, fmt: str) -> tuple[int, bytes, str]:
+        """Worker thread: ``(version, archive, sha256 hex)`` of the newest policy in ``fmt``, exported once per
+        version and format."""
         with self._weights_lock:
             state, version = self._state, self._version
         if state is None or version is None:
-            raise _HttpError(
+            raise Refused(
                 503,
                 "no policy published yet: the policy learner publishes its first weights once it has started "
                 "learning; retry later (GET /v1/spec shows policy.version once there is one)",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         with self._export_lock:
-            if self._export is None or self._export[0] != version:
+            cached = self._exports.get(fmt)
+            if cached is None or cached[0] != version:
                 if self._policy is None:
                     self._policy = self._make_policy()
                 self._policy.load_state(state)
-                self._export = (version, export_torchscript(self._policy.actor, self._spec(version)))
+                export = export_onnx if fmt == "onnx" else export_torchscript
+                archive = export(self._policy.actor, self._spec(version))
+                cached = self._exports[fmt] = (version, archive, hashlib.sha256(archive).hexdigest())
                 self._count("policy_exports")
-            return self._export
+            return cached
 
     # ------------------------------------------------------------------------------------------------ spec
 
     def _spec(self, version: int | None) -> dict[str, Any]:
         schema = arrow_schema(self._columns)
         obs_dim, act_dim = math.prod(self.obs_shape), math.prod(self.action_shape)
+        config = self.config
 
         def column(name: str) -> dict[str, Any]:
             spec = self._specs[name]
@@ -477,6 +1014,9 @@ class IngestGateway:
                 "version": version,
                 "path": f"{API_PREFIX}/policy",
                 "format": "torchscript",
+                "formats": {name: {"query": f"?format={name}", "content_type": content_type}
+                            for name, (content_type, _) in POLICY_FORMATS.items()},
+                "digest_header": POLICY_DIGEST_HEADER,
                 "input": f"obs float32 (B, {obs_dim}): observations flattened row-major",
                 "output": f"action float32 (B, {act_dim}) in env units, within [low, high]",
                 "deterministic": True,
@@ -487,281 +1027,22 @@ class IngestGateway:
                 "columns": [column(name) for name in UPLOAD_COLUMNS],
                 "optional_columns": [{**column(name), "default": -1} for name in OPTIONAL_COLUMNS],
                 "set_by_gateway": list(STAMPED_COLUMNS),
-                "max_body_bytes": self.config.max_body_bytes,
+                "max_body_bytes": config.max_body_bytes,
+                "max_decoded_bytes": config.max_decoded_bytes,
+                "max_episode_rows": config.max_episode_rows,
+                "max_abs_value": config.max_abs_value,
+                "max_rows_per_s": config.max_rows_per_s,
+                "idempotency_header": IDEMPOTENCY_HEADER,
                 "rules": [
                     "one episode per request, at least one row, one row per step in order",
                     "vectors: fixed_size_list (or list) of float32 or float64, flattened row-major",
-                    "floats finite, also as float32",
+                    "floats finite, also as float32, and obs, next_obs, reward within +-max_abs_value",
                     "terminated or truncated true on the last row only, not both",
                     "action within [action.low, action.high]",
                     "policy_version from -1 to policy.version",
+                    "a retry with the same Idempotency-Key (default: the body's SHA-256) stores nothing again",
                 ],
             },
-        }
-
-    # ---------------------------------------------------------------------------------------------- requests
-
-    def _authenticate(self, request: "_Handler") -> None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, credentials = header.partition(" ")
-        challenge = {"WWW-Authenticate": 'Bearer realm="dynaray-gateway"'}
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise _HttpError(401, "missing bearer token: send the header 'Authorization: Bearer <token>'",
-                             headers=challenge)
-        if not hmac.compare_digest(credentials.strip().encode("utf-8", "replace"), self._token):
-            raise _HttpError(401, "wrong bearer token", headers=challenge)
-
-    def _route(self, request: "_Handler") -> Callable[["_Handler"], None]:
-        """The endpoint of a request, after its token (and, for uploads, its declared length) is checked."""
-        self._authenticate(request)
-        path = urlsplit(request.path).path
-        methods = self._routes.get(path)
-        if methods is None:
-            endpoints = [f"{m} {p}" for p, ms in self._routes.items() for m in ms]
-            raise _HttpError(404, f"no endpoint {path!r}; endpoints: {endpoints}")
-        handler = methods.get(request.command)
-        if handler is None:
-            allowed = ", ".join(methods)
-            raise _HttpError(405, f"{request.command} is not allowed on {path}; allowed: {allowed}",
-                             headers={"Allow": allowed})
-        if request.command == "POST":
-            request.body_length = self._declared_length(request)
-        return handler
-
-    def _declared_length(self, request: "_Handler") -> int:
-        limit = self.config.max_body_bytes
-        if "Transfer-Encoding" in request.headers:
-            raise _HttpError(
-                411,
-                f"Transfer-Encoding {request.headers['Transfer-Encoding']!r} is not accepted: send the body with a "
-                f"Content-Length header (at most {limit} bytes)",
-                limit=limit,
-            )
-        values = request.headers.get_all("Content-Length") or []
-        if not values:
-            raise _HttpError(411, f"Content-Length header missing: expected the body's size (at most {limit} bytes)",
-                             limit=limit)
-        if len(values) != 1 or not _is_count(values[0].strip()):
-            raise _HttpError(400, f"Content-Length {values} is not one non-negative integer")
-        length = int(values[0])
-        if length > limit:
-            raise _HttpError(
-                413,
-                f"body of {length} bytes is over the limit of {limit} bytes (gateway.max_body_bytes): send "
-                f"shorter episodes or raise the limit",
-                limit=limit,
-            )
-        if length == 0:
-            raise _HttpError(400, f"empty body: expected one episode as an Arrow IPC stream ({ARROW_STREAM_TYPE})")
-        return length
-
-    def _get_spec(self, request: "_Handler") -> None:
-        request.send_json(200, self.spec())
-
-    def _get_policy(self, request: "_Handler") -> None:
-        version, archive = self._policy_archive()
-        self._count("policy_downloads")
-        request.send_bytes(
-            200,
-            archive,
-            "application/octet-stream",
-            {
-                "X-Dynaray-Policy-Version": str(version),
-                "Content-Disposition": f'attachment; filename="policy-v{version}.pt"',
-            },
-        )
-
-    def _post_episode(self, request: "_Handler") -> None:
-        if not self._uploads.acquire(blocking=False):
-            raise _HttpError(
-                503,
-                f"too many uploads at once (gateway.max_concurrent_uploads={self.config.max_concurrent_uploads}); "
-                f"retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        self._count("uploads_in_progress")
-        try:
-            body = request.read_body()
-            self._count("bytes_received", len(body))
-            episode = self._parse_episode(body)
-            del body
-            result = self._store(episode)
-        finally:
-            self._count("uploads_in_progress", -1)
-            self._uploads.release()
-        request.send_json(200, result)
-
-    # ------------------------------------------------------------------------------------------- validation
-
-    def _parse_episode(self, body: bytes) -> dict[str, np.ndarray]:
-        """The upload's columns as numpy arrays, each checked; raises a 400 ``_HttpError`` naming what is wrong."""
-        expected = (
-            f"expected one episode as an Arrow IPC stream ({ARROW_STREAM_TYPE}) with columns "
-            f"{list(UPLOAD_COLUMNS)} and optionally {list(OPTIONAL_COLUMNS)}"
-        )
-        if body.startswith(b"ARROW1"):
-            raise _HttpError(400, f"body is an Arrow IPC file, not a stream: {expected}")
-        try:
-            with pa.ipc.open_stream(pa.py_buffer(body)) as reader:
-                table = reader.read_all()
-        except (pa.ArrowException, ValueError, OSError) as exc:
-            raise _HttpError(400, f"body is not a readable Arrow IPC stream ({exc}): {expected}") from None
-
-        names = table.schema.names
-        for name in names:
-            if names.count(name) > 1:
-                raise _bad_column(name, f"appears {names.count(name)} times; expected once")
-            if name in STAMPED_COLUMNS:
-                raise _bad_column(name, f"is set by the gateway; do not send it ({expected})")
-            if name not in UPLOAD_COLUMNS and name not in OPTIONAL_COLUMNS:
-                raise _bad_column(name, f"unexpected column: {expected}")
-        for name in UPLOAD_COLUMNS:
-            if name not in names:
-                raise _bad_column(name, f"missing: {expected}")
-        rows = table.num_rows
-        if rows == 0:
-            raise _HttpError(400, "episode has no rows: expected at least one transition")
-
-        episode = {name: self._column(table.column(name), self._specs[name], rows) for name in names}
-        terminated, truncated = episode["terminated"], episode["truncated"]
-        for name, flags in (("terminated", terminated), ("truncated", truncated)):
-            early = np.flatnonzero(flags[:-1])
-            if early.size:
-                raise _bad_column(
-                    name,
-                    f"true at row {int(early[0])} of {rows}: an episode can end on its last row only (send one "
-                    f"episode per request)",
-                )
-        if terminated[-1] and truncated[-1]:
-            raise _HttpError(
-                400, f"terminated and truncated are both true on the last row ({rows - 1}): expected at most one",
-                column="truncated",
-            )
-        self._check_actions(episode["action"])
-        if "policy_version" in episode:
-            self._check_versions(episode["policy_version"])
-        return episode
-
-    def _column(self, column: pa.ChunkedArray, spec: ColumnSpec, rows: int) -> np.ndarray:
-        """One column as a numpy array of shape ``(rows,) + spec.shape`` in the column's dtype (float32 for floats)."""
-        if column.null_count:
-            raise _bad_column(spec.name, f"{column.null_count} null value(s); expected none")
-        arrow_type = column.type
-        expected_type = arrow_schema(self._columns).field(spec.name).type
-        wrong_type = _bad_column(spec.name, f"Arrow type {arrow_type}, expected {expected_type}")
-        if spec.shape:
-            size = spec.row_size
-            if pa.types.is_fixed_size_list(arrow_type):
-                if arrow_type.list_size != size:
-                    raise _bad_column(
-                        spec.name,
-                        f"wrong shape: {arrow_type.list_size} values per row, expected {size} "
-                        f"(shape {list(spec.shape)})",
-                    )
-            elif pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
-                lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-                wrong = np.flatnonzero(lengths != size)
-                if wrong.size:
-                    raise _bad_column(
-                        spec.name,
-                        f"wrong shape: {int(lengths[wrong[0]])} values in row {int(wrong[0])}, expected {size} "
-                        f"(shape {list(spec.shape)}) in every row",
-                    )
-            else:
-                raise wrong_type
-            if not pa.types.is_floating(arrow_type.value_type):
-                raise wrong_type
-            values = pa.chunked_array([chunk.flatten() for chunk in column.chunks], type=arrow_type.value_type)
-            if values.null_count:
-                raise _bad_column(spec.name, f"{values.null_count} null value(s) inside its lists; expected none")
-            array = values.to_numpy().reshape((rows,) + spec.shape)
-        else:
-            kind = spec.np_dtype.kind
-            ok = {
-                "b": pa.types.is_boolean,
-                "f": lambda t: pa.types.is_floating(t) or pa.types.is_integer(t),
-                "i": pa.types.is_integer,
-            }[kind](arrow_type)
-            if not ok:
-                raise wrong_type
-            array = column.to_numpy()
-        if spec.np_dtype.kind == "f":
-            with np.errstate(over="ignore", invalid="ignore"):
-                array = array.astype(np.float32)
-            finite = np.isfinite(array).reshape(rows, -1).all(axis=1)
-            if not finite.all():
-                bad = np.flatnonzero(~finite)
-                raise _bad_column(
-                    spec.name,
-                    f"non-finite values (NaN, inf, or outside the float32 range) in {bad.size} row(s), first at "
-                    f"row {int(bad[0])}",
-                )
-        return np.ascontiguousarray(array)
-
-    def _check_actions(self, action: np.ndarray) -> None:
-        flat = action.reshape(len(action), -1)
-        slack = _ACTION_BOUND_SLACK * np.maximum(self.action_high - self.action_low, 1.0)
-        outside = (flat < self.action_low - slack) | (flat > self.action_high + slack)
-        if outside.any():
-            row, dim = (int(i) for i in np.argwhere(outside)[0])
-            raise _bad_column(
-                "action",
-                f"{int(outside.any(axis=1).sum())} row(s) outside the action bounds, first at row {row}: value "
-                f"{float(flat[row, dim])!r} at index {dim}, expected within [{float(self.action_low[dim])!r}, "
-                f"{float(self.action_high[dim])!r}]",
-            )
-
-    def _check_versions(self, versions: np.ndarray) -> None:
-        with self._weights_lock:
-            newest = self._version
-        low, high = int(versions.min()), int(versions.max())
-        if low < -1:
-            raise _bad_column("policy_version", f"value {low} is below -1 (-1: not acted by a published policy)")
-        if high > (-1 if newest is None else newest):
-            raise _bad_column(
-                "policy_version",
-                f"value {high} is newer than the newest published policy "
-                f"({'none yet' if newest is None else newest}): send the version from GET /v1/spec or the policy",
-            )
-
-    # --------------------------------------------------------------------------------------------- storing
-
-    def _store(self, episode: dict[str, np.ndarray]) -> dict[str, Any]:
-        """Stamp the episode and insert it into ``real``, flushed: returns what was stored."""
-        rows = len(episode["reward"])
-        versions = episode.get("policy_version")
-        if versions is None:
-            versions = np.full(rows, -1, dtype=np.int64)
-        upload = {name: episode[name] for name in UPLOAD_COLUMNS}
-        with self._store_lock:
-            try:  # the stamps are right by construction: check the rest before they are given out
-                validate_chunk({**upload, "policy_version": versions.astype(np.int64)}, self._upload_columns)
-            except SchemaError as exc:
-                raise _HttpError(400, f"episode does not match table {TABLE!r}: {exc}") from None
-            chunk = self._stamper.episode(upload, policy_version=versions)
-            episode_id, first_seq = int(chunk["episode_id"][0]), int(chunk["seq"][0])
-            step = self.config.insert_chunk_rows
-            try:
-                for start in range(0, rows, step):
-                    self._replay.insert(TABLE, {k: v[start:start + step] for k, v in chunk.items()}, self.writer_id)
-                self._replay.flush()
-            except ReplayTimeout as exc:
-                logger.warning("ingest gateway: replay did not acknowledge episode %d: %s", episode_id, exc)
-                raise _HttpError(
-                    503,
-                    f"replay did not acknowledge episode {episode_id} ({exc}); some of its rows may be stored",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
-                ) from None
-        with self._stats_lock:
-            self._counters["episodes"] += 1
-            self._counters["rows"] += rows
-        return {
-            "stored": True,
-            "table": TABLE,
-            "rows": rows,
-            "episode_id": episode_id,
-            "writer_id": self.writer_id,
-            "first_seq": first_seq,
         }
 
     # ----------------------------------------------------------------------------------------------- stats
@@ -771,174 +1052,51 @@ class IngestGateway:
             self._counters[name] += amount
         self._metrics.count(name, amount)
 
-    def _answered(self, status: int) -> None:
+    def _answered(self, status: int, token_id: str) -> None:
         with self._stats_lock:
             self._requests[status] = self._requests.get(status, 0) + 1
-        self._metrics.answered(status)
+            by_token = self._by_token.setdefault(token_id, {})
+            by_token[status] = by_token.get(status, 0) + 1
+        self._metrics.answered(status, token_id)
 
 
-def _is_count(text: str) -> bool:
-    """Whether ``text`` is a non-negative decimal integer in ASCII digits (``str.isdigit`` also takes '²')."""
-    return text.isascii() and text.isdigit()
+class _Slot:
+    """An upload slot of one token, given back when the upload is answered."""
+
+    def __init__(self, gateway: IngestGateway, token_id: str):
+        self.gateway, self.token_id = gateway, token_id
+
+    def __enter__(self) -> "_Slot":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.gateway._release_slot(self.token_id)
 
 
-def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+def _json(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    """A JSON answer (``application/json``, UTF-8 without a charset parameter, as RFC 8259 has it)."""
+    return web.Response(body=json.dumps(payload).encode(), status=status, content_type="application/json",
+                        headers=headers)
 
 
-class _Server(ThreadingHTTPServer):
-    """One thread per connection; ``gateway`` is reachable from every request handler."""
-
-    daemon_threads = True
-
-    def __init__(self, host: str, port: int, gateway: IngestGateway):
-        self.gateway = gateway
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise OSError(f"gateway.host={host!r}: cannot resolve it ({exc})") from None
-        self.address_family = infos[0][0]
-        try:
-            super().__init__((host, port), _Handler)
-        except OSError as exc:
-            raise OSError(
-                f"gateway cannot listen on {host}:{port} ({exc}); check gateway.host and gateway.port "
-                f"(0 picks a free port)"
-            ) from None
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A connection that failed mid-answer (the client went away): one log line, not a traceback on stderr."""
-        logger.info("ingest gateway: connection from %s failed", client_address[0], exc_info=True)
-
-    def server_bind(self) -> None:
-        """Bind without ``HTTPServer``'s reverse DNS lookup of the host (slow or hanging without a resolver)."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Turns each request into a call of the gateway's endpoint; every answer is sent by ``send_json/bytes``."""
-
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "dynaray-gateway/1"
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def setup(self) -> None:
-        self.timeout = self.server.gateway.config.socket_timeout_s
-        super().setup()
-
-    def handle_one_request(self) -> None:
-        self.headers = None  # set again by parse_request; a request line that fails to parse has none
-        self.body_length: int | None = None
-        self.body_read = False
-        super().handle_one_request()
-
-    # Every method goes through the gateway's routes, so an unknown path is 404 and a known one 405.
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
-
-    def handle_expect_100(self) -> bool:
-        """Answer an upload that will be refused (token, length) before the client sends its body."""
-        try:
-            self.server.gateway._route(self)
-        except _HttpError as err:
-            self.send_json(err.status, err.payload, err.headers)
-            return False
-        return super().handle_expect_100()
-
-    def _dispatch(self) -> None:
-        gateway = self.server.gateway
-        try:
-            handler = gateway._route(self)
-            handler(self)
-        except _HttpError as err:
-            logger.info("ingest gateway: %s %s from %s -> %d: %s", self.command, self.path, self.client_address[0],
-                        err.status, err.message)
-            self.send_json(err.status, err.payload, err.headers)
-        except TimeoutError:
-            self.close_connection = True
-            self.send_json(408, {"error": f"the body did not arrive within {gateway.config.socket_timeout_s} s"})
-        except Exception as exc:
-            logger.exception("ingest gateway: %s %s failed", self.command, self.path)
-            self.send_json(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
-
-    # ------------------------------------------------------------------------------------------------ body
-
-    def read_body(self) -> bytes:
-        """The request body (``body_length`` bytes, checked by the gateway's route)."""
-        length = self.body_length
-        assert length is not None
-        self.body_read = True
-        body = self.rfile.read(length)
-        if len(body) < length:
-            self.close_connection = True
-            raise _HttpError(400, f"body ended after {len(body)} of {length} bytes (its Content-Length)")
-        return body
-
-    def _unread_body(self) -> bool:
-        headers = getattr(self, "headers", None)
-        if headers is None or self.body_read:
-            return False
-        length = headers.get("Content-Length", "0").strip()
-        return "Transfer-Encoding" in headers or not _is_count(length) or int(length) > 0
-
-    def _linger(self) -> None:
-        """Read and drop what the client still sends (for at most ``LINGER_S``), then let the connection close.
-
-        Closing a socket with unread data makes the kernel send a reset, which can reach the client before it
-        has read the answer; draining first lets it read the 401/413 it was sent.
-        """
-        deadline = time.monotonic() + LINGER_S
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            while (left := deadline - time.monotonic()) > 0:
-                self.connection.settimeout(left)
-                if not self.connection.recv(1 << 16):
-                    break
-        except OSError:
-            pass
-
-    # ---------------------------------------------------------------------------------------------- answers
-
-    def send_json(self, status: int, payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> None:
-        self.send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
-
-    def send_bytes(
-        self, status: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        unread = self._unread_body()
-        if unread:
-            self.close_connection = True
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.server.gateway._answered(status)  # counted before the client can see the answer
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self.wfile.flush()
-        if unread:
-            self._linger()
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors raised by ``http.server`` itself (bad request line, unknown method, ...), as JSON."""
-        self.close_connection = True
-        try:
-            phrase = HTTPStatus(code).phrase
-        except ValueError:
-            phrase = "error"
-        self.send_json(code, {"error": message or explain or phrase})
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("ingest gateway: %s " + format, self.address_string(), *args)
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening, non-blocking socket on ``host:port``; OSError naming the settings when that fails."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"gateway.host={host!r}: cannot resolve it ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"gateway cannot listen on {host}:{port} ({exc}); check gateway.host and gateway.port "
+                      f"(0 picks a free port)") from None
+    sock.setblocking(False)
+    return sock

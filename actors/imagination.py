@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -120,19 +120,9 @@ class ImaginationReport:
     """Mean elite disagreement over the rows written."""
 
 
-@dataclass
-class _Tally:
-    """The counts of an :class:`ImaginationReport` while its call runs."""
-
-    transitions: int = 0
-    rollouts: int = 0
-    skipped_starts: int = 0
-    terminated: int = 0
-    stopped_nonfinite: int = 0
-    stopped_uncertain: int = 0
-    penalized: int = 0
-    penalty_mean: float = 0.0
-    disagreement_mean: float = 0.0
+_Tally = make_dataclass("_Tally", [(f.name, f.type, field(default=f.default)) for f in fields(ImaginationReport)
+                                   if f.default is not MISSING])
+"""The counts of an :class:`ImaginationReport` (its fields with defaults), mutable while its call runs."""
 
 
 _ROLLOUT_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "start", "step", "disagreement",

@@ -43,8 +43,8 @@ class GatewayRecorder:
     def __init__(self, index: int):
         self.index = index
 
-    def answered(self, status: int) -> None:
-        """A request was answered with HTTP ``status``."""
+    def answered(self, status: int, token_id: str = "-") -> None:
+        """A request was answered with HTTP ``status``; ``token_id``: the id of its token (``-``: none valid)."""
 
     def count(self, name: str, amount: int) -> None:
         """Counter ``name`` of the gateway's stats (``episodes``, ``rows``, ...) grew by ``amount``."""

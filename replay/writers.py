@@ -68,6 +68,7 @@ class RowStamper:
         ids = stamper.start_episodes(4)                    # episode ids of 4 new episodes (int64 array)
         chunk = stamper.stamp(columns)                     # + writer_id, + seq continuing from the last chunk
         chunk = stamper.episode(columns, policy_version)   # one whole episode: + episode_id, step, writer_id, seq
+        chunk = stamper.episode_again(columns, policy_version, episode_id, first_seq)   # the same stamps again
 
     Not thread-safe: a writer shared by threads stamps under its own lock.
     """
@@ -105,3 +106,23 @@ class RowStamper:
         stamped = {**columns, "episode_id": np.full(rows, episode, dtype=np.int64),
                    "step": np.arange(rows, dtype=np.int64)}
         return self.stamp(stamped, policy_version)
+
+    def episode_again(self, columns: Mapping[str, np.ndarray], policy_version: int | np.ndarray, episode: int,
+                      first_seq: int) -> dict[str, np.ndarray]:
+        """An episode :meth:`episode` stamped before (id ``episode``, first row ``first_seq``) stamped the same way
+        again, for a retried write: the shards drop the chunks they already hold as duplicates. Counters stay."""
+        rows = len(next(iter(columns.values())))
+        seq = self.seq
+        self.seq = first_seq
+        try:
+            stamped = {**columns, "episode_id": np.full(rows, episode, dtype=np.int64),
+                       "step": np.arange(rows, dtype=np.int64)}
+            return self.stamp(stamped, policy_version)
+        finally:
+            self.seq = seq
+
+    def take_back(self, rows: int) -> None:
+        """Un-count the episode of ``rows`` rows that :meth:`episode` stamped last, none of whose rows were written:
+        its id and seq numbers go to the next episode."""
+        self.episodes -= 1
+        self.seq -= rows

@@ -86,7 +86,10 @@ def train(args: argparse.Namespace) -> int:
     run_dir = RunDir(_unique(Path(config.run.runs_dir) / _run_name(config)))
     config = replace(config, name=run_dir.path.name)
     run_dir.create(config)
-    config = _with_gateway_token(config, run_dir.path)
+    try:
+        gateway_tokens = _gateway_tokens(config, run_dir.path)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
     show = progress_printer(config.run.total_env_steps) if config.run.progress else None
     system = None
     try:
@@ -94,7 +97,8 @@ def train(args: argparse.Namespace) -> int:
         where = start_ray(config, namespace=namespace(config.name))
         write_ray_file(run_dir.path, config.name)
         print(f"dynaray: run {config.name} on {where}; run directory {run_dir.path}", file=sys.stderr)
-        system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)))
+        system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)),
+                              gateway_tokens=gateway_tokens)
         placement = wait_for_placement(system, config.placement.timeout_s)
         run_dir.write_json("placement", placement)
         print(f"dynaray: placement:\n{describe_placement(placement)}", file=sys.stderr)
@@ -131,20 +135,31 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_gateway_token(config, run_path: Path):
-    """The config the roles get: with the gateway's token filled in (config, $DYNARAY_GATEWAY_TOKEN, or a new one
-    written to ``<run dir>/gateway_token``, mode 0600); the config.yaml on disk never holds it."""
-    if not config.gateway.enabled:
-        return config
-    from actors.gateway import TOKEN_ENV, resolve_token
+def _gateway_tokens(config, run_path: Path) -> tuple:
+    """The tokens the gateway gets besides its token file: ``$DYNARAY_GATEWAY_TOKEN``, or, with neither that nor
+    ``gateway.token_file``, a new one written to ``<run dir>/gateway_token`` (mode 0600; ``run.upload_to`` leaves
+    it out). Tokens travel to the gateway as arguments: config.yaml never holds one.
 
-    token = resolve_token(config.gateway)
-    if not config.gateway.token and not os.environ.get(TOKEN_ENV):
-        path = run_path / "gateway_token"
-        path.touch(mode=0o600)
-        path.write_text(token + "\n")
+    Raises:
+        ValueError: the variable holds an unusable token, or the token file is unusable (checked here so the run
+            fails before Ray starts).
+    """
+    if not config.gateway.enabled:
+        return ()
+    from actors.gateway_tokens import env_token, new_token, read_token_file
+    from system.run_dir import GATEWAY_TOKEN_FILE
+
+    token = env_token()
+    if config.gateway.token_file:
+        read_token_file(config.gateway.token_file)
+    elif token is None:
+        token = new_token()
+        path = run_path / GATEWAY_TOKEN_FILE
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(token.secret + "\n")
         print(f"dynaray: ingest gateway token written to {path}", file=sys.stderr)
-    return replace(config, gateway=replace(config.gateway, token=token))
+    return () if token is None else (token,)
 
 
 def scale(args: argparse.Namespace) -> int:

@@ -168,6 +168,10 @@ class Driver:
         except Exception as exc:
             if self._restarted(call, exc):
                 return
+            if call.kind == "gateway_stats":  # Ray restarts the gateway (gateway.max_restarts); the run goes on
+                self._gateway_pending = False
+                logger.warning("ingest gateway did not answer for its stats: %s", describe_error(exc))
+                return
             raise RoleError(f"{call.kind} {call.index} failed: {describe_error(exc)}") from None
         if self._first_report_at is None:
             self._first_report_at = time.monotonic()

@@ -402,6 +402,12 @@ class ReplayMetrics(ShardRecorder):
         "insert_wait_s": ("insert_wait_seconds", "seconds inserts waited for the rate limiters"),
         "sample_wait_s": ("sample_wait_seconds", "seconds samples waited for the rate limiters or rows"),
     }
+    RECOVERY = {  # fixed when the shard recovered its table from disk: gauges, not counters from a baseline
+        "corrupt_files": ("recovery_corrupt_files", "damaged log or snapshot files set aside at recovery"),
+        "corrupt_records": ("recovery_corrupt_records", "damaged log records skipped at recovery"),
+        "rows_lost_to_corruption": ("recovery_rows_lost", "acknowledged rows lost to damaged log records"),
+        "recovered_duplicates": ("recovery_duplicates", "records logged twice, recovered once"),
+    }
 
     def __init__(self, index: int, stats: Callable[[], Mapping[str, Mapping[str, Any]]],
                  enabled: bool | None = None):
@@ -415,6 +421,7 @@ class ReplayMetrics(ShardRecorder):
         self.error_buffer = m.gauge("limiter_error_buffer", "how far a consumer may run ahead or behind",
                                     ("table", "consumer"))
         self.counters = {key: m.counter(q, d, ("table",)) for key, (q, d) in self.COUNTERS.items()}
+        self.recovery = {key: m.gauge(q, d, ("table",)) for key, (q, d) in self.RECOVERY.items()}
         if m.enabled:
             self.collect()  # baselines: rows recovered from disk are not counted as inserted by this process
             m.every_refresh(self.collect)
@@ -426,6 +433,9 @@ class ReplayMetrics(ShardRecorder):
             for key, counter in self.counters.items():
                 if key in stats:
                     counter.set_total(stats[key], table=table)
+            for key, gauge in self.recovery.items():
+                if key in stats:
+                    gauge.set(stats[key], table=table)
             for consumer, limiter in stats.get("consumers", {}).items():
                 if "lag" in limiter:
                     self.lag.set(limiter["lag"], table=table, consumer=consumer)
@@ -433,7 +443,8 @@ class ReplayMetrics(ShardRecorder):
 
 
 class GatewayMetrics(GatewayRecorder):
-    """``dynaray_gateway_*``: HTTP requests by status ``code``, episodes and rows stored, policy downloads."""
+    """``dynaray_gateway_*``: HTTP requests by status ``code`` and ``token_id`` (never the token), episodes and rows
+    stored, policy downloads."""
 
     COUNTED = {"episodes": "episodes stored", "rows": "rows stored", "policy_downloads": "policy downloads",
                "bytes_received": "bytes of upload bodies read"}
@@ -441,11 +452,11 @@ class GatewayMetrics(GatewayRecorder):
     def __init__(self, index: int, enabled: bool | None = None):
         super().__init__(index)
         m = self.metrics = Metrics("gateway", index, enabled)
-        self.requests = m.counter("requests", "HTTP requests answered", ("code",))
+        self.requests = m.counter("requests", "HTTP requests answered", ("code", "token_id"))
         self.counted = {name: m.counter(name, description) for name, description in self.COUNTED.items()}
 
-    def answered(self, status: int) -> None:
-        self.requests.inc(1, code=status)
+    def answered(self, status: int, token_id: str = "-") -> None:
+        self.requests.inc(1, code=status, token_id=token_id)
 
     def count(self, name: str, amount: int) -> None:
         counter = self.counted.get(name)

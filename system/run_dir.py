@@ -9,6 +9,7 @@ Layout::
     learning_curve.png     eval return vs env steps
     placement.json         the node (id, IP) each actor of the run landed on
     replay/                persisted replay tables, shard-<i>/<table>/ (unless replay.directory points elsewhere)
+    gateway_token          the ingest gateway's generated token (mode 0600; never copied by upload)
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import yaml
 from system.config import SystemConfig, config_from_dict, to_dict
 
 CHECKPOINT_FILES = ("actor.pt", "meta.json")
+GATEWAY_TOKEN_FILE = "gateway_token"
+"""The generated gateway token (a secret: :meth:`RunDir.upload` leaves it out)."""
+SECRET_FILES = (GATEWAY_TOKEN_FILE,)
 
 
 class CheckpointError(ValueError):
@@ -54,7 +58,10 @@ class RunDir:
         path = self.path / "config.yaml"
         if not path.is_file():
             raise CheckpointError(f"{str(self.path)!r} is not a run directory: {path.name} is missing")
-        return config_from_dict(yaml.safe_load(path.read_text()))
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and isinstance(data.get("gateway"), dict):
+            data["gateway"].pop("token", None)  # written before tokens left the config (never a setting now)
+        return config_from_dict(data)
 
     # tables ---------------------------------------------------------------------------------------------------
     def write_table(self, name: str, rows: list[dict[str, Any]]) -> None:
@@ -84,8 +91,14 @@ class RunDir:
             raise ValueError(f"run.upload_to={uri!r}: expected a filesystem URI such as s3://bucket/runs ({exc})") from None
         destination = f"{base.rstrip('/')}/{self.path.name}"
         filesystem.create_dir(destination, recursive=True)
-        pafs.copy_files(str(self.path.resolve()), destination, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=filesystem)
+        local, source = pafs.LocalFileSystem(), self.path.resolve()
+        for entry in sorted(source.iterdir()):
+            if entry.name in SECRET_FILES:  # secrets stay on this machine
+                continue
+            target = f"{destination}/{entry.name}"
+            if entry.is_dir():
+                filesystem.create_dir(target, recursive=True)
+            pafs.copy_files(str(entry), target, source_filesystem=local, destination_filesystem=filesystem)
         return f"{uri.rstrip('/')}/{self.path.name}"
 
     def write_json(self, name: str, value: Any) -> None:

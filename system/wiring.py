@@ -207,11 +207,13 @@ class _Maker:
         return handle
 
 
-def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, replay_dir: str | None = None) -> System:
+def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, replay_dir: str | None = None,
+                 gateway_tokens: tuple = ()) -> System:
     """Create every role of a run and connect every edge.
 
     ``replay_dir``: where the shards persist their tables (an absolute path every shard's node can write; see
-    ``ReplayConfig.directory``); None persists nothing.
+    ``ReplayConfig.directory``); None persists nothing. ``gateway_tokens``: ``actors.gateway_tokens.Token``s the
+    ingest gateway accepts besides those of ``gateway.token_file`` (secrets travel as arguments, never in the config).
     """
     # world_model.termination_fn "auto": the env's known termination function or the learned head, decided here
     # once for every role that makes a WorldModel (imagination workers, planning rollout workers).
@@ -263,12 +265,14 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
             system.add_worker("imagination", i)
 
     # Ingest gateway (optional): external agents download "policy" from the store and post episodes, which it
-    # validates and writes to "real" on the shards.
+    # validates and writes to "real" on the shards (the system config checks that its inserts fit the shards' rate
+    # limiters). Its tokens travel as arguments, never in the config. Ray restarts it when its process dies
+    # (gateway.max_restarts).
     if config.gateway.enabled:
         system.gateway = make(IngestGateway, "gateway", config.gateway.num_cpus, config.gateway,
                               replay_client(config.seed + SEED_GATEWAY), WeightsClient(system.store, "policy"),
                               partial(policy_factory, seed=config.seed + SEED_GATEWAY, device="cpu"), spec,
-                              metrics=GatewayMetrics)
+                              tokens=gateway_tokens, metrics=GatewayMetrics, max_restarts=config.gateway.max_restarts)
 
     # Control: `dynaray scale` writes desired pool sizes here, the driver polls them; `dynaray status` reads the
     # status the driver posts.

@@ -20,6 +20,7 @@ VERBS: dict[str, str] = {
     "cold-replay": "system.bench.cold_replay",
     "sac-to-target": "system.bench.sac_to_target",
     "time-to-target": "system.bench.time_to_target",
+    "gateway": "system.bench.gateway",
 }
 """``dynaray bench`` verb -> the module that defines it (``HELP``, ``DESCRIPTION``, ``add_arguments``, ``run``)."""
 

@@ -115,13 +115,7 @@ def targets_table(checks: Sequence[dict], measured: Callable[[dict], str], goal:
 
 def positive_ints(text: str) -> list[int]:
     """Comma-separated positive integers, each once, in order."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return list(dict.fromkeys(values))
+    return list(dict.fromkeys(widths(text)))
 
 
 def widths(text: str) -> list[int]:

@@ -28,9 +28,8 @@ from replay.writers import episode_id, writer_index, writer_role
 import torch
 
 from actors.envs import EnvSpec
-from actors.gateway import (
-    ARROW_STREAM_TYPE, TOKEN_ENV, GatewayConfig, IngestGateway, export_torchscript, resolve_token,
-)
+from actors.gateway import ARROW_STREAM_TYPE, TOKEN_ENV, GatewayConfig, IngestGateway, export_torchscript
+from actors.gateway_tokens import SCOPES, Token, TokenError, env_token, new_token
 from actors.gateway_client import GatewayError, episode_to_arrow, fetch_policy, fetch_spec, load_policy, send_episode
 from learners.sac import Policy, PolicyConfig, SACLearner
 from replay.client import ReplayClient
@@ -97,8 +96,9 @@ def make_rig() -> Callable[..., Rig]:
         replay = ReplayClient([LocalHandle(shard)], ReplayConfig(num_shards=1), local=True)
         store = LocalHandle(WeightsStore())
         publisher = WeightsPublisher(store, "policy", local=True)
-        config = GatewayConfig(**{"token": TOKEN, "weights_poll_s": 0.02, **overrides})
-        gateway = IngestGateway(config, replay, WeightsClient(store, "policy"), make_policy, SPEC)
+        config = GatewayConfig(**{"weights_poll_s": 0.02, **overrides})
+        gateway = IngestGateway(config, replay, WeightsClient(store, "policy"), make_policy, SPEC,
+                                tokens=[Token("default", frozenset(SCOPES), TOKEN)])
         rig = Rig(gateway, shard, publisher)
         rigs.append(rig)
         if publish:
@@ -204,26 +204,37 @@ def test_config_validation_names_key_value_and_expected():
         config_from_dict({"gateway": {"enabled": "yes"}})
     with pytest.raises(ConfigError, match=r"gateway\.host='  ': expected a host name or IP address"):
         load_config([], ["gateway.host='  '"])
-    with pytest.raises(ConfigError, match="gateway.token=<5 characters>: expected at least 16") as info:
-        load_config([], ["gateway.token=short"])
-    assert "short" not in str(info.value), "a token must never be echoed"
+    with pytest.raises(ConfigError, match=r"gateway\.host='0\.0\.0\.0' is reachable from the network: expected "
+                                          r"gateway\.tls_cert and gateway\.tls_key"):
+        load_config([], ["gateway.host=0.0.0.0"])
+    assert load_config([], ["gateway.host=0.0.0.0", "gateway.allow_plain_http=true"]).gateway.host == "0.0.0.0"
+    with pytest.raises(ConfigError, match="expected both"):
+        load_config([], ["gateway.tls_cert=cert.pem"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'gateway\.token'") as info:
+        load_config([], ["gateway.token=short-but-secret"])
+    assert "short-but-secret" not in str(info.value), "a token must never be echoed"
+    assert not hasattr(GatewayConfig(), "token"), "tokens are not settings (no config file may hold one)"
 
 
-def test_resolve_token_prefers_config_then_env_then_generates(monkeypatch):
+def test_tokens_come_from_the_environment_or_are_generated(monkeypatch):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
-    assert resolve_token(GatewayConfig(token=TOKEN)) == TOKEN
-    generated = resolve_token(GatewayConfig())
-    assert len(generated) >= 32 and generated != resolve_token(GatewayConfig())
+    assert env_token() is None
+    generated = new_token()
+    assert len(generated.secret) >= 32 and generated.secret != new_token().secret
+    assert generated.secret not in repr(generated) and generated.secret not in str(generated)
     monkeypatch.setenv(TOKEN_ENV, "from-the-environment-1234")
-    assert resolve_token(GatewayConfig()) == "from-the-environment-1234"
+    token = env_token()
+    assert token.secret == "from-the-environment-1234" and token.id == "default"
+    assert token.scopes == frozenset({"upload", "download"})
     monkeypatch.setenv(TOKEN_ENV, "bad token")
-    with pytest.raises(ValueError, match=f"{TOKEN_ENV}=<9 characters>"):
-        resolve_token(GatewayConfig())
+    with pytest.raises(TokenError, match=f"{TOKEN_ENV}=<9 characters>") as info:
+        env_token()
+    assert "bad token" not in str(info.value), "a token must never be echoed"
 
 
 def test_gateway_needs_a_token(monkeypatch):
     monkeypatch.delenv(TOKEN_ENV, raising=False)
-    with pytest.raises(ValueError, match="gateway.token is empty"):
+    with pytest.raises(TokenError, match="no gateway token"):
         IngestGateway(GatewayConfig(), None, None, make_policy, SPEC)
 
 
@@ -340,8 +351,8 @@ def test_empty_body_and_bad_lengths(rig):
     status, _, payload = post(rig, b"")
     assert status == 400 and "empty body" in payload["error"]
     head = f"POST /v1/episodes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n".encode()
-    status, payload = raw_exchange(rig, head + b"Content-Length: twelve\r\n\r\n")
-    assert status == 400 and "not one non-negative integer" in payload["error"]
+    status, payload = raw_exchange(rig, head + b"Content-Length: twelve\r\n\r\n")  # refused by aiohttp's parser
+    assert status == 400 and "bad HTTP request" in payload["error"] and "Content-Length" in payload["error"]
     status, payload = raw_exchange(rig, head + b"\r\n")
     assert status == 411 and "Content-Length header missing" in payload["error"]
     rig.assert_untouched_and_serving()
@@ -434,8 +445,8 @@ def test_unknown_paths_and_methods(rig):
     assert status == 405 and headers["allow"] == "POST"
     status, headers, payload = request(rig, "DELETE", "/v1/policy")
     assert status == 405 and headers["allow"] == "GET" and "DELETE" in payload["error"]
-    status, _, payload = request(rig, "BREW", "/v1/spec")
-    assert status == 501 and "error" in payload
+    status, _, payload = request(rig, "BREW", "/v1/spec")  # refused by aiohttp's parser
+    assert status == 400 and "bad HTTP request" in payload["error"] and "method" in payload["error"].lower()
     status, _, payload = post(rig, b"x" * 10, headers={})  # a body on a refused request does not break the next one
     assert status == 400
     rig.assert_untouched_and_serving()
@@ -506,7 +517,7 @@ def test_concurrent_uploads_are_all_stored_once(make_rig):
     def robot(i: int) -> None:
         try:
             for j in range(3):
-                answers.append(send_episode(rig.url, TOKEN, episode(10 + i + j), policy_version=1))
+                answers.append(send_episode(rig.url, TOKEN, episode(10 + 3 * i + j), policy_version=1))
         except BaseException as exc:
             errors.append(exc)
 
@@ -609,7 +620,7 @@ def test_exported_module_checks_its_input_shape():
 # -------------------------------------------------------------------------------------------------- example
 
 
-def test_example_robot_drives_an_env_through_the_gateway(rig):
+def test_example_robot_drives_an_env_through_the_gateway(rig, tmp_path):
     spec = importlib.util.spec_from_file_location("gateway_robot", REPO / "examples" / "gateway_robot.py")
     robot = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(robot)
@@ -619,4 +630,10 @@ def test_example_robot_drives_an_env_through_the_gateway(rig):
     batch = rig.shard.sample("real", 500)
     assert set(batch["policy_version"].tolist()) == {1}
     assert set(batch["writer_id"].tolist()) == {rig.gateway.writer_id}
-    assert robot.main(["--url", rig.url, "--token", "wrong-token-0123456789abc", "--episodes", "1"]) == 1
+    wrong = tmp_path / "token"
+    wrong.write_text("wrong-token-0123456789abc\n")
+    wrong.chmod(0o600)
+    assert robot.main(["--url", rig.url, "--token-file", str(wrong), "--episodes", "1"]) == 1
+    onnx = robot.run_robot(rig.url, TOKEN, episodes=1, max_episode_steps=10, noise=0.0, wait_s=5,
+                           policy_format="onnx")
+    assert onnx[0]["rows"] > 0

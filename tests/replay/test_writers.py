@@ -47,3 +47,18 @@ def test_a_row_stamper_stamps_a_whole_episode():
     assert episode["step"].tolist() == [0, 1, 2] and episode["seq"].tolist() == [5, 6, 7]
     assert episode["policy_version"].tolist() == [-1, 0, 2] and episode["policy_version"].dtype == np.int64
     assert stamper.episode({"reward": np.zeros(1, np.float32)}, -1)["episode_id"][0] == episode_id(stamper.writer_id, 1)
+
+
+def test_an_episode_stamped_again_gets_the_same_stamps_and_a_taken_back_one_frees_its_ids():
+    stamper = RowStamper("gateway", 0, incarnation=2)
+    first = stamper.episode({"reward": np.zeros(4, np.float32)}, policy_version=-1)
+    stamper.episode({"reward": np.zeros(2, np.float32)}, policy_version=-1)
+    again = stamper.episode_again({"reward": np.ones(4, np.float32)}, -1, int(first["episode_id"][0]),
+                                  int(first["seq"][0]))
+    for name in ("episode_id", "step", "writer_id", "seq", "policy_version"):
+        np.testing.assert_array_equal(again[name], first[name])
+    assert (stamper.episodes, stamper.seq) == (2, 6)
+    last = stamper.episode({"reward": np.zeros(3, np.float32)}, policy_version=-1)
+    stamper.take_back(3)
+    retried = stamper.episode({"reward": np.zeros(5, np.float32)}, policy_version=-1)
+    assert retried["episode_id"][0] == last["episode_id"][0] and retried["seq"][0] == last["seq"][0] == 6

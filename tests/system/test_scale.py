@@ -26,6 +26,7 @@ pytestmark = [
 ]
 
 BUDGET = 3000
+TOKEN = "scale-test-gateway-token-0123456789"
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
@@ -58,9 +59,9 @@ def test_scale_rollout_up_and_down_and_gateway_episode_while_learners_run(tmp_pa
     proc = subprocess.Popen(
         [sys.executable, "-m", "system.cli", "train", "debug", "name=scaled", f"run.runs_dir={tmp_path}",
          "run.progress=false", f"run.total_env_steps={BUDGET}", "ray.num_cpus=8", "rollout.steps_per_call=25",
-         "gateway.enabled=true"],
+         "gateway.enabled=true", f"run.upload_to=file://{tmp_path / 'uploaded'}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "DYNARAY_TEST_RUN": str(tmp_path)},
+        env={**os.environ, "DYNARAY_TEST_RUN": str(tmp_path), "DYNARAY_GATEWAY_TOKEN": TOKEN},
     )
     runs = ["--runs-dir", str(tmp_path)]
     out: list[str] = []
@@ -71,7 +72,7 @@ def test_scale_rollout_up_and_down_and_gateway_episode_while_learners_run(tmp_pa
         url = next(line.split(" at ")[1].split()[0] for line in out if "ingest gateway at" in line)
         wait_until(lambda: run_processes(marker, "ray::PolicyLoop.run") or proc.poll() is not None, 180,
                    "the policy learner to run")
-        token = (tmp_path / "scaled" / "gateway_token").read_text().strip()
+        token = TOKEN
         wait_until(lambda: fetch_spec(url, token)["policy"]["version"] is not None, 180, "a published policy")
         answer = robot_episode(url, token)
         up = dynaray("scale", "rollout=3", *runs)
@@ -111,3 +112,9 @@ def test_scale_rollout_up_and_down_and_gateway_episode_while_learners_run(tmp_pa
     assert_well_formed(rows)
     gone = dynaray("scale", "rollout=2", *runs)
     assert gone.returncode == 1 and "no running system found" in gone.stderr
+
+    # The token (from the environment) is in no file the run wrote, nor in the copy run.upload_to made.
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any("uploaded" in p.parts for p in written) and not (tmp_path / "scaled" / "gateway_token").exists()
+    assert [p for p in written if TOKEN.encode() in p.read_bytes()] == []
+    assert TOKEN not in "".join(out)
