@@ -24,6 +24,7 @@ it started by their ids (never `ray stop`).
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,6 +116,7 @@ def autoscaling_cluster():
         yield env, Path(temp_dir)
     finally:
         end_processes(cluster_processes(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def cluster_nodes(env: dict) -> dict[str, dict]:
