@@ -24,6 +24,7 @@ it started by their ids (never `ray stop`).
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ ON_THIS_MACHINE = {"head": {"CPU": 2, "replay_node": 2},
 cpu_worker holds 2 rollout workers (16 there), the head 2 replay shards (8 there)."""
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 IDLE_TIMEOUT_MINUTES = 0.2
+HEAD_ATTEMPTS = 3
 BUDGET = 5000
 ROLES = ["rollout.num_cpus=0.5", "placement.policy.num_cpus=0.25", "placement.world_model.num_cpus=0.25",
          "imagination.num_cpus=0.5", "rollout.steps_per_call=25"]
@@ -101,20 +103,25 @@ def autoscaling_cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
            "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", "PYTHONPATH": str(REPO),
            # a loaded machine: every node's raylet and agents may be slow to start and register
-           "RAY_raylet_start_wait_time_s": "300", "RAY_agent_register_timeout_ms": "300000"}
+           "RAY_raylet_start_wait_time_s": "120"}
     head = ON_THIS_MACHINE["head"]
+    command = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={GCS_PORT}", f"--temp-dir={temp_dir}",
+               f"--autoscaling-config={config_path}", f"--num-cpus={head['CPU']}",
+               f"--resources={json.dumps({k: v for k, v in head.items() if k != 'CPU'})}",
+               f"--object-store-memory={OBJECT_STORE_BYTES}", "--include-dashboard=false", *HEAD_PORTS]
     try:
-        started = subprocess.run(
-            [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={GCS_PORT}", f"--temp-dir={temp_dir}",
-             f"--autoscaling-config={config_path}", f"--num-cpus={head['CPU']}",
-             f"--resources={json.dumps({k: v for k, v in head.items() if k != 'CPU'})}",
-             f"--object-store-memory={OBJECT_STORE_BYTES}", "--include-dashboard=false", *HEAD_PORTS],
-            env=env, capture_output=True, text=True, timeout=600,
-        )
+        # On a heavily loaded machine the head's raylet can die waiting (about 15 s here) for its
+        # dashboard agent to start: then the processes of that attempt end and the head starts again.
+        for _ in range(HEAD_ATTEMPTS):
+            started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+            if started.returncode == 0:
+                break
+            end_processes(cluster_processes(temp_dir))
         assert started.returncode == 0, started.stderr[-3000:]
         yield env, Path(temp_dir)
     finally:
         end_processes(cluster_processes(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def cluster_nodes(env: dict) -> dict[str, dict]:
