@@ -256,6 +256,18 @@ class _ValidationBuffer:
         n = self.size
         return self.obs[:n], self.action[:n], self.target[:n], self.terminated[:n]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The rows held (CPU copies, oldest first) for a checkpoint."""
+        order = (torch.arange(self.size, device=self.obs.device) + (self._next - self.size)) % self.capacity
+        return to_cpu({"obs": self.obs[order], "action": self.action[order], "target": self.target[order],
+                       "terminated": self.terminated[order]})
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Hold the rows of ``state_dict()`` output (the newest ``capacity`` of them)."""
+        self.size = self._next = 0
+        if len(state["obs"]):
+            self.add(*(state[k].to(self.obs.device) for k in ("obs", "action", "target", "terminated")))
+
 
 class WorldModelLearner:
     """Trains ``EnsembleDynamics`` with per-member bootstrap resampling and ranks members on holdout rows.
@@ -475,8 +487,11 @@ class WorldModelLearner:
         return state
 
     def state_dict(self) -> dict[str, Any]:
-        """Full learner state (without the validation buffer) as CPU tensors and plain containers."""
+        """Full learner state (the holdout rows of the validation buffer included) as CPU tensors and plain
+        containers."""
         return to_cpu({
+            "validation": self.validation.state_dict(),
+            "paused_batches": self._paused_batches,
             "dynamics": self.dynamics.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "elites": torch.tensor(self._elites, dtype=torch.int64),
@@ -500,7 +515,9 @@ class WorldModelLearner:
         self.best_val_mse = None if best is None else best.cpu().numpy().astype(np.float64)
         self.since_improvement = int(state.get("since_improvement", 0))
         self.paused = bool(state.get("paused", False))
-        self._paused_batches = 0
+        self._paused_batches = int(state.get("paused_batches", 0))
+        if "validation" in state:
+            self.validation.load_state_dict(state["validation"])
         load_generator_state(self._generator, state["generator"])
         self.num_updates = int(state["num_updates"])
         self.nonfinite_streak = int(state["nonfinite_streak"])

@@ -986,6 +986,12 @@ class TableStore:
         self._last_fsync = time.monotonic()
         self.fsyncs += 1
 
+    def sync(self) -> None:
+        """fsync the open logs now, whatever the fsync mode (e.g. for a checkpoint's replay marker)."""
+        with self._sync_lock:
+            if not self._closed:
+                self._sync()
+
     def _sync_when_idle(self) -> None:
         """The interval timer: fsync the logs ``fsync_interval_s`` after a write that no fsync covers yet, so the
         last burst before an idle period is synced too. The insert path only sets the dirty flag."""

@@ -322,6 +322,39 @@ class ReplayShard:
         n = len(next(iter(rows.values())))
         return {"generation": generation, "rows": n, "inserted": inserted, "path": path, "removed": removed}
 
+    def checkpoint_marker(self) -> dict[str, dict]:
+        """Where each table stands, for a whole-system checkpoint: per table ``inserted`` (its insert counter),
+        ``persisted``, and ``limiters`` (per consumer the rate limiter's ``inserted`` and ``sampled`` rows). The
+        logs of persisted tables are fsynced first, so every row acknowledged before this call survives a crash
+        of the machine, whatever ``fsync`` mode the shard runs with."""
+        out = {}
+        for name, state in self._tables.items():
+            with state.cond:
+                if state.store is not None and not state.store.closed:
+                    state.store.sync()
+                out[name] = {"inserted": state.table.inserted, "persisted": state.store is not None,
+                             "limiters": {consumer: {"inserted": limiter.inserted, "sampled": limiter.sampled}
+                                          for consumer, limiter in state.limiters.items()}}
+        return out
+
+    def restore_accounting(self, marker: Mapping[str, Mapping]) -> None:
+        """Continue each consumer's rate limiter from a checkpoint's :meth:`checkpoint_marker`: the rows it had
+        sampled then, and the rows inserted then plus those the table holds past the marker (inserted after the
+        checkpoint and recovered from the logs), so that the consumers owe exactly what their ratios say over the
+        whole run. Tables and consumers the marker does not name keep their accounting."""
+        for name, saved in marker.items():
+            state = self._tables.get(name)
+            if state is None:
+                continue
+            with state.cond:
+                since = max(0, state.table.inserted - int(saved["inserted"]))
+                for consumer, accounting in saved["limiters"].items():
+                    limiter = state.limiters.get(consumer)
+                    if limiter is not None:
+                        limiter.inserted = int(accounting["inserted"]) + since
+                        limiter.sampled = int(accounting["sampled"])
+                state.cond.notify_all()
+
     def close(self) -> None:
         """Close the logs of persisted tables (fsynced unless ``fsync="none"``) and release their directories.
 

@@ -1,6 +1,7 @@
 """``dynaray``: train and evaluate.
 
     dynaray train [PRESET ...] [key=value ...] [--address ADDR]
+    dynaray train --resume RUN_DIR [key=value ...] [--address ADDR]
     dynaray eval RUN_DIR [--episodes N]
     dynaray scale rollout=N [imagination=M] [--run NAME] [--address ADDR]
     dynaray status [--run NAME] [--address ADDR] [--runs-dir DIR]
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from system.replay_cli import register as register_replay_verbs
 
-EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 
 
 def _fail(message: str, code: int) -> int:
@@ -52,21 +53,107 @@ def _unique(path: Path) -> Path:
     return candidate
 
 
+class _Interrupted(KeyboardInterrupt):
+    """A signal that stops ``dynaray train`` at once (before the driver runs, or the second one)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT and SIGTERM during ``dynaray train``: the first one has the driver checkpoint and stop as a finished
+    run does (exit 128 + signal: 130, 143); a second one, or one before the driver runs, stops at once."""
+
+    def __init__(self):
+        self.driver = None
+        self.received: int | None = None
+
+    def install(self) -> None:
+        """(Again after ``ray.init``, which sets its own SIGTERM handler.)"""
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None or self.driver is None:
+            self.received = signum
+            raise _Interrupted(signum)
+        self.received = signum
+        print(f"\ndynaray: {name}: writing a checkpoint, then stopping every role (another signal stops at once)",
+              file=sys.stderr)
+        self.driver.interrupt(f"interrupted by {name}")
+
+
+RESUME_OVERRIDES = ("run.total_env_steps", "run.target_return", "run.report_interval_s", "run.progress",
+                    "run.metrics", "run.checkpoint_every_s", "run.startup_timeout_s", "run.upload_to",
+                    "run.torch_threads", "rollout.num_workers", "imagination.num_workers", "eval.num_workers",
+                    "placement.timeout_s", "ray.")
+"""Keys ``dynaray train --resume`` may change (``ray.``: every key of the section); the others must match the
+checkpoint (network sizes, ratios, replay layout, seeds, env)."""
+
+
+def _resume_config(run_path: str, items: list[str]):
+    """The saved config of the run at ``run_path`` with the allowed ``key=value`` overrides.
+
+    Raises:
+        ValueError: a preset, or a key that cannot change on resume (one line naming it).
+        ConfigError, CheckpointError: a bad value, or not a run directory.
+    """
+    from system.config import config_from_dict, merge, parse_override, to_dict
+    from system.run_dir import RunDir
+
+    config = RunDir(run_path).load_config()
+    data = to_dict(config)
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--resume takes key=value overrides only (the run keeps its saved config), got {item!r}")
+        key = item.partition("=")[0]
+        if not any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
+                   for allowed in RESUME_OVERRIDES):
+            raise ValueError(f"{key}: cannot be changed when resuming (it must match the checkpoint); allowed: "
+                             f"{', '.join(k + '*' if k.endswith('.') else k for k in RESUME_OVERRIDES)}")
+        data = merge(data, parse_override(item))
+    resumed = config_from_dict(data)
+    if resumed.imagination_enabled != config.imagination_enabled:
+        raise ValueError(f"imagination.num_workers={resumed.imagination.num_workers}: cannot switch imagination "
+                         f"{'off' if config.imagination_enabled else 'on'} when resuming (the replay tables differ)")
+    return resumed
+
+
 def train(args: argparse.Namespace) -> int:
-    # Ctrl-C / SIGINT stops every role, also when the shell that started us ignores SIGINT (a background job of a
-    # shell without job control inherits SIG_IGN, and Python then keeps it): take the default handler back.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ctrl-C / SIGINT and SIGTERM checkpoint and stop every role, also when the shell that started us ignores SIGINT
+    # (a background job of a shell without job control inherits SIG_IGN, and Python then keeps it).
+    signals = _Signals()
+    signals.install()
+    try:
+        return _train(args, signals)
+    except KeyboardInterrupt:  # _Interrupted, or Ray's own for a signal that came while it waited
+        print("\ndynaray: interrupted; stopping every role", file=sys.stderr)
+        return 128 + (signals.received or signal.SIGINT)
+
+
+def _train(args: argparse.Namespace, signals: _Signals) -> int:
     from actors.envs import EnvError, probe_env
+    from system.checkpoint import DriverLock, RunLockedError, check_compatible, describe_meta, find_checkpoint
     from system.config import ConfigError, load_config
+    from system.run_dir import CheckpointError, RunDir
 
     presets = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
+    found = None
     try:
-        config = load_config(presets, overrides)
+        if args.resume:
+            config = _resume_config(args.resume, args.items)
+        else:
+            config = load_config(presets, overrides)
         if args.address:
             config = replace(config, ray=replace(config.ray, address=args.address))
         spec = probe_env(config.env)
-    except (ConfigError, EnvError) as exc:
+        if args.resume:
+            found = find_checkpoint(args.resume)
+            check_compatible(found, describe_meta(config, spec))
+    except (ConfigError, EnvError, CheckpointError, ValueError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
 
     import torch
@@ -78,49 +165,63 @@ def train(args: argparse.Namespace) -> int:
 
     from system.driver import Driver, RoleError, describe_error, progress_printer
     from system.placement import PlacementError, describe as describe_placement, wait_for_placement
-    from system.run_dir import RunDir
     from system.runtime import ClusterVersionError, start_ray, stop_ray
     from system.wiring import build_system, kill_system
 
     torch.set_num_threads(config.run.torch_threads)
-    run_dir = RunDir(_unique(Path(config.run.runs_dir) / _run_name(config)))
-    config = replace(config, name=run_dir.path.name)
-    run_dir.create(config)
+    if args.resume:
+        run_dir = RunDir(args.resume)
+    else:
+        run_dir = RunDir(_unique(Path(config.run.runs_dir) / _run_name(config)))
+        config = replace(config, name=run_dir.path.name)
+        run_dir.path.mkdir(parents=True)
     try:
+        lock = DriverLock(run_dir.path).acquire()
+    except RunLockedError as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
+    try:
+        run_dir.create(config)
         gateway_tokens = _gateway_tokens(config, run_dir.path)
     except ValueError as exc:
+        lock.release()
         return _fail(str(exc), EXIT_BAD_INPUT)
     show = progress_printer(config.run.total_env_steps) if config.run.progress else None
     system = None
     try:
+        if found is not None:
+            print(f"dynaray: run {config.name}: resuming from {found.path} ({found.meta['env_steps']} env steps, "
+                  f"policy version {found.meta['policy_version']})", file=sys.stderr)
         print(f"dynaray: run {config.name}: starting Ray", file=sys.stderr)  # our first line before Ray's own
         where = start_ray(config, namespace=namespace(config.name))
+        signals.install()
         write_ray_file(run_dir.path, config.name)
         print(f"dynaray: run {config.name} on {where}; run directory {run_dir.path}", file=sys.stderr)
         system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)),
-                              gateway_tokens=gateway_tokens)
+                              gateway_tokens=gateway_tokens, run_path=str(run_dir.path.resolve()))
         placement = wait_for_placement(system, config.placement.timeout_s)
         run_dir.write_json("placement", placement)
         print(f"dynaray: placement:\n{describe_placement(placement)}", file=sys.stderr)
         if system.gateway is not None:
             print(f"dynaray: ingest gateway at {get(system.gateway.url.remote())} (docs/gateway.md)", file=sys.stderr)
-        summary = Driver(config, spec, system, run_dir, on_report=show, placement=placement).run()
+        driver = Driver(config, spec, system, run_dir, on_report=show, placement=placement, resume=found, lock=lock)
+        signals.driver = driver
+        summary = driver.run()
+        signals.driver = None
     except (RoleError, PlacementError, ClusterVersionError) as exc:
         return _fail(str(exc), EXIT_FAILED)
     except RayActorError as exc:
         return _fail(f"a role could not start: {describe_error(exc)}", EXIT_FAILED)
-    except KeyboardInterrupt:
-        print("\ndynaray: interrupted; stopping every role", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except ConnectionError as exc:
         return _fail(f"cannot reach Ray: {exc}", EXIT_FAILED)
     finally:
+        signals.driver = None
         if show is not None:
             show.close()
         if system is not None:
             kill_system(system)
         remove_ray_file(run_dir.path)
         stop_ray()
+        lock.release()
     if config.run.upload_to:
         try:
             print(f"dynaray: run directory copied to {run_dir.upload(config.run.upload_to)}", file=sys.stderr)
@@ -132,6 +233,10 @@ def train(args: argparse.Namespace) -> int:
         f"best eval return {best}, policy version {summary.policy_version}\n"
         f"dynaray: results in {summary.run_dir}"
     )
+    if signals.received is not None:
+        print(f"dynaray: checkpoint in {run_dir.path / 'checkpoint'}; continue with "
+              f"`dynaray train --resume {run_dir.path}`", file=sys.stderr)
+        return 128 + signals.received
     return 0
 
 
@@ -146,12 +251,15 @@ def _gateway_tokens(config, run_path: Path) -> tuple:
     """
     if not config.gateway.enabled:
         return ()
-    from actors.gateway_tokens import env_token, new_token, read_token_file
+    from actors.gateway_tokens import DEFAULT_ID, SCOPES, Token, env_token, new_token, read_token_file
     from system.run_dir import GATEWAY_TOKEN_FILE
 
     token = env_token()
     if config.gateway.token_file:
         read_token_file(config.gateway.token_file)
+    elif token is None and (run_path / GATEWAY_TOKEN_FILE).is_file():  # a resumed run keeps its token
+        secret = (run_path / GATEWAY_TOKEN_FILE).read_text().strip()
+        token = Token(DEFAULT_ID, frozenset(SCOPES), secret)
     elif token is None:
         token = new_token()
         path = run_path / GATEWAY_TOKEN_FILE
@@ -237,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="PRESET|key=value",
                    help="presets overlaid on the defaults in order, then key=value overrides (e.g. seed=3)")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest checkpoint, with its saved config (key=value "
+                        "overrides only for run.total_env_steps, worker counts, ray.* and the like; docs/durability.md)")
     p.set_defaults(func=train)
 
     p = verbs.add_parser("scale", help="change the number of rollout or imagination workers of a running system")

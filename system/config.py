@@ -65,6 +65,9 @@ class RunConfig:
     """torch intra-op threads per actor (keep 1 when actors share a few cores)."""
     startup_timeout_s: float = field(default=180.0, metadata={"check": "> 0"})
     """How long every role may take to start before the run stops with an error."""
+    checkpoint_every_s: float = field(default=300.0, metadata={"check": ">= 0", "note": "0: only at the end"})
+    """Seconds between whole-system checkpoints into runs/<name>/checkpoint/ (one is also written when the run
+    ends or is interrupted); `dynaray train --resume RUN_DIR` continues from the newest (docs/durability.md)."""
 
 
 @dataclass(frozen=True)

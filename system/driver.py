@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -20,11 +21,12 @@ from actors.gateway import GatewayStats
 from actors.imagination import ImaginationReport
 from actors.rollout import RolloutReport
 from replay.handles import get, is_actor_failure, wait
+from system.checkpoint import DriverLock, FoundCheckpoint, describe_meta, write_checkpoint
 from system.config import SystemConfig
 from system.loops import LearnerReport
 from system.metrics import DriverMetrics
 from system.placement import locate
-from system.run_dir import RunDir
+from system.run_dir import CheckpointError, RunDir
 from system.wiring import System
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ CONSUMERS = ("policy", "world_model", "imagination")
 """Roles that consume replay at a configured ratio (and so drain once the env-step budget is collected)."""
 DRAIN_TIMEOUT_S = 120.0
 """Longest wait for the consumers to finish what their ratios owe at the end of the budget."""
+CHECKPOINT_CALLS = ("checkpoint_learner", "checkpoint_marker")
+"""Calls that gather a checkpoint; one that fails abandons that checkpoint (the previous one stays)."""
 
 
 class RoleError(RuntimeError):
@@ -91,7 +95,8 @@ class Driver:
 
     def __init__(self, config: SystemConfig, spec: EnvSpec, system: System, run_dir: RunDir,
                  on_report: Callable[[dict[str, Any]], None] | None = None,
-                 placement: dict[str, dict[str, str]] | None = None):
+                 placement: dict[str, dict[str, str]] | None = None, resume: FoundCheckpoint | None = None,
+                 lock: DriverLock | None = None):
         self.config, self.spec, self.system, self.run_dir = config, spec, system, run_dir
         self.placement = placement or {}
         self._on_report = on_report or (lambda row: None)
@@ -126,6 +131,7 @@ class Driver:
         self._env_errors: dict[int, int] = {}
         self._acting: dict[int, int] = {}
         self._metrics = DriverMetrics(config.run.total_env_steps, enabled=config.run.metrics)
+        self._init_checkpoints(resume, lock)
 
     # submitting -----------------------------------------------------------------------------------------------
     def _submit(self, ref: Any, call: _Call) -> None:
@@ -166,6 +172,9 @@ class Driver:
         try:
             result = get(ref)
         except Exception as exc:
+            if call.kind in CHECKPOINT_CALLS:
+                self._checkpoint_failed(call, exc)
+                return
             if self._restarted(call, exc):
                 return
             if call.kind == "gateway_stats":  # Ray restarts the gateway (gateway.max_restarts); the run goes on
@@ -353,7 +362,7 @@ class Driver:
         evaluator = self.system.evaluators[self._eval_round_robin % len(self.system.evaluators)]
         self._eval_round_robin += 1
         ref = evaluator.evaluate.remote(box[0], self.config.eval.episodes, env_steps=call.payload, version=version)
-        self._submit(ref, _Call("eval"))
+        self._submit(ref, _Call("eval", payload=call.payload))
 
     def _on_eval(self, call: _Call, result: EvalResult) -> None:
         self.evals.append(self._eval_row(result.env_steps, result.version, result))
@@ -393,6 +402,7 @@ class Driver:
         row.update(self._latest.get("gateway", {}))
         row["rollout_policy_staleness"] = self._staleness(row.get("policy_version"))
         row.update({f"{role}_restarts": n for role, n in self._restarts.items()})
+        row.update(self._latest.get("checkpoint", {}))
         row.update({f"{pool}_workers": len(getattr(self.system, pool)) for pool in ("rollout", "imagination")})
         self._last_row_time = now
         return row
@@ -466,6 +476,7 @@ class Driver:
             self._handle(ref, self._inflight.pop(ref))
 
     def run(self) -> Summary:
+        self._restore_replay_accounting()
         self._start_roles()
         budget = self.config.run.total_env_steps
         drain_started = 0.0
@@ -474,6 +485,9 @@ class Driver:
             self._poll_control()
             self._check_startup()
             self._maybe_report()
+            self._maybe_checkpoint()
+            if self._interrupted and not self._stop_reason:
+                self._stop_reason = self._interrupted
             if self._stop_reason:
                 break
             if not self._draining():
@@ -488,7 +502,7 @@ class Driver:
         return self._finish()
 
     def _check_startup(self) -> None:
-        if self._first_report_at is None and time.monotonic() - self._start > self.config.run.startup_timeout_s:
+        if self._first_report_at is None and time.monotonic() - self._began > self.config.run.startup_timeout_s:
             pending = sorted({c.kind for c in self._inflight.values()})
             raise RoleError(
                 f"no role reported within run.startup_timeout_s={self.config.run.startup_timeout_s:g}s "
@@ -500,7 +514,7 @@ class Driver:
         deadline = time.monotonic() + 3 * self.config.run.report_interval_s + 30
         while self._consumers_busy() and time.monotonic() < deadline:
             self._pump(timeout=0.2)
-        self.checkpoint()
+        self.checkpoint(deadline=time.monotonic() + 3 * self.config.run.report_interval_s + 60)
         self._maybe_report(force=True)
         self.run_dir.write_table("metrics", self._rows)
         self.evals.sort(key=lambda e: e["env_steps"])
@@ -521,24 +535,192 @@ class Driver:
             run_dir=str(self.run_dir.path),
         )
 
-    def checkpoint(self) -> None:
-        """Full learner states and the newest acting weights, written atomically to the run directory."""
-        refs = {"policy": self.system.policy.state_dict.remote(), "actor_latest": self.system.store.latest.remote("policy", -1)}
-        if self.system.world_model is not None:
-            refs["world_model"] = self.system.world_model.state_dict.remote()
-        states = {name: get(ref) for name, ref in refs.items()}
-        latest = states.pop("actor_latest")
-        if latest is not None:
-            states["actor"] = get(latest[1][0])
-        meta = {
-            "env_id": self.config.env.id,
-            "obs_shape": list(self.spec.obs_shape),
-            "action_shape": list(self.spec.action_shape),
-            "env_steps": self.env_steps,
-            "policy_version": latest[0] if latest else 0,
-        }
-        self.run_dir.save_checkpoint(states, meta)
+    # checkpoints, resume, signals -----------------------------------------------------------------------------
+    def _init_checkpoints(self, resume: FoundCheckpoint | None, lock: DriverLock | None) -> None:
+        self._lock = lock
+        self._began = self._start
+        """When this driver started (``_start`` goes back by the wall time of a resumed run)."""
+        self._interrupted: str | None = None
+        self._checkpoint: dict[str, Any] | None = None
+        """The checkpoint being gathered (learner states, then shard markers, arrive as calls), or None."""
+        self._checkpoint_id = 0
+        self._checkpoints = 0
+        self._checkpointed_at = self._start
+        self._writer: threading.Thread | None = None
+        self._resume_marker: list[dict] | None = None
+        self._resumed_at: int | None = None
+        if resume is not None:
+            self._restore_counters(resume)
 
+    def interrupt(self, reason: str) -> None:
+        """Stop at the next turn of the loop (a signal): checkpoint and write everything a finished run writes."""
+        self._interrupted = reason
+
+    def _restore_counters(self, resume: FoundCheckpoint) -> None:
+        """Continue a run from its checkpoint: env steps, episodes, evals, eval marks, restarts, wall time; the
+        metrics rows written up to the checkpoint (later ones describe a state that was lost)."""
+        counters, replay = resume.document("driver.json"), resume.document("replay.json")
+        self.env_steps = int(counters["env_steps"])
+        self._episodes = int(counters["episodes"])
+        self._episode_returns.extend(counters["episode_returns"])
+        self.evals = list(counters["evals"])
+        self._next_eval, self._last_eval_mark = int(counters["next_eval"]), int(counters["last_eval_mark"])
+        self._policy_version = int(counters["policy_version"])
+        self._restarts.update(counters["restarts"])
+        self._latest = counters["latest"]
+        self._checkpoints = int(counters["checkpoints"])
+        wall = float(counters["wall_time_s"])
+        self._start -= wall
+        self._step_times = deque([(time.monotonic(), self.env_steps)])
+        try:
+            rows = self.run_dir.read_table("metrics").to_pylist()
+        except CheckpointError:
+            rows = []
+        self._rows = [row for row in rows if row["wall_time_s"] <= wall]
+        self._resume_marker = replay["shards"]
+        self._resumed_at = self.env_steps
+
+    def _restore_replay_accounting(self) -> None:
+        """Resumed: each shard's rate limiters continue from the checkpoint's accounting (before any role runs)."""
+        if self._resume_marker is not None:
+            get([shard.restore_accounting.remote(marker)
+                 for shard, marker in zip(self.system.shards, self._resume_marker)])
+
+    def _maybe_checkpoint(self) -> None:
+        """Once per turn of the loop: the lock's heartbeat, and a new checkpoint every ``run.checkpoint_every_s``
+        (gathered by calls, written by a thread: the loop and the rollout workers never wait for it)."""
+        if self._lock is not None:
+            self._lock.heartbeat()
+        if self._resumed_at is not None and self.env_steps > self._resumed_at:
+            print(f"dynaray: resumed at {self._resumed_at} env steps: first new env steps "
+                  f"{time.monotonic() - self._began:.1f} s after the driver started", file=sys.stderr)
+            self._resumed_at = None
+        every = self.config.run.checkpoint_every_s
+        if every > 0 and time.monotonic() - self._checkpointed_at >= every:
+            self._begin_checkpoint()
+
+    def _writing(self) -> bool:
+        return self._writer is not None and self._writer.is_alive()
+
+    def _begin_checkpoint(self) -> bool:
+        """Ask every learner for its state (each pauses only to copy it); False if one is being taken already."""
+        if self._checkpoint is not None or self._writing():
+            return False
+        self._checkpointed_at = time.monotonic()
+        self._checkpoint_id += 1
+        learners = {"policy": self.system.policy, "world_model": self.system.world_model}
+        learners = {name: handle for name, handle in learners.items() if handle is not None}
+        self._checkpoint = {"id": self._checkpoint_id, "began": time.monotonic(), "learners": {}, "markers": {},
+                            "waiting": set(learners)}
+        for name, handle in learners.items():
+            self._submit(handle.checkpoint_state.remote(), _Call("checkpoint_learner", self._checkpoint_id, name))
+        return True
+
+    def _current(self, call: _Call) -> dict[str, Any] | None:
+        """The checkpoint a call belongs to, if it is still being gathered."""
+        checkpoint = self._checkpoint
+        return checkpoint if checkpoint is not None and checkpoint["id"] == call.index else None
+
+    def _on_checkpoint_learner(self, call: _Call, state: dict[str, Any]) -> None:
+        """A learner's state; once all are in, the driver's counters and every shard's replay marker (asked for
+        after the learners' states, so the markers cover every row the learners had sampled)."""
+        checkpoint = self._current(call)
+        if checkpoint is None:
+            return
+        checkpoint["learners"][call.payload] = state
+        checkpoint["waiting"].discard(call.payload)
+        if checkpoint["waiting"]:
+            return
+        checkpoint["counters"] = self._counters()
+        checkpoint["waiting"] = set(range(len(self.system.shards)))
+        for i, shard in enumerate(self.system.shards):
+            self._submit(shard.checkpoint_marker.remote(), _Call("checkpoint_marker", call.index, i))
+
+    def _on_checkpoint_marker(self, call: _Call, marker: dict[str, Any]) -> None:
+        checkpoint = self._current(call)
+        if checkpoint is None:
+            return
+        checkpoint["markers"][call.payload] = marker
+        checkpoint["waiting"].discard(call.payload)
+        if checkpoint["waiting"]:
+            return
+        self._checkpoint = None
+        self.run_dir.write_table("metrics", self._rows)  # every row up to the checkpoint is on disk with it
+        self._writer = threading.Thread(target=self._write, args=(checkpoint,), name="checkpoint", daemon=True)
+        self._writer.start()
+
+    def _checkpoint_failed(self, call: _Call, exc: BaseException) -> None:
+        if self._current(call) is not None:
+            self._checkpoint = None
+            logger.warning("checkpoint abandoned (%s %s failed: %s); the previous one stays", call.kind,
+                           call.payload, describe_error(exc))
+
+    def _counters(self) -> dict[str, Any]:
+        """The driver's part of a checkpoint (evaluations asked for but not done yet are asked for again)."""
+        pending = [c.payload for c in self._inflight.values() if c.kind in ("eval_weights", "eval")]
+        redo = min(pending, default=None)  # evaluations from this mark on are made again on resume
+        evals = [dict(e) for e in self.evals if redo is None or e["env_steps"] < redo]
+        return _plain({
+            "env_steps": self.env_steps, "episodes": self._episodes, "episode_returns": list(self._episode_returns),
+            "evals": evals, "next_eval": self._next_eval if redo is None else min(redo, self._next_eval),
+            "last_eval_mark": max([e["env_steps"] for e in evals], default=0),
+            "wall_time_s": time.monotonic() - self._start, "policy_version": self._policy_version,
+            "restarts": dict(self._restarts), "latest": self._latest, "checkpoints": self._checkpoints + 1,
+        })
+
+    def _write(self, checkpoint: dict[str, Any]) -> None:
+        """The writer thread: one checkpoint, atomically (system/checkpoint.py); its figures go to the metrics."""
+        try:
+            learners, counters = checkpoint["learners"], checkpoint["counters"]
+            tensors = {f"{name}.pt": {k: state[k] for k in ("learner", "weights", "version")}
+                       for name, state in learners.items()}
+            tensors["actor.pt"] = learners["policy"]["weights"]
+            documents = {"driver.json": counters,
+                         "replay.json": {"shards": [checkpoint["markers"][i] for i in range(len(checkpoint["markers"]))]}}
+            meta = {**describe_meta(self.config, self.spec), "env_steps": counters["env_steps"],
+                    "policy_version": learners["policy"]["version"], "wall_time_s": counters["wall_time_s"]}
+            began_writing = time.monotonic()
+            path = write_checkpoint(self.run_dir.path, tensors, documents, meta)
+        except Exception:  # noqa: BLE001 - the run goes on; the previous checkpoint stays
+            logger.exception("writing a checkpoint failed; the previous one stays")
+            return
+        self._checkpoints = counters["checkpoints"]
+        self._latest["checkpoint"] = {
+            "checkpoints": self._checkpoints,
+            "checkpoint_env_steps": counters["env_steps"],
+            "checkpoint_s": time.monotonic() - checkpoint["began"],
+            "checkpoint_write_s": time.monotonic() - began_writing,
+            "checkpoint_learner_pause_s": max(state["pause_s"] for state in learners.values()),
+            "checkpoint_bytes": sum(entry.stat().st_size for entry in path.iterdir()),
+        }
+
+    def checkpoint(self, deadline: float) -> bool:
+        """Take a checkpoint now and wait until it is written (or ``deadline``, a ``time.monotonic()``); whether
+        it was. One being taken is finished first."""
+        taken = self._checkpoints
+        while time.monotonic() < deadline and not self._begin_checkpoint():
+            self._wait_checkpoint(deadline)
+        self._wait_checkpoint(deadline)
+        if self._checkpoints == taken:
+            logger.warning("the last checkpoint could not be taken; the previous one stays")
+        return self._checkpoints > taken
+
+    def _wait_checkpoint(self, deadline: float) -> None:
+        while self._checkpoint is not None and time.monotonic() < deadline and self._inflight:
+            self._pump(timeout=0.2)
+        if self._writer is not None:
+            self._writer.join(max(0.0, deadline - time.monotonic()))
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able copy: numpy scalars become Python numbers, tuples lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, deque)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 class ProgressDisplay:
     """The live progress of ``dynaray train``, fed one report row at a time.

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from system.checkpoint import newest_checkpoint
 from system.metrics import LearnerMetrics
 
 MAX_NONFINITE_STREAK = 100
@@ -75,6 +76,7 @@ class LearnerLoop:
         publish_state: Callable[[], Any],
         prefetch: int = 2,
         local: bool = False,
+        restore_from: str | None = None,
     ):
         self.name, self.learner = name, learner
         self._replay, self._publisher, self._parts = replay, publisher, parts
@@ -85,6 +87,22 @@ class LearnerLoop:
         self._priorities: list[tuple[str, np.ndarray, np.ndarray]] = []  # (table, keys, priorities) not sent yet
         self._queued_updates = 0
         self._metrics = LearnerMetrics(name)  # Prometheus (a no-op without Ray)
+        self.restored_version: int | None = None
+        """The version of the checkpoint this learner was restored from at construction, or None."""
+        self._restore(restore_from)
+
+    def _restore(self, run_path: str | None) -> None:
+        """When ``run_path`` (a run directory) has a complete checkpoint with this learner's file: load the full
+        learner state from it, number the next publication above the checkpoint's and the store's versions, and
+        publish the restored weights at once (``dynaray train --resume``, or Ray restarting this actor in place)."""
+        found = newest_checkpoint(run_path)
+        saved = found.load(f"{self.name}.pt") if found is not None else None
+        if saved is None:
+            return
+        self.learner.load_state_dict(saved["learner"])
+        self._publisher.continue_after(saved["version"])
+        self.restored_version = int(saved["version"])
+        self.publish_now()
 
     def _submit(self) -> None:
         while len(self._pending) < self._prefetch:
@@ -185,6 +203,18 @@ class LearnerLoop:
 
     def state_dict(self) -> dict[str, Any]:
         return self.learner.state_dict()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this learner: ``learner`` (its full state), ``weights`` (its current weights,
+        published now if updates since the last publication are not), ``version`` (theirs) and ``pause_s`` (how
+        long this call kept the learner from updating)."""
+        start = time.perf_counter()
+        weights = self._publish_state()
+        if self.learner.num_updates != self._published_at:
+            self._published_at = self.learner.num_updates
+            self._publisher.publish(weights)
+        state = {"learner": self.learner.state_dict(), "weights": weights, "version": self._publisher.version}
+        return {**state, "pause_s": time.perf_counter() - start}
 
 
 def policy_batch_parts(

@@ -52,6 +52,12 @@ class WeightsPublisher:
         self.version = 0
         self.latest_box: list | None = None
 
+    def continue_after(self, version: int) -> None:
+        """Number the next publication above ``version`` and above the store's current version of this name (a
+        learner restored from a checkpoint, or restarted by Ray, never publishes a version acting roles had)."""
+        current = get(self._store.versions.remote()).get(self._name, 0)
+        self.version = max(self.version, int(version), int(current))
+
     def publish(self, state: Any) -> int:
         self.version += 1
         self.latest_box = [put(state, self._local)]

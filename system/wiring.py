@@ -43,7 +43,8 @@ SEED_GATEWAY = 6000
 class PolicyLoop(LearnerLoop):
     """The SAC learner fed with mixed real/imagined batches; publishes ``policy`` weights."""
 
-    def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool):
+    def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool,
+                 restore_from: str | None = None):
         learner = SACLearner(spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high, config.policy,
                              seed=config.seed + SEED_POLICY)
         # prioritized replay: the real rows come with importance weights and get their |TD error| back as priorities
@@ -51,17 +52,19 @@ class PolicyLoop(LearnerLoop):
                                    config.imagination_enabled,
                                    config.policy.priority_eps if config.policy.prioritized else None)
         super().__init__("policy", learner, replay, WeightsPublisher(store, "policy", local), parts,
-                         config.policy.publish_every, learner.policy_state, local=local)
+                         config.policy.publish_every, learner.policy_state, local=local, restore_from=restore_from)
 
 
 class WorldModelLoop(LearnerLoop):
     """The ensemble world-model learner fed from ``real``; publishes ``world_model`` weights."""
 
-    def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool):
+    def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool,
+                 restore_from: str | None = None):
         learner = WorldModelLearner(spec.obs_dim, spec.action_dim, config.world_model, seed=config.seed + SEED_MODEL)
         part = BatchPart("real", config.world_model.batch_size, "world_model")
         super().__init__("world_model", learner, replay, WeightsPublisher(store, "world_model", local), lambda: [part],
-                         config.world_model.publish_every, learner.model_state, local=local)
+                         config.world_model.publish_every, learner.model_state, local=local,
+                         restore_from=restore_from)
 
 
 @dataclass
@@ -208,12 +211,14 @@ class _Maker:
 
 
 def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, replay_dir: str | None = None,
-                 gateway_tokens: tuple = ()) -> System:
+                 gateway_tokens: tuple = (), run_path: str | None = None) -> System:
     """Create every role of a run and connect every edge.
 
     ``replay_dir``: where the shards persist their tables (an absolute path every shard's node can write; see
     ``ReplayConfig.directory``); None persists nothing. ``gateway_tokens``: ``actors.gateway_tokens.Token``s the
     ingest gateway accepts besides those of ``gateway.token_file`` (secrets travel as arguments, never in the config).
+    ``run_path``: the run directory (absolute) whose newest complete checkpoint the learners restore themselves from
+    when they are made, by ``--resume`` or by Ray restarting them (system/checkpoint.py); None: they start fresh.
     """
     # world_model.termination_fn "auto": the env's known termination function or the learned head, decided here
     # once for every role that makes a WorldModel (imagination workers, planning rollout workers).
@@ -230,14 +235,16 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     build_store(config, system)
     policy_factory = _policy_factory(config, spec)
 
-    # Policy learner: samples real (+ imagined) batches from the shards, publishes "policy" to the store.
+    # Policy learner: samples real (+ imagined) batches from the shards, publishes "policy" to the store; restores
+    # itself from the run's checkpoint (run_path) when there is one.
     system.policy = make(PolicyLoop, "policy-learner", 0, config, spec, replay_client(config.seed + SEED_POLICY),
-                         system.store, local, ray_options=config.placement.policy.ray_options())
+                         system.store, local, run_path, ray_options=config.placement.policy.ray_options())
 
-    # World-model learner: samples real batches from the shards, publishes "world_model" to the store.
+    # World-model learner: samples real batches from the shards, publishes "world_model" to the store; restores
+    # itself from the run's checkpoint (run_path) when there is one.
     if config.world_model.enabled:
         system.world_model = make(WorldModelLoop, "world-model-learner", 0, config, spec,
-                                  replay_client(config.seed + SEED_MODEL), system.store, local,
+                                  replay_client(config.seed + SEED_MODEL), system.store, local, run_path,
                                   ray_options=config.placement.world_model.ray_options())
 
     # Rollout workers (build_rollout; a pool that `dynaray scale` resizes): shards and store -> workers.
