@@ -68,11 +68,17 @@ class _Signals:
     def __init__(self):
         self.driver = None
         self.received: int | None = None
+        self._before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def install(self) -> None:
         """(Again after ``ray.init``, which sets its own SIGTERM handler.)"""
         signal.signal(signal.SIGINT, self._handle)
         signal.signal(signal.SIGTERM, self._handle)
+
+    def restore(self) -> None:
+        """The handlers from before (``dynaray train`` called in process, e.g. by a test)."""
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
@@ -80,8 +86,8 @@ class _Signals:
             self.received = signum
             raise _Interrupted(signum)
         self.received = signum
-        print(f"\ndynaray: {name}: writing a checkpoint, then stopping every role (another signal stops at once)",
-              file=sys.stderr)
+        print(f"\ndynaray: {name}: interrupted; stopping every role after writing a checkpoint (another signal "
+              f"stops at once)", file=sys.stderr)
         self.driver.interrupt(f"interrupted by {name}")
 
 
@@ -131,6 +137,8 @@ def train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # _Interrupted, or Ray's own for a signal that came while it waited
         print("\ndynaray: interrupted; stopping every role", file=sys.stderr)
         return 128 + (signals.received or signal.SIGINT)
+    finally:
+        signals.restore()
 
 
 def _train(args: argparse.Namespace, signals: _Signals) -> int:

@@ -512,8 +512,8 @@ class Driver:
     def _finish(self) -> Summary:
         """Let in-flight learner calls end (they return within one report interval), then checkpoint."""
         deadline = time.monotonic() + 3 * self.config.run.report_interval_s + 30
-        while self._consumers_busy() and time.monotonic() < deadline:
-            self._pump(timeout=0.2)
+        while (self._consumers_busy() or not self._evals_done()) and time.monotonic() < deadline:
+            self._pump(timeout=0.2)  # (interrupted: evaluations asked for are finished too)
         self.checkpoint(deadline=time.monotonic() + 3 * self.config.run.report_interval_s + 60)
         self._maybe_report(force=True)
         self.run_dir.write_table("metrics", self._rows)

@@ -52,3 +52,75 @@ def test_eval_on_missing_and_corrupt_checkpoints(tmp_path, capsys):
     torch.save({"unrelated": torch.zeros(3)}, run.checkpoint / "actor.pt")
     assert main(["eval", str(run.path)]) == 2
     assert "does not fit the policy network" in capsys.readouterr().err
+
+
+def resumable_run(tmp_path):
+    """A run directory with a complete checkpoint (its files need not be learner states for the checks before
+    Ray starts)."""
+    from actors.envs import probe_env
+    from system.checkpoint import describe_meta, write_checkpoint
+
+    config = load_config(["debug"], ["name=r"])
+    run = RunDir(tmp_path / "r").create(config)
+    write_checkpoint(run.path, {"actor.pt": {}}, {}, {**describe_meta(config, probe_env(config.env)),
+                                                      "env_steps": 500, "policy_version": 3})
+    return run
+
+
+def tree(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.rglob("*"))
+
+
+def test_bad_resume_input_is_one_line_and_writes_nothing(tmp_path, capsys):
+    import json
+
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2
+    assert "not a run directory: config.yaml is missing" in capsys.readouterr().err
+
+    run = resumable_run(tmp_path)
+    meta_path = run.checkpoint / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    cases = [
+        (["policy.batch_size=64"], "policy.batch_size: cannot be changed when resuming"),
+        (["hopper"], "--resume takes key=value overrides only"),
+        (["imagination.num_workers=0"], "cannot switch imagination off when resuming"),
+        (["run.total_env_steps=0"], "run.total_env_steps=0: expected an integer >= 1"),
+    ]
+    for items, message in cases:
+        before = tree(tmp_path)
+        assert main(["train", "--resume", str(run.path), *items]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert tree(tmp_path) == before
+
+    for key, value, message in [("dynaray_version", "0.0.1", "from dynaray version '0.0.1'"),
+                                ("env_id", "Hopper-v5", "from env 'Hopper-v5'")]:
+        meta_path.write_text(json.dumps({**meta, key: value}))
+        before = tree(tmp_path)
+        assert main(["train", "--resume", str(run.path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert tree(tmp_path) == before
+    meta_path.write_text(json.dumps(meta))
+
+    (run.checkpoint / "actor.pt").unlink()
+    assert main(["train", "--resume", str(run.path)]) == 2
+    assert "is incomplete: checkpoint/: actor.pt is missing" in capsys.readouterr().err
+    meta_path.unlink()
+    assert main(["train", "--resume", str(run.path)]) == 2
+    assert "is incomplete: checkpoint/: meta.json is missing" in capsys.readouterr().err
+
+
+def test_resuming_a_run_whose_driver_lives_is_refused(tmp_path, capsys):
+    from system.checkpoint import DriverLock
+
+    run = resumable_run(tmp_path)
+    lock = DriverLock(run.path).acquire()  # this process plays the live driver
+    try:
+        before = tree(tmp_path)
+        assert main(["train", "--resume", str(run.path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is still running (driver pid" in err[0], err
+        assert tree(tmp_path) == before
+    finally:
+        lock.release()

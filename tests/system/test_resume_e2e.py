@@ -1,0 +1,152 @@
+"""End to end on an embedded local Ray: SIGTERM checkpoints and exits 143; a SIGKILLed driver leaves no process of
+its run behind; `dynaray train --resume` continues either run to its own stop rule.
+
+Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NETNS=1 there).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.system.runs import stored_rows
+
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
+]
+
+BUDGET = 1200
+WARMUP = 300  # debug preset: rollout.warmup_steps
+START_TIMEOUT_S = 300.0
+GONE_WITHIN_S = 60.0
+"""Bound on how long the processes of a run may outlive its SIGKILLed driver."""
+
+
+def run_process_ids(marker: str) -> list[int]:
+    """Every process whose environment (or whose parent's: Ray workers may overwrite theirs with their title) holds
+    ``marker``, set for one run only."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            environs = [(entry / "environ").read_bytes(), Path(f"/proc/{parent}/environ").read_bytes()]
+        except (OSError, IndexError):
+            continue
+        if any(marker.encode() in environ.split(b"\0") for environ in environs):
+            found.append(int(entry.name))
+    return found
+
+
+def start(runs: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "DYNARAY_TEST_RUN": str(runs)}
+    return subprocess.Popen([sys.executable, "-m", "system.cli", "train", *args, "run.progress=false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, env_steps: int) -> dict:
+    """The meta of the run's first checkpoint with at least ``env_steps``."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    meta = run_dir / "checkpoint" / "meta.json"
+    while True:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"no checkpoint at {env_steps} env steps within {START_TIMEOUT_S} s"
+        try:
+            found = json.loads(meta.read_text())
+            if found["env_steps"] >= env_steps:
+                return found
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+
+
+def resume(run_dir: Path, runs: Path) -> subprocess.CompletedProcess:
+    proc = start(runs, "--resume", str(run_dir))
+    out, _ = proc.communicate(timeout=900)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
+def check_whole_run(run_dir: Path, checkpoint: dict, writers_before: list[int]) -> None:
+    """Metrics and evals cover the run once, the policy versions go on, there was no second warm-up."""
+    metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
+    steps, walls = [r["env_steps"] for r in metrics], [r["wall_time_s"] for r in metrics]
+    assert steps == sorted(steps) and walls == sorted(walls), "metrics rows overlap"
+    assert steps[0] < checkpoint["env_steps"] and steps[-1] == BUDGET
+    evals = pq.read_table(run_dir / "evals.parquet").to_pylist()
+    marks = [e["env_steps"] for e in evals]
+    assert marks == [500, 1000, BUDGET], marks  # debug preset: eval.every_steps=500, and one at the end
+    versions = [e["policy_version"] for e in evals]
+    assert versions == sorted(versions)
+    assert all(e["policy_version"] > checkpoint["policy_version"] for e in evals if e["env_steps"] > 1000 - 1)
+    assert (run_dir / "learning_curve.png").is_file()
+    # the rate limiters went on from the checkpoint: 3 policy updates per env step after 300 (debug preset)
+    assert abs(metrics[-1]["policy_total_updates"] - 3 * (BUDGET - WARMUP)) <= 3 * 150, metrics[-1]
+    rows = stored_rows(run_dir)
+    assert set(writers_before) < set(rows["writer_id"].tolist())
+    resumed = ~np.isin(rows["writer_id"], writers_before)
+    # no second warm-up: a resumed worker acts at random only until its first weights poll answers (a few steps)
+    assert (rows["policy_version"][resumed] == -1).sum() <= 20, rows["policy_version"][resumed][:50]
+    assert (rows["policy_version"][resumed] >= checkpoint["policy_version"]).mean() > 0.95
+    assert len(np.unique(np.stack([rows["writer_id"], rows["seq"]]), axis=1)[0]) == len(rows["seq"])
+
+
+def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tmp_path):
+    run_dir = tmp_path / "t"
+    proc = start(tmp_path, "debug", "name=t", f"run.runs_dir={tmp_path}", f"run.total_env_steps={BUDGET}",
+                 "run.checkpoint_every_s=3")
+    try:
+        wait_for_checkpoint(proc, run_dir, 600)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    for name in ("checkpoint/meta.json", "checkpoint/policy.pt", "checkpoint/world_model.pt", "checkpoint/actor.pt",
+                 "evals.parquet", "metrics.parquet", "learning_curve.png"):
+        assert (run_dir / name).is_file(), name
+    checkpoint = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
+    assert 600 <= checkpoint["env_steps"] < BUDGET
+    assert not (run_dir / "driver.lock").exists()
+
+    writers_before = np.unique(stored_rows(run_dir)["writer_id"]).tolist()
+    resumed = resume(run_dir, tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f"resuming from {run_dir / 'checkpoint'} ({checkpoint['env_steps']} env steps" in resumed.stdout
+    check_whole_run(run_dir, checkpoint, writers_before)
+
+
+def test_a_killed_driver_leaves_nothing_running_and_resume_continues(tmp_path):
+    run_dir, marker = tmp_path / "k", f"DYNARAY_TEST_RUN={tmp_path}"
+    proc = start(tmp_path, "debug", "name=k", f"run.runs_dir={tmp_path}", f"run.total_env_steps={BUDGET}",
+                 "run.checkpoint_every_s=3")
+    try:
+        checkpoint = wait_for_checkpoint(proc, run_dir, 600)
+        assert run_process_ids(marker), "the run's Ray processes were not found"
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + GONE_WITHIN_S
+    while left := run_process_ids(marker):
+        assert time.monotonic() < deadline, f"processes of the killed run still running: {left}"
+        time.sleep(0.5)
+    checkpoint = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
+
+    writers_before = np.unique(stored_rows(run_dir)["writer_id"]).tolist()
+    resumed = resume(run_dir, tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    line = next(x for x in resumed.stdout.splitlines() if "first new env steps" in x)
+    assert int(line.split("resumed at ")[1].split()[0]) >= checkpoint["env_steps"]
+    check_whole_run(run_dir, checkpoint, writers_before)
