@@ -49,7 +49,8 @@ def run_process_ids(marker: str) -> list[int]:
 
 def start(runs: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "DYNARAY_TEST_RUN": str(runs)}
-    return subprocess.Popen([sys.executable, "-m", "system.cli", "train", *args, "run.progress=false"],
+    return subprocess.Popen([sys.executable, "-m", "system.cli", "train", *args, "run.progress=false",
+                             "placement.timeout_s=600", "run.startup_timeout_s=600"],  # a loaded machine
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
