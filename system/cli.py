@@ -313,13 +313,15 @@ def scale(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from actors.envs import EnvError, probe_env
     from system.config import ConfigError
+    from system.checkpoint import newest_checkpoint
     from system.run_dir import CheckpointError, RunDir
 
     run_dir = RunDir(args.run_dir)
     try:
         config = run_dir.load_config()
         spec = probe_env(config.env)
-        state = run_dir.load_state("actor")
+        found = newest_checkpoint(run_dir.path)  # checkpoint/, else checkpoint.prev/ (system/checkpoint.py)
+        state = found.load("actor.pt") if found is not None else run_dir.load_state("actor")
     except (ConfigError, EnvError, CheckpointError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
 
