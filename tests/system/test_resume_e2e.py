@@ -26,7 +26,7 @@ pytestmark = [
 
 BUDGET = 1200
 WARMUP = 300  # debug preset: rollout.warmup_steps
-START_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 900.0
 GONE_WITHIN_S = 60.0
 """Bound on how long the processes of a run may outlive its SIGKILLed driver."""
 
