@@ -66,6 +66,7 @@ class WeightsPublisher:
         self.republished = 0
         """Times the newest weights were published again because the store had lost them (it restarted)."""
         self._check: Any = None
+        self._check_version = 0
         self._checked_at = time.monotonic()
 
     def publish(self, state: Any) -> int:
@@ -99,12 +100,12 @@ class WeightsPublisher:
                     raise
                 stored = None
             self._check = None
-            if stored is not None and stored < self.version and self.latest_box is not None:
+            if stored is not None and stored < self._check_version and self.latest_box is not None:
                 self._store.publish.remote(self._name, self.version, self.latest_box)
                 self.republished += 1
         elif time.monotonic() - self._checked_at >= STORE_CHECK_S:
             self._checked_at = time.monotonic()
-            self._check = self._store.versions.remote()
+            self._check, self._check_version = self._store.versions.remote(), self.version
 
 
 class WeightsClient:
