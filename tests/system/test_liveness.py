@@ -98,11 +98,11 @@ def test_control_counts_scale_requests_and_keeps_worker_demands():
 def test_scale_beyond_the_cluster_answers_at_once_and_the_run_ends_by_its_budget(tmp_path):
     budget = 1500
     marker_env = {**os.environ, "DYNARAY_TEST_RUN": str(tmp_path)}
-    # ray.num_cpus=4: the debug roles take 3.5 CPUs (shard 1, rollout 1, imagination 1, evaluator 0.5); a second
-    # rollout worker (1 CPU) cannot be placed
+    # ray.num_cpus=5: the debug roles take all 5 CPUs (2 shards 0.5 each, 2 learners 1 each, rollout 1, imagination
+    # 0.5, evaluator 0.5; system.placement.planned_demands); a second rollout worker (1 CPU) cannot be placed
     proc = subprocess.Popen(
         [sys.executable, "-m", "system.cli", "train", "debug", "name=tight", f"run.runs_dir={tmp_path}",
-         "run.progress=false", f"run.total_env_steps={budget}", "ray.num_cpus=4", "run.stall_timeout_s=5",
+         "run.progress=false", f"run.total_env_steps={budget}", "ray.num_cpus=5", "run.stall_timeout_s=5",
          "rollout.steps_per_call=25"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=marker_env,
     )
