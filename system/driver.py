@@ -39,6 +39,8 @@ PROBE_EVERY_S = 2.0
 incarnation token each answers, also for actors the driver sends nothing else to (the store, shards, control)."""
 RETRY_S = 0.5
 """Seconds between probes of an actor that is restarting, and before a lost evaluation is asked for again."""
+EVAL_WEIGHTS_TRIES = 60
+"""Times an evaluation asks a restarted (empty) store again for the policy before it is recorded without one."""
 
 
 CONSUMERS = ("policy", "world_model", "imagination")
@@ -182,7 +184,7 @@ class Driver:
             if self._restarted(call, exc):
                 return
             raise RoleError(f"{call.kind} {call.index} failed: {describe_error(exc)}") from None
-        if self._first_report_at is None:
+        if self._first_report_at is None and call.kind != "alive":
             self._first_report_at = time.monotonic()
         getattr(self, f"_on_{call.kind}")(call, result)
 
@@ -308,7 +310,8 @@ class Driver:
             return True
         if call.kind == "alive":
             return self._probe_failed(call.payload, exc, now)
-        if call.kind == "eval" and is_lost(exc) and not is_actor_failure(exc):  # the learner that owned the
+        weights_lost = is_lost(exc) or is_lost(getattr(exc, "cause", None))
+        if call.kind == "eval" and weights_lost and not is_actor_failure(exc):  # the learner that owned the
             self._delay(RETRY_S, _Call("eval_weights", payload=call.payload[1]))  # weights died: take them again
             return True
         if call.kind == "retire" and is_actor_failure(exc):  # died while retiring: nothing more to flush
@@ -401,8 +404,9 @@ class Driver:
             self.checkpoint()
         except Exception as exc:  # the role that keeps dying may be one the checkpoint needs
             logger.warning("no checkpoint before stopping: %s", describe_error(exc))
-        raise RoleError(f"{role} keeps dying: {self._ledger.restarts()[role]} restarts, {self.config.run.restart_limit} "
-                        f"within run.restart_window_s={self.config.run.restart_window_s:g} s; its last error: "
+        run = self.config.run
+        raise RoleError(f"{role} keeps dying: {self._ledger.restarts()[role]} restarts, {run.restart_limit} within "
+                        f"run.restart_window_s={run.restart_window_s:g} s (run.restart_limit); its last error: "
                         f"{self._ledger.last_error(role)}")
 
     def _control_restarted(self) -> None:
@@ -526,10 +530,10 @@ class Driver:
             self._stalls.idle(f"imagination-{call.index}")
 
     def _on_eval_weights(self, call: _Call, latest: tuple[int, list] | None) -> None:
-        if latest is None and self._policy_version > 0:  # a restarted store, empty until the learner publishes
-            self._delay(RETRY_S, call)                     # again: ask again soon
-            return
-        if latest is None:  # no policy published yet: the random policy is what acts
+        if latest is None and self._policy_version > 0 and call.index < EVAL_WEIGHTS_TRIES:  # a restarted store,
+            self._delay(RETRY_S, _Call("eval_weights", call.index + 1, call.payload))  # empty until the learner
+            return                                                                      # publishes again
+        if latest is None:  # no policy published yet (or none came back): the random policy is what acts
             self.evals.append(self._eval_row(call.payload, -1, None))
             return
         version, box = latest
