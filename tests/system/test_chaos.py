@@ -52,7 +52,8 @@ def test_every_role_killed_in_turn_restarts_and_the_run_ends_by_its_budget(tmp_p
     marker = f"DYNARAY_TEST_RUN={tmp_path}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "system.cli", "train", "debug", "name=chaos", f"run.runs_dir={tmp_path}",
-         "run.progress=false", f"run.total_env_steps={BUDGET}", "ray.num_cpus=8"],
+         "run.progress=false", f"run.total_env_steps={BUDGET}", "ray.num_cpus=8",
+         "placement.timeout_s=600", "run.startup_timeout_s=600"],  # a loaded machine starts actors slowly
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "DYNARAY_TEST_RUN": str(tmp_path)},
     )
