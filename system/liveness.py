@@ -55,14 +55,15 @@ class RestartLedger:
         self._lost_at: dict[str, float] = {}
 
     def seen(self, name: str, token: str, now: float) -> bool:
-        """Actor ``name`` answered with incarnation ``token``: True when it is a new process of an actor seen before
-        (a restart, counted for its role)."""
+        """Actor ``name`` answered with incarnation ``token``: True when it is a new process of an actor seen before,
+        or of one found dead before its first answer (a restart, counted for its role)."""
+        died_unknown = name in self._lost_at and name not in self._tokens
         self._lost_at.pop(name, None)
         known = self._tokens.get(name)
         self._tokens[name] = token
         role = role_of(name)
         self._restarts.setdefault(role, 0)
-        if known is None or known == token:
+        if known == token or (known is None and not died_unknown):
             return False
         self._restarts[role] += 1
         times = self._times.setdefault(role, deque())

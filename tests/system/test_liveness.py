@@ -42,6 +42,9 @@ def test_restarts_are_counted_per_role_by_new_incarnations():
     ledger.forget("rollout-1")  # retired on purpose: a new worker with that name is no restart
     assert not ledger.seen("rollout-1", "e", 7.0)
     assert ledger.restarts()["rollout"] == 2
+    ledger.died("policy-learner", "ActorDiedError: killed", 8.0)  # died before it ever answered a probe
+    assert ledger.seen("policy-learner", "f", 9.0)
+    assert ledger.restarts() == {"rollout": 2, "policy": 1}
 
 
 def test_a_role_keeps_dying_after_limit_restarts_within_the_window():
