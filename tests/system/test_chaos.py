@@ -31,6 +31,8 @@ VICTIMS = (("ray::RolloutWorker", "rollout"), ("ray::ReplayShard", "replay"), ("
            ("ray::PolicyLoop", "policy"), ("ray::WorldModelLoop", "world_model"), ("ray::WeightsStore", "store"),
            ("ray::Evaluator", "evaluator"))
 """(process title of the role's actors, the role's name in the metrics table)."""
+RANDOM_POLICY_RETURN = 5.5
+"""Mean return of the uniform random policy on InvertedPendulum-v5 (tests/system/test_train_e2e.py)."""
 
 
 def kill_one_and_wait_for_its_restart(marker: str, title: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -46,6 +48,20 @@ def kill_one_and_wait_for_its_restart(marker: str, title: str, proc: subprocess.
         assert proc.poll() is None, f"the run ended while {title} restarted"
         assert time.monotonic() < deadline, f"{title} was not restarted within {timeout} s"
         time.sleep(0.2)
+
+
+def env_steps_so_far(run_dir) -> int:
+    """The newest env-step count in the run's metrics table (written every 10 reports), 0 before it is."""
+    try:
+        return pq.read_table(run_dir / "metrics.parquet", columns=["env_steps"]).column(0).to_pylist()[-1]
+    except (OSError, IndexError):
+        return 0
+
+
+def evals_after_a_learner_restart(run_dir, killed_at: int, every_steps: int) -> list[dict]:
+    """Evaluations of policies taken after a learner killed at ``killed_at`` env steps (or later) had restarted."""
+    evals = pq.read_table(run_dir / "evals.parquet").to_pylist()
+    return [e for e in evals if e["env_steps"] >= killed_at + every_steps]
 
 
 def test_every_role_killed_in_turn_restarts_and_the_run_ends_by_its_budget(tmp_path):
@@ -65,7 +81,11 @@ def test_every_role_killed_in_turn_restarts_and_the_run_ends_by_its_budget(tmp_p
         while not run_processes(marker, "ray::PolicyLoop.run"):  # learners sample, rollouts insert
             assert time.monotonic() < deadline and proc.poll() is None, "".join(out)[-3000:]
             time.sleep(0.2)
-        for title, _ in VICTIMS:
+        run_dir = tmp_path / "chaos"
+        for title, role in VICTIMS:
+            if role == "policy":  # what a restarted learner can restore: a checkpoint written before the kill
+                restorable = (run_dir / "checkpoint" / "meta.json").is_file()
+                killed_at = env_steps_so_far(run_dir)
             kill_one_and_wait_for_its_restart(marker, title, proc)
             time.sleep(1)  # the driver's next probe sees the new process
         proc.wait(timeout=900)
@@ -84,6 +104,14 @@ def test_every_role_killed_in_turn_restarts_and_the_run_ends_by_its_budget(tmp_p
     assert all(n is not None and n >= 1 for n in restarts.values()), restarts
     evals = pq.read_table(tmp_path / "chaos" / "evals.parquet").to_pylist()
     assert evals and evals[-1]["env_steps"] == BUDGET and not np.isnan(evals[-1]["return_mean"]), evals
+    # A policy learner restarted from a checkpoint written before its kill does not fall back to the random policy's
+    # level (with no checkpoint yet it restarts afresh, and its evaluations may)
+    if restorable:
+        from system.run_dir import RunDir
+
+        every_steps = RunDir(run_dir).load_config().eval.every_steps
+        after = evals_after_a_learner_restart(run_dir, killed_at, every_steps)
+        assert after and all(e["return_mean"] > 2 * RANDOM_POLICY_RETURN for e in after), evals
 
     # The exported real table: every acknowledged row once. Lost with the killed rollout worker: its unfinished
     # chunk and its inserts not yet acknowledged (at most replay.max_inflight_inserts = 4 chunks of 25 rows); chunks
