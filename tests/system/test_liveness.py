@@ -106,7 +106,7 @@ def test_scale_beyond_the_cluster_answers_at_once_and_the_run_ends_by_its_budget
     proc = subprocess.Popen(
         [sys.executable, "-m", "system.cli", "train", "debug", "name=tight", f"run.runs_dir={tmp_path}",
          "run.progress=false", f"run.total_env_steps={budget}", "ray.num_cpus=5", "run.stall_timeout_s=5",
-         "rollout.steps_per_call=25"],
+         "rollout.steps_per_call=25", "placement.timeout_s=600", "run.startup_timeout_s=600"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=marker_env,
     )
     out: list[str] = []
