@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from actors.envs import EnvConfig, make_env
+from actors.metrics import EvaluatorRecorder
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class EvalConfig:
     """Evaluator actors; evaluations queue round robin over them."""
     num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
     """Ray CPUs per evaluator."""
+    max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
+    """How often Ray restarts an evaluator when its process dies (the driver sends it the lost evaluation again)."""
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,18 @@ class Evaluator:
 
         evaluator = Evaluator(env_config, make_policy, seed=0)
         result = evaluator.evaluate(policy_state, episodes=5)   # an EvalResult: return_mean, returns, lengths, ...
+
+    ``metrics``: a recorder factory (``actors.metrics.EvaluatorRecorder`` and subclasses), called once here with
+    ``index``, so that the recorder lives in the evaluator's process.
     """
 
-    def __init__(self, env_config: EnvConfig, make_policy: Callable[[], Any], seed: int = 0):
+    def __init__(self, env_config: EnvConfig, make_policy: Callable[[], Any], seed: int = 0, index: int = 0,
+                 metrics: Callable[[int], EvaluatorRecorder] = EvaluatorRecorder):
         self._env = make_env(env_config)
         self._policy = make_policy()
         self._seed = seed
         self._evaluations = 0
+        self._metrics = metrics(index)
 
     def evaluate(self, policy_state: Any, episodes: int, env_steps: int | None = None,
                  version: int | None = None) -> EvalResult:
@@ -80,7 +88,7 @@ class Evaluator:
             returns.append(total)
             lengths.append(length)
         self._evaluations += 1
-        return EvalResult(
+        result = EvalResult(
             return_mean=float(np.mean(returns)),
             return_std=float(np.std(returns)),
             returns=tuple(returns),
@@ -89,6 +97,8 @@ class Evaluator:
             env_steps=env_steps,
             version=version,
         )
+        self._metrics.record(result)
+        return result
 
     def close(self) -> None:
         self._env.close()

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from actors.evaluator import EvalResult
     from actors.imagination import ImaginationReport
     from actors.rollout import RolloutReport
 
-__all__ = ["GatewayRecorder", "ImaginationRecorder", "RolloutRecorder"]
+__all__ = ["EvaluatorRecorder", "GatewayRecorder", "ImaginationRecorder", "RolloutRecorder"]
 
 
 class RolloutRecorder:
@@ -48,3 +49,13 @@ class GatewayRecorder:
 
     def count(self, name: str, amount: int) -> None:
         """Counter ``name`` of the gateway's stats (``episodes``, ``rows``, ...) grew by ``amount``."""
+
+
+class EvaluatorRecorder:
+    """An evaluator's recorder: ``EvaluatorRecorder(index)``, then one :meth:`record` per evaluation."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def record(self, result: EvalResult) -> None:
+        """After an ``evaluate`` call: what it measured."""

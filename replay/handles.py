@@ -96,3 +96,11 @@ def is_actor_failure(exc: BaseException) -> bool:
     """
     exceptions = sys.modules.get("ray.exceptions")
     return exceptions is not None and isinstance(exc, exceptions.RayActorError)
+
+
+def is_lost(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says a call or an object was lost with a dead process (Ray only: never true in process): the
+    actor behind the call died or is restarting (:func:`is_actor_failure`), or the process that owned an object
+    (e.g. weights put by a learner whose process died) is gone. Retrying later, with a newer object, can succeed."""
+    exceptions = sys.modules.get("ray.exceptions")
+    return exceptions is not None and isinstance(exc, (exceptions.RayActorError, exceptions.ObjectLostError))

@@ -299,15 +299,32 @@ def scale(args: argparse.Namespace) -> int:
     import ray
 
     try:
-        before = ray.get(control.status.remote(), timeout=30)["desired"]
+        status = ray.get(control.status.remote(), timeout=30)
+        before = status["desired"]
         after = ray.get(control.request.remote(sizes), timeout=30)
+        free = ray.available_resources()
     except ray.exceptions.RayTaskError as exc:
         return _fail(describe_error(exc), EXIT_BAD_INPUT)
     finally:
         ray.shutdown()
     for pool in sizes:
         print(f"dynaray: run {run}: {pool} {before.get(pool)} -> {after[pool]}")
+        _say_what_cannot_be_placed(pool, after[pool] - before.get(pool, 0), status.get("worker_demands", {}), free)
     return 0
+
+
+def _say_what_cannot_be_placed(pool: str, added: int, demands: dict, free: dict) -> None:
+    """One line when the cluster has not the free resources for ``added`` new workers of ``pool`` now: they wait
+    for them (the run goes on with the workers it has) until resources free up or an autoscaler adds a node."""
+    from system.placement import shortfall
+
+    missing = shortfall(demands.get(pool, {}), added, free) if added > 0 else {}
+    if missing:
+        asks = ", ".join(f"{k} {v:g}" for k, v in sorted(demands[pool].items()) if v)
+        lacks = ", ".join(f"{k} {v:g}" for k, v in sorted(missing.items()))
+        print(f"dynaray: the cluster cannot place the {added} new {pool} worker(s) now: each asks {asks}, the cluster "
+              f"lacks {lacks}; the run goes on with the workers it has, and the new ones start once the resources are "
+              f"free or an autoscaler adds a node", file=sys.stderr)
 
 
 def evaluate(args: argparse.Namespace) -> int:

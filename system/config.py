@@ -68,6 +68,19 @@ class RunConfig:
     checkpoint_every_s: float = field(default=300.0, metadata={"check": ">= 0", "note": "0: only at the end"})
     """Seconds between whole-system checkpoints into runs/<name>/checkpoint/ (one is also written when the run
     ends or is interrupted); `dynaray train --resume RUN_DIR` continues from the newest (docs/durability.md)."""
+    store_max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
+    """How often Ray restarts the weights store when its process dies (a restarted store is empty until the
+    learners publish again, within a few seconds)."""
+    control_max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
+    """How often Ray restarts the control actor (``dynaray scale``, ``dynaray status``) when its process dies."""
+    restart_limit: int = field(default=5, metadata={"check": ">= 1"})
+    """A role restarted this many times within ``run.restart_window_s`` keeps dying: the run writes a checkpoint
+    and stops with one line naming the role and its last error."""
+    restart_window_s: float = field(default=600.0, metadata={"check": "> 0"})
+    """The window of ``run.restart_limit``, in seconds."""
+    stall_timeout_s: float = field(default=120.0, metadata={"check": "> 0"})
+    """A role (or worker) that makes no progress for this many seconds while it has work is reported as stalled
+    (progress display, ``dynaray status``, metrics); the run's own stop rules still end the run."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class RoleResources:
-    """The Ray resources one actor of a role asks for: where it can run."""
+    """The Ray resources one actor of a role asks for (where it can run), and how often Ray restarts it."""
 
     num_cpus: float = field(default=1.0, metadata={"check": ">= 0"})
     """Logical CPUs."""
@@ -94,11 +107,13 @@ class RoleResources:
     """Memory Ray reserves for the actor (0: none reserved)."""
     resources: Mapping[str, float] = field(default_factory=dict, metadata={"check": ">= 0"})
     """Custom resources, e.g. {learner_gpu: 1} to land on nodes that advertise them."""
+    max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
+    """How often Ray restarts the actor when its process dies (the driver sends it its work again)."""
 
     def ray_options(self) -> dict[str, Any]:
-        """The resource part of ``actor.options(...)``."""
+        """The resource part of ``actor.options(...)``, and ``max_restarts``."""
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
-                                   "resources": dict(self.resources)}
+                                   "resources": dict(self.resources), "max_restarts": self.max_restarts}
         if self.memory_mb:
             options["memory"] = self.memory_mb * 1024 * 1024
         return options

@@ -9,7 +9,7 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
@@ -20,9 +20,10 @@ from actors.evaluator import EvalResult
 from actors.gateway import GatewayStats
 from actors.imagination import ImaginationReport
 from actors.rollout import RolloutReport
-from replay.handles import get, is_actor_failure, wait
+from replay.handles import get, is_actor_failure, is_lost, wait
 from system.checkpoint import DriverLock, FoundCheckpoint, describe_meta, write_checkpoint
 from system.config import SystemConfig
+from system.liveness import RestartLedger, StallWatch, role_of
 from system.loops import LearnerReport
 from system.metrics import DriverMetrics
 from system.placement import locate
@@ -35,11 +36,13 @@ CONTROL_POLL_S = 0.5
 """How often the driver asks the control actor for new pool sizes."""
 POOL_CALLS = {"rollout": ("rollout", "rollout_flush"), "imagination": ("imagination",)}
 """Call kinds that keep a worker of each pool busy (besides ``retire``, whose payload names the pool)."""
-RESTARTABLE = {"rollout": "rollout", "rollout_flush": "rollout", "imagination": "imagination"}
-"""Call kinds whose worker Ray restarts when its process dies (``max_restarts`` in the role's config) -> role."""
-MAX_LOST_CALLS_IN_A_ROW = 5
-"""Calls of one worker lost to a dead process in a row before the run stops (one death can fail two calls: the
-one running and one sent before Ray noticed)."""
+PROBE_EVERY_S = 2.0
+"""Seconds between the driver's probes of every actor (``dynaray_incarnation``): restarts are counted by the
+incarnation token each answers, also for actors the driver sends nothing else to (the store, shards, control)."""
+RETRY_S = 0.5
+"""Seconds between probes of an actor that is restarting, and before a lost evaluation is asked for again."""
+EVAL_WEIGHTS_TRIES = 60
+"""Times an evaluation asks a restarted (empty) store again for the policy before it is recorded without one."""
 
 
 CONSUMERS = ("policy", "world_model", "imagination")
@@ -119,18 +122,29 @@ class Driver:
         self._step_times: deque[tuple[float, int]] = deque([(self._start, 0)])
         self._stop_reason: str | None = None
         self._first_report_at: float | None = None
-        self._restarts: Counter[str] = Counter({"rollout": 0, "imagination": 0})
         self._retiring: set[tuple[str, int]] = set()
         self._next_index = {pool: max(getattr(system, pool), default=-1) + 1 for pool in ("rollout", "imagination")}
         self._control_seen, self._control_pending, self._control_polled_at = 0, False, 0.0
         self._gateway_pending = False
-        self._lost_calls: Counter[tuple[str, int]] = Counter()
-        self._incarnations: dict[tuple[str, int], int] = {}
         self._added_at: dict[tuple[str, int], float] = {}
         """(pool, index) -> when a worker added by scaling was made, until its first report."""
         self._env_errors: dict[int, int] = {}
         self._acting: dict[int, int] = {}
-        self._metrics = DriverMetrics(config.run.total_env_steps, enabled=config.run.metrics)
+        # restarts, lost calls and stalls (see "lives of the actors" below)
+        roles = tuple(dict.fromkeys(role_of(name) for name in system.by_name))
+        self._ledger = RestartLedger(config.run.restart_limit, config.run.restart_window_s, roles)
+        self._stalls = StallWatch(config.run.stall_timeout_s)
+        self._waiting: dict[str, list[_Call]] = {}
+        """Actor name -> calls lost with its dead process, sent again once it answers a probe."""
+        self._delayed: list[tuple[float, _Call]] = []
+        """(when, call): calls to send again later (probes of a restarting actor, evaluations)."""
+        self._probing: set[str] = set()
+        self._probed_at = 0.0
+        self._dying: str | None = None
+        """Set when a role keeps dying: the line the run stops with."""
+        self._unplaced: set[tuple[str, int]] = set()
+        """Workers added by scaling that Ray has not made yet (PENDING_CREATION): they get no work until made."""
+        self._metrics = DriverMetrics(config.run.total_env_steps, roles, enabled=config.run.metrics)
         self._init_checkpoints(resume, lock)
 
     # submitting -----------------------------------------------------------------------------------------------
@@ -150,15 +164,18 @@ class Driver:
         steps = min(steps, self.config.run.total_env_steps - handed_out)
         random_steps = min(steps, max(0, self.config.rollout.warmup_steps - handed_out))
         self._steps_in_flight += steps
+        self._stalls.busy(f"rollout-{i}", time.monotonic())
         self._submit(self.system.rollout[i].run.remote(steps, random_steps), _Call("rollout", i, steps))
 
     def _submit_learner(self, kind: str) -> None:
         handle = getattr(self.system, kind)
+        self._stalls.busy(self.system.name_of(handle), time.monotonic())
         self._submit(handle.run.remote(self.config.run.report_interval_s), _Call(kind))
 
     def _submit_imagination(self, i: int) -> None:
         if self._retire_if_asked("imagination", i):
             return
+        self._stalls.busy(f"imagination-{i}", time.monotonic())
         ref = self.system.imagination[i].run.remote(self.env_steps, self.config.run.report_interval_s)
         self._submit(ref, _Call("imagination", i))
 
@@ -177,12 +194,8 @@ class Driver:
                 return
             if self._restarted(call, exc):
                 return
-            if call.kind == "gateway_stats":  # Ray restarts the gateway (gateway.max_restarts); the run goes on
-                self._gateway_pending = False
-                logger.warning("ingest gateway did not answer for its stats: %s", describe_error(exc))
-                return
             raise RoleError(f"{call.kind} {call.index} failed: {describe_error(exc)}") from None
-        if self._first_report_at is None:
+        if self._first_report_at is None and call.kind != "alive":
             self._first_report_at = time.monotonic()
         getattr(self, f"_on_{call.kind}")(call, result)
 
@@ -207,6 +220,9 @@ class Driver:
         what they wrote, then end) until ``pool`` has ``size`` active workers; learners are not touched."""
         active = sorted(i for i in getattr(self.system, pool) if (pool, i) not in self._retiring)
         for i in active[size:]:
+            if (pool, i) in self._unplaced:  # never made: nothing to flush
+                self._end_worker(pool, i)
+                continue
             self._retiring.add((pool, i))
             if not any(c.index == i for c in self._pool_calls(pool)):
                 self._retire_if_asked(pool, i)
@@ -216,14 +232,34 @@ class Driver:
             handle = self.system.add_worker(pool, i)
             logger.info("scaling: %s worker %d added", pool, i)
             self._added_at[(pool, i)] = time.monotonic()
-            if not self.system.local:  # where it lands: answered once it is made, before its first call
+            self._stalls.busy(f"{pool}-{i}", time.monotonic())
+            if self.system.local:
+                self._start_worker(pool, i)
+            else:  # work goes only to workers that exist: its first call once Ray has made it (it may never be)
+                self._unplaced.add((pool, i))
                 self._submit(locate(handle), _Call("placed", i, pool))
-            (self._submit_rollout if pool == "rollout" else self._submit_imagination)(i)
+
+    def _start_worker(self, pool: str, i: int) -> None:
+        (self._submit_rollout if pool == "rollout" else self._submit_imagination)(i)
+
+    def _end_worker(self, pool: str, i: int) -> None:
+        """End worker ``i`` of ``pool`` on purpose (retired, or removed before it was made)."""
+        self._unplaced.discard((pool, i))
+        self._stalls.idle(f"{pool}-{i}")
+        self._ledger.forget(f"{pool}-{i}")
+        self._waiting.pop(f"{pool}-{i}", None)
+        self.system.remove_worker(pool, i)
 
     def _on_placed(self, call: _Call, where: dict[str, str]) -> None:
-        """A worker added by scaling runs: its node goes into the placement (run dir, ``dynaray status``)."""
-        self.placement[f"{call.payload}-{call.index}"] = where
+        """A worker added by scaling runs: its node goes into the placement (run dir, ``dynaray status``), and it
+        gets its first call."""
+        pool, i = call.payload, call.index
+        if (pool, i) not in self._unplaced:  # removed meanwhile
+            return
+        self._unplaced.discard((pool, i))
+        self.placement[f"{pool}-{i}"] = where
         self.run_dir.write_json("placement", self.placement)
+        self._start_worker(pool, i)
 
     def _first_report(self, pool: str, i: int) -> None:
         """The first report of a worker added by scaling: say where it runs and how long it took to report."""
@@ -233,10 +269,14 @@ class Driver:
             print(f"dynaray: scaling: {pool}-{i} on node {where.get('ip', '?')} ({where.get('node_id', '?')[:8]}): "
                   f"first report {time.monotonic() - added:.1f} s after it was added", file=sys.stderr)
 
+    def _calls(self) -> list[_Call]:
+        """Calls in flight, and calls lost with a dead process that are sent again once it is back or later."""
+        waiting = [c for calls in self._waiting.values() for c in calls]
+        return [*self._inflight.values(), *waiting, *(c for _, c in self._delayed)]
+
     def _pool_calls(self, pool: str) -> list[_Call]:
-        """Calls in flight to workers of ``pool``."""
-        return [c for c in self._inflight.values()
-                if c.kind in POOL_CALLS[pool] or (c.kind == "retire" and c.payload == pool)]
+        """Calls in flight (or to be sent again) to workers of ``pool``."""
+        return [c for c in self._calls() if c.kind in POOL_CALLS[pool] or (c.kind == "retire" and c.payload == pool)]
 
     def _retire_if_asked(self, pool: str, i: int) -> bool:
         """If worker ``i`` of ``pool`` is to retire, have it flush what it wrote (then it is ended) and say so."""
@@ -247,7 +287,7 @@ class Driver:
 
     def _on_retire(self, call: _Call, result: Any) -> None:
         self._retiring.discard((call.payload, call.index))
-        self.system.remove_worker(call.payload, call.index)
+        self._end_worker(call.payload, call.index)
         logger.info("scaling: %s worker %d flushed and ended", call.payload, call.index)
 
     def _on_gateway_stats(self, call: _Call, stats: GatewayStats) -> None:
@@ -257,43 +297,190 @@ class Driver:
         row.update({f"gateway_requests_{code}": n for code, n in stats.requests.items()})
         self._latest["gateway"] = row
 
+    # lives of the actors ---------------------------------------------------------------------------------------
+    def _actor_name(self, call: _Call) -> str | None:
+        """The actor a call went to (None: not an actor call)."""
+        handles = {"rollout": lambda: self.system.rollout.get(call.index),
+                   "rollout_flush": lambda: self.system.rollout.get(call.index),
+                   "retire": lambda: getattr(self.system, call.payload).get(call.index),
+                   "imagination": lambda: self.system.imagination.get(call.index),
+                   "policy": lambda: self.system.policy, "world_model": lambda: self.system.world_model,
+                   "eval_weights": lambda: self.system.store, "eval": lambda: self.system.evaluators[call.index],
+                   "control": lambda: self.system.control, "gateway_stats": lambda: self.system.gateway}
+        if call.kind == "alive":
+            return call.payload
+        handle = handles[call.kind]() if call.kind in handles else None
+        return self.system.name_of(handle) if handle is not None else None
+
     def _restarted(self, call: _Call, exc: BaseException) -> bool:
-        """Whether ``call`` failed because its worker's process died and Ray restarts it: then give the worker
-        its work again (its unfinished chunk died with it). False for any other failure, for a worker whose
-        constructor failed, and for a worker whose calls failed :data:`MAX_LOST_CALLS_IN_A_ROW` times in a row
-        (Ray gave up on it after its ``max_restarts``, or it dies at once each time)."""
+        """Whether ``call`` failed because its actor's process died and Ray restarts it: then the call waits until
+        the actor answers a probe again (not sent into a restart), and is sent again; the restart is counted by the
+        actor's new incarnation token. False for any other failure, and for an actor whose constructor failed."""
+        now = time.monotonic()
+        if call.kind == "placed":  # the worker's own calls and probes tell what happened to it
+            return True
+        if call.kind == "alive":
+            return self._probe_failed(call.payload, exc, now)
+        weights_lost = is_lost(exc) or is_lost(getattr(exc, "cause", None))
+        if call.kind == "eval" and weights_lost and not is_actor_failure(exc):  # the learner that owned the
+            self._delay(RETRY_S, _Call("eval_weights", payload=call.payload[1]))  # weights died: take them again
+            return True
         if call.kind == "retire" and is_actor_failure(exc):  # died while retiring: nothing more to flush
             self._on_retire(call, None)
             return True
-        if call.kind == "placed":  # the worker's own calls tell what happened to it
-            return True
-        if call.kind not in RESTARTABLE or not is_actor_failure(exc) or getattr(exc, "actor_init_failed", False):
+        name = self._actor_name(call)
+        if name is None or not is_actor_failure(exc) or getattr(exc, "actor_init_failed", False):
             return False
-        role = RESTARTABLE[call.kind]
-        self._lost_calls[(role, call.index)] += 1
-        if self._lost_calls[(role, call.index)] > MAX_LOST_CALLS_IN_A_ROW:
-            return False
-        logger.warning("%s worker %d died (%s); Ray restarts it and it goes on", role, call.index,
-                       describe_error(exc))
-        if call.kind == "rollout":
+        self._ledger.died(name, describe_error(exc), now)
+        logger.warning("%s died (%s); Ray restarts it and the run goes on", name, describe_error(exc))
+        if call.kind == "rollout":  # its unfinished chunk died with it: the steps go back to the budget
             self._steps_in_flight -= call.payload
-            self._submit_rollout(call.index)
-        elif call.kind == "rollout_flush":
-            self._submit(self.system.rollout[call.index].flush.remote(), call)
+        if call.kind == "control":  # polled again once it is back
+            self._control_pending = False
+        elif call.kind == "gateway_stats":  # asked again at the next report
+            self._gateway_pending = False
         else:
-            self._submit_imagination(call.index)
+            self._waiting.setdefault(name, []).append(call)
+        self._probe(name)
         return True
 
-    def _count_incarnation(self, role: str, report: RolloutReport | ImaginationReport) -> None:
-        """A report from a worker: its writer id tells whether Ray restarted it since its last report."""
-        self._lost_calls[(role, report.index)] = 0
-        seen = self._incarnations.setdefault((role, report.index), report.writer_id)
-        if seen != report.writer_id:
-            self._incarnations[(role, report.index)] = report.writer_id
-            self._restarts[role] += 1
+    def _probe(self, name: str) -> None:
+        """Ask actor ``name`` for its incarnation (one probe in flight per actor; Ray holds it while the actor
+        restarts)."""
+        if name in self._probing or name not in self.system.by_name:
+            return
+        self._probing.add(name)
+        self._submit(self.system.by_name[name].dynaray_incarnation.remote(), _Call("alive", payload=name))
+
+    def _probe_all(self) -> None:
+        """Probe every actor, every :data:`PROBE_EVERY_S` (Ray only)."""
+        now = time.monotonic()
+        if self.system.local or now - self._probed_at < PROBE_EVERY_S:
+            return
+        self._probed_at = now
+        for name in list(self.system.by_name):
+            self._probe(name)
+
+    def _on_alive(self, call: _Call, incarnation: tuple[str, int]) -> None:
+        """Actor ``call.payload`` answered: count a restart if it is a new process, send what it lost again."""
+        name, now = call.payload, time.monotonic()
+        self._probing.discard(name)
+        if name not in self.system.by_name:
+            return
+        if self._ledger.seen(name, incarnation[0], now):
+            role = role_of(name)
+            logger.warning("%s is back after a restart (%s restarts of %s so far)", name,
+                           self._ledger.restarts()[role], role)
+            if self._ledger.keeps_dying(role, now):
+                self._stop_keeps_dying(role)
+            if call.payload == self.system.name_of(self.system.control):
+                self._control_restarted()
+        for lost in self._waiting.pop(name, []):
+            self._resend(lost)
+
+    def _probe_failed(self, name: str, exc: BaseException, now: float) -> bool:
+        """A probe of ``name`` failed: probe again soon while Ray restarts it; stop the run (False) when Ray restarts
+        it no more or a role the run cannot go on without is not back within ``placement.timeout_s``."""
+        self._probing.discard(name)
+        if name not in self.system.by_name:  # ended on purpose meanwhile
+            return True
+        if not is_actor_failure(exc) or getattr(exc, "actor_init_failed", False):
+            return False
+        role = role_of(name)
+        self._ledger.died(name, describe_error(exc), now)
+        if self._gone_for_good(name):
+            raise RoleError(f"{name} died and Ray restarts it no more (its max_restarts is used up); its last error: "
+                            f"{self._ledger.last_error(role)}")
+        pool = role in POOL_CALLS
+        if not pool and self._ledger.lost_for(name, now) > self.config.placement.timeout_s:
+            raise RoleError(f"{name} is not back {self.config.placement.timeout_s:g} s (placement.timeout_s) after its "
+                            f"process died; its last error: {self._ledger.last_error(role)}")
+        self._delay(RETRY_S, _Call("alive", payload=name))
+        return True
+
+    @staticmethod
+    def _gone_for_good(name: str) -> bool:
+        """Whether Ray has given up on actor ``name`` (a dead actor's name is free again)."""
+        import ray
+
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            return True
+        return False
+
+    def _stop_keeps_dying(self, role: str) -> None:
+        """``role`` restarted run.restart_limit times within run.restart_window_s: the loop checkpoints, then stops
+        (:meth:`_end_if_dying`; not here, inside the handling of a call)."""
+        run = self.config.run
+        self._dying = (f"{role} keeps dying: {self._ledger.restarts()[role]} restarts, {run.restart_limit} within "
+                       f"run.restart_window_s={run.restart_window_s:g} s (run.restart_limit); its last error: "
+                       f"{self._ledger.last_error(role)}")
+
+    def _end_if_dying(self) -> None:
+        """A role keeps dying: write a checkpoint (the role may be one it needs: then the previous one stays) and
+        stop the run with one line."""
+        if self._dying is None:
+            return
+        try:
+            self.checkpoint(deadline=time.monotonic() + 3 * self.config.run.report_interval_s + 60)
+        except Exception as exc:
+            logger.warning("no checkpoint before stopping: %s", describe_error(exc))
+        raise RoleError(self._dying)
+
+    def _control_restarted(self) -> None:
+        """A restarted control actor holds the pool sizes of the start: tell it the sizes now (a new version the
+        next poll reads back, changing nothing)."""
+        self._control_seen = 0
+        sizes = {pool: len([i for i in getattr(self.system, pool) if (pool, i) not in self._retiring])
+                 for pool in ("rollout", "imagination") if pool in self.system.worker_factories}
+        self.system.control.request.remote(sizes)
+
+    def _delay(self, seconds: float, call: _Call) -> None:
+        self._delayed.append((time.monotonic() + seconds, call))
+
+    def _send_delayed(self) -> None:
+        now = time.monotonic()
+        due = [call for when, call in self._delayed if when <= now]
+        self._delayed = [(when, call) for when, call in self._delayed if when > now]
+        for call in due:
+            self._resend(call)
+
+    def _resend(self, call: _Call) -> None:
+        """Send a call again (lost with a dead process, or delayed), to the actor as it is now."""
+        kind, i = call.kind, call.index
+        if kind == "alive":
+            self._probe(call.payload)
+        elif kind in ("rollout", "rollout_flush") and i not in self.system.rollout:
+            return
+        elif kind == "rollout":
+            self._submit_rollout(i)
+        elif kind in ("rollout_flush", "retire"):
+            pool = "rollout" if kind == "rollout_flush" else call.payload
+            if i in getattr(self.system, pool):
+                self._submit(getattr(self.system, pool)[i].flush.remote(), call)
+        elif kind == "imagination":
+            if i in self.system.imagination:
+                self._submit_imagination(i)
+        elif kind in ("policy", "world_model"):
+            if not self._stop_reason:  # the restarted learner restores itself (from the run's checkpoint)
+                self._submit_learner(kind)
+        elif kind == "eval_weights":
+            self._submit(self.system.store.latest.remote("policy", -1), call)
+        elif kind == "eval":
+            ref, mark, version = call.payload
+            self._submit(self.system.evaluators[i].evaluate.remote(ref, self.config.eval.episodes, env_steps=mark,
+                                                                   version=version), call)
+
+    def _track(self, name: str, work: int) -> None:
+        """A report of actor ``name`` that did ``work`` (env steps, updates, rows): progress when > 0."""
+        if work > 0:
+            self._stalls.progress(name, time.monotonic())
+        else:
+            self._stalls.busy(name, time.monotonic())
 
     def _on_rollout(self, call: _Call, report: RolloutReport) -> None:
-        self._count_incarnation("rollout", report)
+        self._track(f"rollout-{call.index}", report.env_steps)
         self._first_report("rollout", call.index)
         self._steps_in_flight -= call.payload
         self.env_steps += report.env_steps
@@ -310,7 +497,7 @@ class Driver:
         self._submit_rollout(call.index)
 
     def _on_rollout_flush(self, call: _Call, result: None) -> None:
-        self._lost_calls[("rollout", call.index)] = 0
+        self._stalls.idle(f"rollout-{call.index}")  # the budget is handed out: no more work for it
 
     def _keep_going(self, progress: int) -> bool:
         """Resubmit a consumer of replay unless stopping, or draining and its rate limiter admits nothing more."""
@@ -320,14 +507,19 @@ class Driver:
 
     def _on_policy(self, call: _Call, report: LearnerReport) -> None:
         self._policy_version = report.version
-        self._learner_columns("policy", report)
-        if self._keep_going(report.updates):
-            self._submit_learner("policy")
+        self._on_learner("policy", report)
 
     def _on_world_model(self, call: _Call, report: LearnerReport) -> None:
-        self._learner_columns("world_model", report)
+        self._on_learner("world_model", report)
+
+    def _on_learner(self, kind: str, report: LearnerReport) -> None:
+        self._learner_columns(kind, report)
+        name = self.system.name_of(getattr(self.system, kind))
         if self._keep_going(report.updates):
-            self._submit_learner("world_model")
+            self._track(name, report.updates)
+            self._submit_learner(kind)
+        else:
+            self._stalls.idle(name)
 
     def _learner_columns(self, role: str, report: LearnerReport) -> None:
         """``<role>_<metric>`` per learner metric (a metric not in this report keeps its last value), then
@@ -340,7 +532,7 @@ class Driver:
                         f"{role}_version": report.version})
 
     def _on_imagination(self, call: _Call, report: ImaginationReport) -> None:
-        self._count_incarnation("imagination", report)
+        self._track(f"imagination-{call.index}", report.rollouts + report.skipped_starts)
         self._first_report("imagination", call.index)
         # counts summed over the run, then the newest values (columns imagination_<name>)
         total = self._latest.setdefault(
@@ -353,18 +545,25 @@ class Driver:
                      disagreement_mean=report.disagreement_mean)
         if self._keep_going(report.rollouts + report.skipped_starts):
             self._submit_imagination(call.index)
+        else:
+            self._stalls.idle(f"imagination-{call.index}")
 
     def _on_eval_weights(self, call: _Call, latest: tuple[int, list] | None) -> None:
-        if latest is None:  # no policy published yet: the random policy is what acts
+        if latest is None and self._policy_version > 0 and call.index < EVAL_WEIGHTS_TRIES:  # a restarted store,
+            self._delay(RETRY_S, _Call("eval_weights", call.index + 1, call.payload))  # empty until the learner
+            return                                                                      # publishes again
+        if latest is None:  # no policy published yet (or none came back): the random policy is what acts
             self.evals.append(self._eval_row(call.payload, -1, None))
             return
         version, box = latest
-        evaluator = self.system.evaluators[self._eval_round_robin % len(self.system.evaluators)]
+        i = self._eval_round_robin % len(self.system.evaluators)
         self._eval_round_robin += 1
-        ref = evaluator.evaluate.remote(box[0], self.config.eval.episodes, env_steps=call.payload, version=version)
-        self._submit(ref, _Call("eval", payload=call.payload))
+        eval_call = _Call("eval", i, (box[0], call.payload, version))
+        self._stalls.busy(self.system.name_of(self.system.evaluators[i]), time.monotonic())
+        self._resend(eval_call)
 
     def _on_eval(self, call: _Call, result: EvalResult) -> None:
+        self._stalls.idle(self.system.name_of(self.system.evaluators[call.index]))
         self.evals.append(self._eval_row(result.env_steps, result.version, result))
         target = self.config.run.target_return
         if target is not None and result.return_mean >= target and not self._stop_reason:
@@ -401,9 +600,11 @@ class Driver:
         row.update(self._latest.get("rollout", {}))
         row.update(self._latest.get("gateway", {}))
         row["rollout_policy_staleness"] = self._staleness(row.get("policy_version"))
-        row.update({f"{role}_restarts": n for role, n in self._restarts.items()})
+        row.update({f"{role}_restarts": n for role, n in self._ledger.restarts().items()})
         row.update(self._latest.get("checkpoint", {}))
-        row.update({f"{pool}_workers": len(getattr(self.system, pool)) for pool in ("rollout", "imagination")})
+        row.update({f"{pool}_workers": len(getattr(self.system, pool)) - sum(p == pool for p, _ in self._unplaced)
+                    for pool in ("rollout", "imagination")})
+        row["stalled"] = ", ".join(self._stalls.stalled(now))
         self._last_row_time = now
         return row
 
@@ -416,13 +617,16 @@ class Driver:
 
     def _status(self, row: dict[str, Any]) -> dict[str, Any]:
         """What ``dynaray status`` shows: the newest report row and each pool's workers."""
+        restarts = self._ledger.restarts()
         pools = {
             pool: {"active": sorted(i for i in getattr(self.system, pool) if (pool, i) not in self._retiring),
                    "retiring": sorted(i for p, i in self._retiring if p == pool),
-                   "restarts": self._restarts[pool]}
+                   "unplaced": sorted(i for p, i in self._unplaced if p == pool),
+                   "restarts": restarts.get(pool, 0)}
             for pool in ("rollout", "imagination")
         }
-        return {"row": row, "pools": pools, "budget": self.config.run.total_env_steps, "placement": self.placement}
+        return {"row": row, "pools": pools, "budget": self.config.run.total_env_steps, "placement": self.placement,
+                "restarts": restarts, "stalled": [n for n in row["stalled"].split(", ") if n]}
 
     def _rate(self, now: float) -> float:
         """Env steps per second over the last ~10 s (reports arrive in bursts of steps_per_call)."""
@@ -465,15 +669,17 @@ class Driver:
         return self.env_steps >= self.config.run.total_env_steps and self._rollouts_done()
 
     def _consumers_busy(self) -> bool:
-        return any(c.kind in CONSUMERS for c in self._inflight.values())
+        return any(c.kind in CONSUMERS for c in self._calls())
 
     def _evals_done(self) -> bool:
-        return not any(c.kind in ("eval", "eval_weights") for c in self._inflight.values())
+        return not any(c.kind in ("eval", "eval_weights") for c in self._calls())
 
     def _pump(self, timeout: float) -> None:
         ready, _ = wait(list(self._inflight), num_returns=len(self._inflight), timeout=timeout)
         for ref in ready:
             self._handle(ref, self._inflight.pop(ref))
+        self._send_delayed()
+        self._probe_all()
 
     def run(self) -> Summary:
         self._restore_replay_accounting()
@@ -482,6 +688,7 @@ class Driver:
         drain_started = 0.0
         while True:
             self._pump(timeout=0.1)
+            self._end_if_dying()
             self._poll_control()
             self._check_startup()
             self._maybe_report()
@@ -566,7 +773,7 @@ class Driver:
         self.evals = list(counters["evals"])
         self._next_eval, self._last_eval_mark = int(counters["next_eval"]), int(counters["last_eval_mark"])
         self._policy_version = int(counters["policy_version"])
-        self._restarts.update(counters["restarts"])
+        self._ledger.carry_over(counters["restarts"])
         self._latest = counters["latest"]
         self._checkpoints = int(counters["checkpoints"])
         wall = float(counters["wall_time_s"])
@@ -657,7 +864,8 @@ class Driver:
 
     def _counters(self) -> dict[str, Any]:
         """The driver's part of a checkpoint (evaluations asked for but not done yet are asked for again)."""
-        pending = [c.payload for c in self._inflight.values() if c.kind in ("eval_weights", "eval")]
+        pending = [c.payload if c.kind == "eval_weights" else c.payload[1]  # eval: (weights ref, mark, version)
+                   for c in self._calls() if c.kind in ("eval_weights", "eval")]
         redo = min(pending, default=None)  # evaluations from this mark on are made again on resume
         evals = [dict(e) for e in self.evals if redo is None or e["env_steps"] < redo]
         return _plain({
@@ -665,7 +873,7 @@ class Driver:
             "evals": evals, "next_eval": self._next_eval if redo is None else min(redo, self._next_eval),
             "last_eval_mark": max([e["env_steps"] for e in evals], default=0),
             "wall_time_s": time.monotonic() - self._start, "policy_version": self._policy_version,
-            "restarts": dict(self._restarts), "latest": self._latest, "checkpoints": self._checkpoints + 1,
+            "restarts": self._ledger.restarts(), "latest": self._latest, "checkpoints": self._checkpoints + 1,
         })
 
     def _write(self, checkpoint: dict[str, Any]) -> None:
@@ -788,8 +996,8 @@ class ProgressDisplay:
             f" | eval {f(row.get('eval_return_mean'), '.1f')}"
             f" | wm val {f(row.get('world_model_val_mse'), '.4f')}"
             f" | policy v{row.get('policy_version', 0)} {f(row.get('policy_updates_per_s'), '.0f')} upd/s"
-            f" | rollout {row.get('rollout_workers', '-')} workers, {row.get('rollout_restarts', 0)} restarts,"
-            f" {row.get('rollout_env_errors', 0)} env errors"
+            f" | rollout {row.get('rollout_workers', '-')} workers, {row.get('rollout_env_errors', 0)} env errors"
+            f" | restarts {_restarts(row)}" + (f" | stalled: {row['stalled']}" if row.get("stalled") else "")
         )
 
     def _rich(self, row: dict[str, Any]):
@@ -824,12 +1032,19 @@ class ProgressDisplay:
             ("updates/s", f(row.get("policy_updates_per_s"), ",.0f")),
         )
         workers = [("rollout workers", str(row.get("rollout_workers", "-"))),
-                   ("restarts", str(row.get("rollout_restarts", 0))),
                    ("env errors", str(row.get("rollout_env_errors", 0)))]
         if row.get("imagination_workers"):
-            workers.append(("imagination workers",
-                            f"{row['imagination_workers']} ({row.get('imagination_restarts', 0)} restarts)"))
+            workers.append(("imagination workers", str(row["imagination_workers"])))
+        workers.append(("restarts", _restarts(row)))
+        if row.get("stalled"):
+            workers.append(("stalled", row["stalled"]))
         return Group(bar, learning, pairs(*workers))
+
+
+def _restarts(row: dict[str, Any]) -> str:
+    """``0``, or the roles that restarted: ``rollout 1, policy 2``."""
+    counts = {key[:-len("_restarts")]: n for key, n in row.items() if key.endswith("_restarts") and n}
+    return ", ".join(f"{role} {n}" for role, n in counts.items()) or "0"
 
 
 def _clock(seconds: float) -> str:

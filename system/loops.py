@@ -176,6 +176,7 @@ class LearnerLoop:
                 self.publish_now()
         if self._priorities:
             self._send_priorities()
+        self._publisher.check()  # publishes the newest weights again where a restarted store lost them
         elapsed = time.perf_counter() - start
         report = LearnerReport(
             updates=updates,

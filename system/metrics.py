@@ -38,10 +38,11 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from actors.metrics import GatewayRecorder, ImaginationRecorder, RolloutRecorder
+from actors.metrics import EvaluatorRecorder, GatewayRecorder, ImaginationRecorder, RolloutRecorder
 from replay.metrics import ShardRecorder
 
 if TYPE_CHECKING:
+    from actors.evaluator import EvalResult
     from actors.imagination import ImaginationReport
     from actors.rollout import RolloutReport
     from system.loops import LearnerReport
@@ -55,13 +56,15 @@ REFRESH_S = 5.0
 PREFIX = "dynaray"
 """Every name starts with it; Prometheus sees ``ray_dynaray_...`` (Ray's exporter puts ``ray_`` in front)."""
 TAG_KEYS = ("role", "index", "run")
+RESTARTS_SUFFIX = "_restarts"
+"""A report row's ``<role>_restarts`` columns: restarts of each role's actors."""
 RUN_NAMESPACE_PREFIX = "dynaray-"
 """A run's Ray namespace is ``dynaray-<run name>`` (``system.control.namespace``)."""
 
 __all__ = [
-    "ENV_VAR", "PREFIX", "REFRESH_S", "Counter", "DriverMetrics", "Gauge", "GatewayMetrics", "Histogram",
-    "ImaginationMetrics", "LearnerMetrics", "Metrics", "ReplayMetrics", "RolloutMetrics", "metrics_enabled",
-    "runtime_env_vars",
+    "ENV_VAR", "PREFIX", "REFRESH_S", "ControlMetrics", "Counter", "DriverMetrics", "EvaluatorMetrics", "Gauge",
+    "GatewayMetrics", "Histogram", "ImaginationMetrics", "LearnerMetrics", "Metrics", "ReplayMetrics",
+    "RolloutMetrics", "StoreMetrics", "metrics_enabled", "runtime_env_vars",
 ]
 
 
@@ -464,9 +467,82 @@ class GatewayMetrics(GatewayRecorder):
             counter.inc(amount)
 
 
+class EvaluatorMetrics(EvaluatorRecorder):
+    """``dynaray_evaluator_*``: evaluations, episodes and env steps run, and the newest evaluation's mean return,
+    policy version and seconds."""
+
+    def __init__(self, index: int, enabled: bool | None = None):
+        super().__init__(index)
+        m = self.metrics = Metrics("evaluator", index, enabled)
+        self.evaluations = m.counter("evaluations", "evaluations run")
+        self.episodes = m.counter("episodes", "evaluation episodes run")
+        self.env_steps = m.counter("env_steps", "env steps of evaluation episodes")
+        self.return_mean = m.gauge("return_mean", "mean return of the newest evaluation")
+        self.policy_version = m.gauge("policy_version", "policy version of the newest evaluation")
+        self.seconds = m.gauge("seconds", "wall time of the newest evaluation")
+
+    def record(self, result: EvalResult) -> None:
+        """After an ``evaluate`` call: its result."""
+        if not self.metrics.enabled:
+            return
+        self.evaluations.inc(1)
+        self.episodes.inc(len(result.returns))
+        self.env_steps.inc(sum(result.lengths))
+        self.return_mean.set(result.return_mean)
+        self.policy_version.set(result.version)
+        self.seconds.set(result.seconds)
+
+
+class StoreMetrics:
+    """``dynaray_store_*``: publishes received and the version held per weights ``name``, ``latest`` calls answered.
+    Read from the store's ``stats`` on the refresh thread (a poll costs the store nothing more)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]], enabled: bool | None = None):
+        m = self.metrics = Metrics("store", 0, enabled)
+        self._stats = stats
+        self.publishes = m.counter("publishes", "weights published (republished ones included)", ("name",))
+        self.polls = m.counter("polls", "latest-weights requests answered")
+        self.version = m.gauge("version", "newest version held", ("name",))
+        if m.enabled:
+            self.collect()
+            m.every_refresh(self.collect)
+
+    def collect(self) -> None:
+        stats = self._stats()
+        for name, count in stats["publishes"].items():
+            self.publishes.set_total(count, name=name)
+        self.polls.set_total(stats["polls"])
+        for name, version in stats["versions"].items():
+            self.version.set(version, name=name)
+
+
+class ControlMetrics:
+    """``dynaray_control_*``: scale requests (``outcome``: accepted, refused), each pool's desired size, and the age
+    of the newest status the driver posted. Read from the control actor's ``stats`` on the refresh thread."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]], enabled: bool | None = None):
+        m = self.metrics = Metrics("control", 0, enabled)
+        self._stats = stats
+        self.requests = m.counter("scale_requests", "scale requests", ("outcome",))
+        self.desired = m.gauge("desired_workers", "desired pool size", ("pool",))
+        self.status_age = m.gauge("status_age_seconds", "seconds since the driver last posted its status")
+        if m.enabled:
+            self.collect()
+            m.every_refresh(self.collect)
+
+    def collect(self) -> None:
+        stats = self._stats()
+        for outcome, count in stats["requests"].items():
+            self.requests.set_total(count, outcome=outcome)
+        for pool, size in stats["desired"].items():
+            self.desired.set(size, pool=pool)
+        self.status_age.set(stats["status_age_s"])
+
+
 class DriverMetrics:
-    """``dynaray_driver_*``: the run as the driver sees it: env steps, episodes, returns, staleness, workers,
-    restarts and env errors per pool, the budget."""
+    """``dynaray_driver_*``: the run as the driver sees it: env steps, episodes, returns, staleness, workers per pool,
+    env errors, restarts per role (``restarted``: rollout, replay, policy, store, ...), stalled actors (``actor``),
+    the budget."""
 
     GAUGES = {
         "env_steps_per_s": ("env_steps_per_s", "env steps per second, all rollout workers (last ~10 s)"),
@@ -477,23 +553,27 @@ class DriverMetrics:
         "policy_version": ("policy_version", "newest published policy version"),
     }
 
-    def __init__(self, budget: int, enabled: bool | None = None):
+    def __init__(self, budget: int, roles: Iterable[str] = ("rollout", "imagination"), enabled: bool | None = None):
         m = self.metrics = Metrics("driver", 0, enabled)
         self.env_steps = m.counter("env_steps", "env steps collected by the run")
         self.episodes = m.counter("episodes", "training episodes finished")
         self.env_errors = m.counter("env_errors", "env failures on rollout workers")
-        self.restarts = m.counter("restarts", "worker restarts after a dead process", ("pool",))
+        self.restarts = m.counter("restarts", "actor restarts after a dead process, per role", ("restarted",))
+        self.stalled = m.gauge("stalled", "1 while an actor makes no progress for run.stall_timeout_s", ("actor",))
         self.workers = m.gauge("workers", "workers in the pool", ("pool",))
         self.gauges = {key: m.gauge(q, d) for key, (q, d) in self.GAUGES.items()}
         self.budget = m.gauge("budget_env_steps", "env-step budget of the run")
         self.budget.set(budget)
+        self._stalled: set[str] = set()
         for counter in (self.env_steps, self.episodes, self.env_errors):
             counter.set_total(0)
-        for pool in ("rollout", "imagination"):
-            self.restarts.set_total(0, pool=pool)
+        self._roles = set(roles)
+        for role in self._roles:
+            self.restarts.set_total(0, restarted=role)
 
     def record(self, row: Mapping[str, Any]) -> None:
-        """After each report row (``Driver._row``)."""
+        """After each report row (``Driver._row``): its ``<role>_restarts`` columns and ``stalled`` (names, comma
+        separated) too."""
         if not self.metrics.enabled:
             return
         self.env_steps.set_total(row["env_steps"])
@@ -503,8 +583,17 @@ class DriverMetrics:
             value = row.get(key)
             if isinstance(value, (int, float)):
                 gauge.set(value)
+        for key, value in row.items():
+            if key.endswith(RESTARTS_SUFFIX) and isinstance(value, int):
+                role = key[:-len(RESTARTS_SUFFIX)]
+                if role not in self._roles:  # counted from 0: a role first reported with restarts has them all
+                    self._roles.add(role)
+                    self.restarts.set_total(0, restarted=role)
+                self.restarts.set_total(value, restarted=role)
+        stalled = {name for name in str(row.get("stalled") or "").split(", ") if name}
+        for name in stalled | self._stalled:
+            self.stalled.set(1 if name in stalled else 0, actor=name)
+        self._stalled |= stalled
         for pool in ("rollout", "imagination"):
-            if f"{pool}_restarts" in row:
-                self.restarts.set_total(row[f"{pool}_restarts"], pool=pool)
             if f"{pool}_workers" in row:
                 self.workers.set(row[f"{pool}_workers"], pool=pool)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__all__ = ["PlacementError", "describe", "diagnose", "locate", "planned_demands", "wait_for_placement"]
+__all__ = ["PlacementError", "describe", "diagnose", "locate", "planned_demands", "shortfall", "wait_for_placement"]
 
 
 class PlacementError(RuntimeError):
@@ -111,6 +111,14 @@ def diagnose(stuck: Mapping[str, Mapping[str, float]], nodes: list[dict], timeou
               else "raise placement.timeout_s, or free resources")
     return (f"{len(stuck)} role(s) not running after {timeout_s:g} s: " + "; ".join(parts)
             + f". Nodes: {offered or 'no live nodes'}. To fix: {advice}.")
+
+
+def shortfall(demand: Mapping[str, float], count: int, available: Mapping[str, float]) -> dict[str, float]:
+    """What ``count`` more actors asking ``demand`` each would lack of ``available`` (``ray.available_resources()``,
+    the cluster's free resources): resource -> amount missing; empty when they fit in the cluster's total (a lower
+    bound of what is missing: one actor must also fit on one node)."""
+    return {resource: count * amount - available.get(resource, 0.0) for resource, amount in demand.items()
+            if amount > 0 and count * amount > available.get(resource, 0.0) + 1e-9}
 
 
 def _short(resources: Mapping[str, float]) -> str:

@@ -4,8 +4,9 @@
 
 The run is found as ``dynaray scale`` finds it (``system/attach.py``). What the table shows comes from two places:
 
-- the driver's newest status snapshot, posted to the run's control actor after every report: worker pools,
-  budget, and the metrics row (rates, versions, losses, restarts, env errors);
+- the driver's newest status snapshot, posted to the run's control actor after every report: worker pools (workers
+  not placed yet too), budget, restarts per role (counted by the driver), actors that stalled, and the metrics row
+  (rates, versions, losses, env errors);
 - each actor's state from Ray: alive or not, restarts, and the node it runs on. Ray's state API answers only when
   the cluster runs the dashboard (``ray.include_dashboard=true``); without it the GCS actor table is read, and where
   that fails too only the names of the run's live actors are known (no restarts or nodes).
@@ -23,6 +24,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from system.liveness import role_of as metrics_role
 
 EXIT_FAILED = 1
 STATUS_TIMEOUT_S = 30.0
@@ -183,14 +186,18 @@ def role_rows(actors: list[ActorInfo], snapshot: dict[str, Any]) -> list[list[st
         alive = sum(a.state == "ALIVE" for a in members)
         down = [f"{a.name} {a.state}" for a in known if a.state != "ALIVE"]
         retiring = pools.get(role, {}).get("retiring", [])
+        unplaced = [f"{role}-{i} not placed" for i in pools.get(role, {}).get("unplaced", [])]
+        stalled = [f"{name} stalled" for name in snapshot.get("stalled", []) if role_of(name) == role]
         if role in pools:
             restarts = str(pools[role].get("restarts", 0))
+        elif metrics_role(role) in snapshot.get("restarts", {}):  # counted by the driver
+            restarts = str(snapshot["restarts"][metrics_role(role)])
         elif known and all(a.restarts is not None for a in known):
             restarts = str(sum(a.restarts for a in known))
         else:
             restarts = "-"
         rate, version, notes = _role_figures(role, row)
-        extra = [*down, f"{len(retiring)} retiring" if retiring else None]
+        extra = [*down, *unplaced, *stalled, f"{len(retiring)} retiring" if retiring else None]
         table.append([role, str(len(members)), f"{alive}/{len(members)}" if known else "?", restarts, rate, version,
                       _join(*extra, notes if notes != "-" else None), _nodes(members)])
     return table

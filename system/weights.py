@@ -16,25 +16,33 @@ Usage::
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
-from replay.handles import get, put, wait
+from replay.handles import get, is_lost, put, wait
+
+STORE_CHECK_S = 2.0
+"""Least seconds between a publisher's checks that the store still holds its newest version."""
 
 
 class WeightsStore:
     """Holds the newest ``(version, [ref])`` per name; the ref lives in the object store, not here."""
 
-    def __init__(self):
+    def __init__(self, metrics: Callable[[Callable[[], dict[str, Any]]], Any] | None = None):
         self._latest: dict[str, tuple[int, list]] = {}
+        self._publishes: dict[str, int] = {}
+        self._polls = 0
+        self._metrics = metrics(self.stats) if metrics is not None else None  # reads stats() on its own thread
 
     def publish(self, name: str, version: int, ref_box: list) -> None:
         """Record ``ref_box[0]`` (boxed so Ray passes the ref, not the value) as ``name``'s newest weights."""
+        self._publishes[name] = self._publishes.get(name, 0) + 1
         current = self._latest.get(name)
         if current is None or version > current[0]:
             self._latest[name] = (version, ref_box)
 
     def latest(self, name: str, newer_than: int = -1) -> tuple[int, list] | None:
         """The newest ``(version, [ref])`` if it is newer than ``newer_than``, else None."""
+        self._polls += 1
         current = self._latest.get(name)
         if current is None or current[0] <= newer_than:
             return None
@@ -42,6 +50,10 @@ class WeightsStore:
 
     def versions(self) -> dict[str, int]:
         return {name: version for name, (version, _) in self._latest.items()}
+
+    def stats(self) -> dict[str, Any]:
+        """Versions held, publishes received per name, and ``latest`` calls answered, since this process started."""
+        return {"versions": self.versions(), "publishes": dict(self._publishes), "polls": self._polls}
 
 
 class WeightsPublisher:
@@ -51,6 +63,11 @@ class WeightsPublisher:
         self._store, self._name, self._local = store, name, local
         self.version = 0
         self.latest_box: list | None = None
+        self.republished = 0
+        """Times the newest weights were published again because the store had lost them (it restarted)."""
+        self._check: Any = None
+        self._check_version = 0
+        self._checked_at = time.monotonic()
 
     def continue_after(self, version: int) -> None:
         """Number the next publication above ``version`` and above the store's current version of this name (a
@@ -59,10 +76,42 @@ class WeightsPublisher:
         self.version = max(self.version, int(version), int(current))
 
     def publish(self, state: Any) -> int:
+        if self.latest_box is None:  # the first publish of this process: continue from the store's version
+            self.version = max(self.version, self._stored_version())
         self.version += 1
         self.latest_box = [put(state, self._local)]
         self._store.publish.remote(self._name, self.version, self.latest_box)
+        self.check()
         return self.version
+
+    def _stored_version(self) -> int:
+        try:
+            return get(self._store.versions.remote(), timeout=30).get(self._name, 0)
+        except Exception as exc:  # the store restarting or gone: its versions are lost with it anyway
+            if not (is_lost(exc) or isinstance(exc, TimeoutError)):
+                raise
+            return 0
+
+    def check(self) -> None:
+        """Publish the newest weights again if the store lost them (checked at most every ``STORE_CHECK_S``,
+        never waiting on the store: the answer is read at a later call)."""
+        if self._check is not None:
+            ready, _ = wait([self._check], timeout=0)
+            if not ready:
+                return
+            try:
+                stored = get(self._check).get(self._name, 0)
+            except Exception as exc:  # the store is restarting: ask again at the next check
+                if not is_lost(exc):
+                    raise
+                stored = None
+            self._check = None
+            if stored is not None and stored < self._check_version and self.latest_box is not None:
+                self._store.publish.remote(self._name, self.version, self.latest_box)
+                self.republished += 1
+        elif time.monotonic() - self._checked_at >= STORE_CHECK_S:
+            self._checked_at = time.monotonic()
+            self._check, self._check_version = self._store.versions.remote(), self.version
 
 
 class WeightsClient:
@@ -80,11 +129,17 @@ class WeightsClient:
         ready, _ = wait([self._pending], timeout=0)
         if not ready:
             return None
-        answer, self._pending = get(self._pending), None
-        if answer is None:
+        pending, self._pending = self._pending, None
+        try:
+            answer = get(pending)
+            if answer is None:
+                return None
+            version, ref_box = answer
+            state = get(ref_box[0])
+        except Exception as exc:  # the store restarting, or weights whose owner died: poll again next time
+            if not is_lost(exc):
+                raise
             return None
-        version, ref_box = answer
-        state = get(ref_box[0])
         self.version = version
         return state
 

@@ -32,7 +32,8 @@ from replay.table import TableConfig
 from system.config import SystemConfig
 from system.control import CONTROL_ACTOR, Control
 from system.loops import BatchPart, LearnerLoop, policy_batch_parts
-from system.metrics import GatewayMetrics, ImaginationMetrics, ReplayMetrics, RolloutMetrics
+from system.metrics import (ControlMetrics, EvaluatorMetrics, GatewayMetrics, ImaginationMetrics, ReplayMetrics,
+                            RolloutMetrics, StoreMetrics)
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 # Seed offsets per role, so that roles never share a random stream.
@@ -93,6 +94,13 @@ class System:
 
     def named_actors(self) -> list[tuple[str, Any]]:
         return list(self.by_name.items())
+
+    def name_of(self, handle: Any) -> str:
+        """The actor name of ``handle`` (in process, where roles have no actor names: its role's class name)."""
+        for name, made in self.by_name.items():
+            if made is handle:
+                return name
+        return type(handle.wrapped).__name__ if isinstance(handle, LocalHandle) else repr(handle)
 
     def actors(self) -> list:
         singles = [self.policy, self.world_model, self.gateway, self.store, self.control]
@@ -163,30 +171,75 @@ def table_configs(config: SystemConfig, spec: EnvSpec) -> list[TableConfig]:
 # making roles: Ray actors or in-process objects
 
 
+class ActorName:
+    """An actor of the run passed by its name, resolved with ``ray.get_actor`` in the process that builds the role
+    (Ray restarts an actor by running its constructor again with the same arguments: arguments that hold actor
+    handles or object refs would pin them in the object store; a name finds the actor as it is now)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def resolve(self) -> Any:
+        import ray
+
+        return ray.get_actor(self.name)  # in the run's namespace: every actor of the run is made in it
+
+
 class InActor:
     """An argument built where the role lives (clients hold locks and in-flight state: they do not travel)."""
 
     def __init__(self, factory, *args, **kwargs):
-        self.build = partial(factory, *args, **kwargs)
+        self.factory, self.args, self.kwargs = factory, args, kwargs
+
+    def build(self) -> Any:
+        args, kwargs = _built(self.args, self.kwargs)
+        return self.factory(*args, **kwargs)
+
+
+def _resolved(value: Any) -> Any:
+    """``value`` with every :class:`InActor` built and every :class:`ActorName` resolved (in lists too)."""
+    if isinstance(value, InActor):
+        return value.build()
+    if isinstance(value, ActorName):
+        return value.resolve()
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (InActor, ActorName)) for v in value):
+        return type(value)(_resolved(v) for v in value)
+    return value
 
 
 def _built(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    args = tuple(a.build() if isinstance(a, InActor) else a for a in args)
-    return args, {k: v.build() if isinstance(v, InActor) else v for k, v in kwargs.items()}
+    return tuple(_resolved(a) for a in args), {k: _resolved(v) for k, v in kwargs.items()}
+
+
+def _named(system: System, handle: Any) -> Any:
+    """``handle`` as it travels to a role's constructor: by name on Ray (see :class:`ActorName`), as is in
+    process."""
+    if system.local or isinstance(handle, LocalHandle):
+        return handle
+    return ActorName(next(name for name, h in system.by_name.items() if h is handle))
 
 
 def _remote_class(cls: type, torch_threads: int):
-    """``cls`` as a Ray actor class whose process uses ``torch_threads`` intra-op threads."""
+    """``cls`` as a Ray actor class whose process uses ``torch_threads`` intra-op threads, with one more method,
+    ``dynaray_incarnation() -> (token, pid)``: the token is new in each process (the driver counts restarts by it
+    and waits on it for a restarted actor to be back), the pid is the process's."""
     import ray
 
     def __init__(self, *args, **kwargs):
+        import os
+        import uuid
+
         import torch
 
         torch.set_num_threads(torch_threads)
+        self._dynaray_incarnation = (uuid.uuid4().hex, os.getpid())
         args, kwargs = _built(args, kwargs)
         cls.__init__(self, *args, **kwargs)
 
-    return ray.remote(type(cls.__name__, (cls,), {"__init__": __init__}))
+    def dynaray_incarnation(self) -> tuple[str, int]:
+        return self._dynaray_incarnation
+
+    return ray.remote(type(cls.__name__, (cls,), {"__init__": __init__, "dynaray_incarnation": dynaray_incarnation}))
 
 
 class _Maker:
@@ -233,18 +286,21 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
 
     # Weights store (build_store): learners publish to it; every acting role polls it.
     build_store(config, system)
+    weights_client = partial(_weights_client, system)
     policy_factory = _policy_factory(config, spec)
 
     # Policy learner: samples real (+ imagined) batches from the shards, publishes "policy" to the store; restores
     # itself from the run's checkpoint (run_path) when there is one.
     system.policy = make(PolicyLoop, "policy-learner", 0, config, spec, replay_client(config.seed + SEED_POLICY),
-                         system.store, local, run_path, ray_options=config.placement.policy.ray_options())
+                         _named(system, system.store), local, run_path,
+                         ray_options=config.placement.policy.ray_options())
 
     # World-model learner: samples real batches from the shards, publishes "world_model" to the store; restores
     # itself from the run's checkpoint (run_path) when there is one.
     if config.world_model.enabled:
         system.world_model = make(WorldModelLoop, "world-model-learner", 0, config, spec,
-                                  replay_client(config.seed + SEED_MODEL), system.store, local, run_path,
+                                  replay_client(config.seed + SEED_MODEL), _named(system, system.store), local,
+                                  run_path,
                                   ray_options=config.placement.world_model.ray_options())
 
     # Rollout workers (build_rollout; a pool that `dynaray scale` resizes): shards and store -> workers.
@@ -258,8 +314,7 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
         def imagination_worker(i: int) -> Any:
             seed = config.seed + SEED_IMAGINATION + 100 * i
             return make(ImaginationWorker, f"imagination-{i}", config.imagination.num_cpus, config.imagination,
-                        replay_client(seed), WeightsClient(system.store, "policy"),
-                        WeightsClient(system.store, "world_model"),
+                        replay_client(seed), weights_client("policy"), weights_client("world_model"),
                         partial(policy_factory, seed=seed, device=device),
                         partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model, seed=seed,
                                 device=device),
@@ -277,21 +332,27 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     # (gateway.max_restarts).
     if config.gateway.enabled:
         system.gateway = make(IngestGateway, "gateway", config.gateway.num_cpus, config.gateway,
-                              replay_client(config.seed + SEED_GATEWAY), WeightsClient(system.store, "policy"),
+                              replay_client(config.seed + SEED_GATEWAY), weights_client("policy"),
                               partial(policy_factory, seed=config.seed + SEED_GATEWAY, device="cpu"), spec,
                               tokens=gateway_tokens, metrics=GatewayMetrics, max_restarts=config.gateway.max_restarts)
 
     # Control: `dynaray scale` writes desired pool sizes here, the driver polls them; `dynaray status` reads the
     # status the driver posts.
+    # Ray restarts it (run.control_max_restarts) with the pool sizes of the start; the driver posts its status again
+    # at its next report. Each pool's worker demand lets `dynaray scale` say at once what the cluster lacks.
     pools = {"rollout": config.rollout.num_workers, "imagination": len(system.imagination)}
-    system.control = make(Control, CONTROL_ACTOR, 0, config.name, pools, frozenset(system.worker_factories))
+    worker_demands = {pool: system.demands.get(f"{pool}-0", {}) for pool in system.worker_factories}
+    system.control = make(Control, CONTROL_ACTOR, 0, config.name, pools, frozenset(system.worker_factories),
+                          worker_demands=worker_demands, metrics=ControlMetrics,
+                          max_restarts=config.run.control_max_restarts)
 
-    # Evaluators: receive the policy weights to evaluate from the driver (taken from the store at each mark).
+    # Evaluators: receive the policy weights to evaluate from the driver (taken from the store at each mark); Ray
+    # restarts one that dies (eval.max_restarts) and the driver sends it the lost evaluation again.
     for i in range(config.eval.num_workers):
         seed = config.seed + SEED_EVAL + 100 * i
         system.evaluators.append(
             make(Evaluator, f"evaluator-{i}", config.eval.num_cpus, config.env, partial(policy_factory, seed=seed),
-                 seed=seed)
+                 seed=seed, index=i, metrics=EvaluatorMetrics, max_restarts=config.eval.max_restarts)
         )
     return system
 
@@ -320,8 +381,14 @@ def build_replay(config: SystemConfig, tables: list[TableConfig], system: System
 
 
 def _replay_client(config: SystemConfig, system: System, seed: int) -> InActor:
-    """A ReplayClient over ``system.shards``, built where the role that uses it lives."""
-    return InActor(ReplayClient, system.shards, config.replay, local=system.local, seed=seed)
+    """A ReplayClient over ``system.shards`` (by name), built where the role that uses it lives."""
+    return InActor(ReplayClient, [_named(system, shard) for shard in system.shards], config.replay,
+                   local=system.local, seed=seed)
+
+
+def _weights_client(system: System, name: str) -> InActor:
+    """A WeightsClient of weights ``name`` on ``system.store`` (by name), built where the role that uses it lives."""
+    return InActor(WeightsClient, _named(system, system.store), name)
 
 
 def _policy_factory(config: SystemConfig, spec: EnvSpec) -> partial:
@@ -334,8 +401,10 @@ def build_store(config: SystemConfig, system: System) -> Any:
     """Make the weights store into ``system.store`` and return it."""
     make = _Maker(config, system.local, system)
 
-    # Weights store: learners publish (version, ref) here; every acting role polls it.
-    system.store = make(WeightsStore, "weights-store", 0, max_concurrency=8)
+    # Weights store: learners publish (version, ref) here; every acting role polls it. Ray restarts it
+    # (run.store_max_restarts) empty: the learners publish their newest weights again (WeightsPublisher.check).
+    system.store = make(WeightsStore, "weights-store", 0, metrics=StoreMetrics, max_concurrency=8,
+                        max_restarts=config.run.store_max_restarts)
     return system.store
 
 
@@ -356,11 +425,11 @@ def build_rollout(config: SystemConfig, spec: EnvSpec, system: System, role: typ
         # its own WorldModel (CPU, in the worker's process) to score candidate actions with.
         planner = {}
         if config.rollout.planner.enabled:
-            planner = {"model_weights": WeightsClient(system.store, "world_model"),
+            planner = {"model_weights": _weights_client(system, "world_model"),
                        "make_model": partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model,
                                              seed=seed, device="cpu")}
         return make(role, f"rollout-{i}", rollout_cpus, config.env, config.rollout,
-                    replay_client(seed), WeightsClient(system.store, "policy"), partial(policy_factory, seed=seed),
+                    replay_client(seed), _weights_client(system, "policy"), partial(policy_factory, seed=seed),
                     index=i, seed=seed, metrics=RolloutMetrics, max_restarts=config.rollout.max_restarts,
                     num_gpus=config.rollout.num_gpus, resources=config.rollout.resources, **planner)
 

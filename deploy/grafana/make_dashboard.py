@@ -20,7 +20,7 @@ RATE = "$__rate_interval"
 WIDTH = 24
 COUNTS = {"Restarts and env errors", "Env errors", "Rate-limiter pressure: time waited", "'Not now' answers / s",
           "Evictions and duplicates / s", "Stopped rows / s", "Requests / s by status", "Rows and episodes stored",
-          "Policy downloads"}
+          "Policy downloads", "Stalled actors", "Scale requests and desired workers"}
 """Panels of events that may not have happened yet."""
 
 
@@ -75,10 +75,14 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
         ], width=6),
         panel("Workers", [(f"max by (run, pool) ({m('driver_workers')})", "{{pool}} {{run}}")], width=6),
         panel("Restarts and env errors", [
-            (f"max by (run, pool) ({m('driver_restarts_total')})", "{{pool}} restarts {{run}}"),
+            (f"max by (run, restarted) ({m('driver_restarts_total')})", "{{restarted}} restarts {{run}}"),
             (f"max by (run) ({m('driver_env_errors_total')})", "env errors {{run}}"),
-        ], description="Worker restarts after a dead process (Ray max_restarts) and env failures survived by "
-                       "making the envs afresh, since the run started.", width=6),
+        ], description="Restarts of each role's actors after a dead process (Ray max_restarts), counted by the "
+                       "driver, and env failures survived by making the envs afresh, since the run started.", width=6),
+        panel("Stalled actors", [
+            (f"max by (run, actor) ({m('driver_stalled')}) > 0", "{{actor}} {{run}}"),
+        ], description="Actors that had work but made no progress for run.stall_timeout_s (a worker that cannot "
+                       "be placed, a learner waiting on data that does not come, ...).", width=6),
         panel("Policy staleness", [
             (f"max by (run) ({m('driver_policy_staleness')})", "{{run}}"),
         ], description="Newest published policy version minus the mean version the rollout workers act with.",
@@ -213,6 +217,23 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
             (f"max by (run) ({m('imagination_horizon')})", "horizon"),
             (f"max by (run) ({m('world_model_published_version')}) - on (run) group_right "
              f"max by (run, index) ({m('imagination_model_version')})", "model versions behind, worker {{index}}"),
+        ]),
+    ]),
+    ("Evaluator, weights store, control", [
+        panel("Eval return per evaluator", [
+            (f"max by (run, index) ({m('evaluator_return_mean')})", "evaluator {{index}}"),
+            (f"max by (run, index) ({m('evaluator_seconds')})", "seconds, evaluator {{index}}"),
+        ], description="Mean return of each evaluator's newest evaluation, and its wall time (right axis).",
+            overrides=[{"matcher": {"id": "byRegexp", "options": "seconds.*"},
+                        "properties": [{"id": "custom.axisPlacement", "value": "right"}, {"id": "unit",
+                                                                                          "value": "s"}]}]),
+        panel("Weights store: publishes and polls / s", [
+            (f"sum by (run, name) (rate({m('store_publishes_total')}[{RATE}]))", "{{name}} publishes"),
+            (f"sum by (run) (rate({m('store_polls_total')}[{RATE}]))", "polls"),
+        ], overrides=[right_axis("polls")]),
+        panel("Scale requests and desired workers", [
+            (f"sum by (run, outcome) ({m('control_scale_requests_total')})", "{{outcome}} requests"),
+            (f"max by (run, pool) ({m('control_desired_workers')})", "{{pool}} desired"),
         ]),
     ]),
     ("Ingest gateway", [

@@ -259,12 +259,16 @@ def test_driver_recorder(fake_ray):
            "policy_version": 4, "rollout_restarts": 0, "imagination_restarts": 0, "rollout_workers": 1,
            "imagination_workers": 1}
     recorder.record(row)
-    recorder.record({**row, "env_steps": 750, "rollout_restarts": 1, "eval_return_mean": 30.0})
+    recorder.record({**row, "env_steps": 750, "rollout_restarts": 1, "store_restarts": 2, "eval_return_mean": 30.0,
+                     "stalled": "rollout-1"})
+    recorder.record({**row, "env_steps": 750, "stalled": ""})
     assert fake_ray["dynaray_driver_env_steps"].values() == [500.0, 250.0]
-    assert fake_ray["dynaray_driver_restarts"].values(pool="rollout") == [1.0]
+    assert fake_ray["dynaray_driver_restarts"].values(restarted="rollout") == [1.0]
+    assert fake_ray["dynaray_driver_restarts"].values(restarted="store") == [2.0]
+    assert fake_ray["dynaray_driver_stalled"].values(actor="rollout-1") == [1.0, 0.0]
     assert fake_ray["dynaray_driver_eval_return"].values() == [30.0]
     assert fake_ray["dynaray_driver_budget_env_steps"].values() == [2000.0]
-    assert fake_ray["dynaray_driver_workers"].values(pool="imagination") == [1.0, 1.0]
+    assert fake_ray["dynaray_driver_workers"].values(pool="imagination") == [1.0, 1.0, 1.0]
 
 
 def test_the_shipped_dashboard_is_what_its_generator_writes():

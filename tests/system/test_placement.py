@@ -33,7 +33,8 @@ def test_placement_config_errors_name_the_key():
     from system.config import ConfigError, load_config
 
     config = load_config(["debug"], ["placement.policy.num_gpus=1", "placement.world_model.resources={learner_gpu: 1}"])
-    assert config.placement.policy.ray_options() == {"num_cpus": 1.0, "num_gpus": 1.0, "resources": {}}
+    assert config.placement.policy.ray_options() == {"num_cpus": 1.0, "num_gpus": 1.0, "resources": {},
+                                                     "max_restarts": 10}
     assert config.placement.world_model.ray_options()["resources"] == {"learner_gpu": 1}
     with pytest.raises(ConfigError, match=r"placement.replay_strategy='PACK': expected 'SPREAD' or 'DEFAULT'"):
         load_config([], ["placement.replay_strategy=PACK"])

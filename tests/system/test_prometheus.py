@@ -56,6 +56,9 @@ KEY_METRICS = {
     "imagination": ["ray_dynaray_imagination_transitions_total", "ray_dynaray_imagination_rollouts_total",
                     "ray_dynaray_imagination_horizon"],
     "gateway": ['ray_dynaray_gateway_requests_total{code="200"}', 'ray_dynaray_gateway_requests_total{code="401"}'],
+    "evaluator": ["ray_dynaray_evaluator_evaluations_total", "ray_dynaray_evaluator_seconds"],
+    "store": ["ray_dynaray_store_polls_total", 'ray_dynaray_store_version{name="policy"}'],
+    "control": ["ray_dynaray_control_desired_workers"],
     "driver": ["ray_dynaray_driver_env_steps_total", "ray_dynaray_driver_budget_env_steps",
                "ray_dynaray_driver_env_steps_per_s", "ray_dynaray_driver_workers"],
 }

@@ -112,9 +112,9 @@ def test_status_table_shows_each_role_from_snapshot_and_actor_states():
                 "eval_env_steps": 1000, "policy_version": 120, "policy_updates_per_s": 88.0,
                 "policy_total_updates": 3600, "world_model_version": 6, "world_model_val_mse": 0.0123,
                 "policy_version_acting": 118, "rollout_env_errors": 2, "imagination_transitions": 4000},
-        "pools": {"rollout": {"active": [0, 2], "retiring": [], "restarts": 1},
+        "pools": {"rollout": {"active": [0, 2], "retiring": [], "restarts": 1, "unplaced": [2]},
                   "imagination": {"active": [0], "retiring": [], "restarts": 0}},
-        "budget": 5000,
+        "budget": 5000, "restarts": {"rollout": 1, "imagination": 0, "policy": 3, "replay": 1}, "stalled": ["rollout-2"],
     }
     actors = [ActorInfo("replay-shard-0", "ALIVE", 0, "10.0.0.1"),
               ActorInfo("replay-shard-1", "RESTARTING", 1, "10.0.0.2"),
@@ -135,6 +135,8 @@ def test_status_table_shows_each_role_from_snapshot_and_actor_states():
     assert table["rollout"].split()[1:4] == ["2", "2/2", "1"]  # rollout-1 was retired: not in the roster
     for part in ("36 env steps/s", "acts v118", "2 env errors", "10.0.0.2 x2"):
         assert part in table["rollout"], part
+    assert "rollout-2 not placed" in table["rollout"] and "rollout-2 stalled" in table["rollout"]
+    assert table["policy-learner"].split()[1:4] == ["1", "1/1", "3"]  # restarts counted by the driver
     assert "88 updates/s" in table["policy-learner"] and "v120" in table["policy-learner"]
     assert "val mse 0.0123" in table["world-model-learner"]
     assert lines[-1].startswith("alive, restarts, nodes: from Ray's state API")
@@ -155,12 +157,16 @@ def test_progress_is_a_plain_line_per_report_off_a_terminal():
     show(ROW)
     show({**ROW, "env_steps": 2400, "eval_return_mean": float("nan")})
     show.close()
+    show({**ROW, "policy_restarts": 2, "stalled": "rollout-2"})
+    show.close()
     lines = stream.getvalue().splitlines()
     assert lines == [
         "steps   1,600/5,000 | 80 steps/s | eval 25.0 | wm val 0.0667 | policy v20 95 upd/s | rollout 2 workers, "
-        "1 restarts, 3 env errors",
+        "3 env errors | restarts rollout 1",
         "steps   2,400/5,000 | 80 steps/s | eval - | wm val 0.0667 | policy v20 95 upd/s | rollout 2 workers, "
-        "1 restarts, 3 env errors",
+        "3 env errors | restarts rollout 1",
+        "steps   1,600/5,000 | 80 steps/s | eval 25.0 | wm val 0.0667 | policy v20 95 upd/s | rollout 2 workers, "
+        "3 env errors | restarts rollout 1, policy 2 | stalled: rollout-2",
     ]
 
 
