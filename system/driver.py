@@ -24,7 +24,7 @@ from system.config import SystemConfig
 from system.loops import LearnerReport
 from system.metrics import DriverMetrics
 from system.placement import locate
-from system.run_dir import RunDir
+from system.run_dir import RunDir, TableRows
 from system.wiring import System
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ class Driver:
         """Role -> the newest values of its columns in the metrics table."""
         self._policy_version = 0
         """Newest policy version a policy learner report named."""
-        self._rows: list[dict[str, Any]] = []
+        self._rows = TableRows()
+        """The metrics table (Arrow chunks: a run of days keeps it in little memory)."""
         self.evals: list[dict[str, Any]] = []
         self._next_eval = config.eval.every_steps
         self._last_eval_mark = 0

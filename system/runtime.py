@@ -140,6 +140,9 @@ def start_ray(config: SystemConfig, namespace: str) -> str:
     kwargs = {"num_cpus": num_cpus, "include_dashboard": config.ray.include_dashboard}
     if config.ray.object_store_memory_mb:
         kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
+    # the GCS keeps task events for ray.task_events_max task attempts (the roles' long calls: the high-frequency
+    # methods record none, system/wiring.py QUIET_METHODS), so that its memory stays bounded in a run of days
+    kwargs["_system_config"] = {"task_events_max_num_task_in_gcs": config.ray.task_events_max}
     ray.init(**kwargs, **common)
     return f"embedded local Ray ({num_cpus} logical CPUs)"
 
