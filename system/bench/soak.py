@@ -65,6 +65,8 @@ STOP_TIMEOUT_S = 120.0
 """Longest wait for the run to stop every role after SIGINT before its processes are killed."""
 MAX_FIT_POINTS = 1500
 """Samples used by a fit at most (evenly thinned): the Theil-Sen fit takes every pair."""
+PROGRESS_PROCESSES = 4
+"""Processes named in the progress line printed every minute (the largest)."""
 MB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -436,7 +438,7 @@ def sample_run(child: subprocess.Popen, probe_address: str, minutes: float, inte
     """Sample every process of the run until ``minutes`` have passed since ``start``; None, or why it stopped."""
     probe = RayProbe(probe_address)
     actors: dict[int, str] = {}
-    next_at = time.monotonic()
+    next_at, shown = time.monotonic(), 0
     while (minute := (time.monotonic() - start) / 60.0) < minutes:
         if child.poll() is not None:
             return f"the run exited with code {child.returncode} after {minute:.1f} min"
@@ -453,6 +455,11 @@ def sample_run(child: subprocess.Popen, probe_address: str, minutes: float, inte
             known.add(pid)
             name = process_name(pid, _cmdline(pid), child.pid, actors)
             series.setdefault(name, Series(name)).add(round(minute, 4), pid, rss / MB, refs.get(pid))
+        if int(minute) > shown:  # one progress line a minute: the biggest processes now
+            shown = int(minute)
+            biggest = sorted(series.values(), key=lambda s: -s.rss_mb[-1] if s.minutes[-1] == round(minute, 4)
+                             else 0)[:PROGRESS_PROCESSES]
+            progress(f"{minute:.0f} min: " + ", ".join(f"{s.name} {s.rss_mb[-1]:.0f} MB" for s in biggest))
         if store_now is not None:
             store.setdefault("minutes", []).append(round(minute, 4))
             store.setdefault("used_bytes", []).append(store_now["used_bytes"])
