@@ -7,10 +7,10 @@
 
 One ``dynaray train`` run (the ``debug`` preset when no preset is given; presets and overrides as ``dynaray train``
 takes them) in a child process on an embedded local Ray, with an endless budget, stopped with SIGINT (as Ctrl-C
-does) after ``--minutes``. Every ``--interval`` seconds the bench reads, from ``/proc`` (Linux), the resident set
+does) ``--minutes`` after every role runs (the run's ``placement.json``: every actor's constructor has finished;
+minutes count from then, negative while the roles start). Every ``--interval`` seconds the bench reads, from ``/proc`` (Linux), the resident set
 size of every process of the run: the child (the driver) and all its descendants, which are every process of the
-embedded Ray (GCS server, raylet, dashboard and its agents, log monitor, and the worker processes; the dashboard only
-with ``ray.include_dashboard=true``). Worker processes are named by the actor they hold (Ray's actor table, read from
+embedded Ray (GCS server, raylet, the dashboard head and agents, log monitor, and the worker processes). Worker processes are named by the actor they hold (Ray's actor table, read from
 the GCS at the address the run writes to its ``ray.json``), so each role's actors are told apart; idle workers are
 ``idle worker <pid>``. From the raylet, at the same times: the object store's bytes and objects in use, and the
 object refs each worker process holds in scope (the driver's included), so that refs kept alive (published weights,
@@ -433,19 +433,28 @@ def _tables(run_dir: Path, warmup_minutes: float, real_capacity: int, imagined_c
             "real_full_at_warmup": None if env_steps_at_warmup is None else env_steps_at_warmup >= real_capacity}
 
 
-def sample_run(child: subprocess.Popen, probe_address: str, minutes: float, interval: float, start: float,
+def sample_run(child: subprocess.Popen, probe_address: str, ready_file: Path, minutes: float, interval: float,
                series: dict[str, Series], store: dict, known: set[int]) -> str | None:
-    """Sample every process of the run until ``minutes`` have passed since ``start``; None, or why it stopped."""
+    """Sample every process of the run until ``minutes`` have passed since every role runs (``ready_file`` exists:
+    the run writes its placement once every actor's constructor has finished); the samples' minutes count from
+    then (negative while the roles start). None, or why it stopped."""
     probe = RayProbe(probe_address)
     actors: dict[int, str] = {}
-    next_at, shown = time.monotonic(), 0
-    while (minute := (time.monotonic() - start) / 60.0) < minutes:
+    start = time.monotonic()
+    next_at, shown, ready = start, 0, None
+    while ready is None or (time.monotonic() - start) / 60.0 - ready < minutes:
+        minute = (time.monotonic() - start) / 60.0
         if child.poll() is not None:
             return f"the run exited with code {child.returncode} after {minute:.1f} min"
+        if ready is None and ready_file.exists():
+            ready = minute
+            progress(f"every role runs after {minute * 60:.0f} s of sampling: {minutes:g} min from now")
+        if ready is None and minute * 60 > STARTUP_TIMEOUT_S:
+            return f"the roles did not all start within {STARTUP_TIMEOUT_S:g} s"
         try:
             actors = probe.actors()
             store_now, refs = probe.node_stats()
-        except Exception as exc:  # the GCS or raylet busy or restarting: names and refs from the last answer
+        except Exception as exc:  # the GCS or raylet busy or restarting: names from the last answer, no refs
             progress(f"Ray did not answer at {minute:.1f} min ({type(exc).__name__}); sampling RSS only")
             store_now, refs = None, {}
         for pid in process_tree(child.pid):
@@ -455,17 +464,20 @@ def sample_run(child: subprocess.Popen, probe_address: str, minutes: float, inte
             known.add(pid)
             name = process_name(pid, _cmdline(pid), child.pid, actors)
             series.setdefault(name, Series(name)).add(round(minute, 4), pid, rss / MB, refs.get(pid))
-        if int(minute) > shown:  # one progress line a minute: the biggest processes now
-            shown = int(minute)
-            biggest = sorted(series.values(), key=lambda s: -s.rss_mb[-1] if s.minutes[-1] == round(minute, 4)
-                             else 0)[:PROGRESS_PROCESSES]
-            progress(f"{minute:.0f} min: " + ", ".join(f"{s.name} {s.rss_mb[-1]:.0f} MB" for s in biggest))
+        if ready is not None and int(minute - ready) > shown:  # a progress line a minute: the biggest processes
+            shown = int(minute - ready)
+            now = [s for s in series.values() if s.minutes[-1] == round(minute, 4)]
+            biggest = sorted(now, key=lambda s: -s.rss_mb[-1])[:PROGRESS_PROCESSES]
+            progress(f"{shown} min: " + ", ".join(f"{s.name} {s.rss_mb[-1]:.0f} MB" for s in biggest))
         if store_now is not None:
             store.setdefault("minutes", []).append(round(minute, 4))
             store.setdefault("used_bytes", []).append(store_now["used_bytes"])
             store.setdefault("objects", []).append(store_now["objects"])
         next_at += interval
         time.sleep(max(0.0, next_at - time.monotonic()))
+    for s in series.values():  # minutes since every role runs
+        s.minutes = [round(m - ready, 4) for m in s.minutes]
+    store["minutes"] = [round(m - ready, 4) for m in store.get("minutes", [])]
     return None
 
 
@@ -494,9 +506,10 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--minutes", type=positive_float, required=True, help="how long the run lasts (minutes)")
+    p.add_argument("--minutes", type=positive_float, required=True,
+                   help="how long the run lasts once every role runs (minutes)")
     p.add_argument("--warmup-minutes", type=float, default=None,
-                   help="minutes from the run's start left out of the fits (default: a third of --minutes)")
+                   help="minutes after every role runs left out of the fits (default: a third of --minutes)")
     p.add_argument("--interval", type=positive_float, default=5.0, help="seconds between samples (default 5)")
     p.add_argument("--threshold", type=float, default=5.0,
                    help="largest RSS slope (MB/h) a process may have after the warm-up (default 5)")
@@ -550,9 +563,10 @@ def run(args: argparse.Namespace) -> int:
             if address is None:
                 report.error = f"the run did not start Ray (exit code {child.poll()}); see {log_path}"
             else:
-                progress(f"Ray up after {time.monotonic() - start:.0f} s; sampling every {args.interval:g} s for "
-                         f"{args.minutes:g} min (warm-up {warmup:g} min)")
-                report.error = sample_run(child, address, args.minutes, args.interval, start, series, store, known)
+                progress(f"Ray up after {time.monotonic() - start:.0f} s; sampling every {args.interval:g} s until "
+                         f"{args.minutes:g} min after every role runs (warm-up {warmup:g} min)")
+                report.error = sample_run(child, address, run_dir / "placement.json", args.minutes, args.interval,
+                                          series, store, known)
         finally:
             _stop(child, known)
 
