@@ -142,8 +142,11 @@ def process_name(pid: int, cmdline: list[str], driver: int, actors: dict[int, st
         return first.split()[0]
     if first.startswith("ray::IDLE"):
         return f"idle worker {pid}"
-    if first.startswith("ray::"):  # a worker whose actor the table did not list: ray::Class[.method]
-        return f"{first.split()[0].split('.')[0]} {pid}"
+    if first.startswith("ray::"):  # a worker whose actor the table did not list: ray::[name:]Class[.method]
+        title = first.split()[0][len("ray::"):]
+        if ":" in title:
+            return title.split(":", 1)[0]
+        return f"ray::{title.split('.')[0]} {pid}"
     return f"{base} {pid}"
 
 

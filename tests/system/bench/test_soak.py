@@ -48,6 +48,7 @@ def test_processes_are_named_by_role_or_by_what_ray_runs_in_them():
     assert process_name(9, ["python", "-u", "/ray/_private/log_monitor.py"], 7, actors) == "log_monitor"
     assert process_name(11, ["ray::IDLE"], 7, actors) == "idle worker 11"
     assert process_name(12, ["ray::PolicyLoop.run"], 7, actors) == "ray::PolicyLoop 12"
+    assert process_name(14, ["ray::rollout-0:RolloutWorker.run"], 7, actors) == "rollout-0"
     assert process_name(13, ["/usr/bin/thing", "a"], 7, actors) == "thing 13"
 
 
