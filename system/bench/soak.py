@@ -59,8 +59,12 @@ EXIT_FAILED = 1
 DEFAULT_PRESET = "debug"
 ENDLESS_STEPS = 10**12
 """The run's env-step budget: more than any soak reaches; the bench stops the run."""
-STARTUP_TIMEOUT_S = 300.0
-"""Longest wait for the run to start Ray (its ``ray.json``)."""
+STARTUP_TIMEOUT_S = 900.0
+"""Longest wait for the run to start Ray (its ``ray.json``), and then for every role to run."""
+PLACEMENT_TIMEOUT_S = 600
+"""The run's ``placement.timeout_s``: roles start slowly on a loaded machine, and a soak has time."""
+PROBE_TIMEOUT_S = 20.0
+"""Longest wait for Ray's state at one sample."""
 STOP_TIMEOUT_S = 120.0
 """Longest wait for the run to stop every role after SIGINT before its processes are killed."""
 MAX_FIT_POINTS = 1500
@@ -155,45 +159,73 @@ def process_name(pid: int, cmdline: list[str], driver: int, actors: dict[int, st
 
 class RayProbe:
     """The run's Ray as the bench reads it, without joining it as a driver: the GCS (actor table, node table) and
-    the raylet (object store, each worker's refs in scope)."""
+    the raylet (object store, each worker's refs in scope).
+
+    Ray's GCS client ends the process it runs in once the GCS has been unreachable for a minute (as when the run
+    stops or fails), so the probe lives in a process of its own; the bench samples RSS on without it.
+    """
 
     def __init__(self, address: str):
-        import logging
+        import multiprocessing
 
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-        from ray._private.internal_api import get_state_from_address
+        context = multiprocessing.get_context("spawn")
+        self._conn, their_end = context.Pipe()
+        self._process = context.Process(target=_probe_process, args=(address, their_end), daemon=True,
+                                        name="dynaray-soak-probe")
+        self._process.start()
+        self._asked = 0
 
-        from system.runtime import _drop_token_enabled_notice
+    def sample(self, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[dict[int, str], dict, dict[int, int]] | str:
+        """``(pid -> actor name, {"used_bytes", "objects"}, pid -> object refs in scope)``, or why not."""
+        if not self._process.is_alive():
+            return f"the probe process ended (exit code {self._process.exitcode})"
+        self._asked += 1
+        self._conn.send(self._asked)
+        deadline = time.monotonic() + timeout_s
+        while self._conn.poll(max(0.0, deadline - time.monotonic())):
+            asked, answer = self._conn.recv()
+            if asked == self._asked:  # an answer that came too late for an earlier sample is dropped
+                return answer
+        return f"no answer within {timeout_s:g} s"
 
-        # the embedded Ray asks for the token it saved (~/.ray/auth_token) when it started; Ray may be imported here
-        # already (the machine record), so token mode is switched on through Ray rather than its environment variable
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-            _drop_token_enabled_notice)
-        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    def close(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join()
 
-        self._state = get_state_from_address(address)
-        self._raylet: tuple[str, int] | None = None
 
-    def actors(self) -> dict[int, str]:
-        """Pid -> name of every live named actor."""
-        table = self._state.actor_table(None)
-        return {info["Pid"]: info["Name"] for info in table.values()
-                if info["State"] == "ALIVE" and info["Name"] and info["Pid"]}
+def _probe_process(address: str, conn) -> None:
+    """The probe's process: answers each number it receives with the actor table, store stats and refs."""
+    import logging
 
-    def node_stats(self) -> tuple[dict, dict[int, int]]:
-        """``({"used_bytes", "objects"}, pid -> object refs in scope)`` from the (one) raylet."""
-        from ray._private.internal_api import node_stats
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray._private.internal_api import get_state_from_address, node_stats
 
-        if self._raylet is None:
-            node = next(n for n in self._state.node_table() if n["Alive"])
-            self._raylet = (node["NodeManagerAddress"], node["NodeManagerPort"])
-        reply = node_stats(*self._raylet, include_memory_info=False)
-        store = {"used_bytes": reply.store_stats.object_store_bytes_used,
-                 "objects": reply.store_stats.num_local_objects}
-        refs = {w.pid: w.num_object_refs_in_scope for w in reply.core_workers_stats if w.pid}
-        return store, refs
+    from system.runtime import _drop_token_enabled_notice
+
+    # the embedded Ray asks for the token it saved (~/.ray/auth_token) when it started
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_drop_token_enabled_notice)
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    state = get_state_from_address(address)
+    raylet = None
+    while True:
+        try:
+            asked = conn.recv()
+        except EOFError:  # the bench ended
+            return
+        try:
+            actors = {info["Pid"]: info["Name"] for info in state.actor_table(None).values()
+                      if info["State"] == "ALIVE" and info["Name"] and info["Pid"]}
+            if raylet is None:
+                node = next(n for n in state.node_table() if n["Alive"])
+                raylet = (node["NodeManagerAddress"], node["NodeManagerPort"])
+            reply = node_stats(*raylet, include_memory_info=False)
+            store = {"used_bytes": reply.store_stats.object_store_bytes_used,
+                     "objects": reply.store_stats.num_local_objects}
+            refs = {w.pid: w.num_object_refs_in_scope for w in reply.core_workers_stats if w.pid}
+            conn.send((asked, (actors, store, refs)))
+        except Exception as exc:  # the GCS or raylet busy, restarting or gone
+            conn.send((asked, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
 
 
 # --------------------------------------------------------------------------------------------------- fits
@@ -381,7 +413,8 @@ def train_command(items: list[str], name: str, runs_dir: str, table_rows: int) -
 
 def bench_keys(table_rows: int) -> list[str]:
     return [f"replay.real_capacity={table_rows}", f"replay.imagined_capacity={table_rows}",
-            f"run.total_env_steps={ENDLESS_STEPS}", "run.target_return=null", "run.progress=false"]
+            f"run.total_env_steps={ENDLESS_STEPS}", "run.target_return=null", "run.progress=false",
+            f"placement.timeout_s={PLACEMENT_TIMEOUT_S}"]
 
 
 def _wait_for_ray_file(path: Path, child: subprocess.Popen) -> str | None:
@@ -442,9 +475,17 @@ def sample_run(child: subprocess.Popen, probe_address: str, ready_file: Path, mi
     the run writes its placement once every actor's constructor has finished); the samples' minutes count from
     then (negative while the roles start). None, or why it stopped."""
     probe = RayProbe(probe_address)
+    try:
+        return _sample(child, probe, ready_file, minutes, interval, series, store, known)
+    finally:
+        probe.close()
+
+
+def _sample(child: subprocess.Popen, probe: RayProbe, ready_file: Path, minutes: float, interval: float,
+            series: dict[str, Series], store: dict, known: set[int]) -> str | None:
     actors: dict[int, str] = {}
     start = time.monotonic()
-    next_at, shown, ready = start, 0, None
+    next_at, shown, ready, unanswered = start, 0, None, 0
     while ready is None or (time.monotonic() - start) / 60.0 - ready < minutes:
         minute = (time.monotonic() - start) / 60.0
         if child.poll() is not None:
@@ -454,12 +495,13 @@ def sample_run(child: subprocess.Popen, probe_address: str, ready_file: Path, mi
             progress(f"every role runs after {minute * 60:.0f} s of sampling: {minutes:g} min from now")
         if ready is None and minute * 60 > STARTUP_TIMEOUT_S:
             return f"the roles did not all start within {STARTUP_TIMEOUT_S:g} s"
-        try:
-            actors = probe.actors()
-            store_now, refs = probe.node_stats()
-        except Exception as exc:  # the GCS or raylet busy or restarting: names from the last answer, no refs
-            progress(f"Ray did not answer at {minute:.1f} min ({type(exc).__name__}); sampling RSS only")
-            store_now, refs = None, {}
+        answer = probe.sample()
+        if isinstance(answer, str):  # names from the last answer (and from the workers' titles), no refs
+            if not unanswered:
+                progress(f"Ray's state did not answer at {minute:.1f} min ({answer}); sampling RSS only until it does")
+            unanswered, store_now, refs = unanswered + 1, None, {}
+        else:
+            (actors, store_now, refs), unanswered = answer, 0
         for pid in process_tree(child.pid):
             rss = rss_bytes(pid)
             if rss is None:
