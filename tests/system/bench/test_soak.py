@@ -16,7 +16,7 @@ from system.bench.soak import (
 from system.cli import main
 from tests.system.bench.markdown import number, table_rows
 
-SOAK_MINUTES, SOAK_WARMUP_MINUTES, SOAK_INTERVAL_S = 3, 1.5, 3
+SOAK_MINUTES, SOAK_WARMUP_MINUTES, SOAK_INTERVAL_S, SOAK_TABLE_ROWS = 2.5, 1, 3, 1000
 SOAK_BOUND_MB_PER_H = 0.0
 SOAK_REF_SLACK = 20
 """Largest RSS slope a process of the short soak may have after its warm-up; see test_a_debug_run_stays_in_bounds."""
@@ -122,7 +122,8 @@ def test_a_debug_run_stays_in_bounds(tmp_path, capsys):
     """
     out_json = tmp_path / "soak.json"
     code = main(["bench", "soak", "--minutes", str(SOAK_MINUTES), "--warmup-minutes", str(SOAK_WARMUP_MINUTES),
-                 "--interval", str(SOAK_INTERVAL_S), "--threshold", str(SOAK_BOUND_MB_PER_H),
+                 "--interval", str(SOAK_INTERVAL_S), "--table-rows", str(SOAK_TABLE_ROWS),
+                 "--threshold", str(SOAK_BOUND_MB_PER_H),
                  "--runs-dir", str(tmp_path / "runs"), "--plot", str(tmp_path / "soak.png"), "--json", str(out_json)])
     out = capsys.readouterr().out
     report = json.loads(out_json.read_text())
