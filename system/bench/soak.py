@@ -447,6 +447,8 @@ def _stop(child: subprocess.Popen, known: set[int]) -> None:
 
 
 def _is_ray_process(pid: int) -> bool:
+    """Whether ``pid``'s command line names Ray (each process of the run's Ray does), so that a process id taken by
+    another program since it was sampled is left alone."""
     text = " ".join(_cmdline(pid))
     return "ray" in text
 
