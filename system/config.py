@@ -93,6 +93,10 @@ class RayConfig:
     """Start the Ray dashboard with the embedded local Ray."""
     object_store_memory_mb: int | None = field(default=None, metadata={"check": ">= 1"})
     """Object store size of the embedded local Ray; null lets Ray choose."""
+    task_events_max: int = field(default=10_000, metadata={"check": ">= 0"})
+    """Task attempts whose events the embedded local Ray's GCS keeps (Ray's task_events_max_num_task_in_gcs,
+    100,000 by default, some hundreds of MB): the newest are what the dashboard and the state API list. A cluster's
+    head sets its own (RAY_task_events_max_num_task_in_gcs; docs/architecture.md, Metrics and observability)."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from system.liveness import RestartLedger, StallWatch, role_of
 from system.loops import LearnerReport
 from system.metrics import DriverMetrics
 from system.placement import locate
-from system.run_dir import CheckpointError, RunDir
+from system.run_dir import CheckpointError, RunDir, TableRows
 from system.wiring import System
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ class Driver:
         """Role -> the newest values of its columns in the metrics table."""
         self._policy_version = 0
         """Newest policy version a policy learner report named."""
-        self._rows: list[dict[str, Any]] = []
+        self._rows = TableRows()
+        """The metrics table (Arrow chunks: a run of days keeps it in little memory)."""
         self.evals: list[dict[str, Any]] = []
         self._next_eval = config.eval.every_steps
         self._last_eval_mark = 0
@@ -783,7 +784,9 @@ class Driver:
             rows = self.run_dir.read_table("metrics").to_pylist()
         except CheckpointError:
             rows = []
-        self._rows = [row for row in rows if row["wall_time_s"] <= wall]
+        for row in rows:
+            if row["wall_time_s"] <= wall:
+                self._rows.append(row)
         self._resume_marker = replay["shards"]
         self._resumed_at = self.env_steps
 

@@ -64,17 +64,12 @@ class RunDir:
         return config_from_dict(data)
 
     # tables ---------------------------------------------------------------------------------------------------
-    def write_table(self, name: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
+    def write_table(self, name: str, rows: "list[dict[str, Any]] | TableRows") -> None:
+        if not len(rows):
             return
-        columns: dict[str, list] = {}
-        for row in rows:
-            for key in row:
-                columns.setdefault(key, [])
-        for key in columns:
-            columns[key] = [_scalar(row.get(key)) for row in rows]
+        table = rows.table() if isinstance(rows, TableRows) else _table(rows)
         tmp = self.path / f".{name}.parquet.tmp"
-        pq.write_table(pa.table(columns), tmp)
+        pq.write_table(table, tmp)
         tmp.replace(self.path / f"{name}.parquet")
 
     def upload(self, uri: str) -> str:
@@ -155,6 +150,43 @@ class RunDir:
         fig.savefig(out, dpi=100)
         plt.close(fig)
         return out
+
+
+class TableRows:
+    """The rows of a table a run keeps whole (the metrics table: one row per report, for days), held as Arrow tables
+    of ``chunk_rows`` rows (8 bytes a number) rather than Python dicts (about 1.6 KB a metrics row), so that the
+    driver's memory grows by about 0.5 KB per report (docs/benchmarks.md, soak)."""
+
+    def __init__(self, chunk_rows: int = 256):
+        self._chunk_rows = chunk_rows
+        self._chunks: list[pa.Table] = []
+        self._recent: list[dict[str, Any]] = []
+        self._count = 0
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._recent.append(row)
+        self._count += 1
+        if len(self._recent) >= self._chunk_rows:
+            self._chunks.append(_table(self._recent))
+            self._recent = []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def table(self) -> pa.Table:
+        """Every row so far: columns in the order they first appeared, a missing value or NaN as null."""
+        parts = [*self._chunks, *([_table(self._recent)] if self._recent else [])]
+        return pa.concat_tables(parts, promote_options="permissive")  # int and float chunks of a column: float
+
+
+def _table(rows: list[dict[str, Any]]) -> pa.Table:
+    columns: dict[str, list] = {}
+    for row in rows:
+        for key in row:
+            columns.setdefault(key, [])
+    for key in columns:
+        columns[key] = [_scalar(row.get(key)) for row in rows]
+    return pa.table(columns)
 
 
 def _scalar(value: Any) -> Any:

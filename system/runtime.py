@@ -109,6 +109,12 @@ def _drop_token_enabled_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
+PROFILE_EVENTS_PER_TASK = 8
+"""Profile events (the timeline's spans) the embedded local Ray keeps per task attempt; Ray's default is 1,000, and
+every actor call a role's long call makes adds one (``submit_task``): 300-460 per policy-learner ``run`` call, 16 KB
+of the GCS each (docs/architecture.md, Ray's task events)."""
+
+
 def start_ray(config: SystemConfig, namespace: str) -> str:
     """Join ``ray.address`` (or RAY_ADDRESS), else start an embedded local Ray sized for the roles.
 
@@ -140,6 +146,11 @@ def start_ray(config: SystemConfig, namespace: str) -> str:
     kwargs = {"num_cpus": num_cpus, "include_dashboard": config.ray.include_dashboard}
     if config.ray.object_store_memory_mb:
         kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
+    # the GCS keeps task events for ray.task_events_max task attempts (the roles' long calls: the high-frequency
+    # methods record none, system/wiring.py QUIET_METHODS), so that its memory stays bounded in a run of days; and
+    # PROFILE_EVENTS_PER_TASK profile events of each (a learner's `run` call records one per replay call it makes)
+    kwargs["_system_config"] = {"task_events_max_num_task_in_gcs": config.ray.task_events_max,
+                                "task_events_max_num_profile_events_per_task": PROFILE_EVENTS_PER_TASK}
     ray.init(**kwargs, **common)
     return f"embedded local Ray ({num_cpus} logical CPUs)"
 

@@ -12,6 +12,8 @@ Ray metric objects never travel). Without Ray in the process every recorder reco
 
 from __future__ import annotations
 
+import inspect
+import os
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -219,10 +221,54 @@ def _named(system: System, handle: Any) -> Any:
     return ActorName(next(name for name, h in system.by_name.items() if h is handle))
 
 
+QUIET_METHODS: dict[type, tuple[str, ...]] = {
+    ReplayShard: ("insert", "sample", "sample_sequences", "update_priorities", "size", "sizes", "stats"),
+    WeightsStore: ("publish", "latest", "versions"),
+    Control: ("desired", "post_status", "status"),
+    IngestGateway: ("stats",),
+}
+"""Role -> its high-frequency methods (hundreds of calls per second, or a poll every report), made without Ray's
+task events: each call would otherwise be recorded in the GCS (up to ``RAY_task_events_max_num_task_in_gcs`` task
+attempts, some hundreds of MB) and flood the dashboard's task list. The roles' long calls (``run``, ``flush``,
+``evaluate``, ``state_dict``, ``snapshot``, ``request``, ...) keep theirs. A subclass of a role (a bench's) has its
+role's entry. docs/architecture.md (Metrics and observability) says what the dashboard loses."""
+
+TASK_EVENTS_ENV = "DYNARAY_TASK_EVENTS"
+"""``DYNARAY_TASK_EVENTS=all`` in the driver's environment keeps task events for every method (debugging)."""
+
+
+def quiet_methods(cls: type) -> tuple[str, ...]:
+    """The methods of role ``cls`` made without task events: its :data:`QUIET_METHODS` entry (or its nearest base
+    class's); none when ``$DYNARAY_TASK_EVENTS`` is ``all``.
+
+    Raises:
+        ValueError: ``$DYNARAY_TASK_EVENTS`` is set to something else than ``all`` or empty.
+    """
+    setting = os.environ.get(TASK_EVENTS_ENV, "")
+    if setting not in ("", "all"):
+        raise ValueError(f"{TASK_EVENTS_ENV}={setting!r}: expected 'all' (task events for every method) or unset")
+    if setting == "all":
+        return ()
+    return next((QUIET_METHODS[base] for base in cls.__mro__ if base in QUIET_METHODS), ())
+
+
+def _without_task_events(method):
+    """``method`` as a new function that Ray calls without recording task events (the role's own stays as it is)."""
+    import ray
+
+    def call(self, *args, **kwargs):
+        return method(self, *args, **kwargs)
+
+    call.__name__, call.__qualname__, call.__doc__ = method.__name__, method.__qualname__, method.__doc__
+    call.__signature__ = inspect.signature(method)  # Ray checks calls against the role's signature
+    return ray.method(enable_task_events=False)(call)
+
+
 def _remote_class(cls: type, torch_threads: int):
-    """``cls`` as a Ray actor class whose process uses ``torch_threads`` intra-op threads, with one more method,
-    ``dynaray_incarnation() -> (token, pid)``: the token is new in each process (the driver counts restarts by it
-    and waits on it for a restarted actor to be back), the pid is the process's."""
+    """``cls`` as a Ray actor class whose process uses ``torch_threads`` intra-op threads, whose
+    :func:`quiet_methods` record no task events, and with one more (quiet) method, ``dynaray_incarnation() ->
+    (token, pid)``: the token is new in each process (the driver counts restarts by it and waits on it for a
+    restarted actor to be back), the pid is the process's."""
     import ray
 
     def __init__(self, *args, **kwargs):
@@ -239,7 +285,12 @@ def _remote_class(cls: type, torch_threads: int):
     def dynaray_incarnation(self) -> tuple[str, int]:
         return self._dynaray_incarnation
 
-    return ray.remote(type(cls.__name__, (cls,), {"__init__": __init__, "dynaray_incarnation": dynaray_incarnation}))
+    members = {"__init__": __init__, "dynaray_incarnation": dynaray_incarnation}
+    quiet = quiet_methods(cls)
+    members.update({name: _without_task_events(getattr(cls, name)) for name in quiet})
+    if quiet:  # the driver probes every actor every few seconds
+        members["dynaray_incarnation"] = _without_task_events(dynaray_incarnation)
+    return ray.remote(type(cls.__name__, (cls,), members))
 
 
 class _Maker:

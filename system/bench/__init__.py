@@ -22,6 +22,7 @@ VERBS: dict[str, str] = {
     "time-to-target": "system.bench.time_to_target",
     "gateway": "system.bench.gateway",
     "checkpoint": "system.bench.checkpoint",
+    "soak": "system.bench.soak",
 }
 """``dynaray bench`` verb -> the module that defines it (``HELP``, ``DESCRIPTION``, ``add_arguments``, ``run``)."""
 
