@@ -52,11 +52,13 @@ HIDDEN = (256, 256)
 POOL_ROWS = 10_000
 """Random transitions in our sampling pool and in SB3's replay buffer."""
 VARIANTS: dict[str, dict[str, Any]] = {
-    "twin": {"num_critics": 2, "critic_subset": 2},
-    "redq": {"num_critics": 10, "critic_subset": 2},
-    "layernorm": {"num_critics": 2, "critic_subset": 2, "critic_layer_norm": True},
+    "twin": {"num_critics": 2, "critic_subset": 2, "precision": "fp32"},
+    "twin_bf16": {"num_critics": 2, "critic_subset": 2, "precision": "bf16"},
+    "redq": {"num_critics": 10, "critic_subset": 2, "precision": "fp32"},
+    "redq_bf16": {"num_critics": 10, "critic_subset": 2, "precision": "bf16"},
+    "layernorm": {"num_critics": 2, "critic_subset": 2, "critic_layer_norm": True, "precision": "fp32"},
 }
-"""Our configurations, as ``PolicyConfig`` fields."""
+"""Our configurations, as ``PolicyConfig`` fields (``_bf16``: matmuls under bf16 autocast, ``policy.precision``)."""
 DEFAULT_DIMS = ((17, 6), (11, 3))
 TARGET_SB3_RATIO = 2.0
 """The issue's target: our updates/s at least twice SB3's (twin critics, the same sizes)."""

@@ -12,7 +12,7 @@ from system.config import ConfigError, load_config
 
 O, A = 3, 2
 LOW, HIGH = np.array([-2.0, 0.0]), np.array([2.0, 1.0])
-SMALL = dict(hidden_sizes=(32, 32), device="cpu")
+SMALL = dict(hidden_sizes=(32, 32), device="cpu", precision="fp32")  # the maths checks: fp32 on any CPU
 
 
 def make_learner(seed=0, **overrides):

@@ -17,7 +17,8 @@ from system.config import ConfigError, config_from_dict
 
 O, A, E = 4, 2, 4
 CONFIG = WorldModelConfig(
-    ensemble_size=E, num_elites=3, hidden_sizes=(64, 64), lr=3e-3, validate_every=100, device="cpu"
+    ensemble_size=E, num_elites=3, hidden_sizes=(64, 64), lr=3e-3, validate_every=100, device="cpu",
+    precision="fp32",  # the maths checks: fp32 on any CPU
 )
 _RNG = np.random.default_rng(0)
 DRIFT = _RNG.normal(size=(O, O)).astype(np.float32) * 0.1
