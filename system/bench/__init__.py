@@ -21,6 +21,7 @@ VERBS: dict[str, str] = {
     "sac-to-target": "system.bench.sac_to_target",
     "time-to-target": "system.bench.time_to_target",
     "gateway": "system.bench.gateway",
+    "device": "system.bench.device",
 }
 """``dynaray bench`` verb -> the module that defines it (``HELP``, ``DESCRIPTION``, ``add_arguments``, ``run``)."""
 
