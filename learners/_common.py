@@ -1,4 +1,5 @@
-"""Shared helpers: config checks (cross-field rules, the device field's check) and checkpoint state."""
+"""Shared helpers: config checks (cross-field rules, the device and precision fields' checks), checkpoint state, and
+what `precision: auto` resolves to on this machine."""
 
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def _measure(name: str, unit: str, per_call: int, seconds: float, call: Callable
 def _sac(sizes: dict, seconds: float) -> Rate:
     from learners.sac import PolicyConfig, SACLearner
 
-    config = PolicyConfig(hidden_sizes=sizes["policy_hidden"], batch_size=sizes["policy_batch"])
+    config = PolicyConfig(hidden_sizes=sizes["policy_hidden"], batch_size=sizes["policy_batch"], precision="auto")
     learner = SACLearner(OBS, ACT, -1.0, 1.0, config, seed=0)
     rng = np.random.default_rng(0)
     pool = random_transitions(POOL_ROWS, OBS, ACT, rng, terminated_rate=0.01)
@@ -155,7 +155,7 @@ def _world_model(sizes: dict, seconds: float) -> Rate:
     from learners.world_model import WorldModelConfig, WorldModelLearner
 
     config = WorldModelConfig(ensemble_size=sizes["model_members"], num_elites=sizes["model_elites"],
-                              hidden_sizes=sizes["model_hidden"], batch_size=sizes["model_batch"])
+                              hidden_sizes=sizes["model_hidden"], batch_size=sizes["model_batch"], precision="auto")
     learner = WorldModelLearner(OBS, ACT, config, seed=0)
     rng = np.random.default_rng(1)
     pool = {**random_transitions(POOL_ROWS, OBS, ACT, rng, terminated_rate=0.01),
@@ -173,14 +173,14 @@ def _world_model(sizes: dict, seconds: float) -> Rate:
 def _imagination(sizes: dict, seconds: float) -> Rate:
     import torch
 
-    from actors.imagination import ImaginationConfig, rollout
+    from actors.imagination import rollout
     from learners._common import resolve_precision
     from learners.networks import resolve_device
     from learners.sac import Policy
     from learners.world_model import WorldModel, WorldModelConfig
 
     device = resolve_device("auto")
-    dtype = resolve_precision(ImaginationConfig().precision, device)
+    dtype = resolve_precision("auto", device)
     config = WorldModelConfig(ensemble_size=sizes["model_members"], num_elites=sizes["model_elites"],
                               hidden_sizes=sizes["model_hidden"])
     model = WorldModel(OBS, ACT, config, seed=0, device=str(device))
