@@ -1,13 +1,14 @@
 """``dynaray bench sac``: policy-learner updates/s of dynaray's SACLearner next to Stable-Baselines3's SAC.
 
-    dynaray bench sac [--dims 17x6,11x3] [--variants twin,redq,layernorm] [--updates N] [--rounds R] [--no-sb3]
-                      [--json OUT]
+    dynaray bench sac [--dims 17x6,11x3] [--variants twin,twin_bf16,redq,redq_bf16,layernorm] [--updates N]
+                      [--rounds R] [--no-sb3] [--json OUT]
 
 Everything runs in one process on one torch thread, with batch 256 and 256x256 networks (actor and each critic),
 observation and action sizes from ``--dims`` (17x6: HalfCheetah, 11x3: Hopper). What one round measures, per size:
 
 - ours: ``--updates`` calls of ``SACLearner.update`` per variant (``twin``: 2 critics, the minimum of both;
-  ``redq``: 10 critics, targets on a random 2 of them, as REDQ; ``layernorm``: twin critics with LayerNorm), each
+  ``redq``: 10 critics, targets on a random 2 of them, as REDQ; ``layernorm``: twin critics with LayerNorm; all
+  fp32; ``twin_bf16`` and ``redq_bf16``: the same with ``precision=bf16``, matmuls under bf16 autocast), each
   on a batch of 256 rows drawn uniformly from a pool of random transitions (fancy indexing of numpy columns, timed
   with the update, as SB3's buffer sampling is timed with its update).
 - SB3: ``SAC.train(gradient_steps=--updates, batch_size=256)`` of a ``SAC("MlpPolicy", net_arch=[256, 256])``
