@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from actors.metrics import ImaginationRecorder
-from learners._common import device_problem
+from learners._common import device_problem, precision_problem, resolve_precision
 from replay.writers import RowStamper
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,10 @@ class ImaginationConfig:
     device: str = field(default="cpu", metadata={"check": device_problem})
     """Torch device for model and policy forwards: 'auto' (CUDA when the worker's process sees a GPU, i.e. with
     num_gpus > 0), 'cpu', 'cuda' or 'cuda:<i>'; resolved in the worker's own process."""
+    precision: str = field(default="fp32", metadata={"check": precision_problem})
+    """Matmul precision of the model's and the policy's forwards: 'fp32'; 'bf16' (bf16 copies of the weights,
+    inputs and outputs fp32); 'auto': bf16 on a CPU with bf16 matrix units (Intel AMX), fp32 elsewhere. Default fp32
+    until bf16 is shown to learn as well (docs/benchmarks.md, "bf16 on AMX")."""
     max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
     """How often Ray restarts an imagination worker whose process died; -1 without limit."""
     penalty_scale: float = field(default=0.0, metadata={"check": ">= 0", "note": "0: off"})
@@ -224,6 +228,9 @@ class ImaginationWorker:
         self._replay, self._local = replay, local
         self._policy_weights, self._model_weights = policy_weights, model_weights
         self._policy, self._model = make_policy(), make_model()
+        for part in (self._policy, self._model):  # config.precision, resolved on the part's device
+            if hasattr(part, "set_dtype"):
+                part.set_dtype(resolve_precision(config.precision, torch.device(part.device)))
         self._pending: deque = deque()
         self.transitions = 0
         self._metrics = metrics(index)  # Prometheus

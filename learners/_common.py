@@ -1,4 +1,5 @@
-"""Shared helpers: config checks (cross-field rules, the device field's check) and checkpoint state."""
+"""Shared helpers: config checks (cross-field rules, the device and precision fields' checks), checkpoint state, and
+what `precision: auto` resolves to on this machine."""
 
 from __future__ import annotations
 
@@ -47,3 +48,47 @@ def load_generator_state(generator: torch.Generator, state: Mapping[str, Any]) -
     """Restore ``generator_state`` output; a state saved on another device type is not portable and is skipped."""
     if state["device_type"] == generator.device.type:
         generator.set_state(state["state"].cpu())
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Values of a ``precision`` field: 'fp32'; 'bf16' (matmuls in bfloat16: autocast in the learners, bf16 weight copies
+in inference); 'auto': bf16 on a CPU with bf16 matrix units (:func:`cpu_has_bf16_matmul`), fp32 elsewhere (CUDA
+included: its mixed precision is not measured yet)."""
+
+
+def precision_problem(name: Any) -> str | None:
+    """``metadata["check"]`` of a ``precision`` field: what was expected, or None when ``name`` is one of
+    :data:`PRECISIONS`."""
+    return None if name in PRECISIONS else "'auto', 'fp32' or 'bf16'"
+
+
+_CPU_BF16: bool | None = None
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU has bf16 matrix units (Intel AMX: the ``amx_bf16`` flag of /proc/cpuinfo), where a bf16
+    matmul runs several times faster than fp32 (docs/benchmarks.md). The one place that decides what 'auto' means;
+    False where /proc/cpuinfo cannot be read (not Linux)."""
+    global _CPU_BF16
+    if _CPU_BF16 is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                flags = next((line for line in f if line.startswith("flags")), "")
+        except OSError:
+            flags = ""
+        _CPU_BF16 = "amx_bf16" in flags.split()
+    return _CPU_BF16
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The matmul dtype of ``precision`` ``name`` on ``device``: torch.bfloat16 or torch.float32."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision={name!r}: expected 'auto', 'fp32' or 'bf16'")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16_matmul() else torch.float32
+    return torch.bfloat16 if name == "bf16" else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
+    """``torch.autocast`` on ``device`` to ``dtype``; disabled (fp32 throughout) when ``dtype`` is float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype != torch.float32)

@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from learners._batch import to_tensors
-from learners._common import device_problem, generator_state, load_generator_state, require, to_cpu
+from learners._common import (
+    autocast, device_problem, generator_state, load_generator_state, precision_problem, require, resolve_precision, to_cpu,
+)
 from learners.networks import EnsembleLayerNorm, EnsembleLinear, EnsembleMLP, mlp, resolve_device, seeded_init
 
 LOG_STD_MIN = -20.0
@@ -85,6 +87,11 @@ class PolicyConfig:
     """Policy updates between weight publications (read by ``system/``)."""
     device: str = field(default="auto", metadata={"check": device_problem})
     """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
+    precision: str = field(default="fp32", metadata={"check": precision_problem})
+    """Matmul precision of the update: 'fp32'; 'bf16' (``torch.autocast`` to bfloat16: matmuls and their gradients
+    in bf16, the losses, the action distribution, the optimizer and the weights in fp32); 'auto': bf16 on a CPU
+    with bf16 matrix units (Intel AMX), fp32 elsewhere (``learners._common.resolve_precision``). Default fp32 until
+    bf16 is shown to learn as well (docs/benchmarks.md, "bf16 on AMX")."""
     prioritized: bool = False
     """Prioritized replay (Schaul et al., 2016) on table ``real``: rows drawn with probability proportional to
     ``priority ** priority_alpha``, the critic loss weighted by each row's importance weight, and each sampled
@@ -142,7 +149,7 @@ class TanhGaussianActor(nn.Module):
         self, obs: Tensor, deterministic: bool = False, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """Action in env units (B, A) and its log-density (B,); deterministic uses the Gaussian mean."""
-        mean, log_std = self.trunk(obs).chunk(2, dim=-1)
+        mean, log_std = self.trunk(obs).float().chunk(2, dim=-1)  # fp32 distribution under autocast
         log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
         if deterministic:
             noise = torch.zeros_like(mean)
@@ -182,6 +189,8 @@ class Policy:
         self.actor = actor.to(self.device).eval().requires_grad_(False)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed)
+        self.dtype = torch.float32
+        """Dtype of the trunk's matmuls (``set_dtype``); the action distribution is fp32 either way."""
         self._trunk = self._trunk_functions()
 
     def load_state(self, policy_state: Mapping[str, Tensor]) -> None:
@@ -189,13 +198,23 @@ class Policy:
         self.actor.load_state_dict(policy_state)
         self._trunk = self._trunk_functions()
 
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """Run the trunk's matmuls in ``dtype`` (torch.bfloat16 or torch.float32) on copies of the weights made
+        here and at every ``load_state``; the trunk's output is cast back to fp32 before the tanh-Gaussian."""
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"Policy dtype {dtype}: expected torch.float32 or torch.bfloat16")
+        self.dtype = dtype
+        self._trunk = self._trunk_functions()
+
     def _trunk_functions(self) -> list[Callable[[Tensor], Tensor]]:
-        """The actor's trunk as plain functions over its parameters, which skips ``nn.Module`` call overhead (a
-        good part of a small batch's forward time); modules other than Linear and ReLU are called as they are."""
+        """The actor's trunk as plain functions over its parameters (in ``self.dtype``), which skips
+        ``nn.Module`` call overhead (a good part of a small batch's forward time); modules other than Linear and
+        ReLU are called as they are."""
         functions: list[Callable[[Tensor], Tensor]] = []
         for module in self.actor.trunk:
             if type(module) is nn.Linear:
-                functions.append(partial(F.linear, weight=module.weight, bias=module.bias))
+                functions.append(partial(F.linear, weight=module.weight.to(self.dtype),
+                                         bias=module.bias.to(self.dtype)))
             elif type(module) is nn.ReLU:
                 functions.append(torch.relu)
             else:
@@ -223,10 +242,10 @@ class Policy:
         """``self.actor(obs, deterministic, self._generator)[0]`` without the log-density: the same operations on
         the same values in the same order (so the same bits and the same generator draws), done in place where
         the intermediate is this call's own."""
-        hidden = obs
+        hidden = obs.to(self.dtype)
         for function in self._trunk:
             hidden = function(hidden)
-        mean, log_std = hidden.chunk(2, dim=-1)
+        mean, log_std = hidden.float().chunk(2, dim=-1)
         if deterministic:
             noise = torch.zeros_like(mean)
         else:
@@ -273,6 +292,8 @@ class SACLearner:
         self.act_dim = act_dim
         self.config = config
         self.device = resolve_device(config.device)
+        self.dtype = resolve_precision(config.precision, self.device)
+        """Matmul dtype of the update (``config.precision`` resolved on this machine)."""
         self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
         with seeded_init(seed):
             self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden_sizes, action_low, action_high)
@@ -380,21 +401,22 @@ class SACLearner:
         alpha = self.log_alpha.detach().exp()
         critic_params, actor_params = self._critic_params, self._actor_params
 
-        # targets
-        target = self._targets(tensors, alpha)
+        with autocast(self.device, self.dtype):  # matmuls in self.dtype; Q-values and log-densities come out fp32
+            # targets
+            target = self._targets(tensors, alpha)
 
-        # losses (the actor reads the critics through detached parameters: no gradient reaches them from it)
-        q = self._q_with(critic_params, tensors["obs"], tensors["action"])
-        td = q - target  # (E, B)
-        critic_loss = (td.pow(2) if weights is None else td.pow(2) * weights).mean(dim=1).sum()
-        action, log_prob = self.actor(tensors["obs"], generator=self._generator)
-        q_pi = self._q_with([p.detach() for p in critic_params], tensors["obs"], action)
-        if self.config.critic_subset == self.config.num_critics:
-            q_pi = q_pi.min(dim=0).values
-        else:
-            q_pi = q_pi.mean(dim=0)
-        actor_loss = (alpha * log_prob - q_pi).mean()
-        alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            # losses (the actor reads the critics through detached parameters: no gradient reaches them from it)
+            q = self._q_with(critic_params, tensors["obs"], tensors["action"])
+            td = q - target  # (E, B)
+            critic_loss = (td.pow(2) if weights is None else td.pow(2) * weights).mean(dim=1).sum()
+            action, log_prob = self.actor(tensors["obs"], generator=self._generator)
+            q_pi = self._q_with([p.detach() for p in critic_params], tensors["obs"], action)
+            if self.config.critic_subset == self.config.num_critics:
+                q_pi = q_pi.min(dim=0).values
+            else:
+                q_pi = q_pi.mean(dim=0)
+            actor_loss = (alpha * log_prob - q_pi).mean()
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
 
         # gradients: one backward pass; the three losses share no parameter
         grads = torch.autograd.grad(critic_loss + actor_loss + alpha_loss, [*critic_params, *actor_params,

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from learners._batch import check_columns, to_tensors
-from learners._common import device_problem, generator_state, load_generator_state, require, to_cpu
+from learners._common import (
+    autocast, device_problem, generator_state, load_generator_state, precision_problem, require, resolve_precision, to_cpu,
+)
 from learners.networks import EnsembleLinear, EnsembleMLP, resolve_device, seeded_init
 from learners.termination import AUTO, TerminationFn, load_termination_fn, termination_fn_problem
 
@@ -76,6 +78,11 @@ class WorldModelConfig:
     """Model updates between weight publications (read by ``system/``)."""
     device: str = field(default="auto", metadata={"check": device_problem})
     """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
+    precision: str = field(default="fp32", metadata={"check": precision_problem})
+    """Matmul precision of the training step: 'fp32'; 'bf16' (``torch.autocast`` to bfloat16: the network's
+    matmuls and their gradients in bf16, its outputs, the losses, the optimizer and the weights in fp32); 'auto':
+    bf16 on a CPU with bf16 matrix units (Intel AMX), fp32 elsewhere. Validation always runs in fp32. Default fp32
+    until bf16 is shown to learn as well (docs/benchmarks.md, "bf16 on AMX")."""
     termination_fn: str | None = field(default=AUTO, metadata={"check": termination_fn_problem})
     """Known termination function used by imagination instead of the learned termination head: 'module:function'
     taking numpy (obs, action, next_obs) -> bool (N,) (e.g. 'learners.termination:hopper'); 'auto': the one
@@ -219,7 +226,8 @@ class EnsembleDynamics(nn.Module):
         inputs = self.input_norm.normalize(torch.cat([obs, action], dim=-1))
         if inputs.dim() == 2:
             inputs = inputs.expand(self.ensemble_size, *inputs.shape)
-        mean, raw_logvar, logit = self.net(inputs).split([self.target_dim, self.target_dim, 1], dim=-1)
+        outputs = self.net(inputs).float()  # fp32 under autocast too
+        mean, raw_logvar, logit = outputs.split([self.target_dim, self.target_dim, 1], dim=-1)
         logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
         logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
         return mean, logvar, logit.squeeze(-1)
@@ -286,6 +294,8 @@ class WorldModelLearner:
         self.act_dim = act_dim
         self.config = config
         self.device = resolve_device(config.device)
+        self.dtype = resolve_precision(config.precision, self.device)
+        """Matmul dtype of the training step (``config.precision`` resolved on this machine)."""
         with seeded_init(seed):
             dynamics = EnsembleDynamics(obs_dim, act_dim, config.ensemble_size, config.hidden_sizes)
         self.dynamics = dynamics.to(self.device)
@@ -360,7 +370,8 @@ class WorldModelLearner:
         index = torch.randint(rows, (dynamics.ensemble_size, rows), generator=self._generator, device=self.device)
         normalized_target = dynamics.target_norm.normalize(target)[index]
         terminated = t["terminated"][index]
-        mean, logvar, logit = dynamics(t["obs"][index], t["action"][index])
+        with autocast(self.device, self.dtype):
+            mean, logvar, logit = dynamics(t["obs"][index], t["action"][index])
 
         # losses: per-member means summed over members, so each member's gradient is independent of E
         nll = 0.5 * (((mean - normalized_target).pow(2) * torch.exp(-logvar) + logvar).mean(dim=(1, 2)) + _LOG_2PI)
@@ -584,6 +595,8 @@ class WorldModel:
         self._elites = torch.arange(config.num_elites, device=self.device)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed)
+        self.dtype = torch.float32
+        """Dtype of the network's matmuls (``set_dtype``); inputs, normalisers and outputs are fp32."""
         self._termination_name = config.termination_fn
         self._termination_fn: TerminationFn | None = (
             None if config.termination_fn in (None, AUTO) else load_termination_fn(config.termination_fn)
@@ -602,6 +615,14 @@ class WorldModel:
         self._elites = elites.to(self.device)
         self._weights = self._inference_weights()
 
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """Run the network's matmuls in ``dtype`` (torch.bfloat16 or torch.float32) on copies of the weights made
+        here and at every ``load_state``; the network's outputs are cast back to fp32."""
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"WorldModel dtype {dtype}: expected torch.float32 or torch.bfloat16")
+        self.dtype = dtype
+        self._weights = self._inference_weights()
+
     @torch.no_grad()
     def _inference_weights(self) -> _InferenceWeights:
         dynamics, layers = self.dynamics, []
@@ -612,7 +633,7 @@ class WorldModel:
                 if following is not None and type(following) is not nn.SiLU:
                     raise ValueError(f"WorldModel: layer {i + 1} of the dynamics network is {following}, "
                                      "expected nn.SiLU after every hidden EnsembleLinear")
-                layers.append((module.weight, module.bias, following is not None))
+                layers.append((module.weight.to(self.dtype), module.bias.to(self.dtype), following is not None))
         elites = self._elites
         elite_layers = [(w[elites].contiguous(), b[elites].contiguous(), act) for w, b, act in layers]
         norms = (dynamics.input_norm, dynamics.target_norm)
@@ -635,7 +656,7 @@ class WorldModel:
         applied in place, over blocks of ``_ROW_BLOCK`` rows so that a block's activations stay in the core's
         cache."""
         weights = self._weights
-        inputs = torch.cat([obs, action], dim=-1).sub_(weights.input_mean).div_(weights.input_std)
+        inputs = torch.cat([obs, action], dim=-1).sub_(weights.input_mean).div_(weights.input_std).to(self.dtype)
         layers = weights.elite_layers if elites_only else weights.layers
         members, rows = layers[0][0].shape[0], inputs.shape[0]
         out = None if rows <= _ROW_BLOCK else inputs.new_empty(members, rows, layers[-1][0].shape[2])
@@ -649,7 +670,7 @@ class WorldModel:
                 hidden = torch.baddbmm(bias, hidden, weight)
                 if activation:
                     F.silu(hidden, inplace=True)
-        return hidden if out is None else out
+        return (hidden if out is None else out).float()
 
     def _bound_logvar(self, raw_logvar: Tensor) -> Tensor:
         """``EnsembleDynamics``'s soft clamps of the log-variance, for (..., T)."""

@@ -48,6 +48,9 @@ class ConfigError(ValueError):
 class RunConfig:
     total_env_steps: int = field(default=10_000, metadata={"check": ">= 1"})
     """Stop after this many real env steps (all rollout workers together)."""
+    max_wall_s: float | None = field(default=None, metadata={"check": "> 0"})
+    """Stop handing out env steps once the run has lasted this many wall seconds, then end as at the env-step budget
+    (a last eval at the steps reached); null: no wall-clock limit."""
     target_return: float | None = 950.0
     """Stop early once an evaluation's mean return reaches this; null to always use the whole budget."""
     runs_dir: str = "runs"

@@ -122,6 +122,8 @@ class Driver:
         self._last_row_time = self._start
         self._step_times: deque[tuple[float, int]] = deque([(self._start, 0)])
         self._stop_reason: str | None = None
+        self._step_budget = config.run.total_env_steps
+        """Env steps to collect: run.total_env_steps, lowered to the steps handed out once run.max_wall_s passes."""
         self._first_report_at: float | None = None
         self._retiring: set[tuple[str, int]] = set()
         self._next_index = {pool: max(getattr(system, pool), default=-1) + 1 for pool in ("rollout", "imagination")}
@@ -158,11 +160,11 @@ class Driver:
         steps = self.config.rollout.steps_per_call
         if self._stop_reason or self._retire_if_asked("rollout", i):
             return
-        if self.env_steps + self._steps_in_flight >= self.config.run.total_env_steps:
+        if self.env_steps + self._steps_in_flight >= self._step_budget:
             self._submit(self.system.rollout[i].flush.remote(), _Call("rollout_flush", i))
             return
         handed_out = self.env_steps + self._steps_in_flight
-        steps = min(steps, self.config.run.total_env_steps - handed_out)
+        steps = min(steps, self._step_budget - handed_out)
         random_steps = min(steps, max(0, self.config.rollout.warmup_steps - handed_out))
         self._steps_in_flight += steps
         self._stalls.busy(f"rollout-{i}", time.monotonic())
@@ -667,7 +669,7 @@ class Driver:
 
     def _draining(self) -> bool:
         """The budget is collected: learners and imagination finish the updates their ratios still owe."""
-        return self.env_steps >= self.config.run.total_env_steps and self._rollouts_done()
+        return self.env_steps >= self._step_budget and self._rollouts_done()
 
     def _consumers_busy(self) -> bool:
         return any(c.kind in CONSUMERS for c in self._calls())
@@ -698,6 +700,7 @@ class Driver:
                 self._stop_reason = self._interrupted
             if self._stop_reason:
                 break
+            self._check_wall_budget()
             if not self._draining():
                 continue
             drain_started = drain_started or time.monotonic()
@@ -706,8 +709,17 @@ class Driver:
             if self._last_eval_mark < self.env_steps:
                 self._request_eval(self.env_steps)
             elif self._evals_done():
-                self._stop_reason = f"env-step budget of {budget} reached"
+                self._stop_reason = (f"env-step budget of {budget} reached" if self._step_budget == budget else
+                                     f"wall-clock budget of {self.config.run.max_wall_s:g} s reached at "
+                                     f"{self.env_steps} env steps")
         return self._finish()
+
+    def _check_wall_budget(self) -> None:
+        """Once run.max_wall_s has passed, hand out no more env steps: the run then drains and ends as at its
+        env-step budget (the learners finish what their ratios owe, a last eval at the steps reached)."""
+        limit = self.config.run.max_wall_s
+        if limit is not None and time.monotonic() - self._start > limit:
+            self._step_budget = min(self._step_budget, self.env_steps + self._steps_in_flight)
 
     def _check_startup(self) -> None:
         if self._first_report_at is None and time.monotonic() - self._began > self.config.run.startup_timeout_s:

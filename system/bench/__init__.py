@@ -23,6 +23,7 @@ VERBS: dict[str, str] = {
     "gateway": "system.bench.gateway",
     "checkpoint": "system.bench.checkpoint",
     "soak": "system.bench.soak",
+    "device": "system.bench.device",
 }
 """``dynaray bench`` verb -> the module that defines it (``HELP``, ``DESCRIPTION``, ``add_arguments``, ``run``)."""
 

@@ -1,13 +1,14 @@
 """``dynaray bench sac``: policy-learner updates/s of dynaray's SACLearner next to Stable-Baselines3's SAC.
 
-    dynaray bench sac [--dims 17x6,11x3] [--variants twin,redq,layernorm] [--updates N] [--rounds R] [--no-sb3]
-                      [--json OUT]
+    dynaray bench sac [--dims 17x6,11x3] [--variants twin,twin_bf16,redq,redq_bf16,layernorm] [--updates N]
+                      [--rounds R] [--no-sb3] [--json OUT]
 
 Everything runs in one process on one torch thread, with batch 256 and 256x256 networks (actor and each critic),
 observation and action sizes from ``--dims`` (17x6: HalfCheetah, 11x3: Hopper). What one round measures, per size:
 
 - ours: ``--updates`` calls of ``SACLearner.update`` per variant (``twin``: 2 critics, the minimum of both;
-  ``redq``: 10 critics, targets on a random 2 of them, as REDQ; ``layernorm``: twin critics with LayerNorm), each
+  ``redq``: 10 critics, targets on a random 2 of them, as REDQ; ``layernorm``: twin critics with LayerNorm; all
+  fp32; ``twin_bf16`` and ``redq_bf16``: the same with ``precision=bf16``, matmuls under bf16 autocast), each
   on a batch of 256 rows drawn uniformly from a pool of random transitions (fancy indexing of numpy columns, timed
   with the update, as SB3's buffer sampling is timed with its update).
 - SB3: ``SAC.train(gradient_steps=--updates, batch_size=256)`` of a ``SAC("MlpPolicy", net_arch=[256, 256])``
@@ -52,11 +53,13 @@ HIDDEN = (256, 256)
 POOL_ROWS = 10_000
 """Random transitions in our sampling pool and in SB3's replay buffer."""
 VARIANTS: dict[str, dict[str, Any]] = {
-    "twin": {"num_critics": 2, "critic_subset": 2},
-    "redq": {"num_critics": 10, "critic_subset": 2},
-    "layernorm": {"num_critics": 2, "critic_subset": 2, "critic_layer_norm": True},
+    "twin": {"num_critics": 2, "critic_subset": 2, "precision": "fp32"},
+    "twin_bf16": {"num_critics": 2, "critic_subset": 2, "precision": "bf16"},
+    "redq": {"num_critics": 10, "critic_subset": 2, "precision": "fp32"},
+    "redq_bf16": {"num_critics": 10, "critic_subset": 2, "precision": "bf16"},
+    "layernorm": {"num_critics": 2, "critic_subset": 2, "critic_layer_norm": True, "precision": "fp32"},
 }
-"""Our configurations, as ``PolicyConfig`` fields."""
+"""Our configurations, as ``PolicyConfig`` fields (``_bf16``: matmuls under bf16 autocast, ``policy.precision``)."""
 DEFAULT_DIMS = ((17, 6), (11, 3))
 TARGET_SB3_RATIO = 2.0
 """The issue's target: our updates/s at least twice SB3's (twin critics, the same sizes)."""

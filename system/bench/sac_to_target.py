@@ -70,26 +70,35 @@ def evaluate(env: Any, policy: Any, episodes: int = 5) -> float:
     return float(np.mean(returns))
 
 
-def steps_to_target(args: argparse.Namespace, seed: int, evals: list[tuple[int, float]]) -> int | None:
+def steps_to_target(args: argparse.Namespace, seed: int, evals: list[tuple[int, float]],
+                    validations: list[tuple[int, float]] | None = None) -> int | None:
     """Run the loop for ``seed``; return the env steps at the first eval >= ``args.target`` (None: not within
-    ``args.budget``). Every eval is appended to ``evals`` as (env steps, return)."""
+    ``args.budget``). Every eval is appended to ``evals`` as (env steps, return), and with ``--dyna`` every
+    validation of the world model to ``validations`` as (env steps, ``val_mse``)."""
     import gymnasium as gym
     import torch
 
     from actors.imagination import rollout
+    from learners._common import resolve_precision
     from learners.sac import Policy, PolicyConfig, SACLearner
     from learners.world_model import WorldModel, WorldModelConfig, WorldModelLearner
 
     env, eval_env = gym.make(args.env), gym.make(args.env)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
-    config = PolicyConfig(**args.overrides)
+    config = PolicyConfig(**{"precision": args.precision, **args.overrides})
     learner = SACLearner(obs_dim, act_dim, low, high, config, seed=seed)
     policy = Policy(obs_dim, act_dim, low, high, config.hidden_sizes, seed=seed)
     real, imagined = Buffer(args.budget, obs_dim, act_dim), Buffer(100_000, obs_dim, act_dim)
-    model_config = WorldModelConfig(termination_fn=args.termination_fn)
+    model_config = WorldModelConfig(termination_fn=args.termination_fn, precision=args.precision)
     model_learner = WorldModelLearner(obs_dim, act_dim, model_config, seed=seed) if args.dyna else None
     model = WorldModel(obs_dim, act_dim, model_config, seed=seed) if args.dyna else None
+    # imagination's own policy, as in the system: the env is stepped in fp32, imagination at --precision
+    dreamer = Policy(obs_dim, act_dim, low, high, config.hidden_sizes, seed=seed) if args.dyna else None
+    if args.dyna:
+        dtype = resolve_precision(args.precision, model.device)
+        model.set_dtype(dtype)
+        dreamer.set_dtype(dtype)
     rng = np.random.default_rng(seed)
     episode, step = np.zeros(args.budget, np.int64), np.zeros(args.budget, np.int64)
     episode_index = episode_step = 0
@@ -120,11 +129,13 @@ def steps_to_target(args: argparse.Namespace, seed: int, evals: list[tuple[int, 
                 model_learner.update({**batch, "episode_id": episode[idx], "step": step[idx]})
             if (t + 1) % 50 == 0 or t + 1 == args.warmup:
                 if model_learner.validation.size:
-                    model_learner.validate()
+                    mse = model_learner.validate()["val_mse"]
+                    if validations is not None:
+                        validations.append((t + 1, mse))
                 model.load_state(model_learner.model_state())
             starts = real.sample(rng, args.starts)["obs"]
             with torch.inference_mode():
-                out = rollout(policy, model, torch.as_tensor(starts), args.horizon)
+                out = rollout(dreamer, model, torch.as_tensor(starts), args.horizon)
             imagined.add({k: out[k].numpy() for k in COLUMNS})
             n_real = max(1, round(config.batch_size * args.real_ratio))
 
@@ -136,6 +147,8 @@ def steps_to_target(args: argparse.Namespace, seed: int, evals: list[tuple[int, 
                 batch = {k: np.concatenate([batch[k], more[k]]) for k in COLUMNS}
             learner.update(batch)
         policy.load_state(learner.policy_state())
+        if dreamer is not None:
+            dreamer.load_state(learner.policy_state())
 
         # eval
         if (t + 1) % args.eval_every == 0:
@@ -167,11 +180,13 @@ class Report:
 
     def markdown(self) -> str:
         target = self.settings["target"]
-        lines = [f"| seed | env steps to eval >= {target:g} | best eval | wall s |", "| --- | --- | --- | --- |"]
+        lines = [f"| seed | env steps to eval >= {target:g} | best eval | wall s | world model val_mse (last) |",
+                 "| --- | --- | --- | --- | --- |"]
         for s in self.seeds:
             steps = f"{s['steps']:,}" if s["steps"] is not None else f"not reached in {self.settings['budget']:,}"
             best = max((r for _, r in s["evals"]), default=float("nan"))
-            lines.append(f"| {s['seed']} | {steps} | {best:.0f} | {s['wall_s']:.0f} |")
+            mse = f"{s['val_mse'][-1][1]:.4f}" if s.get("val_mse") else "-"
+            lines.append(f"| {s['seed']} | {steps} | {best:.0f} | {s['wall_s']:.0f} | {mse} |")
         return "\n".join(lines)
 
     def summary(self) -> str:
@@ -205,6 +220,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--horizon", type=int, default=1)
     p.add_argument("--model-updates-per-step", type=int, default=1)
     p.add_argument("--termination-fn", default="learners.termination:inverted_pendulum")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="matmul precision of the policy learner, and with --dyna of the world-model learner and "
+                        "imagination (policy.precision, world_model.precision, imagination.precision; default auto)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="PolicyConfig fields (YAML values), over the dataclass's defaults")
     add_json_option(p)
@@ -230,8 +248,10 @@ def run(args: argparse.Namespace) -> int:
     report = Report(settings, machine("torch", "gymnasium", "mujoco", torch_threads=1))
     for seed in args.seeds:
         evals: list[tuple[int, float]] = []
+        validations: list[tuple[int, float]] = []
         start = time.monotonic()
-        steps = steps_to_target(args, seed, evals)
-        report.seeds.append({"seed": seed, "steps": steps, "evals": evals, "wall_s": time.monotonic() - start})
+        steps = steps_to_target(args, seed, evals, validations)
+        report.seeds.append({"seed": seed, "steps": steps, "evals": evals, "val_mse": validations,
+                             "wall_s": time.monotonic() - start})
     finish(report.machine)
     return write_report(report, f"{report.summary()}. One torch thread; {load_averages(report.machine)}", args.json)

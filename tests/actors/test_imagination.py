@@ -204,3 +204,15 @@ def test_rollout_with_a_world_model_records_its_disagreement():
     expected = model.predict(obs, torch.full((5, 1), 0.5))["disagreement"]
     torch.testing.assert_close(out["disagreement"], expected)
     assert (out["disagreement"] > 0).all()
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_worker_runs_its_policy_and_model_at_the_configured_precision(precision, dtype):
+    from learners import Policy
+
+    model_config = WorldModelConfig(ensemble_size=3, num_elites=2, hidden_sizes=(16,), device="cpu")
+    worker = ImaginationWorker(
+        ImaginationConfig(precision=precision), RecordingReplay(), StaticWeights(), StaticWeights(),
+        lambda: Policy(2, 1, -1.0, 1.0, (16,)), lambda: WorldModel(2, 1, model_config),
+    )
+    assert worker._policy.dtype == dtype and worker._model.dtype == dtype

@@ -12,7 +12,7 @@ from system.config import ConfigError, load_config
 
 O, A = 3, 2
 LOW, HIGH = np.array([-2.0, 0.0]), np.array([2.0, 1.0])
-SMALL = dict(hidden_sizes=(32, 32), device="cpu")
+SMALL = dict(hidden_sizes=(32, 32), device="cpu", precision="fp32")  # the maths checks: fp32 on any CPU
 
 
 def make_learner(seed=0, **overrides):
@@ -381,3 +381,62 @@ def test_policy_config_accepts_list_hidden_sizes():
     config = PolicyConfig(hidden_sizes=[64, 64])
     assert config.hidden_sizes == (64, 64)
     assert dataclasses.replace(config, gamma=0.9).gamma == 0.9
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+@pytest.fixture
+def cpu_bf16(monkeypatch):
+    """Set what ``learners._common.cpu_has_bf16_matmul`` reports (this machine's answer is restored after)."""
+    import learners._common as common
+
+    def set_answer(value: bool) -> None:
+        monkeypatch.setattr(common, "_CPU_BF16", value)
+
+    return set_answer
+
+
+def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_matrix_units(cpu_bf16):
+    from learners._common import resolve_precision
+
+    cpu_bf16(True)
+    assert make_learner(precision="auto").dtype == torch.bfloat16
+    assert resolve_precision("auto", torch.device("cuda")) == torch.float32
+    cpu_bf16(False)
+    assert make_learner(precision="auto").dtype == torch.float32
+    assert make_learner(precision="bf16").dtype == torch.bfloat16
+    assert PolicyConfig().precision == "fp32"  # until bf16 is shown to learn as well (docs/benchmarks.md)
+
+
+def test_policy_config_rejects_an_unknown_precision():
+    with pytest.raises(ConfigError, match=re.escape("policy.precision='fp16': expected 'auto', 'fp32' or 'bf16'")):
+        load_config([], ["policy.precision=fp16"])
+
+
+def test_bf16_update_matches_fp32_losses_within_bf16_rounding_and_keeps_fp32_weights():
+    batch = make_batch(rows=128, seed=3)
+    fp32, bf16 = make_learner(seed=1, precision="fp32"), make_learner(seed=1, precision="bf16")
+    expected, got = fp32.update(batch), bf16.update(batch)
+    for key in ("critic_loss", "actor_loss", "alpha_loss", "entropy", "q_mean"):
+        assert got[key] == pytest.approx(expected[key], rel=0.05, abs=0.02), key
+    assert "skipped" not in got and bf16.num_updates == 1
+    assert all(p.dtype == torch.float32 for p in [*bf16.actor.parameters(), *bf16.critic.parameters()])
+    for a, b in zip(fp32.critic.parameters(), bf16.critic.parameters()):  # the same Adam step, up to rounding
+        torch.testing.assert_close(a, b, rtol=0.0, atol=5e-3)
+
+
+def test_policy_in_bf16_acts_like_fp32_within_rounding():
+    learner = make_learner(seed=2, precision="fp32")
+    policy = Policy(O, A, LOW, HIGH, SMALL["hidden_sizes"], seed=0)
+    policy.load_state(learner.policy_state())
+    obs = torch.randn(64, O)
+    expected = policy.act_tensor(obs, deterministic=True)
+    policy.set_dtype(torch.bfloat16)
+    got = policy.act_tensor(obs, deterministic=True)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0.0, atol=0.05)
+    policy.load_state(learner.policy_state())  # the dtype stays across new weights
+    torch.testing.assert_close(policy.act_tensor(obs, deterministic=True), got)
+    with pytest.raises(ValueError, match="expected torch.float32 or torch.bfloat16"):
+        policy.set_dtype(torch.float16)

@@ -17,7 +17,8 @@ from system.config import ConfigError, config_from_dict
 
 O, A, E = 4, 2, 4
 CONFIG = WorldModelConfig(
-    ensemble_size=E, num_elites=3, hidden_sizes=(64, 64), lr=3e-3, validate_every=100, device="cpu"
+    ensemble_size=E, num_elites=3, hidden_sizes=(64, 64), lr=3e-3, validate_every=100, device="cpu",
+    precision="fp32",  # the maths checks: fp32 on any CPU
 )
 _RNG = np.random.default_rng(0)
 DRIFT = _RNG.normal(size=(O, O)).astype(np.float32) * 0.1
@@ -452,3 +453,25 @@ def test_termination_function_of_the_wrong_shape_is_reported():
     model = WorldModel(O, A, dataclasses.replace(CONFIG, termination_fn=f"{__name__}:wrong_shape"))
     with pytest.raises(ValueError, match=r"termination_fn '.*:wrong_shape' returned shape \(8, 1\), expected \(8,\)"):
         model.step(torch.zeros(8, O), torch.zeros(8, A))
+
+
+def test_bf16_world_model_learns_and_predicts_like_fp32_within_rounding():
+    task = LinearTask(seed=5)
+    fp32 = WorldModelLearner(O, A, CONFIG, seed=0)
+    bf16 = WorldModelLearner(O, A, dataclasses.replace(CONFIG, precision="bf16"), seed=0)
+    assert bf16.dtype == torch.bfloat16
+    for _ in range(30):
+        batch = task.batch(128)
+        expected, got = fp32.update(batch), bf16.update(batch)
+    assert got["loss"] == pytest.approx(expected["loss"], rel=0.1, abs=0.05)
+    assert all(p.dtype == torch.float32 for p in bf16.dynamics.parameters())
+    model = WorldModel(O, A, CONFIG)
+    model.load_state(bf16.model_state())
+    obs, action = torch.randn(300, O), torch.randn(300, A)
+    expected = model.predict(obs, action)["mean"]
+    model.set_dtype(torch.bfloat16)
+    got = model.predict(obs, action)["mean"]
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)
+    step = model.step(obs, action)
+    assert step.next_obs.dtype == torch.float32 and torch.isfinite(step.next_obs).all()

@@ -27,7 +27,7 @@ def test_bench_sac_ours_only_when_sb3_is_missing(tmp_path, capsys, monkeypatch):
     assert "pip install stable-baselines3" in captured.err
     assert HEADER in captured.out
     rows = table_rows(captured.out, "5 x 2")
-    assert [r[1] for r in rows] == ["twin", "redq", "layernorm"]
+    assert [r[1] for r in rows] == ["twin", "twin_bf16", "redq", "redq_bf16", "layernorm"]
     for row in rows:
         assert len(row) == 10
         assert number(row[2]) > 0 and number(row[3]) > 0 and number(row[8]) > 0 and number(row[9]) > 0
@@ -37,7 +37,7 @@ def test_bench_sac_ours_only_when_sb3_is_missing(tmp_path, capsys, monkeypatch):
 
     report = json.loads(out_json.read_text())
     assert report["sb3_error"] and not report["settings"]["sb3"] and not report["targets"]
-    assert [r["implementation"] for r in report["rates"]] == ["ours"] * 3
+    assert [r["implementation"] for r in report["rates"]] == ["ours"] * 5
     assert all(len(r["wall"]) == len(r["cpu"]) == 2 for r in report["rates"])
     assert report["machine"]["torch_threads"] == 1 and report["peak"]["gflops_cpu"] > 0
 
@@ -73,7 +73,8 @@ def test_update_flops_counts_forward_and_backward_matmuls():
 
 @pytest.mark.parametrize("args, message", [
     (["--dims", "17"], "expected comma-separated OBSxACTION sizes"),
-    (["--variants", "twin,quad"], "expected a comma-separated list of ['twin', 'redq', 'layernorm']"),
+    (["--variants", "twin,quad"],
+     "expected a comma-separated list of ['twin', 'twin_bf16', 'redq', 'redq_bf16', 'layernorm']"),
     (["--updates", "0"], "expected a positive integer"),
 ])
 def test_bench_sac_bad_arguments_exit_2(args, message, capsys):
