@@ -11,6 +11,7 @@
     dynaray bench sac [--dims 17x6,11x3] [--variants twin,redq,layernorm] [--updates N] [--rounds R] [--no-sb3]
     dynaray bench components | planner | cold-replay | sac-to-target | time-to-target ...   (docs/benchmarks.md)
     dynaray replay export RUN_DIR --to DIR | import DATASET --to REPLAY_DIR | inspect RUN_DIR   (docs/replay.md)
+    dynaray collect --env ID --steps N --to DIR [--policy RUN_DIR] [--noise S]   (docs/offline.md)
 
 Bad input (config, env id, checkpoint) ends in one line on stderr and a non-zero exit code, with no Ray
 processes left behind.
@@ -252,12 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seed for the eval env resets")
     p.set_defaults(func=evaluate)
 
-    from system import bench, plot_cli, status_cli
+    from system import bench, collect_cli, plot_cli, status_cli
 
     bench.register(verbs)  # dynaray bench replay | rollout | sac | imagination | ... (system/bench/__init__.py)
     register_replay_verbs(verbs)  # dynaray replay export|import|inspect
     status_cli.register(verbs)  # dynaray status
     plot_cli.register(verbs)  # dynaray plot
+    collect_cli.register(verbs)  # dynaray collect
     return parser
 
 
