@@ -150,7 +150,7 @@ def _arrow_to_numpy(path: str, name: str, column: pa.ChunkedArray) -> np.ndarray
 
 
 def _check_finite(path: str, name: str, values: np.ndarray) -> None:
-    if values.dtype.kind != "f" or values.ndim == 0:
+    if values.dtype.kind != "f" or values.ndim == 0 or values.size == 0:
         return
     finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if not finite.all():

@@ -1,6 +1,7 @@
 """``dynaray``: train and evaluate.
 
     dynaray train [PRESET ...] [key=value ...] [--address ADDR]
+    dynaray train offline DATASET [PRESET ...] [key=value ...] [--init RUN_DIR]   (docs/offline.md)
     dynaray eval RUN_DIR [--episodes N]
     dynaray scale rollout=N [imagination=M] [--run NAME] [--address ADDR]
     dynaray status [--run NAME] [--address ADDR] [--runs-dir DIR]
@@ -63,6 +64,7 @@ def train(args: argparse.Namespace) -> int:
     presets = [a for a in args.items if "=" not in a]
     overrides = [a for a in args.items if "=" in a]
     try:
+        presets, overrides = _offline_items(presets, overrides, args.init)
         config = load_config(presets, overrides)
         if args.address:
             config = replace(config, ray=replace(config.ray, address=args.address))
@@ -89,6 +91,7 @@ def train(args: argparse.Namespace) -> int:
     run_dir.create(config)
     try:
         gateway_tokens = _gateway_tokens(config, run_dir.path)
+        offline_data = _offline_data(config, spec, run_dir)
     except ValueError as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
     show = progress_printer(config.run.total_env_steps) if config.run.progress else None
@@ -105,7 +108,13 @@ def train(args: argparse.Namespace) -> int:
         print(f"dynaray: placement:\n{describe_placement(placement)}", file=sys.stderr)
         if system.gateway is not None:
             print(f"dynaray: ingest gateway at {get(system.gateway.url.remote())} (docs/gateway.md)", file=sys.stderr)
-        summary = Driver(config, spec, system, run_dir, on_report=show, placement=placement).run()
+        if offline_data is None:
+            summary = Driver(config, spec, system, run_dir, on_report=show, placement=placement).run()
+        else:
+            from system.offline_driver import OfflineDriver
+
+            summary = OfflineDriver(config, spec, system, run_dir, offline_data, on_report=show,
+                                    placement=placement).run()
     except (RoleError, PlacementError, ClusterVersionError) as exc:
         return _fail(str(exc), EXIT_FAILED)
     except RayActorError as exc:
@@ -128,12 +137,66 @@ def train(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             return _fail(f"could not copy the run directory to {config.run.upload_to}: {exc}", EXIT_FAILED)
     best = "-" if summary.best_eval_return is None else f"{summary.best_eval_return:.1f}"
+    if offline_data is not None:
+        print(f"dynaray: offline: {_offline_line(run_dir.path)}")
     print(
         f"dynaray: done ({summary.stopped_because}): {summary.env_steps} env steps in {summary.wall_time_s:.0f} s, "
         f"best eval return {best}, policy version {summary.policy_version}\n"
         f"dynaray: results in {summary.run_dir}"
     )
     return 0
+
+
+def _offline_items(presets: list[str], overrides: list[str], init: str | None) -> tuple[list[str], list[str]]:
+    """``dynaray train offline DATASET [PRESET ...]``: the dataset (the one item that is neither a preset nor a
+    key=value) becomes ``offline.dataset``, ``--init RUN_DIR`` ``offline.init_from`` (and no cloning), and the
+    ``offline`` preset overlays after the others (a mode, over an env's preset)."""
+    from system.config import ConfigError, available_presets
+
+    if "offline" not in presets:
+        if init:
+            raise ConfigError(f"--init {init!r}: expected the offline preset (dynaray train offline DATASET --init ...)")
+        return presets, overrides
+    known = set(available_presets())
+    datasets = [p for p in presets if p not in known and not p.endswith((".yaml", ".yml"))]
+    if len(datasets) > 1:
+        raise ConfigError(f"offline: one dataset expected, got {len(datasets)}: {', '.join(datasets)}")
+    overlays = [p for p in presets if p not in datasets and p != "offline"] + ["offline"]
+    extra = [f"offline.dataset={datasets[0]}"] if datasets else []
+    if init:
+        extra += [f"offline.init_from={init}", "policy.bc_init_updates=0"]
+    return overlays, extra + overrides
+
+
+def _offline_data(config, spec, run_dir):
+    """Offline mode: the dataset checked and imported into the run's replay directory (None online)."""
+    if not config.offline.enabled:
+        return None
+    from replay.schema import SchemaError
+    from replay.stored import OfflineError
+    from system.offline import OfflineDataError, prepare_dataset
+
+    if config.offline.init_from:
+        from system.run_dir import CheckpointError, RunDir
+
+        try:
+            RunDir(config.offline.init_from).load_state("actor")
+        except (CheckpointError, OSError) as exc:
+            raise ValueError(f"--init: {exc}") from None
+    try:
+        return prepare_dataset(config, spec, str(run_dir.replay_directory(config)))
+    except (OfflineDataError, OfflineError, SchemaError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _offline_line(run_path: Path) -> str:
+    import json
+
+    summary = json.loads((run_path / "offline.json").read_text())
+    returns = ", ".join(f"{phase} {value:.1f}" for phase, value in summary["eval_return"].items())
+    return (f"{summary['policy_updates']} policy updates, {summary['training_env_steps']} training env steps, "
+            f"{summary['eval_env_steps']} eval env steps; dataset return {summary['dataset']['behaviour_return']:.1f}"
+            f"; eval return {returns or '-'}")
 
 
 def _gateway_tokens(config, run_path: Path) -> tuple:
@@ -238,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="PRESET|key=value",
                    help="presets overlaid on the defaults in order, then key=value overrides (e.g. seed=3)")
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--init", default=None, metavar="RUN_DIR",
+                   help="offline mode: start the policy from this run's actor instead of behaviour cloning")
     p.set_defaults(func=train)
 
     p = verbs.add_parser("scale", help="change the number of rollout or imagination workers of a running system")
