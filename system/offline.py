@@ -59,7 +59,6 @@ def offline_problem(config: Any) -> str | None:
         return "rollout.num_workers=0: expected >= 1 (0 only with offline.enabled=true)" \
             if config.rollout.num_workers == 0 else None
     rules = [
-        (bool(offline.dataset), f"offline.dataset={offline.dataset!r}: expected a dataset path"),
         (config.rollout.num_workers == 0,
          f"rollout.num_workers={config.rollout.num_workers}: expected 0 with offline.enabled=true"),
         (config.world_model.enabled, "world_model.enabled=false: expected true with offline.enabled=true"),
@@ -111,6 +110,8 @@ def prepare_dataset(config: Any, spec: Any, replay_dir: str) -> OfflineData:
     from replay.importer import import_dataset
 
     source = config.offline.dataset
+    if not source:
+        raise OfflineDataError("offline.dataset='': expected a dataset path (dynaray train offline DATASET)")
     dataset = load_dataset(source)
     if dataset.rows == 0:
         raise OfflineDataError(f"dataset {source!r} has no rows; expected at least one transition")

@@ -147,6 +147,8 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "column 'obs' has shape (3,) per row, expected (4,)" in err[0]
     assert main(["train", "offline", "pendulum", str(data), str(data) + "x", f"run.runs_dir={tmp_path}"]) == 2
     assert "one dataset expected, got 2" in capsys.readouterr().err
+    assert main(["train", "offline", "pendulum", f"run.runs_dir={tmp_path}"]) == 2
+    assert "offline.dataset='': expected a dataset path" in capsys.readouterr().err
     assert main(["train", "debug", "--init", str(tmp_path)]) == 2
     assert "expected the offline preset" in capsys.readouterr().err
     assert main(["train", "offline", "pendulum", str(data), f"run.runs_dir={tmp_path}", "--init",
@@ -155,7 +157,6 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["offline.dataset="], "offline.dataset='': expected a dataset path"),
     (["offline.dataset=x", "rollout.num_workers=1"], "rollout.num_workers=1: expected 0 with offline.enabled=true"),
     (["offline.dataset=x", "policy.real_ratio=0.5"], "policy.real_ratio=0.5: expected 0"),
     (["offline.dataset=x", "world_model.early_stop_patience=0"], "world_model.early_stop_patience=0: expected >= 1"),
