@@ -441,7 +441,8 @@ class SACLearner:
     def bc_update(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """One behaviour-cloning step of the actor on ``batch``'s (obs, action): maximise the tanh-Gaussian
         log-likelihood of the data actions (their mean and spread, the log std down to :data:`BC_LOG_STD_MIN`),
-        actions clipped to 0.999 of the box so that their pre-tanh value stays finite. The critics and the temperature are not touched.
+        actions clipped to 0.999 of the box so that their pre-tanh value stays finite. The critics and the
+        temperature are not touched.
 
         Returns ``bc_loss`` (negative mean log-likelihood), ``bc_action_mse`` (deterministic action vs data, env
         units) and ``actor_grad_norm``; a non-finite loss or gradient changes nothing (``skipped: 1.0``).

@@ -1,4 +1,4 @@
-"""Offline datasets for ``dynaray replay import``: Parquet, D4RL and Minari (``.npz`` files or a dataset), in memory.
+"""Offline datasets for ``dynaray replay import``: Parquet, D4RL and Minari (files or a dataset), in memory.
 
 :func:`load_dataset` reads a file or a directory of files of one kind (in natural order: ``episode-2.npz`` before
 ``episode-10.npz``) into a :class:`Dataset`: the :data:`DATA_COLUMNS`, rows grouped by episode, and each row's

@@ -155,7 +155,8 @@ def _offline_items(presets: list[str], overrides: list[str], init: str | None) -
 
     if "offline" not in presets:
         if init:
-            raise ConfigError(f"--init {init!r}: expected the offline preset (dynaray train offline DATASET --init ...)")
+            raise ConfigError(f"--init {init!r}: expected the offline preset "
+                              f"(dynaray train offline DATASET ... --init RUN_DIR)")
         return presets, overrides
     known = set(available_presets())
     datasets = [p for p in presets if p not in known and not p.endswith((".yaml", ".yml"))]

@@ -163,10 +163,12 @@ def collect_command(args: argparse.Namespace) -> int:
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add the ``collect`` verb to the CLI's verbs."""
     p = verbs.add_parser("collect", help="write an offline dataset (Parquet and Minari) from a behaviour policy")
-    p.add_argument("--env", default=None, help="gymnasium id (default: the --policy run's env, else InvertedPendulum-v5)")
+    p.add_argument("--env", default=None,
+                   help="gymnasium id (default: the --policy run's env, else InvertedPendulum-v5)")
     p.add_argument("--steps", type=int, required=True, help="transitions to record")
     p.add_argument("--to", required=True, metavar="DIR", help="a new or empty directory for the dataset")
-    p.add_argument("--policy", default=None, metavar="RUN_DIR", help="behaviour: this run's checkpoint (default random)")
+    p.add_argument("--policy", default=None, metavar="RUN_DIR",
+                   help="behaviour: this run's checkpoint (default random)")
     p.add_argument("--noise", type=float, default=0.0,
                    help="Gaussian action noise, times the action half-range, added to the policy's action")
     p.add_argument("--stochastic", action="store_true", help="sample from the policy instead of its mean action")

@@ -10,8 +10,8 @@ from the frozen model's holdout calibration (:func:`conservatism_from_calibratio
 ``offline.total_updates`` policy updates. The real env is used only by the evaluators; every eval env step is
 counted (``eval_env_steps_total``) and none is ever training data.
 
-Phases, as ``system.offline_driver.OfflineDriver`` drives them: ``fit`` (model fitting and behaviour cloning side by side) ->
-``refine`` (imagination and SAC, once both ended) -> stop.
+Phases, as ``system.offline_driver.OfflineDriver`` drives them: ``fit`` (model fitting and behaviour cloning side
+by side) -> ``refine`` (imagination and SAC, once both ended) -> stop.
 """
 
 from __future__ import annotations
