@@ -86,6 +86,7 @@ def test_policy_is_cloned_then_refined_only_on_imagined_rows(offline_run):
     # every eval env step is counted, none is training data: one 50-step episode per evaluation
     assert summary_file["eval_env_steps"] == 50 * len(summary_file["evals"])
     assert rows[-1]["eval_env_steps_total"] == summary_file["eval_env_steps"]
+    assert rows[-1]["eval_return_mean"] == pytest.approx(summary_file["evals"][-1]["return_mean"])
     assert (run_dir.path / "learning_curve.png").is_file() and (run_dir.path / "checkpoint" / "actor.pt").is_file()
 
 
