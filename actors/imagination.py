@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import MISSING, dataclass, field, fields, make_dataclass
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -272,6 +272,15 @@ class ImaginationWorker:
     def flush(self) -> None:
         """Wait until replay has acknowledged every transition written so far."""
         self._replay.flush()
+
+    def set_conservatism(self, penalty_scale: float, max_disagreement: float) -> None:
+        """Use this uncertainty penalty and truncation threshold from now on (offline mode sets them from the frozen
+        model's calibration)."""
+        if not (penalty_scale >= 0 and max_disagreement > 0) or math.isnan(penalty_scale):
+            raise ValueError(f"set_conservatism(penalty_scale={penalty_scale}, max_disagreement={max_disagreement}): "
+                             f"expected penalty_scale >= 0 and max_disagreement > 0")
+        self.config = replace(self.config, penalty_scale=float(penalty_scale),
+                              max_disagreement=float(max_disagreement))
 
     def _imagine(self, starts: dict[str, np.ndarray], horizon: int, report: _Tally) -> None:
         obs = torch.as_tensor(starts["obs"], dtype=torch.float32)

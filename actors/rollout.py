@@ -30,8 +30,8 @@ RANDOM_POLICY_VERSION = -1
 class RolloutConfig:
     """Rollout workers. ``metadata["check"]`` declares a field's constraint (checked by ``system.config``)."""
 
-    num_workers: int = field(default=1, metadata={"check": ">= 1"})
-    """Rollout worker actors."""
+    num_workers: int = field(default=1, metadata={"check": ">= 0", "note": "0: offline mode only"})
+    """Rollout worker actors (0 only in offline mode, ``offline.enabled``)."""
     envs_per_worker: int = field(default=1, metadata={"check": ">= 1"})
     """Env copies in each worker's vector env (one batched policy forward per vector step)."""
     vector_mode: str = field(default="sync", metadata={"check": ("sync", "async")})

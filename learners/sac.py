@@ -39,6 +39,9 @@ from learners.networks import EnsembleLayerNorm, EnsembleLinear, EnsembleMLP, ml
 
 LOG_STD_MIN = -20.0
 LOG_STD_MAX = 2.0
+BC_LOG_STD_MIN = -3.0
+"""Behaviour cloning fits the log std down to this floor only (std 0.05 before tanh): on deterministic data the
+likelihood would drive it down without end, and its gradients up with it."""
 _LOG_2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _BATCH_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
@@ -105,6 +108,9 @@ class PolicyConfig:
     corrects the sampling bias fully, 0 not at all."""
     priority_eps: float = field(default=1e-6, metadata={"check": "> 0"})
     """Added to |TD error| so that no row's priority is 0 (it would never be drawn again)."""
+    bc_init_updates: int = field(default=0, metadata={"check": ">= 0", "note": "0: none"})
+    """Offline mode (read by ``system/``): the policy's first updates are this many behaviour-cloning updates
+    (``SACLearner.bc_update``) on dataset rows, before any SAC update."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
@@ -387,8 +393,11 @@ class SACLearner:
         weights = torch.from_numpy(np.ascontiguousarray(weights)).to(self.device, non_blocking=True)
         return weights / weights.max()
 
-    def update(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    def update(self, batch: Mapping[str, np.ndarray], update_actor: bool = True) -> dict[str, Any]:
         """One SAC update on ``batch`` (columns per docs/architecture.md; extra columns ignored).
+
+        ``update_actor=False`` steps only the critics (and their targets): the actor and the temperature stay as
+        they are (a critic warm-up, e.g. after behaviour cloning).
 
         Returns the metrics (floats); if any loss or gradient norm is non-finite no parameter changes, the metrics
         carry ``skipped: 1.0`` and ``nonfinite_streak`` grows. With ``config.prioritized`` each row's squared TD
@@ -442,10 +451,49 @@ class SACLearner:
         for param, grad in zip([*critic_params, *actor_params, self.log_alpha], grads):
             param.grad = grad
         self.critic_optimizer.step()
-        self.actor_optimizer.step()
-        self.alpha_optimizer.step()
+        if update_actor:
+            self.actor_optimizer.step()
+            self.alpha_optimizer.step()
         with torch.no_grad():
             torch._foreach_lerp_(self._target_params, critic_params, self.config.tau)
+        self.num_updates += 1
+        self.nonfinite_streak = 0
+        return metrics
+
+    def bc_update(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """One behaviour-cloning step of the actor on ``batch``'s (obs, action): maximise the tanh-Gaussian
+        log-likelihood of the data actions (their mean and spread, the log std down to :data:`BC_LOG_STD_MIN`),
+        actions clipped to 0.999 of the box so that their pre-tanh value stays finite. The critics and the
+        temperature are not touched.
+
+        Returns ``bc_loss`` (negative mean log-likelihood), ``bc_action_mse`` (deterministic action vs data, env
+        units) and ``actor_grad_norm``; a non-finite loss or gradient changes nothing (``skipped: 1.0``).
+        """
+        obs = torch.as_tensor(np.asarray(batch["obs"]), dtype=torch.float32, device=self.device)
+        action = torch.as_tensor(np.asarray(batch["action"]), dtype=torch.float32, device=self.device)
+        obs, action = obs.reshape(len(obs), self.obs_dim), action.reshape(len(action), self.act_dim)
+        actor = self.actor
+        unit = ((action - actor.action_bias) / actor.action_scale).clamp(-0.999, 0.999)
+        pre_tanh = torch.atanh(unit)
+        mean, log_std = actor.trunk(obs).chunk(2, dim=-1)
+        log_std = log_std.clamp(BC_LOG_STD_MIN, LOG_STD_MAX)
+        noise = (pre_tanh - mean) / log_std.exp()
+        log_det_tanh = (2.0 * (_LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+        log_prob = (-0.5 * noise.pow(2) - log_std - _HALF_LOG_2PI).sum(-1) - log_det_tanh
+        loss = -log_prob.mean()
+        grads = torch.autograd.grad(loss, self._actor_params)
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        with torch.no_grad():
+            deterministic = torch.tanh(mean) * actor.action_scale + actor.action_bias
+            mse = (deterministic - action).pow(2).mean()
+        values = torch.stack([loss.detach(), mse, grad_norm]).tolist()
+        metrics = dict(zip(("bc_loss", "bc_action_mse", "actor_grad_norm"), values))
+        if not all(math.isfinite(v) for v in values):
+            self.nonfinite_streak += 1
+            return {**metrics, "skipped": 1.0}
+        for param, grad in zip(self._actor_params, grads):
+            param.grad = grad
+        self.actor_optimizer.step()
         self.num_updates += 1
         self.nonfinite_streak = 0
         return metrics

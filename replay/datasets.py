@@ -1,4 +1,4 @@
-"""Offline datasets for ``dynaray replay import``: Parquet, D4RL ``.npz`` and Minari ``.npz``, read into memory.
+"""Offline datasets for ``dynaray replay import``: Parquet, D4RL and Minari (files or a dataset), in memory.
 
 :func:`load_dataset` reads a file or a directory of files of one kind (in natural order: ``episode-2.npz`` before
 ``episode-10.npz``) into a :class:`Dataset`: the :data:`DATA_COLUMNS`, rows grouped by episode, and each row's
@@ -15,6 +15,8 @@ episode number and step. Layouts:
   step of every episode is dropped (its next observation is unknown).
 * ``.npz`` per episode in the Minari layout: ``observations`` (T+1 rows), ``actions``, ``rewards``,
   ``terminations`` and ``truncations`` (T rows each).
+* A Minari dataset directory (``<id>/`` or ``<id>/data/`` with ``metadata.json``), read with the ``minari``
+  package's local storage (:mod:`replay.minari_io`).
 
 Shapes and dtypes are checked against the target table by :func:`replay.importer.import_dataset`; here the layout
 is: required columns or arrays, row counts, flags, lists of one length, finite numbers.
@@ -148,7 +150,7 @@ def _arrow_to_numpy(path: str, name: str, column: pa.ChunkedArray) -> np.ndarray
 
 
 def _check_finite(path: str, name: str, values: np.ndarray) -> None:
-    if values.dtype.kind != "f" or values.ndim == 0:
+    if values.dtype.kind != "f" or values.ndim == 0 or values.size == 0:
         return
     finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if not finite.all():
@@ -366,6 +368,10 @@ def load_dataset(source: str) -> Dataset:
     Raises:
         OfflineError: what is wrong, naming the file and the column or array.
     """
+    from replay.minari_io import is_minari_dataset, read_minari
+
+    if is_minari_dataset(source):
+        return read_minari(source)
     kind, paths = _source_files(source)
     if kind == "parquet":
         data, episode, step = _group_episodes(_read_parquet(paths), source)

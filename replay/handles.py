@@ -29,6 +29,14 @@ class _LocalMethod:
         self._fn = fn
 
     def remote(self, *args, **kwargs) -> LocalRef:
+        # as Ray does, a ref passed as an argument itself (not inside a container) arrives as its value
+        refs = [a for a in (*args, *kwargs.values()) if isinstance(a, LocalRef)]
+        failed = next((r.error for r in refs if r.error is not None), None)
+        if failed is not None:
+            return LocalRef(error=failed)
+        if refs:
+            args = tuple(a.value if isinstance(a, LocalRef) else a for a in args)
+            kwargs = {k: v.value if isinstance(v, LocalRef) else v for k, v in kwargs.items()}
         try:
             return LocalRef(self._fn(*args, **kwargs))
         except Exception as exc:  # surfaced by get(), as Ray would

@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = ["ROLES", "RowStamper", "episode_id", "new_writer_id", "writer_index", "writer_role"]
 
-ROLES = {"rollout": 0, "imagination": 1, "gateway": 2, "import": 3}
+ROLES = {"rollout": 0, "imagination": 1, "gateway": 2, "import": 3, "collect": 4}
 """Role numbers of the writers of replay rows."""
 INDEX_BITS, ROLE_BITS, INCARNATION_BITS, EPISODE_BITS = 12, 4, 23, 24
 

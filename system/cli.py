@@ -2,6 +2,7 @@
 
     dynaray train [PRESET ...] [key=value ...] [--address ADDR]
     dynaray train --resume RUN_DIR [key=value ...] [--address ADDR]
+    dynaray train offline DATASET [PRESET ...] [key=value ...] [--init RUN_DIR]   (docs/offline.md)
     dynaray eval RUN_DIR [--episodes N]
     dynaray scale rollout=N [imagination=M] [--run NAME] [--address ADDR]
     dynaray status [--run NAME] [--address ADDR] [--runs-dir DIR]
@@ -12,6 +13,7 @@
     dynaray bench sac [--dims 17x6,11x3] [--variants twin,redq,layernorm] [--updates N] [--rounds R] [--no-sb3]
     dynaray bench components | planner | cold-replay | sac-to-target | time-to-target ...   (docs/benchmarks.md)
     dynaray replay export RUN_DIR --to DIR | import DATASET --to REPLAY_DIR | inspect RUN_DIR   (docs/replay.md)
+    dynaray collect --env ID --steps N --to DIR [--policy RUN_DIR] [--noise S]   (docs/offline.md)
 
 Bad input (config, env id, checkpoint) ends in one line on stderr and a non-zero exit code, with no Ray
 processes left behind.
@@ -110,6 +112,9 @@ def _resume_config(run_path: str, items: list[str]):
     from system.run_dir import RunDir
 
     config = RunDir(run_path).load_config()
+    if config.offline.enabled:
+        raise ValueError(f"{run_path}: an offline run cannot be resumed yet (its phase, frozen model and conservatism "
+                         f"are not in its checkpoint); start it again, or from its actor with --init")
     data = to_dict(config)
     for item in items:
         if "=" not in item:
@@ -154,6 +159,7 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
         if args.resume:
             config = _resume_config(args.resume, args.items)
         else:
+            presets, overrides = _offline_items(presets, overrides, args.init)
             config = load_config(presets, overrides)
         if args.address:
             config = replace(config, ray=replace(config.ray, address=args.address))
@@ -190,6 +196,7 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     try:
         run_dir.create(config)
         gateway_tokens = _gateway_tokens(config, run_dir.path)
+        offline_data = _offline_data(config, spec, run_dir)
     except ValueError as exc:
         lock.release()
         return _fail(str(exc), EXIT_BAD_INPUT)
@@ -211,7 +218,14 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
         print(f"dynaray: placement:\n{describe_placement(placement)}", file=sys.stderr)
         if system.gateway is not None:
             print(f"dynaray: ingest gateway at {get(system.gateway.url.remote())} (docs/gateway.md)", file=sys.stderr)
-        driver = Driver(config, spec, system, run_dir, on_report=show, placement=placement, resume=found, lock=lock)
+        if offline_data is None:
+            driver = Driver(config, spec, system, run_dir, on_report=show, placement=placement, resume=found,
+                            lock=lock)
+        else:
+            from system.offline_driver import OfflineDriver
+
+            driver = OfflineDriver(config, spec, system, run_dir, offline_data, on_report=show, placement=placement,
+                                   lock=lock)
         signals.driver = driver
         summary = driver.run()
         signals.driver = None
@@ -236,6 +250,8 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
         except (OSError, ValueError) as exc:
             return _fail(f"could not copy the run directory to {config.run.upload_to}: {exc}", EXIT_FAILED)
     best = "-" if summary.best_eval_return is None else f"{summary.best_eval_return:.1f}"
+    if offline_data is not None:
+        print(f"dynaray: offline: {_offline_line(run_dir.path)}")
     print(
         f"dynaray: done ({summary.stopped_because}): {summary.env_steps} env steps in {summary.wall_time_s:.0f} s, "
         f"best eval return {best}, policy version {summary.policy_version}\n"
@@ -246,6 +262,59 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
               f"`dynaray train --resume {run_dir.path}`", file=sys.stderr)
         return 128 + signals.received
     return 0
+
+
+def _offline_items(presets: list[str], overrides: list[str], init: str | None) -> tuple[list[str], list[str]]:
+    """``dynaray train offline DATASET [PRESET ...]``: the dataset (the one item that is neither a preset nor a
+    key=value) becomes ``offline.dataset``, ``--init RUN_DIR`` ``offline.init_from`` (and no cloning), and the
+    ``offline`` preset overlays after the others (a mode, over an env's preset)."""
+    from system.config import ConfigError, available_presets
+
+    if "offline" not in presets:
+        if init:
+            raise ConfigError(f"--init {init!r}: expected the offline preset "
+                              f"(dynaray train offline DATASET ... --init RUN_DIR)")
+        return presets, overrides
+    known = set(available_presets())
+    datasets = [p for p in presets if p not in known and not p.endswith((".yaml", ".yml"))]
+    if len(datasets) > 1:
+        raise ConfigError(f"offline: one dataset expected, got {len(datasets)}: {', '.join(datasets)}")
+    overlays = [p for p in presets if p not in datasets and p != "offline"] + ["offline"]
+    extra = [f"offline.dataset={datasets[0]}"] if datasets else []
+    if init:
+        extra += [f"offline.init_from={init}", "policy.bc_init_updates=0"]
+    return overlays, extra + overrides
+
+
+def _offline_data(config, spec, run_dir):
+    """Offline mode: the dataset checked and imported into the run's replay directory (None online)."""
+    if not config.offline.enabled:
+        return None
+    from replay.schema import SchemaError
+    from replay.stored import OfflineError
+    from system.offline import OfflineDataError, prepare_dataset
+
+    if config.offline.init_from:
+        from system.run_dir import CheckpointError, RunDir
+
+        try:
+            RunDir(config.offline.init_from).load_state("actor")
+        except (CheckpointError, OSError) as exc:
+            raise ValueError(f"--init: {exc}") from None
+    try:
+        return prepare_dataset(config, spec, str(run_dir.replay_directory(config)))
+    except (OfflineDataError, OfflineError, SchemaError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _offline_line(run_path: Path) -> str:
+    import json
+
+    summary = json.loads((run_path / "offline.json").read_text())
+    returns = ", ".join(f"{phase} {value:.1f}" for phase, value in summary["eval_return"].items())
+    return (f"{summary['policy_updates']} policy updates, {summary['training_env_steps']} training env steps, "
+            f"{summary['eval_env_steps']} eval env steps; dataset return {summary['dataset']['behaviour_return']:.1f}"
+            f"; eval return {returns or '-'}")
 
 
 def _gateway_tokens(config, run_path: Path) -> tuple:
@@ -375,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its newest checkpoint, with its saved config (key=value "
                         "overrides only for run.total_env_steps, worker counts, ray.* and the like; docs/durability.md)")
+    p.add_argument("--init", default=None, metavar="RUN_DIR",
+                   help="offline mode: start the policy from this run's actor instead of behaviour cloning")
     p.set_defaults(func=train)
 
     p = verbs.add_parser("scale", help="change the number of rollout or imagination workers of a running system")
@@ -390,12 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seed for the eval env resets")
     p.set_defaults(func=evaluate)
 
-    from system import bench, plot_cli, status_cli
+    from system import bench, collect_cli, plot_cli, status_cli
 
     bench.register(verbs)  # dynaray bench replay | rollout | sac | imagination | ... (system/bench/__init__.py)
     register_replay_verbs(verbs)  # dynaray replay export|import|inspect
     status_cli.register(verbs)  # dynaray status
     plot_cli.register(verbs)  # dynaray plot
+    collect_cli.register(verbs)  # dynaray collect
     return parser
 
 

@@ -36,6 +36,7 @@ from actors.rollout import RolloutConfig
 from learners.sac import PolicyConfig
 from learners.world_model import WorldModelConfig
 from replay.config import ReplayConfig
+from system.offline import OfflineConfig, offline_problem
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -163,8 +164,13 @@ class SystemConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    """Offline mode: train from a dataset with no rollout workers (system/offline.py, docs/offline.md)."""
 
     def __post_init__(self) -> None:
+        problem = offline_problem(self)
+        if problem:
+            raise ValueError(problem)
         if self.rollout.planner.enabled and not self.world_model.enabled:
             raise ValueError("rollout.planner.enabled=True: expected world_model.enabled=true (the planner scores "
                              "its candidates with the learned world model), got world_model.enabled=false")

@@ -163,7 +163,7 @@ class LearnerLoop:
                 waited += 0.002
                 continue
             batch, parts = ready
-            metrics = self.learner.update(batch)
+            metrics = self._update(batch, parts)
             td_error = metrics.pop("td_error", None)
             if td_error is not None:
                 self._queue_priorities(batch, parts, td_error)
@@ -188,6 +188,11 @@ class LearnerLoop:
         )
         self._metrics.record(report)
         return report
+
+    def _update(self, batch: dict[str, np.ndarray], parts: list[BatchPart]) -> dict[str, Any]:
+        """One learner update on ``batch`` (sampled as ``parts``); a loop whose batches call for different updates
+        (offline mode's behaviour cloning) chooses here."""
+        return self.learner.update(batch)
 
     def _check_finite(self) -> None:
         streak = getattr(self.learner, "nonfinite_streak", 0)

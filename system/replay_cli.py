@@ -261,8 +261,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     c.add_argument("--to", required=True, metavar="DIR", help="a new or empty directory for the Parquet files")
     c.set_defaults(func=export)
 
-    c = commands.add_parser("import", help="load an offline dataset (Parquet, D4RL or Minari .npz) into a table")
-    c.add_argument("source", metavar="DIR", help="a .parquet or .npz file, or a directory of them")
+    c = commands.add_parser("import", help="load an offline dataset (Parquet, D4RL or Minari) into a table")
+    c.add_argument("source", metavar="DIR", help="a .parquet or .npz file, a directory of them, or a Minari dataset")
     c.add_argument("--to", required=True, metavar="REPLAY_DIR",
                    help="the replay directory to write, e.g. runs/offline/replay (train with replay.directory=...)")
     c.add_argument("--table", default="real", help="the table to load into (default real)")

@@ -6,7 +6,8 @@ Layout::
     metrics.parquet        one row per report: env_steps, wall_time_s, eval_return_mean, rates, losses
     evals.parquet          one row per evaluation: env_steps, policy_version, return_mean, return_std, wall_time_s
     checkpoint/            policy.pt, world_model.pt (full learner state), actor.pt (acting weights), meta.json
-    learning_curve.png     eval return vs env steps
+    learning_curve.png     eval return vs env steps (offline mode: vs policy updates)
+    offline.json           offline mode: dataset, calibration, conservatism, eval returns by phase, eval env steps
     placement.json         the node (id, IP) each actor of the run landed on
     replay/                persisted replay tables, shard-<i>/<table>/ (unless replay.directory points elsewhere)
     gateway_token          the ingest gateway's generated token (mode 0600; never copied by upload)
@@ -129,7 +130,7 @@ class RunDir:
             raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt or not a dynaray checkpoint ({type(exc).__name__})") from None
 
     # plot -----------------------------------------------------------------------------------------------------
-    def plot_learning_curve(self, evals: list[dict[str, Any]], title: str) -> Path:
+    def plot_learning_curve(self, evals: list[dict[str, Any]], title: str, xlabel: str = "env steps") -> Path:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -141,7 +142,7 @@ class RunDir:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(steps, mean, marker="o", markersize=3)
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-        ax.set_xlabel("env steps")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("eval return (deterministic)")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -31,6 +31,7 @@ from replay.handles import LocalHandle
 from replay.schema import transition_columns
 from replay.shard import ReplayShard
 from replay.table import TableConfig
+from replay.writers import INDEX_BITS, ROLE_BITS, ROLES
 from system.config import SystemConfig
 from system.control import CONTROL_ACTOR, Control
 from system.loops import BatchPart, LearnerLoop, policy_batch_parts
@@ -56,6 +57,43 @@ class PolicyLoop(LearnerLoop):
                                    config.policy.priority_eps if config.policy.prioritized else None)
         super().__init__("policy", learner, replay, WeightsPublisher(store, "policy", local), parts,
                          config.policy.publish_every, learner.policy_state, local=local, restore_from=restore_from)
+
+
+class OfflinePolicyLoop(PolicyLoop):
+    """Offline mode's policy learner: its first ``policy.bc_init_updates`` batches come from ``real`` (the dataset)
+    for behaviour cloning, every later one only from ``imagined`` for SAC (the first
+    ``offline.critic_warmup_updates`` of them train only the critics); or it starts from ``offline.init_from``'s
+    actor. Every SAC update reports ``refine_real_rows``: rows of its batch that no imagination worker wrote (0)."""
+
+    def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool,
+                 restore_from: str | None = None):
+        super().__init__(config, spec, replay, store, local, restore_from)
+        self._bc_updates = config.policy.bc_init_updates
+        self._warmup = config.offline.critic_warmup_updates
+        batch_size, requested = config.policy.batch_size, [0]
+
+        # dataset rows for cloning, then imagined rows only (waiting for imagination's first rows)
+        def parts() -> list[BatchPart]:
+            requested[0] += 1
+            if requested[0] <= self._bc_updates:
+                return [BatchPart("real", batch_size, "policy")]
+            return [BatchPart("imagined", batch_size, None)]
+
+        self._parts = parts
+        if config.offline.init_from:
+            from system.run_dir import RunDir
+
+            self.learner.actor.load_state_dict(RunDir(config.offline.init_from).load_state("actor"))
+            self.publish_now()
+
+    def _update(self, batch: dict, parts: list[BatchPart]) -> dict:
+        if parts[0].table == "real":
+            return self.learner.bc_update(batch)
+        refined = self.learner.num_updates - self._bc_updates
+        metrics = self.learner.update(batch, update_actor=refined >= self._warmup)
+        roles = (batch["writer_id"] >> INDEX_BITS) & ((1 << ROLE_BITS) - 1)
+        metrics["refine_real_rows"] = float((roles != ROLES["imagination"]).sum())
+        return metrics
 
 
 class WorldModelLoop(LearnerLoop):
@@ -132,7 +170,10 @@ def _policy_real_rows(config: SystemConfig) -> int:
 
 
 def real_table_limiters(config: SystemConfig) -> dict[str, tuple[float, int]]:
-    """Consumer -> (samples per inserted row, min rows), for the whole ``real`` table."""
+    """Consumer -> (samples per inserted row, min rows), for the whole ``real`` table (none offline: the dataset is
+    all there is, and every consumer samples it freely)."""
+    if config.offline.enabled:
+        return {}
     limiters = {"policy": (config.policy.updates_per_step * _policy_real_rows(config), config.policy.learning_starts)}
     if config.world_model.enabled:
         wm = config.world_model
@@ -341,8 +382,10 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     policy_factory = _policy_factory(config, spec)
 
     # Policy learner: samples real (+ imagined) batches from the shards, publishes "policy" to the store; restores
-    # itself from the run's checkpoint (run_path) when there is one.
-    system.policy = make(PolicyLoop, "policy-learner", 0, config, spec, replay_client(config.seed + SEED_POLICY),
+    # itself from the run's checkpoint (run_path) when there is one. Offline mode (offline.enabled): the policy
+    # learner clones the dataset in "real", then samples only "imagined".
+    policy_loop = OfflinePolicyLoop if config.offline.enabled else PolicyLoop
+    system.policy = make(policy_loop, "policy-learner", 0, config, spec, replay_client(config.seed + SEED_POLICY),
                          _named(system, system.store), local, run_path,
                          ray_options=config.placement.policy.ray_options())
 
@@ -354,7 +397,8 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
                                   run_path,
                                   ray_options=config.placement.world_model.ray_options())
 
-    # Rollout workers (build_rollout; a pool that `dynaray scale` resizes): shards and store -> workers.
+    # Rollout workers (build_rollout; a pool that `dynaray scale` resizes): shards and store -> workers. Offline
+    # mode has none (rollout.num_workers=0): its "real" table is the dataset the shards recovered from replay_dir.
     build_rollout(config, spec, system)
 
     # Imagination workers (a pool too): sample start states from "real", write model rollouts to "imagined";

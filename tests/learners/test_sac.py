@@ -440,3 +440,36 @@ def test_policy_in_bf16_acts_like_fp32_within_rounding():
     torch.testing.assert_close(policy.act_tensor(obs, deterministic=True), got)
     with pytest.raises(ValueError, match="expected torch.float32 or torch.bfloat16"):
         policy.set_dtype(torch.float16)
+
+
+def test_behaviour_cloning_reproduces_the_data_policys_actions():
+    """A teacher policy labels states; after cloning, the student's deterministic actions are the teacher's."""
+    config = PolicyConfig(hidden_sizes=(64, 64), actor_lr=3e-3, device="cpu")
+    teacher = Policy(O, A, -2.0, 2.0, (32,), seed=5)
+    student = SACLearner(O, A, -2.0, 2.0, config, seed=0)
+    rng = np.random.default_rng(0)
+    held_out = rng.normal(size=(512, O)).astype(np.float32)
+    before = np.mean((Policy(O, A, -2.0, 2.0, (64, 64), seed=0).act(held_out, True) -
+                      teacher.act(held_out, True)) ** 2)
+    critic_before = [p.detach().clone() for p in student.critic.parameters()]
+    for _ in range(300):
+        obs = rng.normal(size=(128, O)).astype(np.float32)
+        metrics = student.bc_update({"obs": obs, "action": teacher.act(obs, deterministic=True)})
+    assert set(metrics) == {"bc_loss", "bc_action_mse", "actor_grad_norm"} and student.num_updates == 300
+    cloned = Policy(O, A, -2.0, 2.0, (64, 64))
+    cloned.load_state(student.policy_state())
+    after = np.mean((cloned.act(held_out, True) - teacher.act(held_out, True)) ** 2)
+    assert after < 0.02 * before and after < 0.01
+    assert all(torch.equal(a, b) for a, b in zip(critic_before, student.critic.parameters()))
+
+
+def test_critic_only_update_leaves_the_actor_and_temperature():
+    learner = make_learner()
+    actor = [p.detach().clone() for p in learner.actor.parameters()]
+    critic = [p.detach().clone() for p in learner.critic.parameters()]
+    alpha = learner.alpha
+    learner.update(make_batch(), update_actor=False)
+    assert all(torch.equal(a, b) for a, b in zip(actor, learner.actor.parameters())) and learner.alpha == alpha
+    assert not all(torch.equal(a, b) for a, b in zip(critic, learner.critic.parameters()))
+    learner.update(make_batch())
+    assert not all(torch.equal(a, b) for a, b in zip(actor, learner.actor.parameters()))

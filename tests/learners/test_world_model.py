@@ -11,7 +11,8 @@ import torch
 from learners import WorldModel, WorldModelConfig, WorldModelLearner
 from learners.termination import inverted_pendulum
 from learners.world_model import (
-    EnsembleDynamics, RunningNorm, average_ranks, calibration_table, disagreement, holdout_mask, spearman,
+    INTERVAL_LEVELS, EnsembleDynamics, RunningNorm, average_ranks, calibration_table, disagreement,
+    expected_calibration_error, holdout_mask, interval_coverage, mixture_pit, spearman,
 )
 from system.config import ConfigError, config_from_dict
 
@@ -73,7 +74,8 @@ def test_update_metrics_and_validation_schedule(trained):
     assert set(history[98]) == {
         "loss", "nll", "termination_loss", "grad_norm", "val_mse", "val_nll", "val_nll_delta", "val_nll_reward",
         "val_termination_bce", "val_termination_acc", "val_elite_mse", "val_disagreement_mean",
-        "val_disagreement_spearman", "val_since_improvement", *calibration,
+        "val_disagreement_spearman", "val_since_improvement", "val_coverage_50", "val_coverage_90",
+        "val_calibration_ece", *calibration,
     }
     assert learner.num_updates == 300 and learner.member_val_mse.shape == (E,)
 
@@ -475,3 +477,53 @@ def test_bf16_world_model_learns_and_predicts_like_fp32_within_rounding():
     torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)
     step = model.step(obs, action)
     assert step.next_obs.dtype == torch.float32 and torch.isfinite(step.next_obs).all()
+
+
+def test_interval_coverage_of_a_calibrated_gaussian_is_nominal():
+    """Targets drawn from the predicted Gaussian: the 50%/90% intervals hold ~50%/90% of them and the ECE is ~0;
+    a mixture of members with different means, sampled from itself, is as calibrated."""
+    generator = torch.Generator().manual_seed(0)
+    n, t = 20000, 3
+    mean = torch.randn(1, n, t, generator=generator)
+    std = 0.1 + torch.rand(1, n, t, generator=generator)
+    target = mean[0] + std[0] * torch.randn(n, t, generator=generator)
+    coverage = interval_coverage(mixture_pit(mean, std.pow(2), target))
+    assert coverage[INTERVAL_LEVELS.index(0.5)] == pytest.approx(0.5, abs=0.01)
+    assert coverage[INTERVAL_LEVELS.index(0.9)] == pytest.approx(0.9, abs=0.01)
+    assert expected_calibration_error(coverage) < 0.01
+
+    k = 5
+    means = torch.randn(k, n, t, generator=generator) * 2.0
+    member = torch.randint(k, (n,), generator=generator)
+    drawn = means[member, torch.arange(n)] + torch.randn(n, t, generator=generator)
+    coverage = interval_coverage(mixture_pit(means, torch.ones(k, n, t), drawn))
+    assert coverage[INTERVAL_LEVELS.index(0.9)] == pytest.approx(0.9, abs=0.01)
+    assert expected_calibration_error(coverage) < 0.01
+
+
+def test_interval_coverage_shows_over_and_under_confidence():
+    generator = torch.Generator().manual_seed(1)
+    target = torch.randn(20000, 2, generator=generator)
+    mean = torch.zeros(1, 20000, 2)
+    narrow = interval_coverage(mixture_pit(mean, torch.full_like(mean, 0.25), target))  # std 0.5 for std 1 data
+    wide = interval_coverage(mixture_pit(mean, torch.full_like(mean, 4.0), target))
+    # a std half the truth: the 90% interval (+-0.82) holds P(|z| < 0.82) = 0.59; twice: P(|z| < 3.29) = 0.999
+    assert narrow[INTERVAL_LEVELS.index(0.9)] == pytest.approx(0.59, abs=0.015)
+    assert wide[INTERVAL_LEVELS.index(0.9)] == pytest.approx(0.999, abs=0.005)
+    assert expected_calibration_error(narrow) > 0.15 and expected_calibration_error(wide) > 0.15
+    assert math.isnan(interval_coverage(torch.empty(0))[0])
+
+
+def test_learner_reports_calibrated_intervals_on_noisy_dynamics():
+    """A model trained on dynamics with known Gaussian noise: its holdout intervals cover about what they say."""
+    learner = WorldModelLearner(O, A, dataclasses.replace(CONFIG, validate_every=10_000), seed=0)
+    task, rng = LinearTask(seed=5), np.random.default_rng(5)
+    for _ in range(600):
+        batch = task.batch()
+        batch["next_obs"] = batch["next_obs"] + 0.3 * rng.normal(size=batch["next_obs"].shape).astype(np.float32)
+        batch["reward"] = batch["reward"] + 0.3 * rng.normal(size=batch["reward"].shape).astype(np.float32)
+        learner.update(batch)
+    metrics = learner.validate()
+    assert metrics["val_coverage_50"] == pytest.approx(0.5, abs=0.05)
+    assert metrics["val_coverage_90"] == pytest.approx(0.9, abs=0.03)
+    assert metrics["val_calibration_ece"] < 0.03

@@ -1,0 +1,173 @@
+"""Offline mode in process (build_system(local=True)): a dataset from a random policy, a world model fitted until
+early stopping, behaviour cloning, then SAC only on imagined rows with calibrated penalty and truncation; the
+real env only evaluates. Bad datasets and configs are one line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from actors.collector import collect
+from actors.envs import EnvConfig, probe_env
+from replay.stored import OfflineError, read_table
+from replay.writers import writer_role
+from system.cli import main
+from system.collect_cli import write_parquet
+from system.config import ConfigError, load_config
+from system.offline import OfflineDataError, conservatism_from_calibration, prepare_dataset
+from system.offline_driver import OfflineDriver
+from system.run_dir import RunDir
+from system.wiring import build_system, kill_system
+
+ENV = EnvConfig(id="Pendulum-v1", max_episode_steps=50)
+TINY = ["env.max_episode_steps=50", "offline.total_updates=40", "policy.bc_init_updates=20",
+        "offline.critic_warmup_updates=5", "offline.eval_every_updates=10", "world_model.early_stop_patience=1",
+        "world_model.validate_every=10", "offline.model_max_updates=40", "eval.episodes=1",
+        "run.report_interval_s=0.2", "run.metrics=false", "imagination.batch_size=32", "policy.batch_size=32",
+        "world_model.batch_size=64"]
+
+
+def dataset(tmp_path, steps=400, env=ENV):
+    spec = probe_env(env)
+    directory = tmp_path / "data"
+    directory.mkdir()
+    write_parquet(str(directory / "t.parquet"), collect(env, steps, seed=0).transitions(), spec.obs_shape,
+                  spec.action_shape, -1)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("offline")
+    data = dataset(tmp_path)
+    config = load_config(["pendulum", "debug", "offline"],
+                         [f"offline.dataset={data}", f"run.runs_dir={tmp_path}", "name=offline-run", *TINY])
+    spec = probe_env(config.env)
+    run_dir = RunDir(tmp_path / "offline-run").create(config)
+    replay_dir = str(run_dir.replay_directory(config))
+    prepared = prepare_dataset(config, spec, replay_dir)
+    system = build_system(config, spec, local=True, replay_dir=replay_dir)
+    rows = []
+    try:
+        summary = OfflineDriver(config, spec, system, run_dir, prepared, on_report=rows.append).run()
+    finally:
+        kill_system(system)
+    return config, system, run_dir, prepared, summary, rows
+
+
+def test_no_rollout_worker_and_no_env_step_for_training(offline_run):
+    config, system, run_dir, prepared, summary, rows = offline_run
+    assert system.rollout == {} and config.rollout.num_workers == 0
+    assert summary.env_steps == 0 and all(r["env_steps"] == 0 for r in rows)
+    assert summary.stopped_because == "policy-update budget of 40 reached"
+    # `real` holds exactly the dataset: every row written by the import, none by a rollout worker
+    stored = read_table(str(run_dir.replay_directory(config)), "real").concatenated()
+    assert len(stored["obs"]) == prepared.rows == 400
+    assert {writer_role(int(w)) for w in np.unique(stored["writer_id"])} == {"import"}
+
+
+def test_policy_is_cloned_then_refined_only_on_imagined_rows(offline_run):
+    config, system, run_dir, prepared, summary, rows = offline_run
+    loop = system.policy.wrapped
+    assert loop.learner.num_updates >= 40
+    refined = [r for r in rows if r.get("offline_phase") == "refine" and "policy_refine_real_rows" in r]
+    assert refined and all(r["policy_refine_real_rows"] == 0 for r in refined)
+    assert rows[-1]["imagination_transitions"] > 0
+    assert "policy_bc_loss" in rows[-1]  # the cloning updates reported
+    summary_file = json.loads((run_dir.path / "offline.json").read_text())
+    assert summary_file["training_env_steps"] == 0
+    phases = [e["phase"] for e in summary_file["evals"]]
+    assert phases[0] == "bc" and phases[-1] == "final"
+    # every eval env step is counted, none is training data: one 50-step episode per evaluation
+    assert summary_file["eval_env_steps"] == 50 * len(summary_file["evals"])
+    assert rows[-1]["eval_env_steps_total"] == summary_file["eval_env_steps"]
+    assert rows[-1]["eval_return_mean"] == pytest.approx(summary_file["evals"][-1]["return_mean"])
+    assert (run_dir.path / "learning_curve.png").is_file() and (run_dir.path / "checkpoint" / "actor.pt").is_file()
+
+
+def test_model_fit_ends_and_sets_the_conservatism_from_its_calibration(offline_run):
+    config, system, run_dir, prepared, summary, rows = offline_run
+    summary_file = json.loads((run_dir.path / "offline.json").read_text())
+    calibration, conservatism = summary_file["calibration"], summary_file["conservatism"]
+    assert 0 <= calibration["val_coverage_90"] <= 1 and calibration["val_calibration_ece"] >= 0
+    penalty, threshold = conservatism_from_calibration(calibration, prepared.reward_std,
+                                                       config.world_model.calibration_bins)
+    assert conservatism["penalty_scale"] == pytest.approx(penalty) and penalty > 0
+    assert conservatism["max_disagreement"] == pytest.approx(threshold) and 0 < threshold < math.inf
+    worker = system.imagination[0].wrapped
+    assert worker.config.penalty_scale == pytest.approx(penalty)
+    assert worker.config.max_disagreement == pytest.approx(threshold)
+    assert conservatism["model_updates"] <= config.offline.model_max_updates
+
+
+def test_conservatism_from_known_calibration():
+    metrics = {"val_calib_q1_disagreement": 1.0, "val_calib_q1_error": 2.0,
+               "world_model_val_calib_q2_disagreement": 2.0, "val_calib_q2_error": 4.0, "val_coverage_90": 0.9}
+    penalty, threshold = conservatism_from_calibration(metrics, reward_std=3.0, bins=2)
+    assert penalty == pytest.approx(2.0 * 3.0) and threshold == pytest.approx(2.0)  # slope 2, no inflation
+    # over-confident intervals (68% inside the 90% ones: z 0.994 for 1.645): the penalty grows by 1.645 / 0.994
+    penalty, _ = conservatism_from_calibration({**metrics, "val_coverage_90": 0.68}, 3.0, 2, penalty_factor=0.5)
+    assert penalty == pytest.approx(0.5 * 6.0 * 1.6449 / 0.9945, rel=1e-3)
+    with pytest.raises(ValueError, match="'val_calib_q2_error' is missing"):
+        conservatism_from_calibration({k: v for k, v in metrics.items() if k != "val_calib_q2_error"}, 1.0, 2)
+
+
+def test_bad_datasets_are_refused(tmp_path):
+    data = dataset(tmp_path, steps=60)
+    config = load_config(["offline"], [f"offline.dataset={data}"])  # InvertedPendulum: obs 4, Pendulum's are 3
+    with pytest.raises(OfflineDataError, match=r"column 'obs' has shape \(3,\) per row, expected \(4,\)"):
+        prepare_dataset(config, probe_env(config.env), str(tmp_path / "replay"))
+
+    spec = probe_env(ENV)
+    pendulum = load_config(["pendulum", "offline"], [f"offline.dataset={tmp_path / 'empty'}"])
+    (tmp_path / "empty").mkdir()
+    table = pq.read_table(data / "t.parquet")
+    pq.write_table(table.slice(0, 0), tmp_path / "empty" / "t.parquet")
+    with pytest.raises(OfflineDataError, match="has no rows"):
+        prepare_dataset(pendulum, spec, str(tmp_path / "replay"))
+
+    (tmp_path / "nan").mkdir()
+    reward = table.column("reward").to_numpy().copy()
+    reward[5] = np.nan
+    pq.write_table(table.set_column(table.schema.get_field_index("reward"), "reward", pa.array(reward)),
+                   tmp_path / "nan" / "t.parquet")
+    with pytest.raises(OfflineError, match="reward"):
+        prepare_dataset(load_config(["pendulum", "offline"], [f"offline.dataset={tmp_path / 'nan'}"]), spec,
+                        str(tmp_path / "replay"))
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    data = dataset(tmp_path, steps=60)
+    assert main(["train", "offline", str(data), f"run.runs_dir={tmp_path}"]) == 2  # Pendulum data, default env
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "column 'obs' has shape (3,) per row, expected (4,)" in err[0]
+    assert main(["train", "offline", "pendulum", str(data), str(data) + "x", f"run.runs_dir={tmp_path}"]) == 2
+    assert "one dataset expected, got 2" in capsys.readouterr().err
+    assert main(["train", "offline", "pendulum", f"run.runs_dir={tmp_path}"]) == 2
+    assert "offline.dataset='': expected a dataset path" in capsys.readouterr().err
+    assert main(["train", "debug", "--init", str(tmp_path)]) == 2
+    assert "expected the offline preset" in capsys.readouterr().err
+    assert main(["train", "offline", "pendulum", str(data), f"run.runs_dir={tmp_path}", "--init",
+                 str(tmp_path / "nope")]) == 2
+    assert "--init: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["offline.dataset=x", "rollout.num_workers=1"], "rollout.num_workers=1: expected 0 with offline.enabled=true"),
+    (["offline.dataset=x", "policy.real_ratio=0.5"], "policy.real_ratio=0.5: expected 0"),
+    (["offline.dataset=x", "world_model.early_stop_patience=0"], "world_model.early_stop_patience=0: expected >= 1"),
+    (["offline.dataset=x", "imagination.num_workers=0"], "imagination.num_workers=0: expected >= 1"),
+])
+def test_offline_config_rules(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(["offline"], overrides)
+
+
+def test_no_rollout_workers_only_offline():
+    with pytest.raises(ConfigError, match=r"rollout.num_workers=0: expected >= 1 \(0 only with offline"):
+        load_config([], ["rollout.num_workers=0"])

@@ -1,0 +1,58 @@
+"""Offline mode on an embedded local Ray: `dynaray collect` then `dynaray train offline DATASET` with debug sizes;
+no rollout worker, no training env step, the policy refined only on imagined rows, nothing left behind.
+
+Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NETNS=1 there).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.system.runs import stored_rows
+from tests.system.test_train_e2e import marked_env, ray_pids
+
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
+]
+
+TINY = ["env.max_episode_steps=50", "offline.total_updates=60", "policy.bc_init_updates=30",
+        "offline.critic_warmup_updates=5", "offline.eval_every_updates=20", "world_model.early_stop_patience=1",
+        "world_model.validate_every=10", "offline.model_max_updates=60", "eval.episodes=1",
+        "imagination.batch_size=32", "policy.batch_size=32", "world_model.batch_size=64"]
+
+
+def test_collect_then_train_offline_on_ray(tmp_path):
+    env, marker = marked_env(tmp_path)
+    data = tmp_path / "data"
+    collected = subprocess.run([sys.executable, "-m", "system.cli", "collect", "--env", "Pendulum-v1", "--steps",
+                                "500", "--max-episode-steps", "50", "--to", str(data), "--format", "minari"],
+                               capture_output=True, text=True, timeout=300, env=env)
+    assert collected.returncode == 0, collected.stderr
+    minari = next((data / "minari").glob("*/*/*"))  # dynaray/pendulum/random-v0
+    proc = subprocess.run(
+        [sys.executable, "-m", "system.cli", "train", "offline", str(minari), "pendulum", "debug", "name=offline-e2e",
+         f"run.runs_dir={tmp_path}", *TINY],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    time.sleep(1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "policy-update budget of 60 reached" in proc.stdout and "0 training env steps" in proc.stdout
+    run = tmp_path / "offline-e2e"
+    placement = json.loads((run / "placement.json").read_text())
+    assert not any(name.startswith("rollout") for name in placement) and "imagination-0" in placement
+    summary = json.loads((run / "offline.json").read_text())
+    assert summary["training_env_steps"] == 0 and summary["eval_env_steps"] == 50 * len(summary["evals"])
+    assert summary["dataset"]["rows"] == 500 and summary["conservatism"]["penalty_scale"] > 0
+    metrics = pq.read_table(run / "metrics.parquet").to_pandas()
+    refined = metrics["policy_refine_real_rows"].dropna()
+    assert len(refined) and (refined == 0).all()
+    assert metrics["imagination_transitions"].max() > 0 and (metrics["env_steps"] == 0).all()
+    real = stored_rows(run)
+    assert len(real["obs"]) == 500  # the dataset, and nothing a rollout worker wrote
+    assert not ray_pids(marker)
