@@ -55,14 +55,6 @@ def _unique(path: Path) -> Path:
     return candidate
 
 
-class _Interrupted(KeyboardInterrupt):
-    """A signal that stops ``dynaray train`` at once (before the driver runs, or the second one)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 class _Signals:
     """SIGINT and SIGTERM during ``dynaray train``: the first one has the driver checkpoint and stop as a finished
     run does (exit 128 + signal: 130, 143); a second one, or one before the driver runs, stops at once."""
@@ -84,9 +76,9 @@ class _Signals:
 
     def _handle(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
-        if self.received is not None or self.driver is None:
+        if self.received is not None or self.driver is None:  # at once: as Python's own SIGINT handler does
             self.received = signum
-            raise _Interrupted(signum)
+            raise KeyboardInterrupt
         self.received = signum
         print(f"\ndynaray: {name}: interrupted; stopping every role after writing a checkpoint (another signal "
               f"stops at once)", file=sys.stderr)
@@ -139,7 +131,7 @@ def train(args: argparse.Namespace) -> int:
     signals.install()
     try:
         return _train(args, signals)
-    except KeyboardInterrupt:  # _Interrupted, or Ray's own for a signal that came while it waited
+    except KeyboardInterrupt:  # ours, or Ray's own for a signal that came while it waited
         print("\ndynaray: interrupted; stopping every role", file=sys.stderr)
         return 128 + (signals.received or signal.SIGINT)
     finally:
