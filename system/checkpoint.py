@@ -39,6 +39,7 @@ from typing import Any, Mapping
 
 import torch
 
+from replay.files import fsync_path
 from system.run_dir import CheckpointError
 
 FORMAT = 1
@@ -90,14 +91,6 @@ def describe_meta(config: Any, spec: Any) -> dict[str, Any]:
 # writing
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_checkpoint(run_path: str | Path, tensors: Mapping[str, Any], documents: Mapping[str, Any],
                      meta: Mapping[str, Any]) -> Path:
     """Write one checkpoint atomically and return its directory.
@@ -118,11 +111,11 @@ def write_checkpoint(run_path: str | Path, tensors: Mapping[str, Any], documents
         (tmp / name).write_text(json.dumps(value, indent=1, sort_keys=True, allow_nan=True) + "\n")
     files = {entry.name: entry.stat().st_size for entry in sorted(tmp.iterdir())}
     for name in files:
-        _fsync(tmp / name)
+        fsync_path(tmp / name)
     full = {**meta, "files": files, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tmp / META).write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
-    _fsync(tmp / META)
-    _fsync(tmp)
+    fsync_path(tmp / META)
+    fsync_path(tmp)
     # swap: the complete current one becomes the previous one, then the new one becomes current
     if current.exists():
         if _complete(current) is not None:
@@ -132,7 +125,7 @@ def write_checkpoint(run_path: str | Path, tensors: Mapping[str, Any], documents
                 shutil.rmtree(previous)
             current.rename(previous)
     tmp.rename(current)
-    _fsync(run_path)
+    fsync_path(run_path)
     return current
 
 

@@ -684,20 +684,25 @@ class Driver:
         self._send_delayed()
         self._probe_all()
 
+    def _turn(self) -> None:
+        """One turn of the loop: handle what is ready, then what is due (scaling, reports, checkpoints); a signal
+        or a role that keeps dying sets the stop reason."""
+        self._pump(timeout=0.1)
+        self._end_if_dying()
+        self._poll_control()
+        self._check_startup()
+        self._maybe_report()
+        self._maybe_checkpoint()
+        if self._interrupted and not self._stop_reason:
+            self._stop_reason = self._interrupted
+
     def run(self) -> Summary:
         self._restore_replay_accounting()
         self._start_roles()
         budget = self.config.run.total_env_steps
         drain_started = 0.0
         while True:
-            self._pump(timeout=0.1)
-            self._end_if_dying()
-            self._poll_control()
-            self._check_startup()
-            self._maybe_report()
-            self._maybe_checkpoint()
-            if self._interrupted and not self._stop_reason:
-                self._stop_reason = self._interrupted
+            self._turn()
             if self._stop_reason:
                 break
             self._check_wall_budget()

@@ -118,14 +118,7 @@ class OfflineDriver(Driver):
         if self.bc_done:  # started from another run's actor (offline.init_from): its return before refining
             self._offline_eval("init")
         while True:
-            self._pump(timeout=0.1)
-            self._end_if_dying()
-            self._poll_control()
-            self._check_startup()
-            self._maybe_report()
-            self._maybe_checkpoint()
-            if self._interrupted and not self._stop_reason:
-                self._stop_reason = self._interrupted
+            self._turn()
             if not self._stop_reason:
                 continue
             if self._last_eval_mark < self.policy_updates:
