@@ -170,10 +170,10 @@ class Driver:
         self._stalls.busy(f"rollout-{i}", time.monotonic())
         self._submit(self.system.rollout[i].run.remote(steps, random_steps), _Call("rollout", i, steps))
 
-    def _submit_learner(self, kind: str) -> None:
+    def _submit_learner(self, kind: str, max_updates: int | None = None) -> None:
         handle = getattr(self.system, kind)
         self._stalls.busy(self.system.name_of(handle), time.monotonic())
-        self._submit(handle.run.remote(self.config.run.report_interval_s), _Call(kind))
+        self._submit(handle.run.remote(self.config.run.report_interval_s, max_updates), _Call(kind))
 
     def _submit_imagination(self, i: int) -> None:
         if self._retire_if_asked("imagination", i):
@@ -196,6 +196,10 @@ class Driver:
                 self._checkpoint_failed(call, exc)
                 return
             if self._restarted(call, exc):
+                return
+            if call.kind == "gateway_stats":  # only reported: asked again at the next report, the run goes on
+                self._gateway_pending = False
+                logger.warning("ingest gateway did not answer for its stats: %s", describe_error(exc))
                 return
             raise RoleError(f"{call.kind} {call.index} failed: {describe_error(exc)}") from None
         if self._first_report_at is None and call.kind != "alive":

@@ -148,13 +148,14 @@ class LearnerLoop:
         self._priorities.clear()
         self._queued_updates = 0
 
-    def run(self, max_seconds: float) -> LearnerReport:
-        """Update until ``max_seconds`` pass (in process: until no batch is ready); report what was done."""
+    def run(self, max_seconds: float, max_updates: int | None = None) -> LearnerReport:
+        """Update until ``max_seconds`` pass (in process: until no batch is ready), or ``max_updates`` updates are
+        made; report what was done."""
         start = time.perf_counter()
         waited, updates = 0.0, 0
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
-        while time.perf_counter() - start < max_seconds:
+        while time.perf_counter() - start < max_seconds and (max_updates is None or updates < max_updates):
             ready = self._next_batch()
             if ready is None:
                 if self._local:

@@ -32,7 +32,8 @@ class OfflineDriver(Driver):
     # roles ------------------------------------------------------------------------------------------------------
     def _start_roles(self) -> None:
         self._submit_learner("policy")
-        self._submit_learner("world_model")  # imagination waits for the frozen model and the cloned policy
+        # imagination waits for the frozen model and the cloned policy
+        self._submit_learner("world_model", self.config.offline.model_max_updates)
 
     def _on_world_model(self, call: _Call, report: LearnerReport) -> None:
         self._learner_columns("world_model", report)
@@ -42,7 +43,7 @@ class OfflineDriver(Driver):
         if paused or report.total_updates >= self.config.offline.model_max_updates:
             self._freeze_model(report)
         else:
-            self._submit_learner("world_model")
+            self._submit_learner("world_model", self.config.offline.model_max_updates - report.total_updates)
 
     def _freeze_model(self, report: LearnerReport) -> None:
         """The fit ended: publish the final model, set the conservatism from its calibration, maybe start refining."""

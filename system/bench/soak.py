@@ -553,8 +553,8 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--minutes", type=positive_float, required=True,
-                   help="how long the run lasts once every role runs (minutes)")
+    p.add_argument("--minutes", type=positive_float, default=30.0,
+                   help="how long the run lasts once every role runs (minutes; default 30)")
     p.add_argument("--warmup-minutes", type=float, default=None,
                    help="minutes after every role runs left out of the fits (default: a third of --minutes)")
     p.add_argument("--interval", type=positive_float, default=5.0, help="seconds between samples (default 5)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import types
 
 import numpy as np
 import pytest
@@ -89,5 +90,6 @@ def test_the_driver_goes_on_while_the_gateway_is_away():
 
     driver = Driver.__new__(Driver)
     driver._gateway_pending, driver._first_report_at = True, None
+    driver.system = types.SimpleNamespace(gateway=None)  # the call's actor, unknown here: not a restart
     driver._handle(LocalRef(error=RuntimeError("the gateway's process died")), _Call("gateway_stats"))
     assert driver._gateway_pending is False
