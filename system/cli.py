@@ -171,7 +171,7 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
 
     from system.driver import Driver, RoleError, describe_error, progress_printer
     from system.placement import PlacementError, describe as describe_placement, wait_for_placement
-    from system.runtime import ClusterVersionError, start_ray, stop_ray
+    from system.runtime import ClusterVersionError, start_ray, stop_ray, watch_embedded_ray
     from system.wiring import build_system, kill_system
 
     torch.set_num_threads(config.run.torch_threads)
@@ -206,6 +206,8 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
         system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)),
                               gateway_tokens=gateway_tokens, run_path=str(run_dir.path.resolve()))
         placement = wait_for_placement(system, config.placement.timeout_s)
+        if where.startswith("embedded"):  # what Ray leaves if this driver is killed is ended (docs/durability.md)
+            watch_embedded_ray()
         run_dir.write_json("placement", placement)
         print(f"dynaray: placement:\n{describe_placement(placement)}", file=sys.stderr)
         if system.gateway is not None:

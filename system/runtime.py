@@ -155,6 +155,33 @@ def start_ray(config: SystemConfig, namespace: str) -> str:
     return f"embedded local Ray ({num_cpus} logical CPUs)"
 
 
+WATCHDOG_GRACE_S = 5.0
+"""How long the watchdog lets Ray's own processes end after the driver died before it ends the ones left."""
+
+
+def watch_embedded_ray() -> None:
+    """Start a watchdog that ends what the embedded Ray leaves behind if this driver dies (SIGKILL included).
+
+    With the driver gone, Ray's head processes and the actors end by themselves; its dashboard agent and runtime-env
+    agent do not (seen with Ray 2.60: still running minutes later). The watchdog, a small process of its own session,
+    knows the processes below the driver now (every role made) by pid and start time, waits for the driver to end,
+    gives Ray :data:`WATCHDOG_GRACE_S`, then SIGKILLs those still there. Linux only (/proc); elsewhere it does
+    nothing."""
+    import subprocess
+    import sys
+
+    from system.watchdog import descendants, start_time
+
+    me = os.getpid()
+    if start_time(me) is None:
+        return
+    watched = [f"{pid}:{start}" for pid in descendants(me) if (start := start_time(pid)) is not None]
+    subprocess.Popen([sys.executable, "-m", "system.watchdog", f"{me}:{start_time(me)}", str(WATCHDOG_GRACE_S),
+                      *watched],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
+
+
 def stop_ray() -> None:
     """Disconnect (cluster) or end the embedded local Ray and every process it started."""
     import ray
