@@ -56,3 +56,16 @@ def test_collect_then_train_offline_on_ray(tmp_path):
     real = stored_rows(run)
     assert len(real["obs"]) == 500  # the dataset, and nothing a rollout worker wrote
     assert not ray_pids(marker)
+
+    # The refined policy ranked in the run's own frozen model from the dataset's start states, and run for real.
+    ranking = tmp_path / "ranking.json"
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "system.cli", "eval", str(run), "--in-model", str(run), "--real", "1", "--starts", "8",
+         "--json", str(ranking), "--plot", str(tmp_path / "ranking.png")],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "from the model's holdout calibration" in evaluated.stdout, evaluated.stdout
+    entry, = json.loads(ranking.read_text())["policies"]
+    assert entry["rank"] == 1 and entry["model_return_low"] <= entry["model_return"] <= entry["model_return_high"]
+    assert entry["real_return"] is not None and 0 <= entry["untrusted_fraction"] <= 1
+    assert (tmp_path / "ranking.png").stat().st_size > 0
