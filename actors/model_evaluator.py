@@ -40,8 +40,9 @@ class ModelEvalConfig:
 
     starts: int = field(default=128, metadata={"check": ">= 1"})
     """B: start states per evaluation (each rolled out once per elite member)."""
-    horizon: int = field(default=1000, metadata={"check": ">= 1"})
-    """Longest rollout, in model steps (the env's episode limit for returns comparable with real ones)."""
+    horizon: int = field(default=1000, metadata={"check": ">= 0"})
+    """Longest rollout, in model steps (the env's episode limit for returns comparable with real ones); 0 only for
+    ``actors.evaluator.Evaluator``, which puts its env's limit in its place."""
     gamma: float = field(default=1.0, metadata={"check": "in (0, 1]"})
     """Discount of the estimated return (1: the undiscounted return, as the real evaluation reports)."""
     penalty_scale: float = field(default=0.0, metadata={"check": ">= 0"})
