@@ -86,9 +86,9 @@ class _Signals:
 
 
 RESUME_OVERRIDES = ("run.total_env_steps", "run.target_return", "run.report_interval_s", "run.progress",
-                    "run.metrics", "run.checkpoint_every_s", "run.startup_timeout_s", "run.upload_to",
-                    "run.torch_threads", "rollout.num_workers", "imagination.num_workers", "eval.num_workers",
-                    "placement.timeout_s", "ray.")
+                    "run.metrics", "run.checkpoint_every_s", "run.keep_checkpoints", "run.startup_timeout_s",
+                    "run.upload_to", "run.torch_threads", "rollout.num_workers", "imagination.num_workers",
+                    "eval.num_workers", "placement.timeout_s", "ray.")
 """Keys ``dynaray train --resume`` may change (``ray.``: every key of the section); the others must match the
 checkpoint (network sizes, ratios, replay layout, seeds, env)."""
 

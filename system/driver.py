@@ -21,7 +21,7 @@ from actors.gateway import GatewayStats
 from actors.imagination import ImaginationReport
 from actors.rollout import RolloutReport
 from replay.handles import get, is_actor_failure, is_lost, wait
-from system.checkpoint import DriverLock, FoundCheckpoint, describe_meta, write_checkpoint
+from system.checkpoint import KEPT, DriverLock, FoundCheckpoint, describe_meta, keep_checkpoint, write_checkpoint
 from system.config import SystemConfig
 from system.liveness import RestartLedger, StallWatch, role_of
 from system.loops import LearnerReport
@@ -925,6 +925,24 @@ class Driver:
             "checkpoint_learner_pause_s": max(state["pause_s"] for state in learners.values()),
             "checkpoint_bytes": sum(entry.stat().st_size for entry in path.iterdir()),
         }
+        self._keep_policy(learners["policy"], meta)
+
+    def _keep_policy(self, policy: dict[str, Any], meta: dict[str, Any]) -> None:
+        """``run.keep_checkpoints`` > 0: keep this checkpoint's policy in ``checkpoints/<env steps>/`` too (the oldest
+        beyond that many are deleted; system/checkpoint.py). In the writer thread, after the checkpoint."""
+        keep = self.config.run.keep_checkpoints
+        if keep <= 0:
+            return
+        key, extra = self._kept_key(policy, meta)
+        try:
+            keep_checkpoint(self.run_dir.path, key, policy["weights"],
+                            {**meta, "run": self.run_dir.path.name, **extra}, keep)
+        except Exception:  # noqa: BLE001 - the run and its checkpoint go on without this kept one
+            logger.exception("keeping a checkpoint in %s/ failed", KEPT)
+
+    def _kept_key(self, policy: dict[str, Any], meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The key of a kept checkpoint (its directory name) and what its meta.json adds: the env steps here."""
+        return int(meta["env_steps"]), {"kept_by": "env_steps"}
 
     def checkpoint(self, deadline: float) -> bool:
         """Take a checkpoint now and wait until it is written (or ``deadline``, a ``time.monotonic()``); whether
