@@ -380,8 +380,7 @@ class Driver:
                            self._ledger.restarts()[role], role)
             if self._ledger.keeps_dying(role, now):
                 self._stop_keeps_dying(role)
-            if call.payload == self.system.name_of(self.system.control):
-                self._control_restarted()
+            self._actor_restarted(name)
         for lost in self._waiting.pop(name, []):
             self._resend(lost)
 
@@ -434,6 +433,12 @@ class Driver:
         except Exception as exc:
             logger.warning("no checkpoint before stopping: %s", describe_error(exc))
         raise RoleError(self._dying)
+
+    def _actor_restarted(self, name: str) -> None:
+        """Actor ``name`` is back as a new process (before the calls it lost are sent again): give it what it lost
+        that its constructor does not restore."""
+        if name == self.system.name_of(self.system.control):
+            self._control_restarted()
 
     def _control_restarted(self) -> None:
         """A restarted control actor holds the pool sizes of the start: tell it the sizes now (a new version the
