@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -158,6 +159,51 @@ def test_a_resumed_offline_run_refines_on_without_fitting_the_model_again(offlin
     metrics = pq.read_table(run.path / "metrics.parquet").to_pandas()
     assert (metrics["env_steps"] == 0).all() and metrics["offline_policy_updates"].max() >= policy_updates + 20
     assert (metrics["policy_refine_real_rows"].dropna() == 0).all()
+
+
+def test_an_offline_run_resumed_from_a_cut_while_fitting_goes_on_fitting_and_cloning(offline_run, tmp_path):
+    config, system, run_dir, prepared, summary, rows = offline_run
+    config = replace(config, name="fit", run=replace(config.run, keep_checkpoints=0, checkpoint_every_s=0))
+    spec = probe_env(config.env)
+    run = RunDir(tmp_path / "fit").create(config)
+    replay_dir = str(run.replay_directory(config))
+    data = prepare_dataset(config, spec, replay_dir)
+    first = build_system(config, spec, local=True, replay_dir=replay_dir)
+    try:  # a cut while the model is fitted and the policy cloned: 10 model updates, 7 of 20 cloning updates
+        first.world_model.wrapped.run(max_seconds=60, max_updates=10)
+        first.policy.wrapped.run(max_seconds=60, max_updates=7)
+        assert OfflineDriver(config, spec, first, run, data).checkpoint(deadline=time.monotonic() + 60)
+    finally:
+        kill_system(first)
+        for shard in first.shards:  # its replay files are free for the resumed run's shards
+            shard.wrapped.close()
+    found = find_checkpoint(run.path)
+    saved = found.document("driver.json")["offline"]
+    assert saved["phase"] == "fit" and not saved["model_frozen"] and not saved["conservatism"]
+    model_updates = found.load("world_model.pt")["learner"]["num_updates"]
+    cloned = found.load("policy.pt")["learner"]["num_updates"]
+    assert (model_updates, cloned) == (10, 7)
+
+    again = build_system(config, spec, local=True, replay_dir=replay_dir, run_path=str(run.path))
+    loop = again.policy.wrapped
+    assert loop.learner.num_updates == cloned
+    resumed_rows = []
+    try:
+        summary = OfflineDriver(config, spec, again, run, resumed_offline_data(found), resume=found,
+                                on_report=resumed_rows.append).run()
+    finally:
+        kill_system(again)
+    assert summary.stopped_because == "policy-update budget of 40 reached"
+    assert again.world_model.wrapped.learner.num_updates > model_updates  # the fit went on
+    bc = [r["policy_bc_loss"] for r in resumed_rows if "policy_bc_loss" in r]
+    after = json.loads((run.path / "offline.json").read_text())
+    assert bc and after["conservatism"]["penalty_scale"] > 0
+    assert [e["phase"] for e in after["evals"]][-1] == "final" and after["training_env_steps"] == 0
+    # cloning counted on from the restored updates: the SAC updates (the critics' optimizer steps) began right
+    # after bc_init_updates cloning updates in all
+    assert loop.learner.num_updates >= config.offline.total_updates
+    steps = {int(state["step"]) for state in loop.learner.critic_optimizer.state.values()}
+    assert steps == {loop.learner.num_updates - config.policy.bc_init_updates}
 
 
 def test_a_restarted_imagination_worker_gets_the_conservatism_again(offline_run):
