@@ -17,11 +17,20 @@ Atomic: a new checkpoint is written into ``checkpoint.tmp/`` (each file fsynced)
 ``checkpoint.prev/`` and ``checkpoint.tmp/`` becomes ``checkpoint/``. A crash at any moment leaves a complete
 checkpoint in ``checkpoint/`` or ``checkpoint.prev/``; :func:`find_checkpoint` takes the newest complete one.
 
+Kept checkpoints (``run.keep_checkpoints`` = N > 0): at every checkpoint the policy of that moment is also kept
+in ``checkpoints/<key>/`` (``actor.pt`` and ``meta.json``, the same format; ``key``: the env steps, or the policy
+updates of an offline run, 10 digits), written atomically the same way (``<key>.tmp/``, fsync, rename); the
+oldest beyond N are deleted. :func:`kept_checkpoints` lists the complete ones, oldest first; each is a checkpoint
+directory that :func:`find_checkpoint` (and :func:`open_checkpoint`) accepts as it is.
+
 Usage::
 
     write_checkpoint(run_path, {"policy.pt": state, ...}, {"driver.json": counters}, meta)
     found = find_checkpoint(run_path)            # CheckpointError if none is complete
     state = found.load("policy.pt")
+    keep_checkpoint(run_path, 12000, actor_state, meta, keep=5)
+    for path in kept_checkpoints(run_path):      # checkpoints/0000004000, checkpoints/0000008000, ...
+        actor = find_checkpoint(path).load("actor.pt")
 """
 
 from __future__ import annotations
@@ -46,6 +55,10 @@ FORMAT = 1
 """Version of the checkpoint layout; a checkpoint of another format is refused."""
 CHECKPOINT, PREVIOUS, TEMPORARY = "checkpoint", "checkpoint.prev", "checkpoint.tmp"
 META = "meta.json"
+KEPT = "checkpoints"
+"""The directory of a run's kept checkpoints (``run.keep_checkpoints``)."""
+KEY_DIGITS = 10
+"""A kept checkpoint's directory name: its key (env steps, or policy updates offline), zero-padded to this width."""
 LOCK_FILE = "driver.lock"
 """In a run directory while its driver lives: pid, hostname; the driver holds an exclusive ``flock`` on it."""
 HEARTBEAT_S = 10.0
@@ -102,6 +115,24 @@ def write_checkpoint(run_path: str | Path, tensors: Mapping[str, Any], documents
     """
     run_path = Path(run_path)
     tmp, current, previous = run_path / TEMPORARY, run_path / CHECKPOINT, run_path / PREVIOUS
+    _write_files(tmp, tensors, documents, meta)
+    # swap: the complete current one becomes the previous one, then the new one becomes current
+    if current.exists():
+        if _complete(current) is not None:
+            shutil.rmtree(current)  # an incomplete one (e.g. written before this format) is not kept
+        else:
+            if previous.exists():
+                shutil.rmtree(previous)
+            current.rename(previous)
+    tmp.rename(current)
+    fsync_path(run_path)
+    return current
+
+
+def _write_files(tmp: Path, tensors: Mapping[str, Any], documents: Mapping[str, Any],
+                 meta: Mapping[str, Any]) -> None:
+    """Write a checkpoint's files into the new directory ``tmp`` (replacing one left by a crash), each fsynced,
+    ``meta.json`` last, then the directory itself."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -116,17 +147,41 @@ def write_checkpoint(run_path: str | Path, tensors: Mapping[str, Any], documents
     (tmp / META).write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
     fsync_path(tmp / META)
     fsync_path(tmp)
-    # swap: the complete current one becomes the previous one, then the new one becomes current
-    if current.exists():
-        if _complete(current) is not None:
-            shutil.rmtree(current)  # an incomplete one (e.g. written before this format) is not kept
-        else:
-            if previous.exists():
-                shutil.rmtree(previous)
-            current.rename(previous)
-    tmp.rename(current)
-    fsync_path(run_path)
-    return current
+
+
+def keep_checkpoint(run_path: str | Path, key: int, actor: Any, meta: Mapping[str, Any], keep: int) -> Path:
+    """Keep the policy ``actor`` (the acting weights, as ``actor.pt``) with ``meta`` in
+    ``run_path/checkpoints/<key>/``, atomically (``<key>.tmp/`` written and fsynced, then renamed; one of that key
+    already there is replaced), then delete the oldest complete kept checkpoints beyond ``keep``. Return its
+    directory."""
+    kept = Path(run_path) / KEPT
+    name = f"{int(key):0{KEY_DIGITS}d}"
+    target, tmp, old = kept / name, kept / f"{name}.tmp", kept / f"{name}.old"
+    for stale in kept.glob("*.tmp") if kept.is_dir() else ():  # left by a crash (one writer at a time)
+        shutil.rmtree(stale, ignore_errors=True)
+    _write_files(tmp, {"actor.pt": actor}, {}, meta)
+    if target.exists():  # the same key again (the final checkpoint at the last periodic one's env steps)
+        if old.exists():
+            shutil.rmtree(old)
+        target.rename(old)
+    tmp.rename(target)
+    fsync_path(kept)
+    shutil.rmtree(old, ignore_errors=True)
+    for path in kept_checkpoints(run_path)[:-keep] if keep > 0 else ():
+        shutil.rmtree(path, ignore_errors=True)
+    fsync_path(kept)
+    return target
+
+
+def kept_checkpoints(run_path: str | Path) -> list[Path]:
+    """The complete kept checkpoints of a run (``checkpoints/<key>/``), oldest (smallest key) first; incomplete or
+    foreign entries are skipped. Empty when the run kept none."""
+    kept = Path(run_path) / KEPT
+    if not kept.is_dir():
+        return []
+    found = [path for path in kept.iterdir()
+             if path.is_dir() and len(path.name) == KEY_DIGITS and path.name.isdigit() and _complete(path) is None]
+    return sorted(found, key=lambda path: int(path.name))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,13 +237,43 @@ def _complete(path: Path) -> str | None:
     return None
 
 
+def open_checkpoint(path: str | Path) -> FoundCheckpoint:
+    """The checkpoint in directory ``path`` itself (a run's ``checkpoint/``, or a kept ``checkpoints/<key>/``).
+
+    Raises:
+        CheckpointError: it is not complete (the message says what is wrong).
+    """
+    path = Path(path)
+    problem = _complete(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: {problem}")
+    return FoundCheckpoint(path, json.loads((path / META).read_text()))
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint directory itself (it holds ``meta.json``), not a run directory."""
+    return (Path(path) / META).is_file() and not (Path(path) / "config.yaml").is_file()
+
+
+def checkpoint_run_path(path: str | Path) -> Path:
+    """The run directory of checkpoint directory ``path`` (``RUN/checkpoint/`` or ``RUN/checkpoints/<key>/``); a
+    run directory is its own."""
+    path = Path(path)
+    if not is_checkpoint_dir(path):
+        return path
+    return path.parent.parent if path.parent.name == KEPT else path.parent
+
+
 def find_checkpoint(run_path: str | Path) -> FoundCheckpoint:
-    """The newest complete checkpoint of a run: ``checkpoint/``, else ``checkpoint.prev/``.
+    """The newest complete checkpoint of a run: ``checkpoint/``, else ``checkpoint.prev/``; or, given a checkpoint
+    directory itself (a kept one, ``checkpoints/<key>/``), that one (:func:`open_checkpoint`).
 
     Raises:
         CheckpointError: neither is complete (the message says what is wrong with the newest one).
     """
     run_path = Path(run_path)
+    if is_checkpoint_dir(run_path):
+        return open_checkpoint(run_path)
     problems = []
     for name in (CHECKPOINT, PREVIOUS):
         path = run_path / name

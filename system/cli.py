@@ -86,9 +86,10 @@ class _Signals:
 
 
 RESUME_OVERRIDES = ("run.total_env_steps", "run.target_return", "run.report_interval_s", "run.progress",
-                    "run.metrics", "run.checkpoint_every_s", "run.startup_timeout_s", "run.upload_to",
-                    "run.torch_threads", "rollout.num_workers", "imagination.num_workers", "eval.num_workers",
-                    "placement.timeout_s", "ray.")
+                    "run.metrics", "run.checkpoint_every_s", "run.keep_checkpoints", "run.startup_timeout_s",
+                    "run.upload_to", "run.torch_threads", "rollout.num_workers", "imagination.num_workers",
+                    "eval.num_workers", "placement.timeout_s", "offline.total_updates", "offline.eval_every_updates",
+                    "ray.")
 """Keys ``dynaray train --resume`` may change (``ray.``: every key of the section); the others must match the
 checkpoint (network sizes, ratios, replay layout, seeds, env)."""
 
@@ -104,9 +105,6 @@ def _resume_config(run_path: str, items: list[str]):
     from system.run_dir import RunDir
 
     config = RunDir(run_path).load_config()
-    if config.offline.enabled:
-        raise ValueError(f"{run_path}: an offline run cannot be resumed yet (its phase, frozen model and conservatism "
-                         f"are not in its checkpoint); start it again, or from its actor with --init")
     data = to_dict(config)
     for item in items:
         if "=" not in item:
@@ -188,8 +186,8 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     try:
         run_dir.create(config)
         gateway_tokens = _gateway_tokens(config, run_dir.path)
-        offline_data = _offline_data(config, spec, run_dir)
-    except ValueError as exc:
+        offline_data = _offline_data(config, spec, run_dir, found)
+    except (ValueError, CheckpointError) as exc:
         lock.release()
         return _fail(str(exc), EXIT_BAD_INPUT)
     show = progress_printer(config.run.total_env_steps) if config.run.progress else None
@@ -219,7 +217,7 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
             from system.offline_driver import OfflineDriver
 
             driver = OfflineDriver(config, spec, system, run_dir, offline_data, on_report=show, placement=placement,
-                                   lock=lock)
+                                   resume=found, lock=lock)
         signals.driver = driver
         summary = driver.run()
         signals.driver = None
@@ -280,10 +278,15 @@ def _offline_items(presets: list[str], overrides: list[str], init: str | None) -
     return overlays, extra + overrides
 
 
-def _offline_data(config, spec, run_dir):
-    """Offline mode: the dataset checked and imported into the run's replay directory (None online)."""
+def _offline_data(config, spec, run_dir, found=None):
+    """Offline mode: the dataset checked and imported into the run's replay directory (None online); resumed
+    (``found``, the run's checkpoint): its description from the checkpoint (the rows are in the replay already)."""
     if not config.offline.enabled:
         return None
+    if found is not None:
+        from system.offline_driver import resumed_offline_data
+
+        return resumed_offline_data(found)
     from replay.schema import SchemaError
     from replay.stored import OfflineError
     from system.offline import OfflineDataError, prepare_dataset

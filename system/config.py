@@ -72,6 +72,10 @@ class RunConfig:
     checkpoint_every_s: float = field(default=300.0, metadata={"check": ">= 0", "note": "0: only at the end"})
     """Seconds between whole-system checkpoints into runs/<name>/checkpoint/ (one is also written when the run
     ends or is interrupted); `dynaray train --resume RUN_DIR` continues from the newest (docs/durability.md)."""
+    keep_checkpoints: int = field(default=0, metadata={"check": ">= 0", "note": "0: off"})
+    """Keep the policy of the newest this many checkpoints (periodic and final) in runs/<name>/checkpoints/<env steps,
+    10 digits>/ (actor.pt and meta.json; an offline run's are keyed by policy updates), the oldest deleted; 0: keep
+    none. `dynaray eval` evaluates and ranks them (docs/durability.md)."""
     store_max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
     """How often Ray restarts the weights store when its process dies (a restarted store is empty until the
     learners publish again, within a few seconds)."""

@@ -21,7 +21,7 @@ from actors.gateway import GatewayStats
 from actors.imagination import ImaginationReport
 from actors.rollout import RolloutReport
 from replay.handles import get, is_actor_failure, is_lost, wait
-from system.checkpoint import DriverLock, FoundCheckpoint, describe_meta, write_checkpoint
+from system.checkpoint import KEPT, DriverLock, FoundCheckpoint, describe_meta, keep_checkpoint, write_checkpoint
 from system.config import SystemConfig
 from system.liveness import RestartLedger, StallWatch, role_of
 from system.loops import LearnerReport
@@ -386,8 +386,7 @@ class Driver:
                            self._ledger.restarts()[role], role)
             if self._ledger.keeps_dying(role, now):
                 self._stop_keeps_dying(role)
-            if call.payload == self.system.name_of(self.system.control):
-                self._control_restarted()
+            self._actor_restarted(name)
         for lost in self._waiting.pop(name, []):
             self._resend(lost)
 
@@ -440,6 +439,12 @@ class Driver:
         except Exception as exc:
             logger.warning("no checkpoint before stopping: %s", describe_error(exc))
         raise RoleError(self._dying)
+
+    def _actor_restarted(self, name: str) -> None:
+        """Actor ``name`` is back as a new process (before the calls it lost are sent again): give it what it lost
+        that its constructor does not restore."""
+        if name == self.system.name_of(self.system.control):
+            self._control_restarted()
 
     def _control_restarted(self) -> None:
         """A restarted control actor holds the pool sizes of the start: tell it the sizes now (a new version the
@@ -945,6 +950,24 @@ class Driver:
             "checkpoint_learner_pause_s": max(state["pause_s"] for state in learners.values()),
             "checkpoint_bytes": sum(entry.stat().st_size for entry in path.iterdir()),
         }
+        self._keep_policy(learners["policy"], meta)
+
+    def _keep_policy(self, policy: dict[str, Any], meta: dict[str, Any]) -> None:
+        """``run.keep_checkpoints`` > 0: keep this checkpoint's policy in ``checkpoints/<env steps>/`` too (the oldest
+        beyond that many are deleted; system/checkpoint.py). In the writer thread, after the checkpoint."""
+        keep = self.config.run.keep_checkpoints
+        if keep <= 0:
+            return
+        key, extra = self._kept_key(policy, meta)
+        try:
+            keep_checkpoint(self.run_dir.path, key, policy["weights"],
+                            {**meta, "run": self.run_dir.path.name, **extra}, keep)
+        except Exception:  # noqa: BLE001 - the run and its checkpoint go on without this kept one
+            logger.exception("keeping a checkpoint in %s/ failed", KEPT)
+
+    def _kept_key(self, policy: dict[str, Any], meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The key of a kept checkpoint (its directory name) and what its meta.json adds: the env steps here."""
+        return int(meta["env_steps"]), {"kept_by": "env_steps"}
 
     def checkpoint(self, deadline: float) -> bool:
         """Take a checkpoint now and wait until it is written (or ``deadline``, a ``time.monotonic()``); whether

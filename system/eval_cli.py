@@ -100,18 +100,18 @@ def load_policies(paths: list[str]) -> list[_Policy]:
             except CheckpointError as exc:
                 raise _BadInput(str(exc)) from None
         elif (path.parent / "config.yaml").is_file():  # RUN_DIR/checkpoints: every kept one
-            from system.checkpoint import kept_checkpoints, load_checkpoint_dir
+            from system.checkpoint import kept_checkpoints, open_checkpoint
 
             config = _run_config(path.parent)
             kept = kept_checkpoints(path.parent)
             if not kept:
                 raise _BadInput(f"{given!r} holds no complete kept checkpoint (run.keep_checkpoints)")
-            policies += [_checkpoint_policy(str(p), load_checkpoint_dir(p), config) for p in kept]
+            policies += [_checkpoint_policy(str(p), open_checkpoint(p), config) for p in kept]
         elif (path.parent.parent / "config.yaml").is_file():  # RUN_DIR/checkpoints/<step>
-            from system.checkpoint import load_checkpoint_dir
+            from system.checkpoint import open_checkpoint
 
             try:
-                found = load_checkpoint_dir(path)
+                found = open_checkpoint(path)
             except CheckpointError as exc:
                 raise _BadInput(str(exc)) from None
             policies.append(_checkpoint_policy(given, found, _run_config(path.parent.parent)))

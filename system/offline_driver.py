@@ -1,14 +1,37 @@
-"""The driver of offline mode's phases (``system/offline.py``): fit and clone -> refine in imagination -> stop."""
+"""The driver of offline mode's phases (``system/offline.py``): fit and clone -> refine in imagination -> stop.
+
+Its checkpoints (``driver.json``, key ``offline``) hold what it needs to go on (``dynaray train --resume``): the
+phase, whether the model is frozen and the cloning done, the conservatism set from the frozen model's calibration,
+the policy updates and eval env steps so far, the next evaluation mark and the dataset's description. A run resumed
+after the fit does not fit the model again: the world-model learner restores the frozen model from the checkpoint
+and publishes it, and the imagination workers get the conservatism again.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any
 
 from replay.handles import get
-from system.driver import Driver, Summary, _Call
+from system.checkpoint import FoundCheckpoint
+from system.driver import Driver, Summary, _Call, _plain
 from system.loops import LearnerReport
 from system.offline import OfflineData, conservatism_from_calibration
+from system.run_dir import CheckpointError
+
+
+def resumed_offline_data(found: FoundCheckpoint) -> OfflineData:
+    """The dataset's description saved in an offline run's checkpoint (its rows are in the run's replay already).
+
+    Raises:
+        CheckpointError: the checkpoint is not an offline run's (no ``offline`` part in its ``driver.json``).
+    """
+    saved = (found.document("driver.json") or {}).get("offline")
+    if not isinstance(saved, dict) or not isinstance(saved.get("data"), dict):
+        raise CheckpointError(f"checkpoint in {str(found.path)!r} has no offline state (written before offline runs "
+                              f"could be resumed?); start the run again, or from its actor with --init")
+    return OfflineData(**saved["data"])
 
 
 class OfflineDriver(Driver):
@@ -28,12 +51,43 @@ class OfflineDriver(Driver):
         self.calibration: dict[str, float] = {}
         self._next_offline_eval = config.policy.bc_init_updates + config.offline.eval_every_updates
         self._eval_phase: dict[int, str] = {}
+        self._resumed = kwargs.get("resume") is not None
+        if self._resumed:
+            self._restore_offline(kwargs["resume"])
 
     # roles ------------------------------------------------------------------------------------------------------
     def _start_roles(self) -> None:
         self._submit_learner("policy")
+        if self.model_frozen:  # resumed after the fit: the restored model stays frozen (published when restored)
+            self._send_conservatism(list(self.system.imagination))
+            if self.phase == "refine":
+                for i in list(self.system.imagination):
+                    self._submit_imagination(i)
+            return
         # imagination waits for the frozen model and the cloned policy
-        self._submit_learner("world_model", self.config.offline.model_max_updates)
+        done = int(self._latest.get("world_model", {}).get("world_model_total_updates", 0))
+        self._submit_learner("world_model", max(1, self.config.offline.model_max_updates - done))
+
+    def _send_conservatism(self, workers: list[int]) -> None:
+        """Set the frozen model's conservatism on imagination workers ``workers`` (without waiting: a worker runs
+        the driver's calls in the order they were sent, so it applies it before its next ``run``)."""
+        for i in workers:
+            self.system.imagination[i].set_conservatism.remote(self.conservatism["penalty_scale"],
+                                                               self.conservatism["max_disagreement"])
+
+    def _actor_restarted(self, name: str) -> None:
+        """A restarted imagination worker has the configured penalty and truncation: set the frozen model's again
+        (before the driver sends it its lost call)."""
+        super()._actor_restarted(name)
+        restarted = [i for i, handle in self.system.imagination.items() if self.system.name_of(handle) == name]
+        if restarted and self.model_frozen:
+            self._send_conservatism(restarted)
+
+    def _start_worker(self, pool: str, i: int) -> None:
+        """A worker added by scaling: an imagination worker gets the frozen model's conservatism first."""
+        if pool == "imagination" and self.model_frozen:
+            self._send_conservatism([i])
+        super()._start_worker(pool, i)
 
     def _on_world_model(self, call: _Call, report: LearnerReport) -> None:
         self._learner_columns("world_model", report)
@@ -82,6 +136,11 @@ class OfflineDriver(Driver):
             self._offline_eval(self.phase)
         self._submit_learner("policy")
 
+    def _kept_key(self, policy: dict[str, Any], meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Kept checkpoints of an offline run are keyed by the saved actor's policy updates (no env steps)."""
+        updates = int(policy["learner"]["num_updates"])
+        return updates, {"kept_by": "policy_updates", "policy_updates": updates, "offline_phase": self.phase}
+
     def _maybe_refine(self) -> None:
         if self.phase == "fit" and self.model_frozen and self.bc_done:
             self.phase = "refine"
@@ -113,11 +172,40 @@ class OfflineDriver(Driver):
                    eval_env_steps_total=self.eval_env_steps)
         return row
 
+    # checkpoints and resume ---------------------------------------------------------------------------------------
+    def _counters(self) -> dict[str, Any]:
+        """The base driver's counters plus ``offline``: what :meth:`_restore_offline` continues from (evaluations
+        asked for but not done are asked for again at their mark)."""
+        counters = super()._counters()
+        pending = [c.payload if c.kind == "eval_weights" else c.payload[1]
+                   for c in self._calls() if c.kind in ("eval_weights", "eval")]
+        counters["offline"] = _plain({
+            "phase": self.phase, "model_frozen": self.model_frozen, "bc_done": self.bc_done,
+            "policy_updates": self.policy_updates, "eval_env_steps": self.eval_env_steps,
+            "conservatism": self.conservatism, "calibration": self.calibration,
+            "next_eval": min([self._next_offline_eval, *pending]),
+            "eval_phase": {str(k): v for k, v in self._eval_phase.items()}, "data": asdict(self.data),
+        })
+        return counters
+
+    def _restore_offline(self, found: FoundCheckpoint) -> None:
+        """Continue from an offline run's checkpoint: phase, frozen model, cloning, conservatism, counters."""
+        saved = (found.document("driver.json") or {}).get("offline")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint in {str(found.path)!r} has no offline state; expected one written by "
+                                  f"an offline run")
+        self.phase, self.model_frozen, self.bc_done = saved["phase"], saved["model_frozen"], saved["bc_done"]
+        self.policy_updates, self.eval_env_steps = int(saved["policy_updates"]), int(saved["eval_env_steps"])
+        self.conservatism, self.calibration = dict(saved["conservatism"]), dict(saved["calibration"])
+        self._next_offline_eval = int(saved["next_eval"])
+        self._eval_phase = {int(k): v for k, v in saved["eval_phase"].items()}
+        self._last_eval_mark = max([e["policy_updates"] for e in self.evals], default=0)
+
     # the loop -----------------------------------------------------------------------------------------------------
     def run(self) -> Summary:
         self._start_roles()
-        if self.bc_done:  # started from another run's actor (offline.init_from): its return before refining
-            self._offline_eval("init")
+        if self.bc_done and not self._resumed:  # started from another run's actor (offline.init_from): its return
+            self._offline_eval("init")            # before refining
         while True:
             self._turn()
             if not self._stop_reason:

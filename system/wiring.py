@@ -71,7 +71,7 @@ class OfflinePolicyLoop(PolicyLoop):
         super().__init__(config, spec, replay, store, local, restore_from)
         self._bc_updates = config.policy.bc_init_updates
         self._warmup = config.offline.critic_warmup_updates
-        batch_size, requested = config.policy.batch_size, [0]
+        batch_size, requested = config.policy.batch_size, [self.learner.num_updates]  # restored: cloning goes on
 
         # dataset rows for cloning, then imagined rows only (waiting for imagination's first rows)
         def parts() -> list[BatchPart]:
@@ -81,7 +81,7 @@ class OfflinePolicyLoop(PolicyLoop):
             return [BatchPart("imagined", batch_size, None)]
 
         self._parts = parts
-        if config.offline.init_from:
+        if config.offline.init_from and self.restored_version is None:  # restored: the run's own actor
             from system.run_dir import RunDir
 
             self.learner.actor.load_state_dict(RunDir(config.offline.init_from).load_state("actor"))

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from actors.envs import probe_env
-from system.checkpoint import (CHECKPOINT, PREVIOUS, TEMPORARY, DriverLock, RunLockedError, check_compatible,
-                               describe_meta, find_checkpoint, write_checkpoint)
+from system.checkpoint import (CHECKPOINT, KEPT, PREVIOUS, TEMPORARY, DriverLock, RunLockedError, check_compatible,
+                               checkpoint_run_path, describe_meta, find_checkpoint, keep_checkpoint, kept_checkpoints,
+                               newest_checkpoint, write_checkpoint)
 from system.config import load_config
 from system.run_dir import CheckpointError
 from system.wiring import build_system
@@ -180,3 +181,67 @@ def test_shards_continue_their_rate_limiters_from_the_marker(tmp_path, config):
             now = stats["consumers"][consumer]
             assert (now["inserted"], now["sampled"]) == (saved["inserted"] + since, saved["sampled"]), consumer
     assert since_total == 50
+
+
+def keep(run, key, value, n=3):
+    return keep_checkpoint(run, key, {"w": torch.full((2,), float(value))},
+                           {"format": 1, "env_steps": key, "policy_version": value}, keep=n)
+
+
+def test_kept_checkpoints_are_named_by_key_oldest_first_and_pruned_beyond_n(tmp_path):
+    assert kept_checkpoints(tmp_path) == []
+    for key in (500, 1500, 1000, 2000):  # 500 is the oldest: deleted once four are kept with n=3
+        keep(tmp_path, key, key)
+    kept = kept_checkpoints(tmp_path)
+    assert [p.name for p in kept] == ["0000001000", "0000001500", "0000002000"]
+    assert all(p.parent == tmp_path / KEPT for p in kept)
+    found = find_checkpoint(kept[0])  # a kept directory is a checkpoint directory as it is
+    assert found.path == kept[0] and found.meta["env_steps"] == 1000 and "written_at" in found.meta
+    assert found.meta["files"].keys() == {"actor.pt"} and found.load("actor.pt")["w"].tolist() == [1000.0] * 2
+    assert newest_checkpoint(kept[-1]).meta["policy_version"] == 2000
+    assert checkpoint_run_path(kept[0]) == tmp_path
+
+
+def test_a_kept_checkpoint_of_the_same_key_is_replaced_and_incomplete_ones_are_skipped(tmp_path):
+    keep(tmp_path, 100, 1)
+    keep(tmp_path, 100, 2)  # the final checkpoint at the last periodic one's env steps: the newer policy wins
+    assert [find_checkpoint(p).meta["policy_version"] for p in kept_checkpoints(tmp_path)] == [2]
+    keep(tmp_path, 200, 3)
+    (tmp_path / KEPT / "0000000200" / "actor.pt").write_bytes(b"cut")  # damaged: skipped
+    (tmp_path / KEPT / "0000000300.tmp").mkdir()  # a crash while writing: skipped, removed by the next one
+    (tmp_path / KEPT / "notes").mkdir()
+    assert [p.name for p in kept_checkpoints(tmp_path)] == ["0000000100"]
+    with pytest.raises(CheckpointError, match="actor.pt has 3 bytes"):
+        find_checkpoint(tmp_path / KEPT / "0000000200")
+    keep(tmp_path, 400, 4)
+    assert not (tmp_path / KEPT / "0000000300.tmp").exists()
+    assert [p.name for p in kept_checkpoints(tmp_path)] == ["0000000100", "0000000400"]
+
+
+def test_the_driver_keeps_the_policy_of_each_checkpoint(tmp_path, config):
+    from dataclasses import replace
+
+    from learners.sac import Policy
+    from system.driver import Driver
+    from system.run_dir import RunDir
+
+    config = replace(config, run=replace(config.run, keep_checkpoints=2))
+    spec = probe_env(config.env)
+    system = build_system(config, spec, local=True)
+    run_dir = RunDir(tmp_path / "run").create(config)
+    driver = Driver(config, spec, system, run_dir)
+    for steps in (1000, 2000, 3000):
+        driver.env_steps = steps
+        driver._write({"learners": {"policy": system.policy.wrapped.checkpoint_state()},
+                       "counters": driver._counters(), "markers": {}, "began": 0.0})
+    kept = kept_checkpoints(run_dir.path)
+    assert [p.name for p in kept] == ["0000002000", "0000003000"]
+    main, newest = find_checkpoint(run_dir.path), find_checkpoint(kept[-1])
+    assert newest.meta["kept_by"] == "env_steps" and newest.meta["run"] == "run"
+    for key in ("env_steps", "policy_version", "wall_time_s", "env_id", "obs_shape", "networks", "dynaray_version"):
+        assert newest.meta[key] == main.meta[key], key
+    check_compatible(newest, describe_meta(config, spec))
+    actor = newest.load("actor.pt")  # what `dynaray eval` loads: the main checkpoint's actor
+    assert all(torch.equal(actor[k], main.load("actor.pt")[k]) for k in actor)
+    Policy(spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high,
+           config.policy.hidden_sizes).load_state(actor)

@@ -128,3 +128,22 @@ def test_a_checkpoint_that_does_not_fit_the_policy_network_is_named(tmp_path, ru
     dataset = write_dataset(tmp_path / "data.parquet")
     assert main(["eval", str(policy.path), "--in-model", str(model.path), "--dataset", dataset]) == 2
     assert "the checkpoint does not fit the policy network" in capsys.readouterr().err
+
+
+def test_a_runs_kept_checkpoints_are_ranked_each(tmp_path, capsys):
+    from system.checkpoint import keep_checkpoint
+
+    model = make_run(tmp_path / "model")
+    run = make_run(tmp_path / "run", model=False)
+    meta = json.loads((run.checkpoint / "meta.json").read_text())
+    for steps, seed in ((1000, 5), (2000, 6)):
+        actor = Policy(3, 1, -2 * np.ones(1), 2 * np.ones(1), (64, 64), seed=seed).actor.state_dict()
+        keep_checkpoint(run.path, steps, actor, {**meta, "env_steps": steps}, keep=5)
+    dataset = write_dataset(tmp_path / "data.parquet")
+    out = tmp_path / "ranking.json"
+    kept = run.path / "checkpoints"
+    assert main(["eval", str(kept), str(kept / "0000001000"), "--in-model", str(model.path), "--dataset", dataset,
+                 "--starts", "2", "--horizon", "3", "--json", str(out)]) == 0, capsys.readouterr().err
+    policies = json.loads(out.read_text())["policies"]
+    assert sorted(e["env_steps"] for e in policies) == [1000, 1000, 2000]
+    assert {e["policy"] for e in policies} == {str(kept / "0000001000"), str(kept / "0000002000")}

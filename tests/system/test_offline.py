@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +23,9 @@ from system.cli import main
 from system.collect_cli import write_parquet
 from system.config import ConfigError, load_config
 from system.offline import OfflineDataError, conservatism_from_calibration, prepare_dataset
-from system.offline_driver import OfflineDriver
+from system.checkpoint import find_checkpoint, kept_checkpoints
+from system.driver import _Call
+from system.offline_driver import OfflineDriver, resumed_offline_data
 from system.run_dir import RunDir
 from system.wiring import build_system, kill_system
 
@@ -46,7 +51,8 @@ def offline_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("offline")
     data = dataset(tmp_path)
     config = load_config(["pendulum", "debug", "offline"],
-                         [f"offline.dataset={data}", f"run.runs_dir={tmp_path}", "name=offline-run", *TINY])
+                         [f"offline.dataset={data}", f"run.runs_dir={tmp_path}", "name=offline-run", *TINY,
+                          "run.keep_checkpoints=2", "run.checkpoint_every_s=0.5"])
     spec = probe_env(config.env)
     run_dir = RunDir(tmp_path / "offline-run").create(config)
     replay_dir = str(run_dir.replay_directory(config))
@@ -103,6 +109,119 @@ def test_model_fit_ends_and_sets_the_conservatism_from_its_calibration(offline_r
     assert worker.config.penalty_scale == pytest.approx(penalty)
     assert worker.config.max_disagreement == pytest.approx(threshold)
     assert conservatism["model_updates"] <= config.offline.model_max_updates
+
+
+def test_kept_checkpoints_of_an_offline_run_are_keyed_by_policy_updates(offline_run):
+    config, system, run_dir, prepared, summary, rows = offline_run
+    kept = kept_checkpoints(run_dir.path)
+    assert 1 <= len(kept) <= 2
+    final = find_checkpoint(run_dir.path)
+    for path in kept:
+        meta = find_checkpoint(path).meta
+        assert meta["kept_by"] == "policy_updates" and meta["policy_updates"] == int(path.name)
+        assert meta["env_steps"] == 0 and meta["env_id"] == "Pendulum-v1"
+    newest = find_checkpoint(kept[-1])
+    assert newest.meta["policy_updates"] == final.load("policy.pt")["learner"]["num_updates"]
+    assert newest.meta["offline_phase"] == "refine" and newest.meta["policy_version"] == final.meta["policy_version"]
+
+
+def test_a_resumed_offline_run_refines_on_without_fitting_the_model_again(offline_run, tmp_path):
+    config, system, run_dir, prepared, summary, rows = offline_run
+    shutil.copytree(run_dir.path, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    found = find_checkpoint(run.path)
+    saved = found.document("driver.json")["offline"]
+    before = json.loads((run.path / "offline.json").read_text())
+    assert saved["phase"] == "refine" and saved["model_frozen"] and saved["bc_done"]
+    assert saved["conservatism"] == before["conservatism"] and resumed_offline_data(found) == prepared
+    model_updates = found.load("world_model.pt")["learner"]["num_updates"]
+    policy_updates = found.load("policy.pt")["learner"]["num_updates"]
+    resumed = replace(config, offline=replace(config.offline, total_updates=policy_updates + 20))
+    spec = probe_env(config.env)
+    again = build_system(resumed, spec, local=True, replay_dir=str(run.replay_directory(resumed)),
+                         run_path=str(run.path))
+    try:
+        summary = OfflineDriver(resumed, spec, again, run, resumed_offline_data(found), resume=found).run()
+    finally:
+        kill_system(again)
+    assert summary.stopped_because == f"policy-update budget of {policy_updates + 20} reached"
+    assert again.world_model.wrapped.learner.num_updates == model_updates  # restored frozen, not fitted again
+    policy = again.policy.wrapped
+    assert policy.learner.num_updates >= policy_updates + 20 and policy.restored_version is not None
+    worker = again.imagination[0].wrapped
+    assert worker.config.penalty_scale == pytest.approx(saved["conservatism"]["penalty_scale"])
+    assert worker.config.max_disagreement == pytest.approx(saved["conservatism"]["max_disagreement"])
+    after = json.loads((run.path / "offline.json").read_text())
+    assert after["policy_updates"] >= policy_updates + 20 and after["training_env_steps"] == 0
+    assert after["evals"][:len(before["evals"])] == before["evals"] and after["evals"][-1]["phase"] == "final"
+    assert after["evals"][-1]["policy_updates"] > before["evals"][-1]["policy_updates"]
+    assert after["conservatism"] == before["conservatism"] and after["calibration"] == before["calibration"]
+    metrics = pq.read_table(run.path / "metrics.parquet").to_pandas()
+    assert (metrics["env_steps"] == 0).all() and metrics["offline_policy_updates"].max() >= policy_updates + 20
+    assert (metrics["policy_refine_real_rows"].dropna() == 0).all()
+
+
+def test_an_offline_run_resumed_from_a_cut_while_fitting_goes_on_fitting_and_cloning(offline_run, tmp_path):
+    config, system, run_dir, prepared, summary, rows = offline_run
+    config = replace(config, name="fit", run=replace(config.run, keep_checkpoints=0, checkpoint_every_s=0))
+    spec = probe_env(config.env)
+    run = RunDir(tmp_path / "fit").create(config)
+    replay_dir = str(run.replay_directory(config))
+    data = prepare_dataset(config, spec, replay_dir)
+    first = build_system(config, spec, local=True, replay_dir=replay_dir)
+    try:  # a cut while the model is fitted and the policy cloned: 10 model updates, 7 of 20 cloning updates
+        first.world_model.wrapped.run(max_seconds=60, max_updates=10)
+        first.policy.wrapped.run(max_seconds=60, max_updates=7)
+        assert OfflineDriver(config, spec, first, run, data).checkpoint(deadline=time.monotonic() + 60)
+    finally:
+        kill_system(first)
+        for shard in first.shards:  # its replay files are free for the resumed run's shards
+            shard.wrapped.close()
+    found = find_checkpoint(run.path)
+    saved = found.document("driver.json")["offline"]
+    assert saved["phase"] == "fit" and not saved["model_frozen"] and not saved["conservatism"]
+    model_updates = found.load("world_model.pt")["learner"]["num_updates"]
+    cloned = found.load("policy.pt")["learner"]["num_updates"]
+    assert (model_updates, cloned) == (10, 7)
+
+    again = build_system(config, spec, local=True, replay_dir=replay_dir, run_path=str(run.path))
+    loop = again.policy.wrapped
+    assert loop.learner.num_updates == cloned
+    resumed_rows = []
+    try:
+        summary = OfflineDriver(config, spec, again, run, resumed_offline_data(found), resume=found,
+                                on_report=resumed_rows.append).run()
+    finally:
+        kill_system(again)
+    assert summary.stopped_because == "policy-update budget of 40 reached"
+    assert again.world_model.wrapped.learner.num_updates > model_updates  # the fit went on
+    bc = [r["policy_bc_loss"] for r in resumed_rows if "policy_bc_loss" in r]
+    after = json.loads((run.path / "offline.json").read_text())
+    assert bc and after["conservatism"]["penalty_scale"] > 0
+    assert [e["phase"] for e in after["evals"]][-1] == "final" and after["training_env_steps"] == 0
+    # cloning counted on from the restored updates: the SAC updates (the critics' optimizer steps) began right
+    # after bc_init_updates cloning updates in all
+    assert loop.learner.num_updates >= config.offline.total_updates
+    steps = {int(state["step"]) for state in loop.learner.critic_optimizer.state.values()}
+    assert steps == {loop.learner.num_updates - config.policy.bc_init_updates}
+
+
+def test_a_restarted_imagination_worker_gets_the_conservatism_again(offline_run):
+    config, system, run_dir, prepared, summary, rows = offline_run
+    driver = OfflineDriver(config, probe_env(config.env), system, run_dir, prepared)
+    driver.model_frozen, driver.conservatism = True, {"penalty_scale": 0.25, "max_disagreement": 0.5}
+    worker = system.imagination[0]
+    configured = worker.wrapped.config
+    system.by_name["imagination-0"] = worker  # as on Ray, where the driver probes it by name
+    try:
+        driver._on_alive(_Call("alive", payload="imagination-0"), ("first", 1))  # its first answer: no restart
+        assert worker.wrapped.config.penalty_scale != 0.25
+        driver._on_alive(_Call("alive", payload="imagination-0"), ("second", 2))  # a new process: Ray restarted it
+        assert (worker.wrapped.config.penalty_scale, worker.wrapped.config.max_disagreement) == (0.25, 0.5)
+        assert driver._ledger.restarts()["imagination"] == 1
+    finally:
+        system.by_name.pop("imagination-0")
+        worker.wrapped.config = configured
 
 
 def test_conservatism_from_known_calibration():
