@@ -318,6 +318,9 @@ def _in_model(args: argparse.Namespace) -> int:
                             f"{str(exc).splitlines()[0]}") from None
         real = _run_real(policy, spec, args.real, args.seed) if args.real else None
         results.append((policy, estimate, real))
+        shown = "" if real is None else f", real {real.return_mean:.1f} ({real.seconds:.1f} s)"
+        print(f"dynaray: {len(results)}/{len(policies)} {policy.label}: in the model {estimate.return_mean:.1f} "
+              f"({estimate.seconds:.1f} s){shown}", file=sys.stderr)
 
     report = ranking_report(results)
     print(format_report(report))
