@@ -167,7 +167,8 @@ class OfflineDriver(Driver):
         row = super()._row()
         scored = [e for e in self.evals if not math.isnan(e["return_mean"])]
         if scored:  # the newest evaluation by policy updates (every one is at env step 0)
-            row["eval_return_mean"] = max(scored, key=lambda e: e["policy_updates"])["return_mean"]
+            newest = max(scored, key=lambda e: e["policy_updates"])
+            row.update(eval_return_mean=newest["return_mean"], eval_policy_updates=newest["policy_updates"])
         row.update(offline_phase=self.phase, offline_policy_updates=self.policy_updates,
                    eval_env_steps_total=self.eval_env_steps)
         return row
