@@ -195,8 +195,10 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     system = None
     try:
         if found is not None:
-            print(f"dynaray: run {config.name}: resuming from {found.path} ({found.meta['env_steps']} env steps, "
-                  f"policy version {found.meta['policy_version']})", file=sys.stderr)
+            done = (f"{found.document('driver.json')['offline']['policy_updates']} policy updates"
+                    if offline_data is not None else f"{found.meta['env_steps']} env steps")
+            print(f"dynaray: run {config.name}: resuming from {found.path} ({done}, policy version "
+                  f"{found.meta['policy_version']})", file=sys.stderr)
         print(f"dynaray: run {config.name}: starting Ray", file=sys.stderr)  # our first line before Ray's own
         where = start_ray(config, namespace=namespace(config.name))
         signals.install()

@@ -212,7 +212,7 @@ class OfflineDriver(Driver):
             if not self._stop_reason:
                 continue
             if self._last_eval_mark < self.policy_updates:
-                self._offline_eval("final")
+                self._offline_eval("interrupted" if self._interrupted else "final")
             elif self._evals_done():
                 break
         summary = self._finish()
