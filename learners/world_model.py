@@ -650,6 +650,11 @@ class WorldModel:
         self._elites = elites.to(self.device)
         self._weights = self._inference_weights()
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling generator at ``seed``: the same draws again (evaluations in the model compare
+        policies on common random numbers)."""
+        self._generator.manual_seed(seed)
+
     def set_dtype(self, dtype: torch.dtype) -> None:
         """Run the network's matmuls in ``dtype`` (torch.bfloat16 or torch.float32) on copies of the weights made
         here and at every ``load_state``; the network's outputs are cast back to fp32."""
@@ -734,8 +739,10 @@ class WorldModel:
         return torch.from_numpy(result.astype(bool)).to(self.device)
 
     @torch.no_grad()
-    def step(self, obs: Tensor, action: Tensor) -> ModelStep:
-        """Sample one transition per row from a random elite (drawn per row and call).
+    def step(self, obs: Tensor, action: Tensor, members: Tensor | None = None) -> ModelStep:
+        """Sample one transition per row from a random elite (drawn per row and call), or from elite
+        ``members[n]`` (an index into ``elites``) for row n: a rollout that keeps one member per row follows that
+        member's dynamics (policy evaluation in the model spreads its estimate over the members).
 
         Returns next_obs (N, O), reward (N,), terminated (N,) bool and disagreement (N,), on ``obs.device``.
         """
@@ -744,7 +751,10 @@ class WorldModel:
         rows, obs_dim, target_dim = obs.shape[0], self.obs_dim, self.obs_dim + 1
         out = self._net(obs, action, True)  # (K, N, 2T + 1), the elites only
         spread = disagreement(out[..., :target_dim], obs_dim)
-        pick = torch.randint(self._elites.numel(), (rows,), generator=self._generator, device=self.device)
+        if members is None:
+            pick = torch.randint(self._elites.numel(), (rows,), generator=self._generator, device=self.device)
+        else:
+            pick = self._checked_members(members, rows)
         picked = out[pick, torch.arange(rows, device=self.device)]  # (N, 2T + 1): each row's elite
         mean, raw_logvar, logit = picked.split([target_dim, target_dim, 1], dim=-1)
         noise = torch.randn(mean.shape, generator=self._generator, device=self.device)
@@ -760,6 +770,16 @@ class WorldModel:
             next_obs.to(out_device), sample[:, obs_dim].to(out_device), terminated.to(out_device),
             spread.to(out_device),
         )
+
+    def _checked_members(self, members: Tensor, rows: int) -> Tensor:
+        elites = self._elites.numel()
+        if members.shape != (rows,) or members.dtype != torch.int64:
+            raise ValueError(f"members has shape {tuple(members.shape)}, dtype {members.dtype}; "
+                             f"expected ({rows},) int64")
+        if rows and (int(members.min()) < 0 or int(members.max()) >= elites):
+            raise ValueError(f"members in [{int(members.min())}, {int(members.max())}]: expected indices into the "
+                             f"{elites} elites, in [0, {elites})")
+        return members.to(self.device)
 
     @torch.no_grad()
     def predict(self, obs: Tensor, action: Tensor) -> dict[str, Tensor]:

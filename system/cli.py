@@ -3,7 +3,7 @@
     dynaray train [PRESET ...] [key=value ...] [--address ADDR]
     dynaray train --resume RUN_DIR [key=value ...] [--address ADDR]
     dynaray train offline DATASET [PRESET ...] [key=value ...] [--init RUN_DIR]   (docs/offline.md)
-    dynaray eval RUN_DIR [--episodes N]
+    dynaray eval RUN_DIR [--episodes N] | POLICY ... --in-model MODEL_RUN_DIR [--real N]   (docs/offline.md)
     dynaray scale rollout=N [imagination=M] [--run NAME] [--address ADDR]
     dynaray status [--run NAME] [--address ADDR] [--runs-dir DIR]
     dynaray plot RUN_DIR [RUN_DIR ...] [--out PNG]
@@ -396,43 +396,6 @@ def _say_what_cannot_be_placed(pool: str, added: int, demands: dict, free: dict)
               f"free or an autoscaler adds a node", file=sys.stderr)
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    from actors.envs import EnvError, probe_env
-    from system.config import ConfigError
-    from system.checkpoint import newest_checkpoint
-    from system.run_dir import CheckpointError, RunDir
-
-    run_dir = RunDir(args.run_dir)
-    try:
-        config = run_dir.load_config()
-        spec = probe_env(config.env)
-        found = newest_checkpoint(run_dir.path)  # checkpoint/, else checkpoint.prev/ (system/checkpoint.py)
-        state = found.load("actor.pt") if found is not None else run_dir.load_state("actor")
-    except (ConfigError, EnvError, CheckpointError) as exc:
-        return _fail(str(exc), EXIT_BAD_INPUT)
-
-    from actors.evaluator import Evaluator
-    from learners.sac import Policy
-
-    def make_policy():
-        return Policy(spec.obs_dim, spec.action_dim, spec.action_low, spec.action_high, config.policy.hidden_sizes,
-                      seed=args.seed)
-
-    evaluator = Evaluator(config.env, make_policy, seed=args.seed)
-    try:
-        result = evaluator.evaluate(state, args.episodes)
-    except (RuntimeError, ValueError) as exc:
-        return _fail(f"checkpoint in {str(run_dir.path)!r} does not fit the policy network: {exc}".splitlines()[0],
-                     EXIT_BAD_INPUT)
-    finally:
-        evaluator.close()
-    print(
-        f"{config.env.id}: mean return {result.return_mean:.1f} +- {result.return_std:.1f} over "
-        f"{args.episodes} episodes (mean length {sum(result.lengths) / len(result.lengths):.0f})"
-    )
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynaray", description="Distributed model-based RL on Ray.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -455,19 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where run directories are (default: runs)")
     p.set_defaults(func=scale)
 
-    p = verbs.add_parser("eval", help="reload a run's checkpoint and report its mean return")
-    p.add_argument("run_dir", help="a run directory, e.g. runs/InvertedPendulum-v5-20261125-101500")
-    p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
-    p.add_argument("--seed", type=int, default=12345, help="seed for the eval env resets")
-    p.set_defaults(func=evaluate)
-
-    from system import bench, collect_cli, plot_cli, status_cli
+    from system import bench, collect_cli, eval_cli, plot_cli, status_cli
 
     bench.register(verbs)  # dynaray bench replay | rollout | sac | imagination | ... (system/bench/__init__.py)
     register_replay_verbs(verbs)  # dynaray replay export|import|inspect
     status_cli.register(verbs)  # dynaray status
     plot_cli.register(verbs)  # dynaray plot
     collect_cli.register(verbs)  # dynaray collect
+    eval_cli.register(verbs)  # dynaray eval (in the real env, or ranked in a world model)
     return parser
 
 

@@ -175,6 +175,9 @@ class SystemConfig:
         problem = offline_problem(self)
         if problem:
             raise ValueError(problem)
+        if self.eval.in_model and not self.world_model.enabled:
+            raise ValueError("eval.in_model=true: expected world_model.enabled=true (policies are scored in the "
+                             "learned world model), got world_model.enabled=false")
         if self.rollout.planner.enabled and not self.world_model.enabled:
             raise ValueError("rollout.planner.enabled=True: expected world_model.enabled=true (the planner scores "
                              "its candidates with the learned world model), got world_model.enabled=false")

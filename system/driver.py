@@ -119,6 +119,9 @@ class Driver:
         self._next_eval = config.eval.every_steps
         self._last_eval_mark = 0
         self._eval_round_robin = 0
+        self._real_episodes: dict[int, int] = {}
+        """Mark -> real episodes of each evaluation asked for (eval.in_model: 0 between eval.real_every-th ones)."""
+        self._evals_asked = 0
         self._last_row_time = self._start
         self._step_times: deque[tuple[float, int]] = deque([(self._start, 0)])
         self._stop_reason: str | None = None
@@ -182,9 +185,12 @@ class Driver:
         ref = self.system.imagination[i].run.remote(self.env_steps, self.config.run.report_interval_s)
         self._submit(ref, _Call("imagination", i))
 
-    def _request_eval(self, mark: int) -> None:
-        """Take the policy published now (at ``mark`` env steps) and queue it for evaluation."""
+    def _request_eval(self, mark: int, final: bool = False) -> None:
+        """Take the policy published now (at ``mark`` env steps) and queue it for evaluation (``final``: the run's
+        last)."""
         self._last_eval_mark = mark
+        self._real_episodes[mark] = self.config.eval.real_episodes(self._evals_asked, final)
+        self._evals_asked += 1
         self._submit(self.system.store.latest.remote("policy", -1), _Call("eval_weights", payload=mark))
 
     # handling -------------------------------------------------------------------------------------------------
@@ -481,8 +487,10 @@ class Driver:
             self._submit(self.system.store.latest.remote("policy", -1), call)
         elif kind == "eval":
             ref, mark, version = call.payload
-            self._submit(self.system.evaluators[i].evaluate.remote(ref, self.config.eval.episodes, env_steps=mark,
-                                                                   version=version), call)
+            episodes = self._real_episodes.get(mark, self.config.eval.episodes)
+            self._submit(self.system.evaluators[i].evaluate.remote(ref, episodes, env_steps=mark,
+                                                                   version=version, in_model=self.config.eval.in_model),
+                         call)
 
     def _track(self, name: str, work: int) -> None:
         """A report of actor ``name`` that did ``work`` (env steps, updates, rows): progress when > 0."""
@@ -587,9 +595,23 @@ class Driver:
             "policy_version": version,
             "return_mean": result.return_mean if result else float("nan"),
             "return_std": result.return_std if result else float("nan"),
-            "length_mean": float(np.mean(result.lengths)) if result else float("nan"),
+            "length_mean": float(np.mean(result.lengths)) if result and result.lengths else float("nan"),
             "wall_time_s": time.monotonic() - self._start,
+            **self._model_columns(result),
         }
+
+    def _model_columns(self, result: EvalResult | None) -> dict[str, Any]:
+        """The estimate in the world model of an ``eval.in_model`` evaluation (NaN where there is none)."""
+        if not self.config.eval.in_model:
+            return {}
+        model = result.model if result is not None else None
+        if model is None:
+            return {"model_return_mean": float("nan"), "model_return_low": float("nan"),
+                    "model_return_high": float("nan"), "model_untrusted_fraction": float("nan"),
+                    "model_version": -1}
+        return {"model_return_mean": model.return_mean, "model_return_low": model.return_low,
+                "model_return_high": model.return_high, "model_untrusted_fraction": model.untrusted_fraction,
+                "model_version": result.model_version}
 
     # reporting ------------------------------------------------------------------------------------------------
     def _row(self) -> dict[str, Any]:
@@ -722,7 +744,7 @@ class Driver:
             if self._consumers_busy() and time.monotonic() - drain_started < DRAIN_TIMEOUT_S:
                 continue
             if self._last_eval_mark < self.env_steps:
-                self._request_eval(self.env_steps)
+                self._request_eval(self.env_steps, final=True)
             elif self._evals_done():
                 self._stop_reason = (f"env-step budget of {budget} reached" if self._step_budget == budget else
                                      f"wall-clock budget of {self.config.run.max_wall_s:g} s reached at "
@@ -755,11 +777,8 @@ class Driver:
         self.evals.sort(key=lambda e: e["env_steps"])
         self.run_dir.write_table("evals", self.evals)
         scored = [e["return_mean"] for e in self.evals if not np.isnan(e["return_mean"])]
-        if scored:
-            self.run_dir.plot_learning_curve(
-                [e for e in self.evals if not np.isnan(e["return_mean"])],
-                f"{self.config.env.id} ({self.run_dir.path.name})",
-            )
+        if scored or any(e["policy_version"] >= 0 for e in self.evals):
+            self.run_dir.plot_learning_curve(self.evals, f"{self.config.env.id} ({self.run_dir.path.name})")
         return Summary(
             env_steps=self.env_steps,
             wall_time_s=time.monotonic() - self._start,
@@ -799,6 +818,7 @@ class Driver:
         self._episodes = int(counters["episodes"])
         self._episode_returns.extend(counters["episode_returns"])
         self.evals = list(counters["evals"])
+        self._evals_asked = len(self.evals)
         self._next_eval, self._last_eval_mark = int(counters["next_eval"]), int(counters["last_eval_mark"])
         self._policy_version = int(counters["policy_version"])
         self._ledger.carry_over(counters["restarts"])

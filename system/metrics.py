@@ -480,6 +480,10 @@ class EvaluatorMetrics(EvaluatorRecorder):
         self.return_mean = m.gauge("return_mean", "mean return of the newest evaluation")
         self.policy_version = m.gauge("policy_version", "policy version of the newest evaluation")
         self.seconds = m.gauge("seconds", "wall time of the newest evaluation")
+        self.model_return_mean = m.gauge("model_return_mean", "return of the newest evaluation estimated in the "
+                                                              "world model (eval.in_model)")
+        self.model_untrusted = m.gauge("model_untrusted_fraction", "fraction of the newest in-model evaluation's "
+                                                                   "rollouts stopped as untrusted")
 
     def record(self, result: EvalResult) -> None:
         """After an ``evaluate`` call: its result."""
@@ -488,9 +492,13 @@ class EvaluatorMetrics(EvaluatorRecorder):
         self.evaluations.inc(1)
         self.episodes.inc(len(result.returns))
         self.env_steps.inc(sum(result.lengths))
-        self.return_mean.set(result.return_mean)
+        if result.returns:
+            self.return_mean.set(result.return_mean)
         self.policy_version.set(result.version)
         self.seconds.set(result.seconds)
+        if result.model is not None:
+            self.model_return_mean.set(result.model.return_mean)
+            self.model_untrusted.set(result.model.untrusted_fraction)
 
 
 class StoreMetrics:

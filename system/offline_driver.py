@@ -150,7 +150,7 @@ class OfflineDriver(Driver):
     # evaluations (real env, never training data) ----------------------------------------------------------------
     def _offline_eval(self, phase: str) -> None:
         self._eval_phase[self.policy_updates] = phase
-        self._request_eval(self.policy_updates)
+        self._request_eval(self.policy_updates, final=phase in ("final", "interrupted"))
 
     def _on_eval(self, call: _Call, result: Any) -> None:
         self.eval_env_steps += int(sum(result.lengths))

@@ -131,17 +131,27 @@ class RunDir:
 
     # plot -----------------------------------------------------------------------------------------------------
     def plot_learning_curve(self, evals: list[dict[str, Any]], title: str, xlabel: str = "env steps") -> Path:
+        """``learning_curve.png``: the real eval return (mean +- std) and, where the rows have one
+        (``eval.in_model``), the estimate in the world model with its members' range."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        steps = [e["env_steps"] for e in evals]
-        mean = [e["return_mean"] for e in evals]
-        std = [e["return_std"] for e in evals]
+        real = [e for e in evals if math.isfinite(e["return_mean"])]
+        steps = [e["env_steps"] for e in real]
+        mean = [e["return_mean"] for e in real]
+        std = [e["return_std"] for e in real]
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(steps, mean, marker="o", markersize=3)
+        ax.plot(steps, mean, marker="o", markersize=3, label="real env")
         ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        model = [e for e in evals if math.isfinite(e.get("model_return_mean", math.nan))]
+        if model:  # eval.in_model: the estimate in the world model, its members' range shaded
+            ax.plot([e["env_steps"] for e in model], [e["model_return_mean"] for e in model], marker="s",
+                    markersize=3, label="in the world model")
+            ax.fill_between([e["env_steps"] for e in model], [e["model_return_low"] for e in model],
+                            [e["model_return_high"] for e in model], alpha=0.15)
+            ax.legend(fontsize=8)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("eval return (deterministic)")
         ax.set_title(title)

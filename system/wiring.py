@@ -22,6 +22,7 @@ from actors.envs import EnvSpec
 from actors.evaluator import Evaluator
 from actors.gateway import IngestGateway
 from actors.imagination import ImaginationWorker
+from actors.model_evaluator import ModelEvalConfig
 from actors.rollout import RolloutWorker
 from learners.sac import Policy, SACLearner
 from learners.termination import resolve_termination_fn
@@ -442,12 +443,23 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
                           max_restarts=config.run.control_max_restarts)
 
     # Evaluators: receive the policy weights to evaluate from the driver (taken from the store at each mark); Ray
-    # restarts one that dies (eval.max_restarts) and the driver sends it the lost evaluation again.
+    # restarts one that dies (eval.max_restarts) and the driver sends it the lost evaluation again. With
+    # eval.in_model they also poll "world_model" from the store and estimate the policy's return in it, with the
+    # imagination's penalty and truncation.
     for i in range(config.eval.num_workers):
         seed = config.seed + SEED_EVAL + 100 * i
+        in_model = {}
+        if config.eval.in_model:
+            in_model = dict(model_weights=weights_client("world_model"),
+                            make_model=partial(WorldModel, spec.obs_dim, spec.action_dim, config.world_model,
+                                               seed=seed),
+                            model_eval=ModelEvalConfig(starts=config.eval.model_starts,
+                                                       horizon=config.eval.model_horizon,
+                                                       penalty_scale=config.imagination.penalty_scale,
+                                                       max_disagreement=config.imagination.max_disagreement))
         system.evaluators.append(
             make(Evaluator, f"evaluator-{i}", config.eval.num_cpus, config.env, partial(policy_factory, seed=seed),
-                 seed=seed, index=i, metrics=EvaluatorMetrics, max_restarts=config.eval.max_restarts)
+                 seed=seed, index=i, metrics=EvaluatorMetrics, max_restarts=config.eval.max_restarts, **in_model)
         )
     return system
 

@@ -26,7 +26,8 @@ pytestmark = [
 TINY = ["env.max_episode_steps=50", "offline.total_updates=60", "policy.bc_init_updates=30",
         "offline.critic_warmup_updates=5", "offline.eval_every_updates=20", "world_model.early_stop_patience=1",
         "world_model.validate_every=10", "offline.model_max_updates=60", "eval.episodes=1",
-        "imagination.batch_size=32", "policy.batch_size=32", "world_model.batch_size=64"]
+        "imagination.batch_size=32", "policy.batch_size=32", "world_model.batch_size=64",
+        "eval.in_model=true", "eval.real_every=2", "eval.model_starts=8"]
 
 
 def test_collect_then_train_offline_on_ray(tmp_path):
@@ -55,9 +56,31 @@ def test_collect_then_train_offline_on_ray(tmp_path):
     refined = metrics["policy_refine_real_rows"].dropna()
     assert len(refined) and (refined == 0).all()
     assert metrics["imagination_transitions"].max() > 0 and (metrics["env_steps"] == 0).all()
+    # eval.in_model: every evaluation scored in the frozen model; the real env at every 2nd one and the last (the
+    # reports decide how many evaluations there are between cloning's and the final one)
+    evals = pq.read_table(run / "evals.parquet").to_pylist()
+    assert evals[0]["phase"] == "bc" and evals[-1]["phase"] == "final", evals
+    real = [e["return_mean"] == e["return_mean"] for e in evals]  # NaN: scored in the model only
+    assert real == [i % 2 == 0 or i == len(evals) - 1 for i in range(len(evals))], evals
+    scored = [e for e in evals if e["model_version"] >= 0]
+    assert scored and scored[-1] is evals[-1], evals  # the final policy is scored in the model
+    assert all(e["model_return_low"] <= e["model_return_mean"] <= e["model_return_high"] for e in scored), evals
     real = stored_rows(run)
     assert len(real["obs"]) == 500  # the dataset, and nothing a rollout worker wrote
     assert not ray_pids(marker)
+
+    # The refined policy ranked in the run's own frozen model from the dataset's start states, and run for real.
+    ranking = tmp_path / "ranking.json"
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "system.cli", "eval", str(run), "--in-model", str(run), "--real", "1", "--starts", "8",
+         "--json", str(ranking), "--plot", str(tmp_path / "ranking.png")],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "from the model's holdout calibration" in evaluated.stdout, evaluated.stdout
+    entry, = json.loads(ranking.read_text())["policies"]
+    assert entry["rank"] == 1 and entry["model_return_low"] <= entry["model_return"] <= entry["model_return_high"]
+    assert entry["real_return"] is not None and 0 <= entry["untrusted_fraction"] <= 1
+    assert (tmp_path / "ranking.png").stat().st_size > 0
 
     # resumed with a larger budget: refining goes on from the checkpoint, the frozen model is not fitted again
     model_updates = find_checkpoint(run).load("world_model.pt")["learner"]["num_updates"]
