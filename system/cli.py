@@ -167,7 +167,7 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     from system.control import namespace
     from ray.exceptions import RayActorError
 
-    from system.driver import Driver, RoleError, describe_error, progress_printer
+    from system.driver import Driver, RoleError, describe_error, progress_printer, run_progress
     from system.placement import PlacementError, describe as describe_placement, wait_for_placement
     from system.runtime import ClusterVersionError, start_ray, stop_ray, watch_embedded_ray
     from system.wiring import build_system, kill_system
@@ -190,12 +190,15 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     except (ValueError, CheckpointError) as exc:
         lock.release()
         return _fail(str(exc), EXIT_BAD_INPUT)
-    show = progress_printer(config.run.total_env_steps) if config.run.progress else None
+    counter, budget = run_progress(config)  # offline: policy updates toward offline.total_updates
+    show = progress_printer(budget, counter=counter) if config.run.progress else None
     system = None
     try:
         if found is not None:
-            print(f"dynaray: run {config.name}: resuming from {found.path} ({found.meta['env_steps']} env steps, "
-                  f"policy version {found.meta['policy_version']})", file=sys.stderr)
+            done = (f"{found.document('driver.json')['offline']['policy_updates']} policy updates"
+                    if offline_data is not None else f"{found.meta['env_steps']} env steps")
+            print(f"dynaray: run {config.name}: resuming from {found.path} ({done}, policy version "
+                  f"{found.meta['policy_version']})", file=sys.stderr)
         print(f"dynaray: run {config.name}: starting Ray", file=sys.stderr)  # our first line before Ray's own
         where = start_ray(config, namespace=namespace(config.name))
         signals.install()

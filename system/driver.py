@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, TextIO
 
 import numpy as np
@@ -659,7 +659,8 @@ class Driver:
                    "restarts": restarts.get(pool, 0)}
             for pool in ("rollout", "imagination")
         }
-        return {"row": row, "pools": pools, "budget": self.config.run.total_env_steps, "placement": self.placement,
+        counter, budget = run_progress(self.config)
+        return {"row": row, "pools": pools, "budget": budget, "counter": asdict(counter), "placement": self.placement,
                 "restarts": restarts, "stalled": [n for n in row["stalled"].split(", ") if n]}
 
     def _rate(self, now: float) -> float:
@@ -997,6 +998,32 @@ def _plain(value: Any) -> Any:
         return value.item()
     return value
 
+@dataclass(frozen=True)
+class ProgressCounter:
+    """What a run's progress is counted in (the progress display, ``dynaray status``): a metrics-row column toward
+    a budget, with its rate and the column of the newest evaluation's mark."""
+
+    key: str = "env_steps"
+    label: str = "env steps"
+    short: str = "steps"
+    rate: str = "env_steps_per_s"
+    eval_at: str = "eval_env_steps"
+
+
+ENV_STEPS = ProgressCounter()
+POLICY_UPDATES = ProgressCounter("offline_policy_updates", "policy updates", "updates", "policy_updates_per_s",
+                                 "eval_policy_updates")
+"""An offline run's progress: it counts no env steps (system/offline_driver.py)."""
+
+
+def run_progress(config: SystemConfig) -> tuple[ProgressCounter, int]:
+    """``(counter, budget)`` of a run: policy updates toward ``offline.total_updates`` offline, else env steps
+    toward ``run.total_env_steps``."""
+    if config.offline.enabled:
+        return POLICY_UPDATES, config.offline.total_updates
+    return ENV_STEPS, config.run.total_env_steps
+
+
 class ProgressDisplay:
     """The live progress of ``dynaray train``, fed one report row at a time.
 
@@ -1006,8 +1033,8 @@ class ProgressDisplay:
     Elsewhere (a log file, a pipe): the same line once per report. Call :meth:`close` when the run ends.
     """
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr):
-        self.total, self.stream = total, stream
+    def __init__(self, total: int, stream: TextIO = sys.stderr, counter: ProgressCounter = ENV_STEPS):
+        self.total, self.stream, self.counter = total, stream, counter
         self._tty = stream.isatty()
         self._live = None
         self._wrote_line = False
@@ -1051,15 +1078,15 @@ class ProgressDisplay:
         return format(value, spec)
 
     def _eta(self, row: dict[str, Any]) -> str:
-        rate, left = row.get("env_steps_per_s") or 0.0, self.total - row["env_steps"]
+        rate, left = row.get(self.counter.rate) or 0.0, self.total - row.get(self.counter.key, 0)
         if left <= 0:
             return "done"
         return _clock(left / rate) if rate > 0 else "-"
 
     def _line(self, row: dict[str, Any]) -> str:
-        f = self._fmt
+        f, c = self._fmt, self.counter
         return (
-            f"steps {row['env_steps']:>7,}/{self.total:,} | {f(row.get('env_steps_per_s'), '.0f')} steps/s"
+            f"{c.short} {row.get(c.key, 0):>7,}/{self.total:,} | {f(row.get(c.rate), '.0f')} {c.short}/s"
             f" | eval {f(row.get('eval_return_mean'), '.1f')}"
             f" | wm val {f(row.get('world_model_val_mse'), '.4f')}"
             f" | policy v{row.get('policy_version', 0)} {f(row.get('policy_updates_per_s'), '.0f')} upd/s"
@@ -1073,8 +1100,8 @@ class ProgressDisplay:
         from rich.table import Table
         from rich.text import Text
 
-        f = self._fmt
-        steps = row["env_steps"]
+        f, c = self._fmt, self.counter
+        steps = row.get(c.key, 0)
 
         def pairs(*items: tuple[str, str]) -> Text:
             text = Text()
@@ -1085,13 +1112,13 @@ class ProgressDisplay:
             return text
 
         bar = Table.grid(padding=(0, 1))
-        bar.add_row(Text("env steps", style="dim"), ProgressBar(total=self.total, completed=steps, width=32),
+        bar.add_row(Text(c.label, style="dim"), ProgressBar(total=self.total, completed=steps, width=32),
                     Text(f"{steps:,}/{self.total:,} ({steps / self.total:.0%})" if self.total else f"{steps:,}",
                          style="bold"),
-                    pairs(("", f"{f(row.get('env_steps_per_s'), ',.0f')} steps/s"),
+                    pairs(("", f"{f(row.get(c.rate), ',.0f')} {c.short}/s"),
                           ("elapsed", _clock(row.get("wall_time_s", 0.0))),
                           ("eta", self._eta(row))))
-        eval_at = row.get("eval_env_steps")
+        eval_at = row.get(c.eval_at)
         learning = pairs(
             ("eval return", f(row.get("eval_return_mean"), ".1f") + (f" @ {eval_at:,}" if eval_at is not None else "")),
             ("world model val mse", f(row.get("world_model_val_mse"), ".4f")),
@@ -1121,6 +1148,8 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def progress_printer(total: int, stream: TextIO = sys.stderr) -> ProgressDisplay:
-    """The live progress display of ``dynaray train`` toward ``total`` env steps (see :class:`ProgressDisplay`)."""
-    return ProgressDisplay(total, stream)
+def progress_printer(total: int, stream: TextIO = sys.stderr, counter: ProgressCounter = ENV_STEPS
+                     ) -> ProgressDisplay:
+    """The live progress display of ``dynaray train`` toward ``total`` env steps, or what ``counter`` counts (see
+    :class:`ProgressDisplay`)."""
+    return ProgressDisplay(total, stream, counter)

@@ -150,7 +150,7 @@ class OfflineDriver(Driver):
     # evaluations (real env, never training data) ----------------------------------------------------------------
     def _offline_eval(self, phase: str) -> None:
         self._eval_phase[self.policy_updates] = phase
-        self._request_eval(self.policy_updates, final=phase == "final")
+        self._request_eval(self.policy_updates, final=phase in ("final", "interrupted"))
 
     def _on_eval(self, call: _Call, result: Any) -> None:
         self.eval_env_steps += int(sum(result.lengths))
@@ -167,7 +167,8 @@ class OfflineDriver(Driver):
         row = super()._row()
         scored = [e for e in self.evals if not math.isnan(e["return_mean"])]
         if scored:  # the newest evaluation by policy updates (every one is at env step 0)
-            row["eval_return_mean"] = max(scored, key=lambda e: e["policy_updates"])["return_mean"]
+            newest = max(scored, key=lambda e: e["policy_updates"])
+            row.update(eval_return_mean=newest["return_mean"], eval_policy_updates=newest["policy_updates"])
         row.update(offline_phase=self.phase, offline_policy_updates=self.policy_updates,
                    eval_env_steps_total=self.eval_env_steps)
         return row
@@ -211,7 +212,7 @@ class OfflineDriver(Driver):
             if not self._stop_reason:
                 continue
             if self._last_eval_mark < self.policy_updates:
-                self._offline_eval("final")
+                self._offline_eval("interrupted" if self._interrupted else "final")
             elif self._evals_done():
                 break
         summary = self._finish()

@@ -151,8 +151,12 @@ def _role_figures(role: str, row: dict[str, Any]) -> tuple[str, str, str]:
         return ("-", _join(before("model v", "imagination_model_version")),
                 _join(after("imagination_transitions", "transitions"), before("horizon ", "imagination_horizon")))
     if role == "evaluator":
-        last, at = _number(row.get("eval_return_mean"), ".1f"), _number(row.get("eval_env_steps"))
-        return "-", "-", f"last return {last} at {at} env steps" if last and at else "-"
+        last = _number(row.get("eval_return_mean"), ".1f")
+        if "eval_policy_updates" in row:  # an offline run: evaluations at policy-update marks
+            at, unit = _number(row.get("eval_policy_updates")), "policy updates"
+        else:
+            at, unit = _number(row.get("eval_env_steps")), "env steps"
+        return "-", "-", f"last return {last} at {at} {unit}" if last and at else "-"
     if role == "gateway":
         requests = sum(v for k, v in row.items() if k.startswith("gateway_requests_") and isinstance(v, int))
         return ("-", "-", _join(after("gateway_episodes", "episodes"), after("gateway_rows", "rows"),
@@ -222,11 +226,12 @@ def render(status: dict[str, Any], actors: list[ActorInfo], source: str, address
         lines.append("the driver has posted no status yet (it does after its first report)")
     else:
         row, budget = snapshot.get("row", {}), snapshot.get("budget")
-        steps = row.get("env_steps", 0)
-        progress = f"env steps {steps:,} / {budget:,} ({steps / budget:.0%})" if budget else f"env steps {steps:,}"
-        rate = _number(row.get("env_steps_per_s")) or "-"
+        counter = {"key": "env_steps", "label": "env steps", "rate": "env_steps_per_s", **snapshot.get("counter", {})}
+        steps, label = row.get(counter["key"]) or 0, counter["label"]  # offline runs: policy updates
+        progress = f"{label} {steps:,} / {budget:,} ({steps / budget:.0%})" if budget else f"{label} {steps:,}"
+        rate = _number(row.get(counter["rate"])) or "-"
         last_eval = _number(row.get("eval_return_mean"), ".1f") or "-"
-        lines.append(f"{progress}, {rate} env steps/s, {row.get('wall_time_s', 0):,.0f} s running; "
+        lines.append(f"{progress}, {rate} {label}/s, {row.get('wall_time_s', 0):,.0f} s running; "
                      f"last eval return {last_eval}")
         if age is not None and age > STALE_AFTER_S:
             lines.append(f"warning: the driver's newest status is {age:,.0f} s old (is the driver stuck?)")

@@ -206,6 +206,15 @@ def test_an_offline_run_resumed_from_a_cut_while_fitting_goes_on_fitting_and_clo
     assert steps == {loop.learner.num_updates - config.policy.bc_init_updates}
 
 
+def test_a_checkpoint_without_offline_state_is_refused_in_one_line(tmp_path):
+    from system.checkpoint import write_checkpoint
+    from system.run_dir import CheckpointError
+
+    write_checkpoint(tmp_path, {}, {"driver.json": {"env_steps": 0}}, {"format": 1})
+    with pytest.raises(CheckpointError, match="has no offline state"):
+        resumed_offline_data(find_checkpoint(tmp_path))
+
+
 def test_a_restarted_imagination_worker_gets_the_conservatism_again(offline_run):
     config, system, run_dir, prepared, summary, rows = offline_run
     driver = OfflineDriver(config, probe_env(config.env), system, run_dir, prepared)

@@ -1,5 +1,6 @@
 """Offline mode on an embedded local Ray: `dynaray collect` then `dynaray train offline DATASET` with debug sizes;
-no rollout worker, no training env step, the policy refined only on imagined rows, nothing left behind.
+no rollout worker, no training env step, the policy refined only on imagined rows, nothing left behind; then
+`dynaray train --resume` refines it further without fitting the model again, keeping its checkpoints.
 
 Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NETNS=1 there).
 """
@@ -13,6 +14,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from system.checkpoint import find_checkpoint, kept_checkpoints
 from tests.system.runs import stored_rows
 from tests.system.test_train_e2e import marked_env, ray_pids
 
@@ -38,7 +40,7 @@ def test_collect_then_train_offline_on_ray(tmp_path):
     minari = next((data / "minari").glob("*/*/*"))  # dynaray/pendulum/random-v0
     proc = subprocess.run(
         [sys.executable, "-m", "system.cli", "train", "offline", str(minari), "pendulum", "debug", "name=offline-e2e",
-         f"run.runs_dir={tmp_path}", *TINY],
+         f"run.runs_dir={tmp_path}", "run.keep_checkpoints=5", *TINY],
         capture_output=True, text=True, timeout=900, env=env,
     )
     time.sleep(1)
@@ -79,3 +81,21 @@ def test_collect_then_train_offline_on_ray(tmp_path):
     assert entry["rank"] == 1 and entry["model_return_low"] <= entry["model_return"] <= entry["model_return_high"]
     assert entry["real_return"] is not None and 0 <= entry["untrusted_fraction"] <= 1
     assert (tmp_path / "ranking.png").stat().st_size > 0
+
+    # resumed with a larger budget: refining goes on from the checkpoint, the frozen model is not fitted again
+    model_updates = find_checkpoint(run).load("world_model.pt")["learner"]["num_updates"]
+    resumed = subprocess.run([sys.executable, "-m", "system.cli", "train", "--resume", str(run),
+                              "offline.total_updates=90"], capture_output=True, text=True, timeout=900, env=env)
+    time.sleep(1)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "policy-update budget of 90 reached" in resumed.stdout
+    again = json.loads((run / "offline.json").read_text())
+    assert again["policy_updates"] >= 90 and again["training_env_steps"] == 0
+    assert again["conservatism"] == summary["conservatism"] and again["evals"][:len(summary["evals"])] == \
+        summary["evals"]
+    assert find_checkpoint(run).load("world_model.pt")["learner"]["num_updates"] == model_updates
+    metrics = pq.read_table(run / "metrics.parquet").to_pandas()
+    assert (metrics["env_steps"] == 0).all() and (metrics["policy_refine_real_rows"].dropna() == 0).all()
+    kept = [find_checkpoint(path).meta for path in kept_checkpoints(run)]
+    assert kept and all(m["kept_by"] == "policy_updates" for m in kept) and kept[-1]["policy_updates"] >= 90
+    assert not ray_pids(marker)

@@ -170,6 +170,42 @@ def test_progress_is_a_plain_line_per_report_off_a_terminal():
     ]
 
 
+def test_an_offline_run_shows_its_progress_in_policy_updates(monkeypatch):
+    from system.config import load_config
+    from system.driver import POLICY_UPDATES, run_progress
+
+    assert run_progress(load_config(["offline"], ["offline.dataset=x", "offline.total_updates=900"])) == \
+        (POLICY_UPDATES, 900)
+    row = {**ROW, "env_steps": 0, "env_steps_per_s": 0.0, "offline_policy_updates": 300, "eval_policy_updates": 200,
+           "eval_env_steps": 0, "rollout_workers": 0, "rollout_restarts": 0, "rollout_env_errors": 0}
+    stream = io.StringIO()
+    show = progress_printer(900, stream, counter=POLICY_UPDATES)
+    show(row)
+    show.close()
+    assert stream.getvalue().startswith("updates     300/900 | 95 updates/s | eval 25.0 |")
+    pytest.importorskip("rich")
+    monkeypatch.setenv("COLUMNS", "160")
+    terminal = FakeTerminal()
+    show = progress_printer(900, terminal, counter=POLICY_UPDATES)
+    show(row)
+    show.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue()).split("\r")[-1]
+    for part in ("policy updates", "300/900 (33%)", "95 updates/s", "eta 0:06", "25.0 @ 200"):
+        assert part in text, part
+
+    snapshot = {"row": row, "pools": {"imagination": {"active": [0], "retiring": [], "restarts": 0}},
+                "budget": 900, "counter": {"key": "offline_policy_updates", "label": "policy updates",
+                                           "rate": "policy_updates_per_s"}}
+    actors = [ActorInfo("evaluator-0", "ALIVE", 0, "10.0.0.1"), ActorInfo("imagination-0", "ALIVE", 0, "10.0.0.1")]
+    lines = render({"run": "off", "status": snapshot, "age_s": 0.1}, actors, "Ray's state API", "x").splitlines()
+    assert lines[1] == "policy updates 300 / 900 (33%), 95 policy updates/s, 20 s running; last eval return 25.0"
+    assert "last return 25.0 at 200 policy updates" in text_of(lines, "evaluator")
+
+
+def text_of(lines, role):
+    return next(line for line in lines if line.startswith(role))
+
+
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
