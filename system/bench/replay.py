@@ -1,8 +1,8 @@
 """``dynaray bench replay``: replay throughput, sample latency and memory per stored row, next to RLlib's buffers.
 
     dynaray bench replay [PRESET ...] [key=value ...] [--shards 1,2,4] [--samplers uniform,prioritized]
-                         [--seconds S] [--insert-batch N] [--log on,off] [--capacity ROWS] [--ray] [--rllib]
-                         [--json OUT]
+                         [--seconds S] [--insert-batch N] [--log on,off] [--capacity ROWS] [--ray]
+                         [--sample-modes split,one_shard] [--rllib] [--json OUT]
 
 Rows are HalfCheetah-sized transitions (obs 17 float32, action 6 float32, the columns of
 :func:`replay.schema.transition_columns`: 206 bytes of fields), written as episodes of 1000 steps.
@@ -31,8 +31,13 @@ Backends:
 - ``ray`` (``--ray``): one :class:`replay.client.ReplayClient` in this process over K shard actors, made by
   ``system.wiring.build_replay`` as in a run, on a Ray started (or joined: ``ray.address``) as ``dynaray train``
   does and shut down at the end, for every K of ``--shards``, each shard holding ``--capacity`` rows: the
-  service's throughput with K shards, wall clock. Inserts keep the client's default number of calls in flight;
-  samples keep :data:`SAMPLE_PREFETCH` in flight (as the learner loops do) and latency runs from submit to result.
+  service's throughput with K shards, wall clock. Inserts keep the client's default number of calls in flight.
+  Samples are measured on the same shards in each of ``--sample-modes``: ``split`` (``ReplayClient.submit_sample``:
+  every batch split over all K shards in proportion to their sizes, one call per shard, :data:`SAMPLE_PREFETCH`
+  batches in flight; latency from submit to result) and ``one_shard`` (``ReplayClient.stream``, what the learners
+  use: whole batches from one shard chosen in proportion to its size, ``replay.sample_batches_per_call`` batches per
+  call, ``replay.sample_calls_in_flight`` calls in flight; latency of one shard call from submit to its answer).
+  Both report ``wait p99``: how long the consumer blocked for each batch.
 - ``rllib`` (``--rllib``): RLlib's ``EpisodeReplayBuffer`` / ``PrioritizedEpisodeReplayBuffer`` with the same
   capacity (in timesteps), fed the same data as numpy'ized ``SingleAgentEpisode`` chunks of ``--insert-batch``
   steps (``buffer.add(episodes)``) and sampled as RLlib's SAC/DQN training step does
@@ -104,12 +109,16 @@ ALPHA, BETA = 0.6, 0.4
 """Priority and importance exponents, ours and RLlib's alike."""
 TABLE = "real"
 SAMPLERS = ("uniform", "prioritized")
+SAMPLE_MODES = ("split", "one_shard")
+"""How a Ray client samples: ``ReplayClient.submit_sample`` (split) or ``ReplayClient.stream`` (one_shard)."""
 
 # the issue's targets, per shard; memory overhead as a fraction of the raw field bytes
 TARGET_INSERT_ROWS_S = 1_000_000
 TARGET_UNIFORM_ROWS_S = 1_000_000
 TARGET_PRIORITIZED_ROWS_S = 300_000
 TARGET_P99_MS = 5.0
+TARGET_RAY_SAMPLE_ROWS_S = 1_000_000
+"""Issue 16: rows/s sampled into one client process through Ray (the learners' one_shard path)."""
 TARGET_RLLIB_RATIO = 10.0
 TARGET_MEMORY_OVERHEAD = 0.10
 
@@ -265,6 +274,13 @@ class Measurement:
     p99_ms: float = 0.0
     stored: int = 0
     """Rows in the table(s) while sampling."""
+    mode: str | None = None
+    """Ray only: how the client samples, ``split`` (every batch split over all shards) or ``one_shard`` (whole
+    batches from one shard, several per call, as the learners do); the two share one insert measurement."""
+    batches_per_call: int | None = None
+    """Ray only: batches of :data:`SAMPLE_BATCH` rows one shard call asks for (1 with ``split``)."""
+    wait_p99_ms: float | None = None
+    """Ray only: p99 of how long the consumer blocked for each batch (with calls prefetched, often 0)."""
 
 
 def bench_shard(replay: ReplayConfig, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int,
@@ -317,10 +333,12 @@ def bench_shard(replay: ReplayConfig, sampler: str, log: bool, seconds: float, i
 
 
 def bench_ray(
-    config: Any, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str
-) -> Measurement:
+    config: Any, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str,
+    modes: Sequence[str] = SAMPLE_MODES,
+) -> list[Measurement]:
     """A ReplayClient in this process over the ``config.replay.num_shards`` shard actors that
-    ``system.wiring.build_replay`` makes of ``config`` (a ``SystemConfig``; Ray must be initialised)."""
+    ``system.wiring.build_replay`` makes of ``config`` (a ``SystemConfig``; Ray must be initialised): inserts once,
+    then sampling in each of ``modes`` on the same shards, one :class:`Measurement` per mode."""
     import ray
 
     from replay.client import ReplayClient
@@ -330,7 +348,7 @@ def bench_ray(
     directory = tempfile.mkdtemp(prefix=f"ray-{num_shards}-{sampler}-", dir=root) if log else None
     system = System(local=False)
     shards = build_replay(config, [table_config(sampler, capacity, persist=log)], system, directory)
-    result = Measurement("ray", num_shards, sampler, log)
+    results = []
     try:
         ray.get([s.size.remote(TABLE) for s in shards])  # wait for the actors to start
         client = ReplayClient(shards, config.replay, local=False)
@@ -345,35 +363,75 @@ def bench_ray(
             client.insert(TABLE, next_chunk(), 0)
             rows += insert_batch
         client.flush()
-        result.insert_rows_s = rows / (time.perf_counter() - start)
-        result.stored = sum(ray.get([s.size.remote(TABLE) for s in shards]))
-
-        prioritized = sampler == "prioritized"
-        client.sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)  # untimed: one-time costs, shard sizes
-        rng = np.random.default_rng(1)
-        latencies: list[float] = []
-        pending: list[tuple[float, Any]] = []
-        start = time.perf_counter()
-        samples = 0
-        while samples == 0 or time.perf_counter() - start < seconds:
-            while len(pending) < SAMPLE_PREFETCH:
-                pending.append((time.perf_counter(), client.submit_sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)))
-            submitted, oldest = pending.pop(0)
-            batch = oldest.result()
-            latencies.append(time.perf_counter() - submitted)
-            if prioritized:
-                client.update_priorities(TABLE, batch["key"], rng.random(SAMPLE_BATCH))
-            samples += 1
-        for _, rest in pending:
-            rest.result()
-        client.flush_priorities()
-        result.sample_rows_s = samples * SAMPLE_BATCH / (time.perf_counter() - start)
-        result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+        insert_rows_s = rows / (time.perf_counter() - start)
+        stored = sum(ray.get([s.size.remote(TABLE) for s in shards]))
+        for mode in modes:
+            result = Measurement("ray", num_shards, sampler, log, insert_rows_s=insert_rows_s, stored=stored,
+                                 mode=mode)
+            sample = _sample_split if mode == "split" else _sample_one_shard
+            sample(client, sampler == "prioritized", seconds, result)
+            result.batches_per_call = 1 if mode == "split" else config.replay.sample_batches_per_call
+            results.append(result)
     finally:
         end_actors(system)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
-    return result
+    return results
+
+
+def _sample_split(client: Any, prioritized: bool, seconds: float, result: Measurement) -> None:
+    """Batches split over every shard (``ReplayClient.submit_sample``), :data:`SAMPLE_PREFETCH` in flight; latency
+    from submit to result, wait: how long each ``result()`` blocked."""
+    client.sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)  # untimed: one-time costs, shard sizes
+    rng = np.random.default_rng(1)
+    latencies: list[float] = []
+    waits: list[float] = []
+    pending: list[tuple[float, Any]] = []
+    start = time.perf_counter()
+    samples = 0
+    while samples == 0 or time.perf_counter() - start < seconds:
+        while len(pending) < SAMPLE_PREFETCH:
+            pending.append((time.perf_counter(), client.submit_sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)))
+        submitted, oldest = pending.pop(0)
+        asked = time.perf_counter()
+        batch = oldest.result()
+        now = time.perf_counter()
+        latencies.append(now - submitted)
+        waits.append(now - asked)
+        if prioritized:
+            client.update_priorities(TABLE, batch["key"], rng.random(SAMPLE_BATCH))
+        samples += 1
+    for _, rest in pending:
+        rest.result()
+    client.flush_priorities()
+    result.sample_rows_s = samples * SAMPLE_BATCH / (time.perf_counter() - start)
+    result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+    result.wait_p99_ms = percentile_ms(waits, 99)
+
+
+def _sample_one_shard(client: Any, prioritized: bool, seconds: float, result: Measurement) -> None:
+    """Whole batches from one shard per call, ``replay.sample_batches_per_call`` per call,
+    ``replay.sample_calls_in_flight`` calls in flight (``ReplayClient.stream``, what the learners use); latency: one
+    shard call from submit to its answer, wait: how long taking each batch blocked."""
+    stream = client.stream(TABLE, SAMPLE_BATCH, with_keys=prioritized)
+    stream.take()  # untimed: one-time costs, shard sizes
+    stream.call_latencies.clear()
+    rng = np.random.default_rng(1)
+    waits: list[float] = []
+    start = time.perf_counter()
+    samples = 0
+    while samples == 0 or time.perf_counter() - start < seconds:
+        asked = time.perf_counter()
+        batch = stream.take()
+        waits.append(time.perf_counter() - asked)
+        if prioritized:
+            client.update_priorities(TABLE, batch["key"], rng.random(SAMPLE_BATCH))
+        samples += 1
+    client.flush_priorities()
+    result.sample_rows_s = samples * SAMPLE_BATCH / (time.perf_counter() - start)
+    latencies = list(stream.call_latencies)
+    result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+    result.wait_p99_ms = percentile_ms(waits, 99)
 
 
 def rllib_import_error() -> str | None:
@@ -524,9 +582,12 @@ class Report:
                   strict=True)
         for r in self.results:
             if r.backend == "ray":
-                check(checks,
-                      f"p99 sample latency ms, Ray, {r.shards} shard(s) ({r.sampler}, log {'on' if r.log else 'off'})",
-                      r.p99_ms, TARGET_P99_MS, higher_is_better=False, strict=True)
+                where = f"Ray, {r.shards} shard(s), {r.mode} ({r.sampler}, log {'on' if r.log else 'off'})"
+                if r.mode == "one_shard":
+                    check(checks, f"sample rows/s into one client, {where}", r.sample_rows_s,
+                          TARGET_RAY_SAMPLE_ROWS_S)
+                check(checks, f"p99 sample latency ms, {where}", r.p99_ms, TARGET_P99_MS, higher_is_better=False,
+                      strict=True)
         for ratio in self.rllib_ratios():
             where = f"{ratio['sampler']}, our log {'on' if ratio['log'] else 'off'}"
             check(checks, f"insert x RLlib ({where})", ratio["insert"], TARGET_RLLIB_RATIO)
@@ -548,17 +609,20 @@ class Report:
 
     def markdown(self) -> str:
         lines = [
-            "| backend | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | rows stored "
-            "| insert rows/CPU-s | sample rows/CPU-s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| backend | mode | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | wait p99 ms "
+            "| rows stored | insert rows/CPU-s | sample rows/CPU-s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in self.results:
             shards = "-" if r.shards is None else str(r.shards)
             log = "-" if r.log is None else ("on" if r.log else "off")
             cpu = ["-" if v is None else f"{v:,.0f}" for v in (r.insert_rows_cpu_s, r.sample_rows_cpu_s)]
+            mode = "-" if r.mode is None else (r.mode if r.mode == "split" else f"{r.mode} x{r.batches_per_call}")
+            wait = "-" if r.wait_p99_ms is None else f"{r.wait_p99_ms:.3f}"
             lines.append(
-                f"| {r.backend} | {shards} | {r.sampler} | {log} | {r.insert_rows_s:,.0f} | {r.sample_rows_s:,.0f} | "
-                f"{r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.stored:,} | {cpu[0]} | {cpu[1]} |"
+                f"| {r.backend} | {mode} | {shards} | {r.sampler} | {log} | {r.insert_rows_s:,.0f} | "
+                f"{r.sample_rows_s:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {wait} | {r.stored:,} | {cpu[0]} | "
+                f"{cpu[1]} |"
             )
         ratios = self.rllib_ratios()
         if ratios:
@@ -616,6 +680,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity", type=positive_int, default=1_000_000,
                    help="rows per shard table, filled before timing (default 1,000,000)")
     p.add_argument("--ray", action="store_true", help="also measure a client over K shard actors on Ray")
+    p.add_argument("--sample-modes", type=choices(SAMPLE_MODES), default=list(SAMPLE_MODES),
+                   help="with --ray, how the client samples: split (every batch over all shards), one_shard (whole "
+                        "batches from one shard, replay.sample_batches_per_call per call, as the learners do); "
+                        "default both, on the same shards")
     p.add_argument("--rllib", action="store_true",
                    help="also measure RLlib's EpisodeReplayBuffer and PrioritizedEpisodeReplayBuffer")
     add_json_option(p)
@@ -647,6 +715,7 @@ def run(args: argparse.Namespace) -> int:
         "sample_batch": SAMPLE_BATCH,
         "capacity_per_shard": args.capacity,
         "ray": args.ray,
+        "sample_modes": args.sample_modes,
         "rllib": args.rllib,
         "config_items": args.items,
         "replay_config": to_dict(config.replay),
@@ -675,8 +744,9 @@ def run(args: argparse.Namespace) -> int:
                     for sampler in args.samplers:
                         for log in logs:
                             progress(f"Ray, {shards} shard(s), {sampler}, log {'on' if log else 'off'}")
-                            report.results.append(bench_ray(configs[shards], sampler, log, args.seconds,
-                                                            args.insert_batch, args.capacity, root))
+                            report.results.extend(bench_ray(configs[shards], sampler, log, args.seconds,
+                                                            args.insert_batch, args.capacity, root,
+                                                            args.sample_modes))
             finally:
                 stop_ray()
     finish(report.machine)
