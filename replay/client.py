@@ -757,7 +757,8 @@ class SampleStream:
         Raises:
             ReplayTimeout: ``block`` and the oldest call not answered in time (the message says why).
         """
-        self._collect()
+        if not self._ready:  # polling the calls costs a Ray call each: only when no batch is left
+            self._collect()
         while not self._ready:
             self._top_up()
             if not block:

@@ -44,7 +44,7 @@ class ReplayConfig:
     from one shard chosen in proportion to its size (every row as likely as under uniform sampling over all shards),
     several batches per shard call, calls prefetched (``replay.client.SampleStream``); ``split`` splits every batch
     over all shards in proportion to their sizes, one call per shard per batch (slower through Ray)."""
-    sample_batches_per_call: int = field(default=8, metadata={"check": ">= 1"})
+    sample_batches_per_call: int = field(default=16, metadata={"check": ">= 1"})
     """With ``learner_sampling: one_shard``, whole batches one shard call asks for (the shard gives as many as the
     consumer's rate limiter admits at once, at least one)."""
     sample_calls_in_flight: int = field(default=2, metadata={"check": ">= 1"})

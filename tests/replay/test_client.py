@@ -174,7 +174,7 @@ def _filled(sizes, limiters=None, **config):
 
 
 def test_one_shard_batches_give_every_row_the_probability_of_uniform_sampling_over_all_shards():
-    shards, client = _filled([300, 100, 0])
+    shards, client = _filled([300, 100, 0], sample_batches_per_call=8, sample_calls_in_flight=2)
     draws = 12_000
     single = client.stream("real", 1)  # one row per call: every draw independent, so a chi-square test applies
     seqs = np.concatenate([single.take()["seq"] for _ in range(draws)])
@@ -198,7 +198,7 @@ def test_one_shard_batches_give_every_row_the_probability_of_uniform_sampling_ov
 
 def test_one_shard_batches_keep_every_shards_rate_limiter_exact():
     limiter = RateLimiterConfig(samples_per_insert=1.0, min_size=10, error_buffer=100.0)
-    shards, client = _filled([100, 100], limiters={"learner": limiter})
+    shards, client = _filled([100, 100], limiters={"learner": limiter}, sample_batches_per_call=8)
     stream = client.stream("real", 10, consumer="learner")
     taken = []
     for _ in range(100):  # in process a refused call tries one shard per poll

@@ -113,7 +113,7 @@ def test_bench_replay_on_ray_with_one_and_two_shards(tmp_path, capsys):
                  "--json", str(out_json)]) == 0
     ray_rows = table_rows(capsys.readouterr().out, "ray")
     assert [(r[1], r[2], r[3], r[4]) for r in ray_rows] == [
-        (mode, shards, "prioritized", "off") for shards in ("1", "2") for mode in ("split", "one_shard x8")
+        (mode, shards, "prioritized", "off") for shards in ("1", "2") for mode in ("split", "one_shard x16")
     ]
     for row in ray_rows:
         assert number(row[5]) > 0 and number(row[6]) > 0 and 0 < number(row[7]) <= number(row[8])
