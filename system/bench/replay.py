@@ -2,7 +2,7 @@
 
     dynaray bench replay [PRESET ...] [key=value ...] [--shards 1,2,4] [--samplers uniform,prioritized]
                          [--seconds S] [--insert-batch N] [--log on,off] [--capacity ROWS] [--ray]
-                         [--sample-modes split,one_shard] [--rllib] [--json OUT]
+                         [--sample-modes split,one_shard] [--writers W] [--rllib] [--json OUT]
 
 Rows are HalfCheetah-sized transitions (obs 17 float32, action 6 float32, the columns of
 :func:`replay.schema.transition_columns`: 206 bytes of fields), written as episodes of 1000 steps.
@@ -37,7 +37,8 @@ Backends:
   batches in flight; latency from submit to result) and ``one_shard`` (``ReplayClient.stream``, what the learners
   use: whole batches from one shard chosen in proportion to its size, ``replay.sample_batches_per_call`` batches per
   call, ``replay.sample_calls_in_flight`` calls in flight; latency of one shard call from submit to its answer).
-  Both report ``wait p99``: how long the consumer blocked for each batch.
+  Both report ``wait p99``: how long the consumer blocked for each batch. With ``--writers W`` (default 2) inserts
+  are also measured from W writer actors at once, each with its own client, as rollout workers insert.
 - ``rllib`` (``--rllib``): RLlib's ``EpisodeReplayBuffer`` / ``PrioritizedEpisodeReplayBuffer`` with the same
   capacity (in timesteps), fed the same data as numpy'ized ``SingleAgentEpisode`` chunks of ``--insert-batch``
   steps (``buffer.add(episodes)``) and sampled as RLlib's SAC/DQN training step does
@@ -77,6 +78,7 @@ from system.bench.harness import (
 __all__ = [
     "ACTION_DIM",
     "EPISODE_LENGTH",
+    "InsertWriter",
     "OBS_DIM",
     "SAMPLE_BATCH",
     "SAMPLE_PREFETCH",
@@ -136,8 +138,8 @@ def raw_row_bytes(specs: Sequence[ColumnSpec]) -> int:
     return sum(spec.np_dtype.itemsize * spec.row_size for spec in specs)
 
 
-def chunk_source(rows: int, seed: int = 0, pool: int = 16) -> Callable[[], dict[str, np.ndarray]]:
-    """A function returning the next chunk of ``rows`` transitions of one writer (writer id 0) on every call.
+def chunk_source(rows: int, seed: int = 0, pool: int = 16, writer_id: int = 0) -> Callable[[], dict[str, np.ndarray]]:
+    """A function returning the next chunk of ``rows`` transitions of one writer (``writer_id``) on every call.
 
     Values come from a pool of ``pool`` random chunks; ``seq``, ``episode_id`` and ``step`` are stamped per call, so
     every chunk has a new dedup key and episodes of :data:`EPISODE_LENGTH` steps run across chunks.
@@ -153,7 +155,7 @@ def chunk_source(rows: int, seed: int = 0, pool: int = 16) -> Callable[[], dict[
                 "next_obs": rng.normal(size=(rows, OBS_DIM)).astype(np.float32),
                 "terminated": np.zeros(rows, dtype=bool),
                 "policy_version": np.zeros(rows, dtype=np.int64),
-                "writer_id": np.zeros(rows, dtype=np.int64),
+                "writer_id": np.full(rows, writer_id, dtype=np.int64),
             }
         )
     written = 0
@@ -281,6 +283,11 @@ class Measurement:
     """Ray only: batches of :data:`SAMPLE_BATCH` rows one shard call asks for (1 with ``split``)."""
     wait_p99_ms: float | None = None
     """Ray only: p99 of how long the consumer blocked for each batch (with calls prefetched, often 0)."""
+    writers: int | None = None
+    """Ray only: writer actors of ``writers_insert_rows_s`` (``--writers``)."""
+    writers_insert_rows_s: float | None = None
+    """Ray only: rows/s inserted by ``writers`` actors at once, each with its own client (rollout workers' inserts);
+    ``insert_rows_s`` is one client in the bench's process."""
 
 
 def bench_shard(replay: ReplayConfig, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int,
@@ -334,11 +341,12 @@ def bench_shard(replay: ReplayConfig, sampler: str, log: bool, seconds: float, i
 
 def bench_ray(
     config: Any, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str,
-    modes: Sequence[str] = SAMPLE_MODES,
+    modes: Sequence[str] = SAMPLE_MODES, writers: int = 0,
 ) -> list[Measurement]:
     """A ReplayClient in this process over the ``config.replay.num_shards`` shard actors that
     ``system.wiring.build_replay`` makes of ``config`` (a ``SystemConfig``; Ray must be initialised): inserts once,
-    then sampling in each of ``modes`` on the same shards, one :class:`Measurement` per mode."""
+    then (``writers`` > 0) inserts from that many writer actors at once, then sampling in each of ``modes`` on the
+    same shards, one :class:`Measurement` per mode."""
     import ray
 
     from replay.client import ReplayClient
@@ -364,10 +372,11 @@ def bench_ray(
             rows += insert_batch
         client.flush()
         insert_rows_s = rows / (time.perf_counter() - start)
+        writers_rows_s = _insert_from_writers(shards, config.replay, writers, seconds, insert_batch) if writers else None
         stored = sum(ray.get([s.size.remote(TABLE) for s in shards]))
         for mode in modes:
             result = Measurement("ray", num_shards, sampler, log, insert_rows_s=insert_rows_s, stored=stored,
-                                 mode=mode)
+                                 mode=mode, writers_insert_rows_s=writers_rows_s, writers=writers or None)
             sample = _sample_split if mode == "split" else _sample_one_shard
             sample(client, sampler == "prioritized", seconds, result)
             result.batches_per_call = 1 if mode == "split" else config.replay.sample_batches_per_call
@@ -377,6 +386,45 @@ def bench_ray(
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
     return results
+
+
+class InsertWriter:
+    """A rollout worker's replay edge alone: a ``ReplayClient`` inserting chunks of one writer as fast as the shards
+    acknowledge them (``--writers``; run as a Ray actor, each in its own process)."""
+
+    def __init__(self, shards: Sequence[Any], replay: ReplayConfig, writer_id: int, insert_batch: int):
+        from replay.client import ReplayClient
+
+        self._client = ReplayClient(shards, replay, local=False, seed=writer_id)
+        self._writer_id = writer_id
+        self._next_chunk = chunk_source(insert_batch, seed=writer_id, writer_id=writer_id)
+        self._rows = insert_batch
+
+    def run(self, seconds: float) -> tuple[int, float]:
+        """Insert for ``seconds`` (then flush); return the rows inserted and the seconds it took."""
+        start = time.perf_counter()
+        rows = 0
+        while rows == 0 or time.perf_counter() - start < seconds:
+            self._client.insert(TABLE, self._next_chunk(), self._writer_id)
+            rows += self._rows
+        self._client.flush()
+        return rows, time.perf_counter() - start
+
+
+def _insert_from_writers(shards: Sequence[Any], replay: ReplayConfig, writers: int, seconds: float,
+                         insert_batch: int) -> float:
+    """Rows/s inserted by ``writers`` :class:`InsertWriter` actors at once (rows over the slowest one's time)."""
+    import ray
+
+    actor = ray.remote(InsertWriter).options(num_cpus=0)
+    handles = [actor.remote(shards, replay, 1 + i, insert_batch) for i in range(writers)]
+    try:
+        ray.get([h.run.remote(0.0) for h in handles])  # untimed: process start, imports, one insert each
+        done = ray.get([h.run.remote(seconds) for h in handles])
+    finally:
+        for handle in handles:
+            ray.kill(handle)
+    return sum(rows for rows, _ in done) / max(elapsed for _, elapsed in done)
 
 
 def _sample_split(client: Any, prioritized: bool, seconds: float, result: Measurement) -> None:
@@ -624,6 +672,18 @@ class Report:
                 f"{r.sample_rows_s:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {wait} | {r.stored:,} | {cpu[0]} | "
                 f"{cpu[1]} |"
             )
+        writers = [r for r in self.results if r.writers_insert_rows_s is not None and r.mode in (None, "split")]
+        if writers:
+            lines += [
+                "",
+                "| inserts through Ray | shards | sampler | log | one client rows/s | writers | writers rows/s |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for r in writers:
+                lines.append(
+                    f"| ray | {r.shards} | {r.sampler} | {'on' if r.log else 'off'} | {r.insert_rows_s:,.0f} | "
+                    f"{r.writers} | {r.writers_insert_rows_s:,.0f} |"
+                )
         ratios = self.rllib_ratios()
         if ratios:
             lines += [
@@ -686,6 +746,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default both, on the same shards")
     p.add_argument("--rllib", action="store_true",
                    help="also measure RLlib's EpisodeReplayBuffer and PrioritizedEpisodeReplayBuffer")
+    p.add_argument("--writers", type=int, default=2,
+                   help="with --ray, also insert from this many writer actors at once, each with its own client, as "
+                        "rollout workers do (default 2; 0: not measured)")
     add_json_option(p)
 
 
@@ -693,6 +756,8 @@ def run(args: argparse.Namespace) -> int:
     """``dynaray bench replay``: run every configuration, print Markdown tables, optionally write JSON."""
     from system.config import ConfigError, to_dict
 
+    if args.writers < 0:
+        return fail(f"--writers {args.writers}: expected a number of writer actors >= 0")
     if args.insert_batch > args.capacity:
         return fail(f"--insert-batch {args.insert_batch} is larger than --capacity {args.capacity}")
     if args.rllib:
@@ -716,6 +781,7 @@ def run(args: argparse.Namespace) -> int:
         "capacity_per_shard": args.capacity,
         "ray": args.ray,
         "sample_modes": args.sample_modes,
+        "writers": args.writers,
         "rllib": args.rllib,
         "config_items": args.items,
         "replay_config": to_dict(config.replay),
@@ -746,7 +812,7 @@ def run(args: argparse.Namespace) -> int:
                             progress(f"Ray, {shards} shard(s), {sampler}, log {'on' if log else 'off'}")
                             report.results.extend(bench_ray(configs[shards], sampler, log, args.seconds,
                                                             args.insert_batch, args.capacity, root,
-                                                            args.sample_modes))
+                                                            args.sample_modes, args.writers))
             finally:
                 stop_ray()
     finish(report.machine)

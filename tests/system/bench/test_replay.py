@@ -110,8 +110,12 @@ def test_bench_replay_logs_with_the_configs_fsync(tmp_path):
 def test_bench_replay_on_ray_with_one_and_two_shards(tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     assert main(["bench", "replay", *TINY, "--samplers", "prioritized", "--log", "off", "--shards", "1,2", "--ray",
-                 "--json", str(out_json)]) == 0
-    ray_rows = table_rows(capsys.readouterr().out, "ray")
+                 "--writers", "1", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "| inserts through Ray | shards | sampler | log | one client rows/s | writers | writers rows/s |" in out
+    ray_rows = [r for r in table_rows(out, "ray") if len(r) == 13]
+    writer_rows = [r for r in table_rows(out, "ray") if len(r) == 7]
+    assert [(r[1], r[5]) for r in writer_rows] == [("1", "1"), ("2", "1")] and all(number(r[6]) > 0 for r in writer_rows)
     assert [(r[1], r[2], r[3], r[4]) for r in ray_rows] == [
         (mode, shards, "prioritized", "off") for shards in ("1", "2") for mode in ("split", "one_shard x16")
     ]
