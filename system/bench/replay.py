@@ -2,7 +2,7 @@
 
     dynaray bench replay [PRESET ...] [key=value ...] [--shards 1,2,4] [--samplers uniform,prioritized]
                          [--seconds S] [--insert-batch N] [--log on,off] [--capacity ROWS] [--ray]
-                         [--sample-modes split,one_shard] [--writers W] [--rllib] [--json OUT]
+                         [--sample-modes split,one_shard] [--writers W] [--rllib] [--torchrl] [--json OUT]
 
 Rows are HalfCheetah-sized transitions (obs 17 float32, action 6 float32, the columns of
 :func:`replay.schema.transition_columns`: 206 bytes of fields), written as episodes of 1000 steps.
@@ -45,6 +45,13 @@ Backends:
   (``buffer.sample(num_items=256, n_step=1, sample_episodes=True)``; prioritized: ``update_priorities`` after every
   sample, alpha 0.6, beta 0.4 as ours). Only the buffer calls are timed, not building the episodes; rows per CPU
   second as for ``shard``.
+
+- ``torchrl`` (``--torchrl``): TorchRL's ``TensorDictReplayBuffer`` over ``LazyTensorStorage`` and over
+  ``LazyMemmapStorage`` (files in a temp dir), and ``TensorDictPrioritizedReplayBuffer`` (alpha 0.6, beta 0.4,
+  ``update_tensordict_priority`` after every sample), same capacity, fed the same chunks as TensorDicts
+  (``extend``) and sampled 256 rows at a time (``sample()``); only the buffer calls are timed. A buffer that cannot
+  be made here (the prioritized one needs TorchRL's C++ extension, built for one torch version) is listed as not
+  measured, with why.
 
 Memory: every numpy array reachable from a full :class:`replay.table.Table` (columns, sampler structures, anything
 else it keeps), divided by its capacity, against the raw bytes of one row's fields.
@@ -94,6 +101,8 @@ __all__ = [
     "raw_row_bytes",
     "reachable_numpy_bytes",
     "rllib_import_error",
+    "torchrl_import_error",
+    "bench_torchrl",
     "run",
     "table_config",
     "table_memory",
@@ -277,8 +286,9 @@ class Measurement:
     stored: int = 0
     """Rows in the table(s) while sampling."""
     mode: str | None = None
-    """Ray only: how the client samples, ``split`` (every batch split over all shards) or ``one_shard`` (whole
-    batches from one shard, several per call, as the learners do); the two share one insert measurement."""
+    """Ray: how the client samples, ``split`` (every batch split over all shards) or ``one_shard`` (whole batches
+    from one shard, several per call, as the learners do); the two share one insert measurement. TorchRL: the
+    buffer (:data:`TORCHRL_BUFFERS`)."""
     batches_per_call: int | None = None
     """Ray only: batches of :data:`SAMPLE_BATCH` rows one shard call asks for (1 with ``split``)."""
     wait_p99_ms: float | None = None
@@ -578,6 +588,106 @@ def bench_rllib(sampler: str, seconds: float, insert_batch: int, capacity: int) 
     return result
 
 
+TORCHRL_BUFFERS = ("LazyTensorStorage", "LazyMemmapStorage", "TensorDictPrioritizedReplayBuffer")
+"""TorchRL anchors (``--torchrl``): ``TensorDictReplayBuffer`` over ``LazyTensorStorage`` (memory) and
+``LazyMemmapStorage`` (memory-mapped files, for larger than memory), both uniform, and
+``TensorDictPrioritizedReplayBuffer`` over ``LazyTensorStorage``."""
+
+
+def torchrl_import_error() -> str | None:
+    """Why TorchRL's replay buffers cannot be imported here, or None when they can."""
+    try:
+        import tensordict  # noqa: F401
+        import torchrl.data  # noqa: F401
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def torchrl_buffer_error(kind: str) -> str | None:
+    """Why TorchRL's buffer ``kind`` cannot be made here (its prioritized sampler needs TorchRL's C++ extension,
+    built against one torch version), or None when it can."""
+    if kind != "TensorDictPrioritizedReplayBuffer":
+        return None
+    try:
+        import torchrl._torchrl  # noqa: F401
+    except ImportError as exc:
+        return f"TorchRL's C++ extension (its sum trees) does not load with this torch ({str(exc).split(': ')[-1][:60]})"
+    return None
+
+
+def _torchrl_chunks(insert_batch: int) -> Iterator[Any]:
+    """The bench's chunks (:func:`chunk_source`) as TensorDicts of ``insert_batch`` rows, per ``next()``."""
+    import torch
+    from tensordict import TensorDict
+
+    next_chunk = chunk_source(insert_batch)
+    while True:
+        chunk = next_chunk()
+        yield TensorDict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in chunk.items()},
+                         batch_size=[insert_batch])
+
+
+def bench_torchrl(kind: str, seconds: float, insert_batch: int, capacity: int, root: str) -> Measurement:
+    """TorchRL's buffer ``kind`` (:data:`TORCHRL_BUFFERS`), same rows, capacity and batch sizes: ``extend`` with
+    TensorDicts of ``--insert-batch`` rows into a full buffer, ``sample()`` of :data:`SAMPLE_BATCH` rows
+    (prioritized: ``update_tensordict_priority`` after every sample, alpha 0.6, beta 0.4 as ours). Only the buffer
+    calls are timed, not building the TensorDicts; rows per CPU second as for ``shard``."""
+    import torch
+    from torchrl.data import (
+        LazyMemmapStorage, LazyTensorStorage, TensorDictPrioritizedReplayBuffer, TensorDictReplayBuffer,
+    )
+
+    prioritized = kind == "TensorDictPrioritizedReplayBuffer"
+    directory = tempfile.mkdtemp(prefix="torchrl-", dir=root) if kind == "LazyMemmapStorage" else None
+    storage = LazyMemmapStorage(capacity, scratch_dir=directory) if directory else LazyTensorStorage(capacity)
+    if prioritized:
+        buffer = TensorDictPrioritizedReplayBuffer(alpha=ALPHA, beta=BETA, storage=storage, batch_size=SAMPLE_BATCH,
+                                                   priority_key="td_error")
+    else:
+        buffer = TensorDictReplayBuffer(storage=storage, batch_size=SAMPLE_BATCH)
+    result = Measurement("torchrl", None, "prioritized" if prioritized else "uniform", None, mode=kind)
+    try:
+        chunks = _torchrl_chunks(insert_batch)
+        while len(buffer) < capacity:
+            buffer.extend(next(chunks))
+
+        def insert() -> tuple[float, float]:
+            chunk = next(chunks)
+            span = Span()
+            buffer.extend(chunk)
+            return span.end()
+
+        calls, wall, cpu = timed_loop(seconds, insert)
+        result.insert_rows_s = per_second(calls * insert_batch, wall)
+        result.insert_rows_cpu_s = per_second(calls * insert_batch, cpu)
+        result.stored = len(buffer)
+
+        generator = torch.Generator().manual_seed(1)
+        latencies: list[float] = []
+
+        def sample() -> tuple[float, float]:
+            priorities = torch.rand(SAMPLE_BATCH, generator=generator)
+            span = Span()
+            batch = buffer.sample()
+            latencies.append(time.perf_counter() - span.wall)
+            if prioritized:
+                batch.set("td_error", priorities)
+                buffer.update_tensordict_priority(batch)
+            return span.end()
+
+        calls, wall, cpu = timed_loop(seconds, sample, latencies)
+        result.sample_rows_s = per_second(calls * SAMPLE_BATCH, wall)
+        result.sample_rows_cpu_s = per_second(calls * SAMPLE_BATCH, cpu)
+        result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+    finally:
+        del buffer, storage
+        gc.collect()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 
@@ -589,6 +699,8 @@ class Report:
     machine: dict
     memory: list[MemoryReport] = field(default_factory=list)
     results: list[Measurement] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Anchors asked for and not measured, each with why."""
 
     def find(self, backend: str, sampler: str, log: bool | None = None) -> Measurement | None:
         for r in self.results:
@@ -607,6 +719,23 @@ class Report:
                 out.append(
                     {
                         "sampler": sampler,
+                        "log": ours.log,
+                        "insert": ours.insert_rows_s / theirs.insert_rows_s,
+                        "sample": ours.sample_rows_s / theirs.sample_rows_s,
+                        "p99": theirs.p99_ms / ours.p99_ms,
+                    }
+                )
+        return out
+
+    def torchrl_ratios(self) -> list[dict]:
+        """Per TorchRL buffer and our log setting: our in-process shard (same sampler) against it."""
+        out = []
+        for theirs in (r for r in self.results if r.backend == "torchrl"):
+            for ours in (r for r in self.results if r.backend == "shard" and r.sampler == theirs.sampler):
+                out.append(
+                    {
+                        "buffer": theirs.mode,
+                        "sampler": theirs.sampler,
                         "log": ours.log,
                         "insert": ours.insert_rows_s / theirs.insert_rows_s,
                         "sample": ours.sample_rows_s / theirs.sample_rows_s,
@@ -640,6 +769,10 @@ class Report:
             where = f"{ratio['sampler']}, our log {'on' if ratio['log'] else 'off'}"
             check(checks, f"insert x RLlib ({where})", ratio["insert"], TARGET_RLLIB_RATIO)
             check(checks, f"sample x RLlib ({where})", ratio["sample"], TARGET_RLLIB_RATIO)
+        for ratio in self.torchrl_ratios():
+            where = f"{ratio['buffer']}, our log {'on' if ratio['log'] else 'off'}"
+            check(checks, f"insert x TorchRL ({where})", ratio["insert"], 1.0)
+            check(checks, f"sample x TorchRL ({where})", ratio["sample"], 1.0)
         for m in self.memory:
             check(checks, f"memory overhead per row ({m.sampler})", m.overhead, TARGET_MEMORY_OVERHEAD,
                   higher_is_better=False, strict=True)
@@ -652,6 +785,8 @@ class Report:
             "memory": [{**dataclasses.asdict(m), "overhead": m.overhead} for m in self.memory],
             "results": [dataclasses.asdict(r) for r in self.results],
             "rllib_ratios": self.rllib_ratios(),
+            "torchrl_ratios": self.torchrl_ratios(),
+            "skipped": self.skipped,
             "targets": self.targets(),
         }
 
@@ -665,7 +800,7 @@ class Report:
             shards = "-" if r.shards is None else str(r.shards)
             log = "-" if r.log is None else ("on" if r.log else "off")
             cpu = ["-" if v is None else f"{v:,.0f}" for v in (r.insert_rows_cpu_s, r.sample_rows_cpu_s)]
-            mode = "-" if r.mode is None else (r.mode if r.mode == "split" else f"{r.mode} x{r.batches_per_call}")
+            mode = "-" if r.mode is None else (f"{r.mode} x{r.batches_per_call}" if r.mode == "one_shard" else r.mode)
             wait = "-" if r.wait_p99_ms is None else f"{r.wait_p99_ms:.3f}"
             lines.append(
                 f"| {r.backend} | {mode} | {shards} | {r.sampler} | {log} | {r.insert_rows_s:,.0f} | "
@@ -696,6 +831,20 @@ class Report:
                     f"| {ratio['sampler']} | {'on' if ratio['log'] else 'off'} | {ratio['insert']:,.1f} | "
                     f"{ratio['sample']:,.1f} | {ratio['p99']:,.1f} |"
                 )
+        torchrl = self.torchrl_ratios()
+        if torchrl:
+            lines += [
+                "",
+                "| vs TorchRL | sampler | our log | insert x | sample x | p99 latency x |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            for ratio in torchrl:
+                lines.append(
+                    f"| {ratio['buffer']} | {ratio['sampler']} | {'on' if ratio['log'] else 'off'} | "
+                    f"{ratio['insert']:,.1f} | {ratio['sample']:,.1f} | {ratio['p99']:,.1f} |"
+                )
+        if self.skipped:
+            lines += ["", *(f"not measured: {line}" for line in self.skipped)]
         if self.memory:
             lines += [
                 "",
@@ -746,6 +895,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "default both, on the same shards")
     p.add_argument("--rllib", action="store_true",
                    help="also measure RLlib's EpisodeReplayBuffer and PrioritizedEpisodeReplayBuffer")
+    p.add_argument("--torchrl", action="store_true",
+                   help="also measure TorchRL's TensorDictReplayBuffer (LazyTensorStorage, LazyMemmapStorage) and "
+                        "TensorDictPrioritizedReplayBuffer")
     p.add_argument("--writers", type=int, default=2,
                    help="with --ray, also insert from this many writer actors at once, each with its own client, as "
                         "rollout workers do (default 2; 0: not measured)")
@@ -765,6 +917,11 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:
             return fail(f"--rllib needs RLlib's replay buffers, which do not import here ({problem}); they need "
                         f"dm-tree and scipy besides Ray: pip install dm-tree scipy lz4")
+    if args.torchrl:
+        problem = torchrl_import_error()
+        if problem is not None:
+            return fail(f"--torchrl needs TorchRL's replay buffers, which do not import here ({problem}); install "
+                        f"the bench extra: pip install -c constraints.txt '.[bench]'")
     try:
         config = load_bench_config(args)
         configs = {k: load_bench_config(args, [f"replay.num_shards={k}"]) for k in (args.shards if args.ray else [])}
@@ -783,6 +940,7 @@ def run(args: argparse.Namespace) -> int:
         "sample_modes": args.sample_modes,
         "writers": args.writers,
         "rllib": args.rllib,
+        "torchrl": args.torchrl,
         "config_items": args.items,
         "replay_config": to_dict(config.replay),
     }
@@ -801,6 +959,17 @@ def run(args: argparse.Namespace) -> int:
             for sampler in args.samplers:
                 progress(f"RLlib {'Prioritized' if sampler == 'prioritized' else ''}EpisodeReplayBuffer")
                 report.results.append(bench_rllib(sampler, args.seconds, args.insert_batch, args.capacity))
+        if args.torchrl:
+            for kind in TORCHRL_BUFFERS:
+                sampler = "prioritized" if kind == "TensorDictPrioritizedReplayBuffer" else "uniform"
+                if sampler not in args.samplers:
+                    continue
+                problem = torchrl_buffer_error(kind)
+                if problem is not None:
+                    report.skipped.append(f"TorchRL {kind}: {problem}")
+                    continue
+                progress(f"TorchRL {kind}")
+                report.results.append(bench_torchrl(kind, args.seconds, args.insert_batch, args.capacity, root))
         if args.ray:
             from system.runtime import start_ray, stop_ray
 

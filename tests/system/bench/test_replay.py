@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from system.bench.replay import rllib_import_error
+from system.bench.replay import rllib_import_error, torchrl_buffer_error, torchrl_import_error
 from system.cli import main
 from tests.system.bench.markdown import number, table_rows
 
@@ -89,6 +89,22 @@ def test_bench_against_rllib_buffers(capsys):
         assert number(row[5]) > 0 and number(row[6]) > 0 and number(row[10]) > 0
     assert "| vs RLlib | our log | insert x | sample x | p99 latency x |" in out
     assert [r[1] for r in table_rows(out, "uniform") if len(r) == 5 and r[1] in ("on", "off")] == ["off"]
+
+
+@pytest.mark.skipif(torchrl_import_error() is not None, reason="TorchRL's replay buffers do not import here")
+def test_bench_against_torchrl_buffers(capsys):
+    assert main(["bench", "replay", "--seconds", "0.02", "--capacity", "2048", "--insert-batch", "256", "--torchrl",
+                 "--log", "off"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out, "torchrl")
+    prioritized = torchrl_buffer_error("TensorDictPrioritizedReplayBuffer")
+    expected = ["LazyMemmapStorage", "LazyTensorStorage"] + ([] if prioritized else ["TensorDictPrioritizedReplayBuffer"])
+    assert sorted(r[1] for r in rows) == expected
+    for row in rows:
+        assert row[2] == "-" and row[4] == "-" and number(row[5]) > 0 and number(row[6]) > 0
+        assert number(row[10]) == 2048
+    assert "| vs TorchRL | sampler | our log | insert x | sample x | p99 latency x |" in out
+    assert ("not measured: TorchRL TensorDictPrioritizedReplayBuffer" in out) == (prioritized is not None)
 
 
 def test_bench_replay_rejects_a_bad_override(capsys):
