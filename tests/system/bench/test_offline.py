@@ -83,3 +83,26 @@ def test_report_without_d3rlpy_gives_means_margins_and_the_skip_reason(tmp_path,
     report = json.loads(out_json.read_text())
     assert report["summary"][str(data)]["best_d3rlpy"] is None
     assert report["settings"]["algos"] == [] and report["skipped"]
+
+
+def test_a_run_whose_ray_never_started_is_tried_again_under_a_new_name(tmp_path, monkeypatch):
+    names = []
+
+    def fake_subprocess_run(command, **kwargs):
+        name = next(a for a in command if a.startswith("name="))[5:]
+        names.append(name)
+        if len(names) == 1:
+            return Namespace(returncode=1, stderr="Exception: The current node timed out during startup. ...")
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "offline.json").write_text(json.dumps({
+            "training_env_steps": 0, "eval_env_steps": 400, "conservatism": {}, "policy_updates": 50, "evals": [
+                {"phase": "bc", "policy_updates": 20, "return_mean": -900.0, "return_std": 1.0},
+                {"phase": "final", "policy_updates": 50, "return_mean": -300.0, "return_std": 2.0}]}))
+        return Namespace(returncode=0, stderr="")
+
+    monkeypatch.setattr(offline.subprocess, "run", fake_subprocess_run)
+    args = Namespace(preset="pendulum", runs_dir=str(tmp_path), updates=50, eval_episodes=2, set=[])
+    dyn, bc = offline.dynaray_run("data/p-medium", 0, args, "stamp")
+    assert names == ["p-medium-s0-stamp", "p-medium-s0-stamp-try1"]
+    assert (dyn.method, dyn.eval_return, bc.method, bc.eval_return, bc.updates) == ("dynaray", -300.0, "bc", -900.0, 20)
+    assert dyn.extra["training_env_steps"] == 0
