@@ -19,7 +19,7 @@ import time
 ALGOS = ("iql", "td3bc", "cql")
 
 
-def make_algo(name: str, dataset, steps: int):
+def make_algo(name: str):
     """The d3rlpy algorithm ``name`` with its reproduction settings (batch 256, learning rates 3e-4)."""
     import d3rlpy
 
@@ -61,13 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     dataset = d3rlpy.dataset.MDPDataset(
         observations=arrays["observations"], actions=arrays["actions"], rewards=arrays["rewards"],
         terminals=arrays["terminals"], timeouts=arrays["timeouts"])
-    algo = make_algo(args.algo, dataset, args.steps)
+    algo = make_algo(args.algo)
     start = time.monotonic()
     algo.fit(dataset, n_steps=args.steps, n_steps_per_epoch=min(args.steps, 1000), save_interval=10 ** 9,
              show_progress=False, logger_adapter=d3rlpy.logging.NoopAdapterFactory())
     seconds = time.monotonic() - start
     algo.save_policy(args.out)
-    print(json.dumps({"algo": args.algo, "steps": args.steps, "seed": args.seed, "train_s": seconds,
+    # the exported policy must act as the trained one does (scalers included), or the bench would evaluate another
+    probe = arrays["observations"][:: max(1, len(arrays["observations"]) // 64)]
+    with torch.no_grad():
+        exported = torch.jit.load(args.out)(torch.as_tensor(probe)).numpy()
+    gap = float(np.abs(exported - algo.predict(probe)).max())
+    if gap > 1e-4:
+        raise SystemExit(f"{args.out}: the exported policy's actions differ from the trained one's by {gap:g}; "
+                         "expected <= 1e-4")
+    print(json.dumps({"algo": args.algo, "steps": args.steps, "seed": args.seed, "train_s": seconds, "export_gap": gap,
                       "d3rlpy": d3rlpy.__version__}))
     return 0
 
