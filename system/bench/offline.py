@@ -114,6 +114,7 @@ class Report:
         return out
 
     def to_json(self) -> dict:
+        """The report as JSON (the bench also writes it, with ``"complete": false``, after every finished run)."""
         return {"settings": self.settings, "machine": self.machine, "data_returns": self.data_returns,
                 "results": [asdict(r) for r in self.results], "failed": self.failed, "skipped": self.skipped,
                 "summary": self.summary()}
@@ -358,6 +359,8 @@ def run(args: argparse.Namespace) -> int:
                 report.failed.append({"dataset": dataset, "method": method, "seed": seed, "reason": outcome})
             else:
                 report.results.extend(outcome if isinstance(outcome, list) else [outcome])
+            if args.json:  # what is done so far, should the bench be stopped before the end
+                Path(args.json).write_text(json.dumps({**report.to_json(), "complete": False}, indent=2) + "\n")
     finish(report.machine)
     code = write_report(report, (
         f"{args.updates} policy gradient steps per method, {len(args.seeds)} seed(s), {args.eval_episodes} eval "

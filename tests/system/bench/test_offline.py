@@ -82,7 +82,7 @@ def test_report_without_d3rlpy_gives_means_margins_and_the_skip_reason(tmp_path,
     assert row[1:] == ["-3.5", "-2.0 +- 1.0 (2)", "-3.0 +- 0.0 (2)", "+1.0", "+1.5", "-"]
     report = json.loads(out_json.read_text())
     assert report["summary"][str(data)]["best_d3rlpy"] is None
-    assert report["settings"]["algos"] == [] and report["skipped"]
+    assert report["settings"]["algos"] == [] and report["skipped"] and "complete" not in report
 
 
 def test_a_run_whose_ray_never_started_is_tried_again_under_a_new_name(tmp_path, monkeypatch):
