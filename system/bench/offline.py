@@ -291,7 +291,7 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datasets", nargs="+", required=True, help="datasets (e.g. 'dynaray collect' directories)")
+    p.add_argument("--datasets", nargs="+", default=[], help="datasets (e.g. 'dynaray collect' directories; required)")
     p.add_argument("--preset", default="pendulum", help="env preset(s) after 'offline', a+b merges (default pendulum)")
     p.add_argument("--updates", type=positive_int, default=5000,
                    help="policy gradient steps per method (dynaray: cloning included; default 5000)")
@@ -310,6 +310,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> str | None:
     """The first bad argument (one line), or None."""
+    if not args.datasets:
+        return "--datasets: expected at least one dataset (e.g. a 'dynaray collect' directory)"
     for dataset in args.datasets:
         if not Path(dataset).exists():
             return f"--datasets: {dataset!r} does not exist; expected a dataset file or directory"

@@ -38,6 +38,8 @@ def test_d3rlpy_is_skipped_with_a_reason_when_its_python_is_absent_or_lacks_it(t
 
 
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["bench", "offline"]) == 2
+    assert "--datasets: expected at least one dataset" in capsys.readouterr().err
     assert main(["bench", "offline", "--datasets", str(tmp_path / "missing")]) == 2
     assert "--datasets:" in capsys.readouterr().err
     data = write_dataset(tmp_path / "d")
