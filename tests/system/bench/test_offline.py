@@ -6,6 +6,7 @@ from argparse import Namespace
 import numpy as np
 
 from system.bench import offline
+from system.bench.harness import machine
 from system.bench.offline import Result, d3rlpy_problem, dataset_return, train_command, write_npz
 from system.cli import main
 from system.collect_cli import write_parquet
@@ -73,6 +74,7 @@ def test_report_without_d3rlpy_gives_means_margins_and_the_skip_reason(tmp_path,
                 Result(dataset, "bc", seed, -3.0, 0.1, 100, 9.0, "dynaray train offline ...")]
 
     monkeypatch.setattr(offline, "dynaray_run", fake_run)
+    monkeypatch.setattr(offline, "machine", lambda *modules: machine())  # no torch import for its version
     monkeypatch.delenv(offline.D3RLPY_ENV, raising=False)
     out_json = tmp_path / "o.json"
     code = main(["bench", "offline", "--datasets", str(data), "--seeds", "0", "2", "--updates", "50",
