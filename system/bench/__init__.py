@@ -24,6 +24,7 @@ VERBS: dict[str, str] = {
     "checkpoint": "system.bench.checkpoint",
     "soak": "system.bench.soak",
     "device": "system.bench.device",
+    "offline": "system.bench.offline",
 }
 """``dynaray bench`` verb -> the module that defines it (``HELP``, ``DESCRIPTION``, ``add_arguments``, ``run``)."""
 
