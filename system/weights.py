@@ -142,7 +142,7 @@ class WeightsClient:
             if answer is None:
                 return None
             version, state = answer
-        except Exception as exc:  # the store restarting, or weights whose owner died: poll again next time
+        except Exception as exc:  # the store restarting: poll again next time
             if not is_lost(exc):
                 raise
             return None
