@@ -223,7 +223,9 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
         panel("Eval return per evaluator", [
             (f"max by (run, index) ({m('evaluator_return_mean')})", "evaluator {{index}}"),
             (f"max by (run, index) ({m('evaluator_seconds')})", "seconds, evaluator {{index}}"),
-        ], description="Mean return of each evaluator's newest evaluation, and its wall time (right axis).",
+            (f"max by (run, index) ({m('evaluator_model_return_mean')})", "in the world model, evaluator {{index}}"),
+        ], description="Mean return of each evaluator's newest evaluation, its wall time (right axis), and with "
+                       "eval.in_model its return estimated in the world model.",
             overrides=[{"matcher": {"id": "byRegexp", "options": "seconds.*"},
                         "properties": [{"id": "custom.axisPlacement", "value": "right"}, {"id": "unit",
                                                                                           "value": "s"}]}]),
