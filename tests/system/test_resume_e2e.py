@@ -119,8 +119,9 @@ def check_whole_run(run_dir: Path, checkpoint: dict, writers_before: list[int]) 
     rows = stored_rows(run_dir)
     assert set(writers_before) < set(rows["writer_id"].tolist())
     resumed = ~np.isin(rows["writer_id"], writers_before)
-    # no second warm-up: a resumed worker acts at random only until its first weights poll answers (a few steps)
-    assert (rows["policy_version"][resumed] == -1).sum() <= 20, rows["policy_version"][resumed][:50]
+    # no second warm-up (WARMUP random rows): a resumed worker acts at random only until its first weights poll
+    # answers, which takes 0-50 env steps by the machine's load (a latency, not what this checks)
+    assert (rows["policy_version"][resumed] == -1).sum() < WARMUP // 4, rows["policy_version"][resumed][:50]
     assert (rows["policy_version"][resumed] >= checkpoint["policy_version"]).mean() > 0.95
     assert len(np.unique(np.stack([rows["writer_id"], rows["seq"]]), axis=1)[0]) == len(rows["seq"])
 
