@@ -4,7 +4,7 @@ See docs/architecture.md ("Replay") for the roles and the contracts with actors 
 imports Ray; shards are plain objects that system/ runs as Ray actors.
 """
 
-from replay.client import PendingSample, ReplayClient, ReplayTimeout
+from replay.client import PendingSample, ReplayClient, ReplayTimeout, SampleStream, StreamedSample
 from replay.config import ReplayConfig
 from replay.rate_limiter import RateLimiter, RateLimiterConfig
 from replay.schema import (
@@ -28,7 +28,9 @@ __all__ = [
     "ReplayConfig",
     "ReplayShard",
     "ReplayTimeout",
+    "SampleStream",
     "SchemaError",
+    "StreamedSample",
     "Table",
     "TableConfig",
     "arrow_schema",

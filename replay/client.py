@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from replay.config import ReplayConfig
-from replay.table import KEY_COLUMN, check_priority_update
+from replay.table import KEY_COLUMN, WEIGHT_COLUMN, check_priority_update
 from replay.handles import get, is_actor_failure, wait
 
-__all__ = ["PendingSample", "ReplayClient", "ReplayTimeout"]
+__all__ = ["PendingSample", "ReplayClient", "ReplayTimeout", "SampleStream", "StreamedSample"]
 
 SIZE_REFRESH_S = 0.5
 """How often a sampling client refreshes its view of shard sizes (asynchronously, between samples)."""
@@ -124,6 +125,8 @@ class ReplayClient:
         self._priority_updates: dict[Any, tuple[int, str, np.ndarray, np.ndarray]] = {}
         self._outage_lock = threading.Lock()
         self._down_since: dict[int, float] = {}
+        self._streams: dict[tuple[str, int, str | None, bool], SampleStream] = {}
+        self._streams_lock = threading.Lock()
         self.shard_failures = 0
         """Calls that failed because their shard's actor died (each was retried)."""
 
@@ -291,6 +294,42 @@ class ReplayClient:
         """Sample ``n`` rows or sequences (blocking): ``submit_sample(...).result()``."""
         return self.submit_sample(table, n, consumer, with_keys, sequence_length).result()
 
+    def submit_batch(
+        self, table: str, n: int, consumer: str | None = None, with_keys: bool = False
+    ) -> PendingSample | StreamedSample:
+        """Start getting one learner batch of ``n`` rows, as ``config.learner_sampling`` says: ``split`` is
+        :meth:`submit_sample`; ``one_shard`` (the default) takes the batch from this client's
+        :class:`SampleStream` for ``(table, n, consumer, with_keys)``, which draws whole batches from one shard
+        chosen in proportion to its size, ``config.sample_batches_per_call`` of them per shard call, and keeps
+        ``config.sample_calls_in_flight`` calls in flight. Either answer has ``done()`` and ``result()``."""
+        if self.config.learner_sampling == "split":
+            return self.submit_sample(table, n, consumer, with_keys)
+        return self.stream(table, n, consumer, with_keys).submit()
+
+    def stream(self, table: str, n: int, consumer: str | None = None, with_keys: bool = False) -> SampleStream:
+        """This client's :class:`SampleStream` of batches of ``n`` rows of ``table`` for ``consumer`` (made on
+        first use, with ``config.sample_batches_per_call`` and ``config.sample_calls_in_flight``)."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"sample size must be >= 1, got {n}")
+        key = (table, n, consumer, bool(with_keys))
+        with self._streams_lock:
+            stream = self._streams.get(key)
+            if stream is None:
+                stream = self._streams[key] = SampleStream(
+                    self, table, n, consumer, bool(with_keys), self.config.sample_batches_per_call,
+                    self.config.sample_calls_in_flight,
+                )
+            return stream
+
+    def pick_shard(self, table: str) -> int:
+        """A shard drawn with probability proportional to its last known size of ``table`` (uniformly when all are
+        known to be empty); sizes are known and refreshed as for :meth:`submit_sample`."""
+        weights = np.cumsum(np.asarray(self._known_sizes(table), dtype=np.float64))
+        if weights[-1] <= 0:
+            return int(self._rng.integers(len(self._shards)))
+        return int(np.searchsorted(weights, self._rng.random() * weights[-1], side="right"))
+
     # ------------------------------------------------------------------------------------------- priorities
 
     def update_priorities(self, table: str, keys: np.ndarray, priorities: np.ndarray) -> None:
@@ -457,12 +496,20 @@ class ReplayClient:
         return np.diff(edges).astype(np.int64)
 
     def _submit_sample(
-        self, table: str, part: _SamplePart, consumer: str | None, with_keys: bool, sequence_length: int | None
+        self,
+        table: str,
+        part: _SamplePart,
+        consumer: str | None,
+        with_keys: bool,
+        sequence_length: int | None,
+        batches: int = 1,
     ) -> Any:
         timeout = 0.0 if part.refused < len(self._shards) else self._call_timeout
         handle = self._shards[part.shard]
         if sequence_length is not None:
             return handle.sample_sequences.remote(table, part.n, sequence_length, consumer, timeout=timeout)
+        if batches > 1:
+            return handle.sample.remote(table, part.n, consumer, timeout=timeout, with_keys=with_keys, batches=batches)
         if with_keys:
             return handle.sample.remote(table, part.n, consumer, timeout=timeout, with_keys=True)
         return handle.sample.remote(table, part.n, consumer, timeout=timeout)
@@ -521,6 +568,9 @@ class PendingSample:
     shard A (the consumer is behind there) while this sample waited for inserts on shard B (it is ahead
     there) would deadlock; instead the part moves to A at once and is admitted, which also pulls the
     consumer's per-shard lags back together.
+
+    With ``batches`` > 1 (a :class:`SampleStream`'s call: one part of ``n`` rows) the shard is asked for up to
+    that many whole batches of ``n`` rows and the result holds ``k * n`` rows, ``k`` the batches it granted.
     """
 
     def __init__(
@@ -532,6 +582,7 @@ class PendingSample:
         parts: Sequence[tuple[int, int]],
         with_keys: bool = False,
         sequence_length: int | None = None,
+        batches: int = 1,
     ):
         self._client = client
         self._table = table
@@ -539,6 +590,7 @@ class PendingSample:
         self._consumer = consumer
         self._with_keys = with_keys
         self._sequence_length = sequence_length
+        self._batches = batches
         self._parts = [_SamplePart(shard, count, ref=None) for shard, count in parts]
         for part in self._parts:
             part.ref = self._submit(part)
@@ -546,7 +598,7 @@ class PendingSample:
 
     def _submit(self, part: _SamplePart) -> Any:
         return self._client._submit_sample(
-            self._table, part, self._consumer, self._with_keys, self._sequence_length
+            self._table, part, self._consumer, self._with_keys, self._sequence_length, self._batches
         )
 
     def _poll(self, wait_s: float) -> bool:
@@ -633,3 +685,141 @@ class PendingSample:
                 )
             if refused or client.local:
                 backoff.sleep(deadline)
+
+
+class SampleStream:
+    """Whole batches of one table for one consumer, each from one shard, several per shard call, prefetched.
+
+    Every shard call goes to one shard drawn with probability proportional to its last known size
+    (:meth:`ReplayClient.pick_shard`) and asks it for ``batches_per_call`` batches of ``n`` rows
+    (:meth:`replay.shard.ReplayShard.sample` with ``batches``); the shard draws every row independently by its
+    sampler and gives as many whole batches as the consumer's rate limiter admits at once (at least one). A row of
+    shard ``k`` (holding ``s_k`` of ``S`` rows) is then drawn with probability ``s_k / S * 1 / s_k = 1 / S``, as
+    under uniform sampling over all shards; what differs from :meth:`ReplayClient.submit_sample` is that the rows
+    of one call come from one shard (no batch mixes shards). A call refused by its shard ("not now": the consumer
+    is ahead of its ratio there, or the shard is empty) moves to the next shard, as a :class:`PendingSample` part
+    does.
+
+    Rate limiting stays exact: each shard's limiter counts exactly the rows it gave (``k * n`` per call), and since
+    inserts go round robin and calls go to shards in proportion to their sizes, each shard sees 1/K of both in
+    expectation, as with splitting every batch; a consumer ahead on one shard is served by the others. Rows are
+    counted when drawn, so a learner uses them up to ``calls_in_flight * batches_per_call`` batches later (a run's
+    ratio counts them at the shard, as it counted the prefetched batches before).
+
+    Columns arrive as the shard's numpy arrays (on Ray: read-only views of the object store's buffer, no copy);
+    each batch is a slice of them (a view). With keys, the ``weight`` column is renormalised per batch (divided by
+    the batch's largest weight, as a shard normalises one batch). Not thread-safe by itself: one consumer loop per
+    stream (the client hands each ``(table, n, consumer, with_keys)`` its own).
+    """
+
+    def __init__(
+        self,
+        client: ReplayClient,
+        table: str,
+        n: int,
+        consumer: str | None,
+        with_keys: bool,
+        batches_per_call: int,
+        calls_in_flight: int,
+    ):
+        if batches_per_call < 1 or calls_in_flight < 1:
+            raise ValueError(
+                f"SampleStream needs batches_per_call >= 1 and calls_in_flight >= 1, got {batches_per_call} and "
+                f"{calls_in_flight}"
+            )
+        self._client = client
+        self.table, self.n, self.consumer, self.with_keys = table, int(n), consumer, bool(with_keys)
+        self.batches_per_call, self.calls_in_flight = int(batches_per_call), int(calls_in_flight)
+        self._calls: deque[PendingSample] = deque()
+        self._ready: deque[dict[str, np.ndarray]] = deque()
+        self.calls = 0
+        """Shard calls made."""
+        self.batches = 0
+        """Batches received (granted by the shards)."""
+        self.call_latencies: deque[float] = deque(maxlen=10_000)
+        """Seconds from submitting each of the last 10,000 calls to its answer being collected."""
+        self._submitted_at: dict[int, float] = {}
+
+    def submit(self) -> StreamedSample:
+        """A claim on the next batch (non-blocking; tops up the calls in flight)."""
+        self._top_up()
+        return StreamedSample(self)
+
+    def ready(self) -> int:
+        """Batches received and not yet taken."""
+        self._collect()
+        return len(self._ready)
+
+    def take(self, block: bool = True, timeout: float | None = None) -> dict[str, np.ndarray] | None:
+        """The next batch: at once when one was received, else (``block``) waiting for the oldest call in flight
+        (``timeout``: the client's ``sample_timeout_s`` by default), else None.
+
+        Raises:
+            ReplayTimeout: ``block`` and the oldest call not answered in time (the message says why).
+        """
+        if not self._ready:  # polling the calls costs a Ray call each: only when no batch is left
+            self._collect()
+        while not self._ready:
+            self._top_up()
+            if not block:
+                return None
+            self._receive(self._calls[0], timeout)
+        batch = self._ready.popleft()
+        self._top_up()
+        return batch
+
+    def _top_up(self) -> None:
+        """Keep the batches received plus those asked for at more than ``calls_in_flight - 1`` calls' worth."""
+        per_call = self.batches_per_call
+        while len(self._ready) + per_call * len(self._calls) <= per_call * (self.calls_in_flight - 1):
+            shard = self._client.pick_shard(self.table)
+            call = PendingSample(self._client, self.table, self.n, self.consumer, [(shard, self.n)],
+                                 self.with_keys, batches=per_call)
+            self._submitted_at[id(call)] = time.perf_counter()
+            self._calls.append(call)
+            self.calls += 1
+
+    def _collect(self) -> None:
+        """Receive every call that has answered, in any order (non-blocking): a call waiting for a shard holds up
+        no other."""
+        for call in [c for c in self._calls if c.done()]:
+            self._receive(call, None)
+
+    def _receive(self, call: PendingSample, timeout: float | None) -> None:
+        """Wait for ``call`` (one in flight) and split its rows into batches."""
+        rows = call.result(timeout)
+        self._calls.remove(call)
+        self.call_latencies.append(time.perf_counter() - self._submitted_at.pop(id(call)))
+        n = self.n
+        granted = _rows(rows) // n
+        for i in range(granted):
+            batch = {name: column[i * n:(i + 1) * n] for name, column in rows.items()}
+            if self.with_keys and granted > 1:
+                weights = batch[WEIGHT_COLUMN]
+                batch[WEIGHT_COLUMN] = weights / weights.max()
+            self._ready.append(batch)
+        self.batches += granted
+
+
+class StreamedSample:
+    """A claim on the next batch of a :class:`SampleStream`, with :class:`PendingSample`'s ``done()`` and
+    ``result()``. Batches of a stream are interchangeable (independent draws), so a claim takes whichever batch is
+    next when it is first found done or asked for its result."""
+
+    __slots__ = ("_stream", "_batch")
+
+    def __init__(self, stream: SampleStream):
+        self._stream = stream
+        self._batch: dict[str, np.ndarray] | None = None
+
+    def done(self) -> bool:
+        """Whether a batch is here (non-blocking; claims it)."""
+        if self._batch is None:
+            self._batch = self._stream.take(block=False)
+        return self._batch is not None
+
+    def result(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """The batch, waiting for it if needed (see :meth:`SampleStream.take`)."""
+        if self._batch is None:
+            self._batch = self._stream.take(block=True, timeout=timeout)
+        return self._batch

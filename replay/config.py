@@ -39,6 +39,17 @@ class ReplayConfig:
     """How long a client waits for a free insert slot (or a flush) before raising ReplayTimeout."""
     max_inflight_inserts: int = field(default=4, metadata={"check": ">= 1"})
     """Insert calls one client keeps in flight before ``insert`` blocks."""
+    learner_sampling: str = field(default="one_shard", metadata={"check": ("one_shard", "split")})
+    """How the learners' batches are sampled (``ReplayClient.submit_batch``): ``one_shard`` takes each batch whole
+    from one shard chosen in proportion to its size (every row as likely as under uniform sampling over all shards),
+    several batches per shard call, calls prefetched (``replay.client.SampleStream``); ``split`` splits every batch
+    over all shards in proportion to their sizes, one call per shard per batch (slower through Ray)."""
+    sample_batches_per_call: int = field(default=16, metadata={"check": ">= 1"})
+    """With ``learner_sampling: one_shard``, whole batches one shard call asks for (the shard gives as many as the
+    consumer's rate limiter admits at once, at least one)."""
+    sample_calls_in_flight: int = field(default=2, metadata={"check": ">= 1"})
+    """With ``learner_sampling: one_shard``, shard calls a learner's sample stream keeps in flight (so at most this
+    many times ``sample_batches_per_call`` batches are drawn before the learner uses them)."""
     num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
     """Ray CPUs reserved per shard actor (read by system/)."""
     directory: str = ""

@@ -422,10 +422,33 @@ class ReplayShard:
         elif consumer is not None:
             state.unlimited_sampled[consumer] = state.unlimited_sampled.get(consumer, 0) + rows
 
+    @staticmethod
+    def _batches_granted(state: _TableState, n: int, batches: int, limiter: RateLimiter | None) -> int:
+        """The most whole batches of ``n`` rows, up to ``batches``, that the table and the limiter admit at once
+        (at least 1: call after one batch was admitted). Call with ``state.cond`` held."""
+        granted = batches
+        while granted > 1 and not (
+            state.table.can_sample(granted * n) and (limiter is None or limiter.can_sample(granted * n))
+        ):
+            granted -= 1
+        return granted
+
     def sample(
-        self, table: str, n: int, consumer: str | None = None, timeout: float = 0.0, with_keys: bool = False
+        self,
+        table: str,
+        n: int,
+        consumer: str | None = None,
+        timeout: float = 0.0,
+        with_keys: bool = False,
+        batches: int = 1,
     ) -> dict[str, np.ndarray] | None:
         """Draw ``n`` rows with replacement by the table's sampler, or None if not admitted within ``timeout`` s.
+
+        With ``batches`` > 1 the call draws up to ``batches`` whole batches of ``n`` rows at once (``k * n`` rows,
+        ``k`` the most the limiter and the table admit now, at least 1; a call waits only for the first batch):
+        what a learner's :class:`replay.client.SampleStream` asks for to pay one call per ``k`` batches. The
+        limiter counts the ``k * n`` rows, exactly as ``k`` calls of ``n`` rows would; importance weights are
+        normalised over all ``k * n`` rows (the stream renormalises each batch).
 
         A consumer with a limiter waits for it (table at ``min_size``, not ahead of its ratio); any other
         consumer, or None, waits only for a non-empty table. On a table with ``max_times_sampled`` every call
@@ -436,13 +459,16 @@ class ReplayShard:
 
         Raises:
             KeyError: unknown table.
-            ValueError: ``n < 1``; the consumer's limiter could never admit ``n`` rows at once; or, with
-                ``max_times_sampled``, ``n`` is above ``max_times_sampled * capacity`` (never left at once).
+            ValueError: ``n < 1`` or ``batches < 1``; the consumer's limiter could never admit ``n`` rows at once;
+                or, with ``max_times_sampled``, ``n`` is above ``max_times_sampled * capacity`` (never left at once).
         """
         state = self._state(table)
         n = int(n)
         if n < 1:
             raise ValueError(f"sample size must be >= 1, got {n}")
+        batches = int(batches)
+        if batches < 1:
+            raise ValueError(f"batches must be >= 1, got {batches}")
         config = state.table.config
         most = config.max_times_sampled * config.capacity
         if most and n > most:
@@ -454,11 +480,12 @@ class ReplayShard:
         with state.cond:
             if not self._admit(state, n, limiter, timeout, lambda: state.table.can_sample(n)):
                 return None
-            batch = state.table.sample(n, state.rng, with_keys=with_keys)
+            rows = n * self._batches_granted(state, n, batches, limiter) if batches > 1 else n
+            batch = state.table.sample(rows, state.rng, with_keys=with_keys)
             removed = state.table.last_removed
             if len(removed) and state.store is not None and not state.store.closed:
                 state.store.append_times_sampled(removed, np.full(len(removed), -1), state.table.inserted)
-            self._account(state, n, consumer, limiter)
+            self._account(state, rows, consumer, limiter)
             return batch
 
     def sample_sequences(

@@ -109,7 +109,7 @@ class LearnerLoop:
             parts = [p for p in self._parts() if p.rows > 0]
             keys = any(p.priority_eps is not None for p in parts)  # every part, so that each row has a weight
             self._pending.append(
-                (parts, [self._replay.submit_sample(p.table, p.rows, p.consumer, with_keys=keys) for p in parts])
+                (parts, [self._replay.submit_batch(p.table, p.rows, p.consumer, with_keys=keys) for p in parts])
             )
 
     def _next_batch(self) -> tuple[dict[str, np.ndarray], list[BatchPart]] | None:

@@ -1,8 +1,8 @@
 """``dynaray bench replay``: replay throughput, sample latency and memory per stored row, next to RLlib's buffers.
 
     dynaray bench replay [PRESET ...] [key=value ...] [--shards 1,2,4] [--samplers uniform,prioritized]
-                         [--seconds S] [--insert-batch N] [--log on,off] [--capacity ROWS] [--ray] [--rllib]
-                         [--json OUT]
+                         [--seconds S] [--insert-batch N] [--log on,off] [--capacity ROWS] [--ray]
+                         [--sample-modes split,one_shard] [--writers W] [--rllib] [--torchrl] [--json OUT]
 
 Rows are HalfCheetah-sized transitions (obs 17 float32, action 6 float32, the columns of
 :func:`replay.schema.transition_columns`: 206 bytes of fields), written as episodes of 1000 steps.
@@ -31,14 +31,27 @@ Backends:
 - ``ray`` (``--ray``): one :class:`replay.client.ReplayClient` in this process over K shard actors, made by
   ``system.wiring.build_replay`` as in a run, on a Ray started (or joined: ``ray.address``) as ``dynaray train``
   does and shut down at the end, for every K of ``--shards``, each shard holding ``--capacity`` rows: the
-  service's throughput with K shards, wall clock. Inserts keep the client's default number of calls in flight;
-  samples keep :data:`SAMPLE_PREFETCH` in flight (as the learner loops do) and latency runs from submit to result.
+  service's throughput with K shards, wall clock. Inserts keep the client's default number of calls in flight.
+  Samples are measured on the same shards in each of ``--sample-modes``: ``split`` (``ReplayClient.submit_sample``:
+  every batch split over all K shards in proportion to their sizes, one call per shard, :data:`SAMPLE_PREFETCH`
+  batches in flight; latency from submit to result) and ``one_shard`` (``ReplayClient.stream``, what the learners
+  use: whole batches from one shard chosen in proportion to its size, ``replay.sample_batches_per_call`` batches per
+  call, ``replay.sample_calls_in_flight`` calls in flight; latency of one shard call from submit to its answer).
+  Both report ``wait p99``: how long the consumer blocked for each batch. With ``--writers W`` (default 2) inserts
+  are also measured from W writer actors at once, each with its own client, as rollout workers insert.
 - ``rllib`` (``--rllib``): RLlib's ``EpisodeReplayBuffer`` / ``PrioritizedEpisodeReplayBuffer`` with the same
   capacity (in timesteps), fed the same data as numpy'ized ``SingleAgentEpisode`` chunks of ``--insert-batch``
   steps (``buffer.add(episodes)``) and sampled as RLlib's SAC/DQN training step does
   (``buffer.sample(num_items=256, n_step=1, sample_episodes=True)``; prioritized: ``update_priorities`` after every
   sample, alpha 0.6, beta 0.4 as ours). Only the buffer calls are timed, not building the episodes; rows per CPU
   second as for ``shard``.
+
+- ``torchrl`` (``--torchrl``): TorchRL's ``TensorDictReplayBuffer`` over ``LazyTensorStorage`` and over
+  ``LazyMemmapStorage`` (files in a temp dir), and ``TensorDictPrioritizedReplayBuffer`` (alpha 0.6, beta 0.4,
+  ``update_tensordict_priority`` after every sample), same capacity, fed the same chunks as TensorDicts
+  (``extend``) and sampled 256 rows at a time (``sample()``); only the buffer calls are timed. A buffer that cannot
+  be made here (the prioritized one needs TorchRL's C++ extension, built for one torch version) is listed as not
+  measured, with why.
 
 Memory: every numpy array reachable from a full :class:`replay.table.Table` (columns, sampler structures, anything
 else it keeps), divided by its capacity, against the raw bytes of one row's fields.
@@ -72,6 +85,7 @@ from system.bench.harness import (
 __all__ = [
     "ACTION_DIM",
     "EPISODE_LENGTH",
+    "InsertWriter",
     "OBS_DIM",
     "SAMPLE_BATCH",
     "SAMPLE_PREFETCH",
@@ -87,6 +101,8 @@ __all__ = [
     "raw_row_bytes",
     "reachable_numpy_bytes",
     "rllib_import_error",
+    "torchrl_import_error",
+    "bench_torchrl",
     "run",
     "table_config",
     "table_memory",
@@ -104,12 +120,16 @@ ALPHA, BETA = 0.6, 0.4
 """Priority and importance exponents, ours and RLlib's alike."""
 TABLE = "real"
 SAMPLERS = ("uniform", "prioritized")
+SAMPLE_MODES = ("split", "one_shard")
+"""How a Ray client samples: ``ReplayClient.submit_sample`` (split) or ``ReplayClient.stream`` (one_shard)."""
 
 # the issue's targets, per shard; memory overhead as a fraction of the raw field bytes
 TARGET_INSERT_ROWS_S = 1_000_000
 TARGET_UNIFORM_ROWS_S = 1_000_000
 TARGET_PRIORITIZED_ROWS_S = 300_000
 TARGET_P99_MS = 5.0
+TARGET_RAY_SAMPLE_ROWS_S = 1_000_000
+"""Issue 16: rows/s sampled into one client process through Ray (the learners' one_shard path)."""
 TARGET_RLLIB_RATIO = 10.0
 TARGET_MEMORY_OVERHEAD = 0.10
 
@@ -127,8 +147,8 @@ def raw_row_bytes(specs: Sequence[ColumnSpec]) -> int:
     return sum(spec.np_dtype.itemsize * spec.row_size for spec in specs)
 
 
-def chunk_source(rows: int, seed: int = 0, pool: int = 16) -> Callable[[], dict[str, np.ndarray]]:
-    """A function returning the next chunk of ``rows`` transitions of one writer (writer id 0) on every call.
+def chunk_source(rows: int, seed: int = 0, pool: int = 16, writer_id: int = 0) -> Callable[[], dict[str, np.ndarray]]:
+    """A function returning the next chunk of ``rows`` transitions of one writer (``writer_id``) on every call.
 
     Values come from a pool of ``pool`` random chunks; ``seq``, ``episode_id`` and ``step`` are stamped per call, so
     every chunk has a new dedup key and episodes of :data:`EPISODE_LENGTH` steps run across chunks.
@@ -144,7 +164,7 @@ def chunk_source(rows: int, seed: int = 0, pool: int = 16) -> Callable[[], dict[
                 "next_obs": rng.normal(size=(rows, OBS_DIM)).astype(np.float32),
                 "terminated": np.zeros(rows, dtype=bool),
                 "policy_version": np.zeros(rows, dtype=np.int64),
-                "writer_id": np.zeros(rows, dtype=np.int64),
+                "writer_id": np.full(rows, writer_id, dtype=np.int64),
             }
         )
     written = 0
@@ -265,6 +285,19 @@ class Measurement:
     p99_ms: float = 0.0
     stored: int = 0
     """Rows in the table(s) while sampling."""
+    mode: str | None = None
+    """Ray: how the client samples, ``split`` (every batch split over all shards) or ``one_shard`` (whole batches
+    from one shard, several per call, as the learners do); the two share one insert measurement. TorchRL: the
+    buffer (:data:`TORCHRL_BUFFERS`)."""
+    batches_per_call: int | None = None
+    """Ray only: batches of :data:`SAMPLE_BATCH` rows one shard call asks for (1 with ``split``)."""
+    wait_p99_ms: float | None = None
+    """Ray only: p99 of how long the consumer blocked for each batch (with calls prefetched, often 0)."""
+    writers: int | None = None
+    """Ray only: writer actors of ``writers_insert_rows_s`` (``--writers``)."""
+    writers_insert_rows_s: float | None = None
+    """Ray only: rows/s inserted by ``writers`` actors at once, each with its own client (rollout workers' inserts);
+    ``insert_rows_s`` is one client in the bench's process."""
 
 
 def bench_shard(replay: ReplayConfig, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int,
@@ -317,10 +350,13 @@ def bench_shard(replay: ReplayConfig, sampler: str, log: bool, seconds: float, i
 
 
 def bench_ray(
-    config: Any, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str
-) -> Measurement:
+    config: Any, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int, root: str,
+    modes: Sequence[str] = SAMPLE_MODES, writers: int = 0,
+) -> list[Measurement]:
     """A ReplayClient in this process over the ``config.replay.num_shards`` shard actors that
-    ``system.wiring.build_replay`` makes of ``config`` (a ``SystemConfig``; Ray must be initialised)."""
+    ``system.wiring.build_replay`` makes of ``config`` (a ``SystemConfig``; Ray must be initialised): inserts once,
+    then (``writers`` > 0) inserts from that many writer actors at once, then sampling in each of ``modes`` on the
+    same shards, one :class:`Measurement` per mode."""
     import ray
 
     from replay.client import ReplayClient
@@ -330,7 +366,7 @@ def bench_ray(
     directory = tempfile.mkdtemp(prefix=f"ray-{num_shards}-{sampler}-", dir=root) if log else None
     system = System(local=False)
     shards = build_replay(config, [table_config(sampler, capacity, persist=log)], system, directory)
-    result = Measurement("ray", num_shards, sampler, log)
+    results = []
     try:
         ray.get([s.size.remote(TABLE) for s in shards])  # wait for the actors to start
         client = ReplayClient(shards, config.replay, local=False)
@@ -345,35 +381,115 @@ def bench_ray(
             client.insert(TABLE, next_chunk(), 0)
             rows += insert_batch
         client.flush()
-        result.insert_rows_s = rows / (time.perf_counter() - start)
-        result.stored = sum(ray.get([s.size.remote(TABLE) for s in shards]))
-
-        prioritized = sampler == "prioritized"
-        client.sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)  # untimed: one-time costs, shard sizes
-        rng = np.random.default_rng(1)
-        latencies: list[float] = []
-        pending: list[tuple[float, Any]] = []
-        start = time.perf_counter()
-        samples = 0
-        while samples == 0 or time.perf_counter() - start < seconds:
-            while len(pending) < SAMPLE_PREFETCH:
-                pending.append((time.perf_counter(), client.submit_sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)))
-            submitted, oldest = pending.pop(0)
-            batch = oldest.result()
-            latencies.append(time.perf_counter() - submitted)
-            if prioritized:
-                client.update_priorities(TABLE, batch["key"], rng.random(SAMPLE_BATCH))
-            samples += 1
-        for _, rest in pending:
-            rest.result()
-        client.flush_priorities()
-        result.sample_rows_s = samples * SAMPLE_BATCH / (time.perf_counter() - start)
-        result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+        insert_rows_s = rows / (time.perf_counter() - start)
+        writers_rows_s = _insert_from_writers(shards, config.replay, writers, seconds, insert_batch) if writers else None
+        stored = sum(ray.get([s.size.remote(TABLE) for s in shards]))
+        for mode in modes:
+            result = Measurement("ray", num_shards, sampler, log, insert_rows_s=insert_rows_s, stored=stored,
+                                 mode=mode, writers_insert_rows_s=writers_rows_s, writers=writers or None)
+            sample = _sample_split if mode == "split" else _sample_one_shard
+            sample(client, sampler == "prioritized", seconds, result)
+            result.batches_per_call = 1 if mode == "split" else config.replay.sample_batches_per_call
+            results.append(result)
     finally:
         end_actors(system)
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
-    return result
+    return results
+
+
+class InsertWriter:
+    """A rollout worker's replay edge alone: a ``ReplayClient`` inserting chunks of one writer as fast as the shards
+    acknowledge them (``--writers``; run as a Ray actor, each in its own process)."""
+
+    def __init__(self, shards: Sequence[Any], replay: ReplayConfig, writer_id: int, insert_batch: int):
+        from replay.client import ReplayClient
+
+        self._client = ReplayClient(shards, replay, local=False, seed=writer_id)
+        self._writer_id = writer_id
+        self._next_chunk = chunk_source(insert_batch, seed=writer_id, writer_id=writer_id)
+        self._rows = insert_batch
+
+    def run(self, seconds: float) -> tuple[int, float]:
+        """Insert for ``seconds`` (then flush); return the rows inserted and the seconds it took."""
+        start = time.perf_counter()
+        rows = 0
+        while rows == 0 or time.perf_counter() - start < seconds:
+            self._client.insert(TABLE, self._next_chunk(), self._writer_id)
+            rows += self._rows
+        self._client.flush()
+        return rows, time.perf_counter() - start
+
+
+def _insert_from_writers(shards: Sequence[Any], replay: ReplayConfig, writers: int, seconds: float,
+                         insert_batch: int) -> float:
+    """Rows/s inserted by ``writers`` :class:`InsertWriter` actors at once (rows over the slowest one's time)."""
+    import ray
+
+    actor = ray.remote(InsertWriter).options(num_cpus=0)
+    handles = [actor.remote(shards, replay, 1 + i, insert_batch) for i in range(writers)]
+    try:
+        ray.get([h.run.remote(0.0) for h in handles])  # untimed: process start, imports, one insert each
+        done = ray.get([h.run.remote(seconds) for h in handles])
+    finally:
+        for handle in handles:
+            ray.kill(handle)
+    return sum(rows for rows, _ in done) / max(elapsed for _, elapsed in done)
+
+
+def _sample_split(client: Any, prioritized: bool, seconds: float, result: Measurement) -> None:
+    """Batches split over every shard (``ReplayClient.submit_sample``), :data:`SAMPLE_PREFETCH` in flight; latency
+    from submit to result, wait: how long each ``result()`` blocked."""
+    client.sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)  # untimed: one-time costs, shard sizes
+    rng = np.random.default_rng(1)
+    latencies: list[float] = []
+    waits: list[float] = []
+    pending: list[tuple[float, Any]] = []
+    start = time.perf_counter()
+    samples = 0
+    while samples == 0 or time.perf_counter() - start < seconds:
+        while len(pending) < SAMPLE_PREFETCH:
+            pending.append((time.perf_counter(), client.submit_sample(TABLE, SAMPLE_BATCH, with_keys=prioritized)))
+        submitted, oldest = pending.pop(0)
+        asked = time.perf_counter()
+        batch = oldest.result()
+        now = time.perf_counter()
+        latencies.append(now - submitted)
+        waits.append(now - asked)
+        if prioritized:
+            client.update_priorities(TABLE, batch["key"], rng.random(SAMPLE_BATCH))
+        samples += 1
+    for _, rest in pending:
+        rest.result()
+    client.flush_priorities()
+    result.sample_rows_s = samples * SAMPLE_BATCH / (time.perf_counter() - start)
+    result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+    result.wait_p99_ms = percentile_ms(waits, 99)
+
+
+def _sample_one_shard(client: Any, prioritized: bool, seconds: float, result: Measurement) -> None:
+    """Whole batches from one shard per call, ``replay.sample_batches_per_call`` per call,
+    ``replay.sample_calls_in_flight`` calls in flight (``ReplayClient.stream``, what the learners use); latency: one
+    shard call from submit to its answer, wait: how long taking each batch blocked."""
+    stream = client.stream(TABLE, SAMPLE_BATCH, with_keys=prioritized)
+    stream.take()  # untimed: one-time costs, shard sizes
+    stream.call_latencies.clear()
+    rng = np.random.default_rng(1)
+    waits: list[float] = []
+    start = time.perf_counter()
+    samples = 0
+    while samples == 0 or time.perf_counter() - start < seconds:
+        asked = time.perf_counter()
+        batch = stream.take()
+        waits.append(time.perf_counter() - asked)
+        if prioritized:
+            client.update_priorities(TABLE, batch["key"], rng.random(SAMPLE_BATCH))
+        samples += 1
+    client.flush_priorities()
+    result.sample_rows_s = samples * SAMPLE_BATCH / (time.perf_counter() - start)
+    latencies = list(stream.call_latencies)
+    result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+    result.wait_p99_ms = percentile_ms(waits, 99)
 
 
 def rllib_import_error() -> str | None:
@@ -472,6 +588,106 @@ def bench_rllib(sampler: str, seconds: float, insert_batch: int, capacity: int) 
     return result
 
 
+TORCHRL_BUFFERS = ("LazyTensorStorage", "LazyMemmapStorage", "TensorDictPrioritizedReplayBuffer")
+"""TorchRL anchors (``--torchrl``): ``TensorDictReplayBuffer`` over ``LazyTensorStorage`` (memory) and
+``LazyMemmapStorage`` (memory-mapped files, for larger than memory), both uniform, and
+``TensorDictPrioritizedReplayBuffer`` over ``LazyTensorStorage``."""
+
+
+def torchrl_import_error() -> str | None:
+    """Why TorchRL's replay buffers cannot be imported here, or None when they can."""
+    try:
+        import tensordict  # noqa: F401
+        import torchrl.data  # noqa: F401
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def torchrl_buffer_error(kind: str) -> str | None:
+    """Why TorchRL's buffer ``kind`` cannot be made here (its prioritized sampler needs TorchRL's C++ extension,
+    built against one torch version), or None when it can."""
+    if kind != "TensorDictPrioritizedReplayBuffer":
+        return None
+    try:
+        import torchrl._torchrl  # noqa: F401
+    except ImportError as exc:
+        return f"TorchRL's C++ extension (its sum trees) does not load with this torch ({str(exc).split(': ')[-1][:60]})"
+    return None
+
+
+def _torchrl_chunks(insert_batch: int) -> Iterator[Any]:
+    """The bench's chunks (:func:`chunk_source`) as TensorDicts of ``insert_batch`` rows, per ``next()``."""
+    import torch
+    from tensordict import TensorDict
+
+    next_chunk = chunk_source(insert_batch)
+    while True:
+        chunk = next_chunk()
+        yield TensorDict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in chunk.items()},
+                         batch_size=[insert_batch])
+
+
+def bench_torchrl(kind: str, seconds: float, insert_batch: int, capacity: int, root: str) -> Measurement:
+    """TorchRL's buffer ``kind`` (:data:`TORCHRL_BUFFERS`), same rows, capacity and batch sizes: ``extend`` with
+    TensorDicts of ``--insert-batch`` rows into a full buffer, ``sample()`` of :data:`SAMPLE_BATCH` rows
+    (prioritized: ``update_tensordict_priority`` after every sample, alpha 0.6, beta 0.4 as ours). Only the buffer
+    calls are timed, not building the TensorDicts; rows per CPU second as for ``shard``."""
+    import torch
+    from torchrl.data import (
+        LazyMemmapStorage, LazyTensorStorage, TensorDictPrioritizedReplayBuffer, TensorDictReplayBuffer,
+    )
+
+    prioritized = kind == "TensorDictPrioritizedReplayBuffer"
+    directory = tempfile.mkdtemp(prefix="torchrl-", dir=root) if kind == "LazyMemmapStorage" else None
+    storage = LazyMemmapStorage(capacity, scratch_dir=directory) if directory else LazyTensorStorage(capacity)
+    if prioritized:
+        buffer = TensorDictPrioritizedReplayBuffer(alpha=ALPHA, beta=BETA, storage=storage, batch_size=SAMPLE_BATCH,
+                                                   priority_key="td_error")
+    else:
+        buffer = TensorDictReplayBuffer(storage=storage, batch_size=SAMPLE_BATCH)
+    result = Measurement("torchrl", None, "prioritized" if prioritized else "uniform", None, mode=kind)
+    try:
+        chunks = _torchrl_chunks(insert_batch)
+        while len(buffer) < capacity:
+            buffer.extend(next(chunks))
+
+        def insert() -> tuple[float, float]:
+            chunk = next(chunks)
+            span = Span()
+            buffer.extend(chunk)
+            return span.end()
+
+        calls, wall, cpu = timed_loop(seconds, insert)
+        result.insert_rows_s = per_second(calls * insert_batch, wall)
+        result.insert_rows_cpu_s = per_second(calls * insert_batch, cpu)
+        result.stored = len(buffer)
+
+        generator = torch.Generator().manual_seed(1)
+        latencies: list[float] = []
+
+        def sample() -> tuple[float, float]:
+            priorities = torch.rand(SAMPLE_BATCH, generator=generator)
+            span = Span()
+            batch = buffer.sample()
+            latencies.append(time.perf_counter() - span.wall)
+            if prioritized:
+                batch.set("td_error", priorities)
+                buffer.update_tensordict_priority(batch)
+            return span.end()
+
+        calls, wall, cpu = timed_loop(seconds, sample, latencies)
+        result.sample_rows_s = per_second(calls * SAMPLE_BATCH, wall)
+        result.sample_rows_cpu_s = per_second(calls * SAMPLE_BATCH, cpu)
+        result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+    finally:
+        del buffer, storage
+        gc.collect()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 
@@ -483,6 +699,8 @@ class Report:
     machine: dict
     memory: list[MemoryReport] = field(default_factory=list)
     results: list[Measurement] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Anchors asked for and not measured, each with why."""
 
     def find(self, backend: str, sampler: str, log: bool | None = None) -> Measurement | None:
         for r in self.results:
@@ -509,6 +727,23 @@ class Report:
                 )
         return out
 
+    def torchrl_ratios(self) -> list[dict]:
+        """Per TorchRL buffer and our log setting: our in-process shard (same sampler) against it."""
+        out = []
+        for theirs in (r for r in self.results if r.backend == "torchrl"):
+            for ours in (r for r in self.results if r.backend == "shard" and r.sampler == theirs.sampler):
+                out.append(
+                    {
+                        "buffer": theirs.mode,
+                        "sampler": theirs.sampler,
+                        "log": ours.log,
+                        "insert": ours.insert_rows_s / theirs.insert_rows_s,
+                        "sample": ours.sample_rows_s / theirs.sample_rows_s,
+                        "p99": theirs.p99_ms / ours.p99_ms,
+                    }
+                )
+        return out
+
     def targets(self) -> list[dict]:
         """The issue's per-shard targets against the in-process shard measurements, and the RLlib ratios."""
         checks: list[dict] = []
@@ -524,13 +759,20 @@ class Report:
                   strict=True)
         for r in self.results:
             if r.backend == "ray":
-                check(checks,
-                      f"p99 sample latency ms, Ray, {r.shards} shard(s) ({r.sampler}, log {'on' if r.log else 'off'})",
-                      r.p99_ms, TARGET_P99_MS, higher_is_better=False, strict=True)
+                where = f"Ray, {r.shards} shard(s), {r.mode} ({r.sampler}, log {'on' if r.log else 'off'})"
+                if r.mode == "one_shard":
+                    check(checks, f"sample rows/s into one client, {where}", r.sample_rows_s,
+                          TARGET_RAY_SAMPLE_ROWS_S)
+                check(checks, f"p99 sample latency ms, {where}", r.p99_ms, TARGET_P99_MS, higher_is_better=False,
+                      strict=True)
         for ratio in self.rllib_ratios():
             where = f"{ratio['sampler']}, our log {'on' if ratio['log'] else 'off'}"
             check(checks, f"insert x RLlib ({where})", ratio["insert"], TARGET_RLLIB_RATIO)
             check(checks, f"sample x RLlib ({where})", ratio["sample"], TARGET_RLLIB_RATIO)
+        for ratio in self.torchrl_ratios():
+            where = f"{ratio['buffer']}, our log {'on' if ratio['log'] else 'off'}"
+            check(checks, f"insert x TorchRL ({where})", ratio["insert"], 1.0)
+            check(checks, f"sample x TorchRL ({where})", ratio["sample"], 1.0)
         for m in self.memory:
             check(checks, f"memory overhead per row ({m.sampler})", m.overhead, TARGET_MEMORY_OVERHEAD,
                   higher_is_better=False, strict=True)
@@ -543,23 +785,40 @@ class Report:
             "memory": [{**dataclasses.asdict(m), "overhead": m.overhead} for m in self.memory],
             "results": [dataclasses.asdict(r) for r in self.results],
             "rllib_ratios": self.rllib_ratios(),
+            "torchrl_ratios": self.torchrl_ratios(),
+            "skipped": self.skipped,
             "targets": self.targets(),
         }
 
     def markdown(self) -> str:
         lines = [
-            "| backend | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | rows stored "
-            "| insert rows/CPU-s | sample rows/CPU-s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| backend | mode | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | wait p99 ms "
+            "| rows stored | insert rows/CPU-s | sample rows/CPU-s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in self.results:
             shards = "-" if r.shards is None else str(r.shards)
             log = "-" if r.log is None else ("on" if r.log else "off")
             cpu = ["-" if v is None else f"{v:,.0f}" for v in (r.insert_rows_cpu_s, r.sample_rows_cpu_s)]
+            mode = "-" if r.mode is None else (f"{r.mode} x{r.batches_per_call}" if r.mode == "one_shard" else r.mode)
+            wait = "-" if r.wait_p99_ms is None else f"{r.wait_p99_ms:.3f}"
             lines.append(
-                f"| {r.backend} | {shards} | {r.sampler} | {log} | {r.insert_rows_s:,.0f} | {r.sample_rows_s:,.0f} | "
-                f"{r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.stored:,} | {cpu[0]} | {cpu[1]} |"
+                f"| {r.backend} | {mode} | {shards} | {r.sampler} | {log} | {r.insert_rows_s:,.0f} | "
+                f"{r.sample_rows_s:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.3f} | {wait} | {r.stored:,} | {cpu[0]} | "
+                f"{cpu[1]} |"
             )
+        writers = [r for r in self.results if r.writers_insert_rows_s is not None and r.mode in (None, "split")]
+        if writers:
+            lines += [
+                "",
+                "| inserts through Ray | shards | sampler | log | one client rows/s | writers | writers rows/s |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for r in writers:
+                lines.append(
+                    f"| ray | {r.shards} | {r.sampler} | {'on' if r.log else 'off'} | {r.insert_rows_s:,.0f} | "
+                    f"{r.writers} | {r.writers_insert_rows_s:,.0f} |"
+                )
         ratios = self.rllib_ratios()
         if ratios:
             lines += [
@@ -572,6 +831,20 @@ class Report:
                     f"| {ratio['sampler']} | {'on' if ratio['log'] else 'off'} | {ratio['insert']:,.1f} | "
                     f"{ratio['sample']:,.1f} | {ratio['p99']:,.1f} |"
                 )
+        torchrl = self.torchrl_ratios()
+        if torchrl:
+            lines += [
+                "",
+                "| vs TorchRL | sampler | our log | insert x | sample x | p99 latency x |",
+                "| --- | --- | --- | --- | --- | --- |",
+            ]
+            for ratio in torchrl:
+                lines.append(
+                    f"| {ratio['buffer']} | {ratio['sampler']} | {'on' if ratio['log'] else 'off'} | "
+                    f"{ratio['insert']:,.1f} | {ratio['sample']:,.1f} | {ratio['p99']:,.1f} |"
+                )
+        if self.skipped:
+            lines += ["", *(f"not measured: {line}" for line in self.skipped)]
         if self.memory:
             lines += [
                 "",
@@ -616,8 +889,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity", type=positive_int, default=1_000_000,
                    help="rows per shard table, filled before timing (default 1,000,000)")
     p.add_argument("--ray", action="store_true", help="also measure a client over K shard actors on Ray")
+    p.add_argument("--sample-modes", type=choices(SAMPLE_MODES), default=list(SAMPLE_MODES),
+                   help="with --ray, how the client samples: split (every batch over all shards), one_shard (whole "
+                        "batches from one shard, replay.sample_batches_per_call per call, as the learners do); "
+                        "default both, on the same shards")
     p.add_argument("--rllib", action="store_true",
                    help="also measure RLlib's EpisodeReplayBuffer and PrioritizedEpisodeReplayBuffer")
+    p.add_argument("--torchrl", action="store_true",
+                   help="also measure TorchRL's TensorDictReplayBuffer (LazyTensorStorage, LazyMemmapStorage) and "
+                        "TensorDictPrioritizedReplayBuffer")
+    p.add_argument("--writers", type=int, default=2,
+                   help="with --ray, also insert from this many writer actors at once, each with its own client, as "
+                        "rollout workers do (default 2; 0: not measured)")
     add_json_option(p)
 
 
@@ -625,6 +908,8 @@ def run(args: argparse.Namespace) -> int:
     """``dynaray bench replay``: run every configuration, print Markdown tables, optionally write JSON."""
     from system.config import ConfigError, to_dict
 
+    if args.writers < 0:
+        return fail(f"--writers {args.writers}: expected a number of writer actors >= 0")
     if args.insert_batch > args.capacity:
         return fail(f"--insert-batch {args.insert_batch} is larger than --capacity {args.capacity}")
     if args.rllib:
@@ -632,6 +917,11 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:
             return fail(f"--rllib needs RLlib's replay buffers, which do not import here ({problem}); they need "
                         f"dm-tree and scipy besides Ray: pip install dm-tree scipy lz4")
+    if args.torchrl:
+        problem = torchrl_import_error()
+        if problem is not None:
+            return fail(f"--torchrl needs TorchRL's replay buffers, which do not import here ({problem}); install "
+                        f"the bench extra: pip install -c constraints.txt '.[bench]'")
     try:
         config = load_bench_config(args)
         configs = {k: load_bench_config(args, [f"replay.num_shards={k}"]) for k in (args.shards if args.ray else [])}
@@ -647,7 +937,10 @@ def run(args: argparse.Namespace) -> int:
         "sample_batch": SAMPLE_BATCH,
         "capacity_per_shard": args.capacity,
         "ray": args.ray,
+        "sample_modes": args.sample_modes,
+        "writers": args.writers,
         "rllib": args.rllib,
+        "torchrl": args.torchrl,
         "config_items": args.items,
         "replay_config": to_dict(config.replay),
     }
@@ -666,6 +959,17 @@ def run(args: argparse.Namespace) -> int:
             for sampler in args.samplers:
                 progress(f"RLlib {'Prioritized' if sampler == 'prioritized' else ''}EpisodeReplayBuffer")
                 report.results.append(bench_rllib(sampler, args.seconds, args.insert_batch, args.capacity))
+        if args.torchrl:
+            for kind in TORCHRL_BUFFERS:
+                sampler = "prioritized" if kind == "TensorDictPrioritizedReplayBuffer" else "uniform"
+                if sampler not in args.samplers:
+                    continue
+                problem = torchrl_buffer_error(kind)
+                if problem is not None:
+                    report.skipped.append(f"TorchRL {kind}: {problem}")
+                    continue
+                progress(f"TorchRL {kind}")
+                report.results.append(bench_torchrl(kind, args.seconds, args.insert_batch, args.capacity, root))
         if args.ray:
             from system.runtime import start_ray, stop_ray
 
@@ -675,8 +979,9 @@ def run(args: argparse.Namespace) -> int:
                     for sampler in args.samplers:
                         for log in logs:
                             progress(f"Ray, {shards} shard(s), {sampler}, log {'on' if log else 'off'}")
-                            report.results.append(bench_ray(configs[shards], sampler, log, args.seconds,
-                                                            args.insert_batch, args.capacity, root))
+                            report.results.extend(bench_ray(configs[shards], sampler, log, args.seconds,
+                                                            args.insert_batch, args.capacity, root,
+                                                            args.sample_modes, args.writers))
             finally:
                 stop_ray()
     finish(report.machine)

@@ -4,10 +4,12 @@ import time
 import numpy as np
 import pytest
 
-from replay import RateLimiterConfig, ReplayClient, ReplayConfig, ReplayShard, ReplayTimeout, SchemaError
+from replay import (
+    PendingSample, RateLimiterConfig, ReplayClient, ReplayConfig, ReplayShard, ReplayTimeout, SchemaError, TableConfig,
+)
 from replay.handles import LocalHandle
 from system.config import ConfigError, load_config
-from tests.replay.helpers import make_chunk, table_config
+from tests.replay.helpers import COLUMNS, make_chunk, table_config
 
 FAST = dict(sample_timeout_s=0.2, insert_timeout_s=0.2)
 
@@ -158,3 +160,86 @@ def test_config_validation():
     config = ReplayConfig(num_shards=3, error_buffer_steps=100)
     assert config.shard_capacity(1000) == 334
     assert config.limiter(samples_per_insert=4.0, min_size=500) == RateLimiterConfig(4.0, 167, 400.0 / 3)
+
+
+def _filled(sizes, limiters=None, **config):
+    """Shards holding ``sizes`` rows, with seq (and obs[:, 0]) numbering every row over all shards."""
+    shards, client = _local(num_shards=len(sizes), limiters=limiters, **config)
+    start = 0
+    for shard, size in zip(shards, sizes):
+        if size:
+            shard.insert("real", make_chunk(size, start_seq=start), writer_id=0)
+        start += size
+    return shards, client
+
+
+def test_one_shard_batches_give_every_row_the_probability_of_uniform_sampling_over_all_shards():
+    shards, client = _filled([300, 100, 0], sample_batches_per_call=8, sample_calls_in_flight=2)
+    draws = 12_000
+    single = client.stream("real", 1)  # one row per call: every draw independent, so a chi-square test applies
+    seqs = np.concatenate([single.take()["seq"] for _ in range(draws)])
+    counts = np.bincount(seqs, minlength=400)
+    assert counts.sum() == draws and len(counts) == 400
+    expected = draws / 400
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 399 + 4 * np.sqrt(2 * 399)  # 399 degrees of freedom, about p = 1e-4
+    # whole batches, several per call: every batch from one shard, shards in proportion to their sizes
+    stream = client.stream("real", 10)
+    batches = [stream.take() for _ in range(800)]
+    on_first = [bool((b["seq"] < 300).all()) for b in batches]
+    assert all(on_first[i] or (b["seq"] >= 300).all() for i, b in enumerate(batches))
+    calls = np.array(on_first[: len(on_first) // 8 * 8]).reshape(-1, 8)
+    assert (calls == calls[:, :1]).all()  # the 8 batches of one call come from one shard
+    share = calls[:, 0].mean()
+    assert abs(share - 0.75) < 4 * np.sqrt(0.75 * 0.25 / len(calls))
+    assert 0 <= 8 * stream.calls - len(batches) <= 2 * 8  # at most calls_in_flight calls' batches drawn ahead
+    assert shards[2].stats()["real"]["sampled"] == 0
+
+
+def test_one_shard_batches_keep_every_shards_rate_limiter_exact():
+    limiter = RateLimiterConfig(samples_per_insert=1.0, min_size=10, error_buffer=100.0)
+    shards, client = _filled([100, 100], limiters={"learner": limiter}, sample_batches_per_call=8)
+    stream = client.stream("real", 10, consumer="learner")
+    taken = []
+    for _ in range(100):  # in process a refused call tries one shard per poll
+        batch = stream.take(block=False)
+        if batch is not None:
+            taken.append(batch)
+    assert stream.ready() == 0
+    stats = [s.stats()["real"]["consumers"]["learner"] for s in shards]
+    seqs = np.concatenate([b["seq"] for b in taken])
+    # each shard counted exactly the rows it gave: 90 behind + 100 of error buffer admit 19 whole batches of 10, and
+    # 38 batches are no whole number of 8-batch calls, so some calls got fewer batches than they asked for
+    assert [s["sampled"] for s in stats] == [int((seqs < 100).sum()), int((seqs >= 100).sum())] == [190, 190]
+    assert [s["lag"] for s in stats] == [-100.0, -100.0] and stream.batches == len(taken) == 38
+    shards[0].insert("real", make_chunk(20, start_seq=1000), writer_id=0)
+    more = [b for b in (stream.take(block=False) for _ in range(100)) if b is not None]
+    assert len(more) == 2 and (np.concatenate([b["seq"] for b in more]) < 1020).all()  # 20 new rows: 2 batches
+    assert shards[0].stats()["real"]["consumers"]["learner"]["lag"] == -100.0
+
+
+def test_one_shard_batches_have_keys_and_weights_normalised_per_batch():
+    shards = [ReplayShard([TableConfig("real", 1000, COLUMNS, sampler="prioritized")], seed=0, index=i)
+              for i in range(2)]
+    client = ReplayClient([LocalHandle(s) for s in shards], ReplayConfig(**FAST), local=True)
+    for i, shard in enumerate(shards):
+        shard.insert("real", make_chunk(100, start_seq=100 * i), writer_id=0)
+        shard.update_priorities("real", np.arange(100), np.linspace(0.1, 10, 100))
+    stream = client.stream("real", 16, with_keys=True)
+    for _ in range(20):
+        batch = stream.take()
+        shard = batch["key"] % 2
+        assert (shard == shard[0]).all() and batch["weight"].max() == 1.0 and (batch["weight"] > 0).all()
+        np.testing.assert_array_equal(batch["seq"], batch["key"] // 2 + 100 * shard)
+
+
+def test_submit_batch_follows_learner_sampling():
+    _, client = _filled([50, 50])
+    ticket = client.submit_batch("real", 8)
+    assert ticket.done() and ticket.result()["seq"].shape == (8,) and ticket.result() is ticket.result()
+    _, split = _filled([50, 50], learner_sampling="split")
+    assert isinstance(split.submit_batch("real", 8), PendingSample)
+    with pytest.raises(ConfigError, match=r"replay.learner_sampling='any': expected 'one_shard' or 'split'"):
+        load_config([], ["replay.learner_sampling=any"])
+    with pytest.raises(ConfigError, match=r"replay.sample_batches_per_call=0: expected an integer >= 1"):
+        load_config([], ["replay.sample_batches_per_call=0"])

@@ -198,3 +198,17 @@ def test_non_finite_drop_through_the_shard():
     with pytest.raises(SchemaError, match=r"column 'obs': non-finite values .* first at row 0"):
         rejecting.insert("real", chunk, writer_id=0)
     assert rejecting.size("real") == 0
+
+
+def test_sample_of_several_batches_takes_as_many_as_the_limiter_admits_and_counts_them_all():
+    limiter = RateLimiterConfig(samples_per_insert=1.0, min_size=10, error_buffer=60.0)
+    shard = ReplayShard([table_config(1000, {"learner": limiter})])
+    shard.insert("real", make_chunk(100), writer_id=0)  # lag 90: 90 + 60 rows may be sampled
+    assert len(shard.sample("real", 10, consumer="learner", batches=4)["seq"]) == 40
+    assert len(shard.sample("real", 10, consumer="learner", batches=12)["seq"]) == 110  # 110 admitted: 11 batches
+    lag = shard.stats()["real"]["consumers"]["learner"]
+    assert (lag["sampled"], lag["lag"]) == (150, -60.0)
+    assert shard.sample("real", 10, consumer="learner", batches=8) is None  # not even one batch fits now
+    assert len(shard.sample("real", 10, batches=3)["seq"]) == 30  # an unlimited consumer gets every batch
+    with pytest.raises(ValueError, match="batches must be >= 1, got 0"):
+        shard.sample("real", 10, batches=0)

@@ -8,13 +8,13 @@ import os
 
 import pytest
 
-from system.bench.replay import rllib_import_error
+from system.bench.replay import rllib_import_error, torchrl_buffer_error, torchrl_import_error
 from system.cli import main
 from tests.system.bench.markdown import number, table_rows
 
 HEADER = (
-    "| backend | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | rows stored "
-    "| insert rows/CPU-s | sample rows/CPU-s |"
+    "| backend | mode | shards | sampler | log | insert rows/s | sample rows/s | p50 ms | p99 ms | wait p99 ms "
+    "| rows stored | insert rows/CPU-s | sample rows/CPU-s |"
 )
 TINY = ["--seconds", "0.02", "--capacity", "4096", "--insert-batch", "256"]
 
@@ -26,12 +26,12 @@ def test_bench_in_process_prints_every_configuration(tmp_path, capsys):
     assert HEADER in out
 
     shard_rows = table_rows(out, "shard")
-    assert sorted((r[2], r[3]) for r in shard_rows) == [
+    assert sorted((r[3], r[4]) for r in shard_rows) == [
         ("prioritized", "off"), ("prioritized", "on"), ("uniform", "off"), ("uniform", "on")
     ]
     for row in shard_rows:
-        assert row[1] == "1" and len(row) == 11
-        insert, sample, p50, p99, stored, insert_cpu, sample_cpu = (number(c) for c in row[4:11])
+        assert row[1] == "-" and row[2] == "1" and row[9] == "-" and len(row) == 13
+        insert, sample, p50, p99, stored, insert_cpu, sample_cpu = (number(c) for c in row[5:9] + row[10:13])
         assert insert > 0 and sample > 0 and 0 < p50 <= p99 and insert_cpu > 0 and sample_cpu > 0
         assert stored == 4096
     assert not table_rows(out, "ray") and not table_rows(out, "rllib")
@@ -52,7 +52,7 @@ def test_bench_in_process_prints_every_configuration(tmp_path, capsys):
 def test_bench_one_sampler_one_log_setting(capsys):
     assert main(["bench", "replay", *TINY, "--samplers", "prioritized", "--log", "off"]) == 0
     rows = table_rows(capsys.readouterr().out, "shard")
-    assert [(r[2], r[3]) for r in rows] == [("prioritized", "off")]
+    assert [(r[3], r[4]) for r in rows] == [("prioritized", "off")]
 
 
 @pytest.mark.parametrize(
@@ -85,10 +85,26 @@ def test_bench_against_rllib_buffers(capsys):
     rllib_rows = table_rows(out, "rllib")
     assert sorted(r[2] for r in rllib_rows) == ["prioritized", "uniform"]
     for row in rllib_rows:
-        assert row[1] == "-" and row[3] == "-"
-        assert number(row[4]) > 0 and number(row[5]) > 0 and number(row[8]) > 0
+        assert row[1] == "-" and row[2] == "-" and row[4] == "-"
+        assert number(row[5]) > 0 and number(row[6]) > 0 and number(row[10]) > 0
     assert "| vs RLlib | our log | insert x | sample x | p99 latency x |" in out
     assert [r[1] for r in table_rows(out, "uniform") if len(r) == 5 and r[1] in ("on", "off")] == ["off"]
+
+
+@pytest.mark.skipif(torchrl_import_error() is not None, reason="TorchRL's replay buffers do not import here")
+def test_bench_against_torchrl_buffers(capsys):
+    assert main(["bench", "replay", "--seconds", "0.02", "--capacity", "2048", "--insert-batch", "256", "--torchrl",
+                 "--log", "off"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out, "torchrl")
+    prioritized = torchrl_buffer_error("TensorDictPrioritizedReplayBuffer")
+    expected = ["LazyMemmapStorage", "LazyTensorStorage"] + ([] if prioritized else ["TensorDictPrioritizedReplayBuffer"])
+    assert sorted(r[1] for r in rows) == expected
+    for row in rows:
+        assert row[2] == "-" and row[4] == "-" and number(row[5]) > 0 and number(row[6]) > 0
+        assert number(row[10]) == 2048
+    assert "| vs TorchRL | sampler | our log | insert x | sample x | p99 latency x |" in out
+    assert ("not measured: TorchRL TensorDictPrioritizedReplayBuffer" in out) == (prioritized is not None)
 
 
 def test_bench_replay_rejects_a_bad_override(capsys):
@@ -110,14 +126,26 @@ def test_bench_replay_logs_with_the_configs_fsync(tmp_path):
 def test_bench_replay_on_ray_with_one_and_two_shards(tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     assert main(["bench", "replay", *TINY, "--samplers", "prioritized", "--log", "off", "--shards", "1,2", "--ray",
-                 "--json", str(out_json)]) == 0
-    ray_rows = table_rows(capsys.readouterr().out, "ray")
-    assert [(r[1], r[2], r[3]) for r in ray_rows] == [("1", "prioritized", "off"), ("2", "prioritized", "off")]
+                 "--writers", "1", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "| inserts through Ray | shards | sampler | log | one client rows/s | writers | writers rows/s |" in out
+    ray_rows = [r for r in table_rows(out, "ray") if len(r) == 13]
+    writer_rows = [r for r in table_rows(out, "ray") if len(r) == 7]
+    assert [(r[1], r[5]) for r in writer_rows] == [("1", "1"), ("2", "1")] and all(number(r[6]) > 0 for r in writer_rows)
+    assert [(r[1], r[2], r[3], r[4]) for r in ray_rows] == [
+        (mode, shards, "prioritized", "off") for shards in ("1", "2") for mode in ("split", "one_shard x16")
+    ]
     for row in ray_rows:
-        assert number(row[4]) > 0 and number(row[5]) > 0 and 0 < number(row[6]) <= number(row[7])
-    assert [number(r[8]) for r in ray_rows] == [4096, 8192]
+        assert number(row[5]) > 0 and number(row[6]) > 0 and 0 < number(row[7]) <= number(row[8])
+        assert number(row[9]) >= 0
+    assert [number(r[10]) for r in ray_rows] == [4096, 4096, 8192, 8192]
+    assert ray_rows[0][5] == ray_rows[1][5]  # one insert measurement for both sampling modes
     report = json.loads(out_json.read_text())
     assert [t["target"] for t in report["targets"] if "Ray" in t["target"]] == [
-        "p99 sample latency ms, Ray, 1 shard(s) (prioritized, log off)",
-        "p99 sample latency ms, Ray, 2 shard(s) (prioritized, log off)",
+        "p99 sample latency ms, Ray, 1 shard(s), split (prioritized, log off)",
+        "sample rows/s into one client, Ray, 1 shard(s), one_shard (prioritized, log off)",
+        "p99 sample latency ms, Ray, 1 shard(s), one_shard (prioritized, log off)",
+        "p99 sample latency ms, Ray, 2 shard(s), split (prioritized, log off)",
+        "sample rows/s into one client, Ray, 2 shard(s), one_shard (prioritized, log off)",
+        "p99 sample latency ms, Ray, 2 shard(s), one_shard (prioritized, log off)",
     ]
