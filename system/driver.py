@@ -568,17 +568,17 @@ class Driver:
         else:
             self._stalls.idle(f"imagination-{call.index}")
 
-    def _on_eval_weights(self, call: _Call, latest: tuple[int, list] | None) -> None:
+    def _on_eval_weights(self, call: _Call, latest: tuple[int, Any] | None) -> None:
         if latest is None and self._policy_version > 0 and call.index < EVAL_WEIGHTS_TRIES:  # a restarted store,
             self._delay(RETRY_S, _Call("eval_weights", call.index + 1, call.payload))  # empty until the learner
             return                                                                      # publishes again
         if latest is None:  # no policy published yet (or none came back): the random policy is what acts
             self.evals.append(self._eval_row(call.payload, -1, None))
             return
-        version, box = latest
+        version, weights = latest
         i = self._eval_round_robin % len(self.system.evaluators)
         self._eval_round_robin += 1
-        eval_call = _Call("eval", i, (box[0], call.payload, version))
+        eval_call = _Call("eval", i, (weights, call.payload, version))
         self._stalls.busy(self.system.name_of(self.system.evaluators[i]), time.monotonic())
         self._resend(eval_call)
 
@@ -914,7 +914,7 @@ class Driver:
 
     def _counters(self) -> dict[str, Any]:
         """The driver's part of a checkpoint (evaluations asked for but not done yet are asked for again)."""
-        pending = [c.payload if c.kind == "eval_weights" else c.payload[1]  # eval: (weights ref, mark, version)
+        pending = [c.payload if c.kind == "eval_weights" else c.payload[1]  # eval: (weights, mark, version)
                    for c in self._calls() if c.kind in ("eval_weights", "eval")]
         redo = min(pending, default=None)  # evaluations from this mark on are made again on resume
         evals = [dict(e) for e in self.evals if redo is None or e["env_steps"] < redo]

@@ -3,14 +3,19 @@
 Usage::
 
     store = WeightsStore()                                # a Ray actor in a real run
-    publisher = WeightsPublisher(store_handle, "policy", local=False)
-    publisher.publish(learner.policy_state())             # one ray.put, version += 1
+    publisher = WeightsPublisher(store_handle, "policy")
+    publisher.publish(learner.policy_state())             # one call to the store, version += 1
 
-    client = WeightsClient(store_handle, "policy", local=False)
+    client = WeightsClient(store_handle, "policy")
     while acting:
         new = client.poll()                               # never blocks on the store
         if new is not None:
             policy.load_state(new)                        # client.version is the acting version
+
+The weights travel by value: the publisher sends them in its ``publish`` call, the store keeps the newest of each
+name in its own memory, and a reader's ``latest`` answer carries them. No object is ``ray.put`` per publication:
+Ray 2.60 keeps about 1 KB in the owner's process for every object it put and lent to another actor, which never
+comes back, so a policy learner publishing 13 times a second grew about 20 MB an hour (docs/benchmarks.md, Soak).
 """
 
 from __future__ import annotations
@@ -18,30 +23,31 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from replay.handles import get, is_lost, put, wait
+from replay.handles import get, is_lost, wait
 
 STORE_CHECK_S = 2.0
 """Least seconds between a publisher's checks that the store still holds its newest version."""
 
 
 class WeightsStore:
-    """Holds the newest ``(version, [ref])`` per name; the ref lives in the object store, not here."""
+    """Holds the newest ``(version, weights)`` per name, the weights themselves (one copy per name)."""
 
     def __init__(self, metrics: Callable[[Callable[[], dict[str, Any]]], Any] | None = None):
-        self._latest: dict[str, tuple[int, list]] = {}
+        self._latest: dict[str, tuple[int, Any]] = {}
         self._publishes: dict[str, int] = {}
         self._polls = 0
         self._metrics = metrics(self.stats) if metrics is not None else None  # reads stats() on its own thread
 
-    def publish(self, name: str, version: int, ref_box: list) -> None:
-        """Record ``ref_box[0]`` (boxed so Ray passes the ref, not the value) as ``name``'s newest weights."""
+    def publish(self, name: str, version: int, weights: Any) -> None:
+        """Record ``weights`` (the value, e.g. a state dict of CPU tensors) as ``name``'s newest, unless the store
+        holds a newer version."""
         self._publishes[name] = self._publishes.get(name, 0) + 1
         current = self._latest.get(name)
         if current is None or version > current[0]:
-            self._latest[name] = (version, ref_box)
+            self._latest[name] = (version, weights)
 
-    def latest(self, name: str, newer_than: int = -1) -> tuple[int, list] | None:
-        """The newest ``(version, [ref])`` if it is newer than ``newer_than``, else None."""
+    def latest(self, name: str, newer_than: int = -1) -> tuple[int, Any] | None:
+        """The newest ``(version, weights)`` if it is newer than ``newer_than``, else None."""
         self._polls += 1
         current = self._latest.get(name)
         if current is None or current[0] <= newer_than:
@@ -57,12 +63,13 @@ class WeightsStore:
 
 
 class WeightsPublisher:
-    """Publishes a learner's weights: each call is one ``put`` and a new version."""
+    """Publishes a learner's weights: each call sends them to the store under a new version."""
 
-    def __init__(self, store: Any, name: str, local: bool):
-        self._store, self._name, self._local = store, name, local
+    def __init__(self, store: Any, name: str):
+        self._store, self._name = store, name
         self.version = 0
-        self.latest_box: list | None = None
+        self.latest: Any = None
+        """The newest weights published (None before the first), sent again if a restarted store lost them."""
         self.republished = 0
         """Times the newest weights were published again because the store had lost them (it restarted)."""
         self._check: Any = None
@@ -76,11 +83,11 @@ class WeightsPublisher:
         self.version = max(self.version, int(version), int(current))
 
     def publish(self, state: Any) -> int:
-        if self.latest_box is None:  # the first publish of this process: continue from the store's version
+        if self.latest is None:  # the first publish of this process: continue from the store's version
             self.version = max(self.version, self._stored_version())
         self.version += 1
-        self.latest_box = [put(state, self._local)]
-        self._store.publish.remote(self._name, self.version, self.latest_box)
+        self.latest = state
+        self._store.publish.remote(self._name, self.version, state)
         self.check()
         return self.version
 
@@ -106,8 +113,8 @@ class WeightsPublisher:
                     raise
                 stored = None
             self._check = None
-            if stored is not None and stored < self._check_version and self.latest_box is not None:
-                self._store.publish.remote(self._name, self.version, self.latest_box)
+            if stored is not None and stored < self._check_version and self.latest is not None:
+                self._store.publish.remote(self._name, self.version, self.latest)
                 self.republished += 1
         elif time.monotonic() - self._checked_at >= STORE_CHECK_S:
             self._checked_at = time.monotonic()
@@ -134,9 +141,8 @@ class WeightsClient:
             answer = get(pending)
             if answer is None:
                 return None
-            version, ref_box = answer
-            state = get(ref_box[0])
-        except Exception as exc:  # the store restarting, or weights whose owner died: poll again next time
+            version, state = answer
+        except Exception as exc:  # the store restarting: poll again next time
             if not is_lost(exc):
                 raise
             return None

@@ -56,7 +56,7 @@ class PolicyLoop(LearnerLoop):
         parts = policy_batch_parts(replay, config.policy.batch_size, config.policy.real_ratio,
                                    config.imagination_enabled,
                                    config.policy.priority_eps if config.policy.prioritized else None)
-        super().__init__("policy", learner, replay, WeightsPublisher(store, "policy", local), parts,
+        super().__init__("policy", learner, replay, WeightsPublisher(store, "policy"), parts,
                          config.policy.publish_every, learner.policy_state, local=local, restore_from=restore_from)
 
 
@@ -104,7 +104,7 @@ class WorldModelLoop(LearnerLoop):
                  restore_from: str | None = None):
         learner = WorldModelLearner(spec.obs_dim, spec.action_dim, config.world_model, seed=config.seed + SEED_MODEL)
         part = BatchPart("real", config.world_model.batch_size, "world_model")
-        super().__init__("world_model", learner, replay, WeightsPublisher(store, "world_model", local), lambda: [part],
+        super().__init__("world_model", learner, replay, WeightsPublisher(store, "world_model"), lambda: [part],
                          config.world_model.publish_every, learner.model_state, local=local,
                          restore_from=restore_from)
 

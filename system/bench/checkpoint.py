@@ -94,7 +94,7 @@ def _loops(config, spec, updates: int):
         policy.update(_batch(spec, config.policy.batch_size, rng))
         model.update(_batch(spec, config.world_model.batch_size, rng))
     return {
-        name: LearnerLoop(name, learner, None, WeightsPublisher(store, name, local=True), lambda: [], 10**9, state,
+        name: LearnerLoop(name, learner, None, WeightsPublisher(store, name), lambda: [], 10**9, state,
                           local=True)
         for name, learner, state in (("policy", policy, policy.policy_state),
                                      ("world_model", model, model.model_state))

@@ -280,10 +280,10 @@ class CollectorProbe:
 class _Publisher:
     """Publishes a fresh copy of one policy state every ``interval`` seconds from a thread; notes the times."""
 
-    def __init__(self, store: Any, local: bool, state: dict, interval: float):
+    def __init__(self, store: Any, state: dict, interval: float):
         from system.weights import WeightsPublisher
 
-        self._publisher = WeightsPublisher(store, "policy", local)
+        self._publisher = WeightsPublisher(store, "policy")
         self._state, self.interval = state, interval
         self.times: list[float] = []
         """``times[k]``: when version ``k + 1`` was published."""
@@ -464,7 +464,7 @@ def bench_system(config: Any, spec: Any, local: bool, seconds: float, rounds: in
         build_replay(config, _tables(config, spec), system, replay_dir)
         build_store(config, system)
         probes = list(build_rollout(config, spec, system, role=CollectorProbe).values())
-        publisher = _Publisher(system.store, local, _policy_state(config, spec), publish_interval)
+        publisher = _Publisher(system.store, _policy_state(config, spec), publish_interval)
         publisher.publish()
         _measure(probes, result, seconds, rounds, publisher)
         get([p.close.remote() for p in probes])

@@ -95,7 +95,7 @@ def make_rig() -> Callable[..., Rig]:
         shard = ReplayShard([TableConfig("real", 10_000, transition_columns(SPEC.obs_shape, SPEC.action_shape))])
         replay = ReplayClient([LocalHandle(shard)], ReplayConfig(num_shards=1), local=True)
         store = LocalHandle(WeightsStore())
-        publisher = WeightsPublisher(store, "policy", local=True)
+        publisher = WeightsPublisher(store, "policy")
         config = GatewayConfig(**{"weights_poll_s": 0.02, **overrides})
         gateway = IngestGateway(config, replay, WeightsClient(store, "policy"), make_policy, SPEC,
                                 tokens=[Token("default", frozenset(SCOPES), TOKEN)])

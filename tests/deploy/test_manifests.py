@@ -279,6 +279,28 @@ def _launcher() -> dict:
     return yaml.safe_load((DEPLOY / "cluster.yaml").read_text())
 
 
+def _task_event_caps() -> dict[str, str]:
+    """The GCS's task-event caps a cluster's head must set: those of the embedded local Ray."""
+    from system.config import RayConfig
+    from system.runtime import PROFILE_EVENTS_PER_TASK
+
+    return {"RAY_task_events_max_num_task_in_gcs": str(RayConfig().task_events_max),
+            "RAY_task_events_max_num_profile_events_per_task": str(PROFILE_EVENTS_PER_TASK)}
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob.yaml"])
+def test_kuberay_heads_cap_the_gcs_task_events_as_the_embedded_ray_does(name):
+    head = _cluster_specs()[name]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in head.get("env", [])}
+    assert {k: env.get(k) for k in _task_event_caps()} == _task_event_caps()
+
+
+def test_the_launchers_head_caps_the_gcs_task_events_as_the_embedded_ray_does():
+    head = " ".join(_launcher()["head_start_ray_commands"])
+    for key, value in _task_event_caps().items():
+        assert f"{key}={value} " in head
+
+
 def test_cluster_launcher_yaml_passes_rays_validation():
     from ray.autoscaler._private.util import prepare_config, validate_config
 

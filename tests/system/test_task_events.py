@@ -72,7 +72,7 @@ def test_high_frequency_calls_record_no_task_events(local_ray, monkeypatch):
     store = _remote_class(WeightsStore, 1).options(num_cpus=0).remote()
     control = _remote_class(Control, 1).options(num_cpus=0).remote("run", {"rollout": 1}, frozenset({"rollout"}))
     for version in range(1, 31):
-        store.publish.remote("policy", version, [ray.put(version)])
+        store.publish.remote("policy", version, {"w": version})
         answer = ray.get(store.latest.remote("policy", version - 1))
         assert answer[0] == version  # the quiet methods still answer as the role's own
         control.post_status.remote({"env_steps": version})
@@ -91,5 +91,5 @@ def test_task_events_all_keeps_every_method(local_ray, monkeypatch):
     monkeypatch.setenv(TASK_EVENTS_ENV, "all")
     store = _remote_class(WeightsStore, 1).options(num_cpus=0).remote()
     for version in range(1, 6):
-        ray.get(store.publish.remote("world_model", version, [ray.put(version)]))
+        ray.get(store.publish.remote("world_model", version, {"w": version}))
     assert wait_for_events("publish", 5).get("publish", 0) == 5

@@ -4,7 +4,7 @@ from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 def test_publish_then_poll_fetches_only_newer_versions():
     store = LocalHandle(WeightsStore())
-    publisher = WeightsPublisher(store, "policy", local=True)
+    publisher = WeightsPublisher(store, "policy")
     client = WeightsClient(store, "policy")
     assert client.poll() is None and client.version == -1
 
@@ -19,10 +19,10 @@ def test_publish_then_poll_fetches_only_newer_versions():
 
 def test_store_ignores_older_versions_and_names_are_separate():
     store = WeightsStore()
-    store.publish("policy", 5, ["five"])
-    store.publish("policy", 4, ["four"])
-    store.publish("world_model", 1, ["wm"])
-    assert store.latest("policy") == (5, ["five"])
+    store.publish("policy", 5, "five")
+    store.publish("policy", 4, "four")
+    store.publish("world_model", 1, "wm")
+    assert store.latest("policy") == (5, "five")
     assert store.latest("policy", newer_than=5) is None
     assert store.versions() == {"policy": 5, "world_model": 1}
 
@@ -62,7 +62,7 @@ def test_publisher_publishes_again_when_a_restarted_store_lost_its_weights(monke
 
     monkeypatch.setattr(weights, "STORE_CHECK_S", 0.0)
     handle = RestartableStore()
-    publisher = WeightsPublisher(handle, "policy", local=True)
+    publisher = WeightsPublisher(handle, "policy")
     publisher.publish({"w": 1})
     publisher.publish({"w": 2})
     handle.restart()  # empty: clients would see nothing newer than what they hold until the next publish
@@ -76,9 +76,9 @@ def test_publisher_publishes_again_when_a_restarted_store_lost_its_weights(monke
 
 def test_a_new_publisher_continues_from_the_store_version():
     store = LocalHandle(WeightsStore())
-    WeightsPublisher(store, "policy", local=True).publish({"w": 1})
-    WeightsPublisher(store, "policy", local=True).publish({"w": 1})
-    restarted = WeightsPublisher(store, "policy", local=True)  # a learner restarted from scratch
+    WeightsPublisher(store, "policy").publish({"w": 1})
+    WeightsPublisher(store, "policy").publish({"w": 1})
+    restarted = WeightsPublisher(store, "policy")  # a learner restarted from scratch
     assert restarted.publish({"w": 0}) == 3
     client = WeightsClient(store, "policy")
     assert client.poll() == {"w": 0} and client.version == 3
@@ -89,7 +89,7 @@ def test_clients_and_publishers_survive_a_store_that_is_restarting(monkeypatch):
 
     monkeypatch.setattr(weights, "STORE_CHECK_S", 0.0)
     handle = RestartableStore()
-    publisher = WeightsPublisher(handle, "policy", local=True)
+    publisher = WeightsPublisher(handle, "policy")
     client = WeightsClient(handle, "policy")
     publisher.publish({"w": 1})
     handle.down = True
@@ -102,7 +102,7 @@ def test_clients_and_publishers_survive_a_store_that_is_restarting(monkeypatch):
 
 def test_store_stats_count_publishes_and_polls():
     store = WeightsStore()
-    store.publish("policy", 1, ["one"])
+    store.publish("policy", 1, "one")
     store.latest("policy")
     store.latest("policy", newer_than=1)
     assert store.stats() == {"versions": {"policy": 1}, "publishes": {"policy": 1}, "polls": 2}

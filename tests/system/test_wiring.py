@@ -69,8 +69,8 @@ def test_rollout_workers_get_a_world_model_only_with_the_planner(config):
                                        "rollout.planner.horizon=2"])
     system = build_system(planning, spec, local=True)
     rollout = system.rollout[0].wrapped
-    WeightsPublisher(system.store, "policy", local=True).publish(system.policy.wrapped.learner.policy_state())
-    WeightsPublisher(system.store, "world_model", local=True).publish(system.world_model.wrapped.learner.model_state())
+    WeightsPublisher(system.store, "policy").publish(system.policy.wrapped.learner.policy_state())
+    WeightsPublisher(system.store, "world_model").publish(system.world_model.wrapped.learner.model_state())
 
     # store -> rollout: "policy" and "world_model" both polled, the planner acts; rollout -> real
     report = rollout.run(30, random_steps=0)
