@@ -502,6 +502,21 @@ def rllib_import_error() -> str | None:
     return None
 
 
+def _measure_inserts(result: "Measurement", seconds: float, insert_batch: int, pieces: Any,
+                     add: Callable[[Any], Any]) -> None:
+    """An anchor's inserts: ``add(next(pieces))`` (``insert_batch`` rows each) for ``seconds``, timed without
+    making the pieces; rows/s of wall and CPU time into ``result``."""
+    def insert() -> tuple[float, float]:
+        piece = next(pieces)
+        span = Span()
+        add(piece)
+        return span.end()
+
+    calls, wall, cpu = timed_loop(seconds, insert)
+    result.insert_rows_s = per_second(calls * insert_batch, wall)
+    result.insert_rows_cpu_s = per_second(calls * insert_batch, cpu)
+
+
 def _rllib_episodes(insert_batch: int, seed: int = 0) -> Iterator[list]:
     """Numpy'ized SingleAgentEpisode chunks of ``insert_batch`` steps in all, per ``next()``: episodes of
     :data:`EPISODE_LENGTH` steps arriving in pieces, as RLlib's env runners hand them over."""
@@ -556,15 +571,7 @@ def bench_rllib(sampler: str, seconds: float, insert_batch: int, capacity: int) 
     while len(buffer) < capacity - EPISODE_LENGTH:
         buffer.add(next(episodes))
 
-    def insert() -> tuple[float, float]:
-        pieces = next(episodes)
-        span = Span()
-        buffer.add(pieces)
-        return span.end()
-
-    calls, wall, cpu = timed_loop(seconds, insert)
-    result.insert_rows_s = per_second(calls * insert_batch, wall)
-    result.insert_rows_cpu_s = per_second(calls * insert_batch, cpu)
+    _measure_inserts(result, seconds, insert_batch, episodes, buffer.add)
     result.stored = len(buffer)
 
     rng = np.random.default_rng(1)
@@ -652,15 +659,7 @@ def bench_torchrl(kind: str, seconds: float, insert_batch: int, capacity: int, r
         while len(buffer) < capacity:
             buffer.extend(next(chunks))
 
-        def insert() -> tuple[float, float]:
-            chunk = next(chunks)
-            span = Span()
-            buffer.extend(chunk)
-            return span.end()
-
-        calls, wall, cpu = timed_loop(seconds, insert)
-        result.insert_rows_s = per_second(calls * insert_batch, wall)
-        result.insert_rows_cpu_s = per_second(calls * insert_batch, cpu)
+        _measure_inserts(result, seconds, insert_batch, chunks, buffer.extend)
         result.stored = len(buffer)
 
         generator = torch.Generator().manual_seed(1)
