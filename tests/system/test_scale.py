@@ -25,7 +25,7 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
-BUDGET = 3000
+BUDGET = 4000
 TOKEN = "scale-test-gateway-token-0123456789"
 
 
@@ -72,12 +72,14 @@ def test_scale_rollout_up_and_down_and_gateway_episode_while_learners_run(tmp_pa
         url = next(line.split(" at ")[1].split()[0] for line in out if "ingest gateway at" in line)
         wait_until(lambda: run_processes(marker, "ray::PolicyLoop.run") or proc.poll() is not None, 180,
                    "the policy learner to run")
-        token = TOKEN
-        wait_until(lambda: fetch_spec(url, token)["policy"]["version"] is not None, 180, "a published policy")
-        answer = robot_episode(url, token)
+        # Scale up first and send the gateway's episode while the new workers start: on a fast machine the
+        # rate-limited run collects its whole budget within a minute of the policy learner's start.
         up = dynaray("scale", "rollout=3", *runs)
         assert up.returncode == 0, up.stderr
         assert "run scaled: rollout 1 -> 3" in up.stdout
+        token = TOKEN
+        wait_until(lambda: fetch_spec(url, token)["policy"]["version"] is not None, 180, "a published policy")
+        answer = robot_episode(url, token)
         wait_until(lambda: len(run_processes(marker, "ray::RolloutWorker")) == 3, 120, "3 rollout workers")
         time.sleep(3)  # the new workers collect for a while
         down = dynaray("scale", "rollout=1", "--run", "scaled", *runs)
