@@ -4,8 +4,8 @@
     dynaray eval POLICY ... --in-model MODEL_RUN_DIR [--dataset DATASET] [--real N] [--starts B] [--horizon H]
                  [--penalty X] [--max-disagreement D] [--json OUT] [--plot PNG]
 
-A POLICY is a run directory (its newest checkpoint's actor), a kept checkpoint ``RUN_DIR/checkpoints/<step>/``, or
-``RUN_DIR/checkpoints`` for every kept one (``run.keep_checkpoints``).
+A POLICY is a run directory (its newest checkpoint's actor), a checkpoint directory (``RUN_DIR/checkpoint/`` or a
+kept ``RUN_DIR/checkpoints/<step>/``), or ``RUN_DIR/checkpoints`` for every kept one (``run.keep_checkpoints``).
 
 In the model (:mod:`actors.model_evaluator`, docs/offline.md): MODEL_RUN_DIR's checkpointed world model rolls each
 policy out from the dataset's episode start states; the table ranks the policies by score (the estimate minus the
@@ -81,7 +81,8 @@ def _checkpoint_policy(label: str, found: Any, config: Any) -> _Policy:
 
 def load_policies(paths: list[str]) -> list[_Policy]:
     """Every policy the arguments name (module docstring), in order."""
-    from system.checkpoint import newest_checkpoint
+    from system.checkpoint import (checkpoint_run_path, is_checkpoint_dir, kept_checkpoints, newest_checkpoint,
+                                   open_checkpoint)
     from system.run_dir import CheckpointError, RunDir
 
     policies = []
@@ -89,7 +90,13 @@ def load_policies(paths: list[str]) -> list[_Policy]:
         path = Path(given)
         if not path.exists():
             raise _BadInput(f"{given!r} is not a run directory: config.yaml is missing (it does not exist)")
-        if (path / "config.yaml").is_file():  # a run: its newest checkpoint (or the actor of an older run's)
+        if is_checkpoint_dir(path):  # RUN_DIR/checkpoint/ or a kept RUN_DIR/checkpoints/<step>/
+            try:
+                found = open_checkpoint(path)
+            except CheckpointError as exc:
+                raise _BadInput(str(exc)) from None
+            policies.append(_checkpoint_policy(given, found, _run_config(checkpoint_run_path(path))))
+        elif (path / "config.yaml").is_file():  # a run: its newest checkpoint (or the actor of an older run's)
             config = _run_config(path)
             found = newest_checkpoint(path)
             if found is not None:
@@ -99,25 +106,15 @@ def load_policies(paths: list[str]) -> list[_Policy]:
                 policies.append(_Policy(given, RunDir(path).load_state("actor"), config, None))
             except CheckpointError as exc:
                 raise _BadInput(str(exc)) from None
-        elif (path.parent / "config.yaml").is_file():  # RUN_DIR/checkpoints: every kept one
-            from system.checkpoint import kept_checkpoints, open_checkpoint
-
+        elif (path.parent / "config.yaml").is_file() and path.is_dir():  # RUN_DIR/checkpoints: every kept one
             config = _run_config(path.parent)
             kept = kept_checkpoints(path.parent)
             if not kept:
                 raise _BadInput(f"{given!r} holds no complete kept checkpoint (run.keep_checkpoints)")
             policies += [_checkpoint_policy(str(p), open_checkpoint(p), config) for p in kept]
-        elif (path.parent.parent / "config.yaml").is_file():  # RUN_DIR/checkpoints/<step>
-            from system.checkpoint import open_checkpoint
-
-            try:
-                found = open_checkpoint(path)
-            except CheckpointError as exc:
-                raise _BadInput(str(exc)) from None
-            policies.append(_checkpoint_policy(given, found, _run_config(path.parent.parent)))
         else:
-            raise _BadInput(f"{given!r} is neither a run directory (no config.yaml) nor a kept checkpoint "
-                            f"(RUN_DIR/checkpoints/<step>/)")
+            raise _BadInput(f"{given!r} is neither a run directory (no config.yaml) nor a checkpoint "
+                            f"(RUN_DIR/checkpoint/ or RUN_DIR/checkpoints/<step>/, with meta.json)")
     return policies
 
 
@@ -307,10 +304,15 @@ def _in_model(args: argparse.Namespace) -> int:
           f"states x {len(model.world_model.elites)} members, horizon {horizon}; penalty {penalty:.3g}, truncation "
           f"above disagreement {threshold:.3g} (from {origin})")
 
-    results = []
+    results, evaluators = [], {}
     for policy in policies:
-        evaluator = ModelEvaluator(model.world_model, _make_policy_factory(policy.config, spec, args.seed), starts,
-                                   config, reference=(rows["obs"], rows["action"]), seed=args.seed)
+        # one evaluator per policy network shape: the start states and the dataset's disagreement are drawn once
+        shape = tuple(policy.config.policy.hidden_sizes)
+        if shape not in evaluators:
+            evaluators[shape] = ModelEvaluator(model.world_model, _make_policy_factory(policy.config, spec, args.seed),
+                                               starts, config, reference=(rows["obs"], rows["action"]),
+                                               seed=args.seed)
+        evaluator = evaluators[shape]
         try:
             estimate = evaluator.evaluate(policy.state)
         except (RuntimeError, ValueError) as exc:

@@ -142,8 +142,10 @@ def test_a_runs_kept_checkpoints_are_ranked_each(tmp_path, capsys):
     dataset = write_dataset(tmp_path / "data.parquet")
     out = tmp_path / "ranking.json"
     kept = run.path / "checkpoints"
-    assert main(["eval", str(kept), str(kept / "0000001000"), "--in-model", str(model.path), "--dataset", dataset,
-                 "--starts", "2", "--horizon", "3", "--json", str(out)]) == 0, capsys.readouterr().err
+    assert main(["eval", str(kept), str(kept / "0000001000"), str(run.checkpoint), "--in-model", str(model.path),
+                 "--dataset", dataset, "--starts", "2", "--horizon", "3", "--json", str(out)]) == 0, \
+        capsys.readouterr().err
     policies = json.loads(out.read_text())["policies"]
-    assert sorted(e["env_steps"] for e in policies) == [1000, 1000, 2000]
-    assert {e["policy"] for e in policies} == {str(kept / "0000001000"), str(kept / "0000002000")}
+    assert sorted(e["env_steps"] for e in policies) == sorted([1000, 1000, 2000, meta["env_steps"]])
+    assert {e["policy"] for e in policies} == {str(kept / "0000001000"), str(kept / "0000002000"),
+                                               str(run.checkpoint)}
