@@ -111,6 +111,12 @@ class PolicyConfig:
     bc_init_updates: int = field(default=0, metadata={"check": ">= 0", "note": "0: none"})
     """Offline mode (read by ``system/``): the policy's first updates are this many behaviour-cloning updates
     (``SACLearner.bc_update``) on dataset rows, before any SAC update."""
+    anchor_weight: float = field(default=0.0, metadata={"check": ">= 0", "note": "0: none"})
+    """Trust region around a frozen anchor actor (``SACLearner.set_anchor``: offline mode anchors the cloned
+    policy): the actor loss adds ``anchor_weight * mean|Q| *`` the squared distance between its deterministic action
+    and the anchor's on the batch's states, in [-1, 1] action units (TD3+BC's scale-free weighting: 0.4 is its
+    alpha of 2.5). SAC's entropy bonus and a young critic otherwise pull a cloned policy away from the data in its
+    first updates."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
@@ -324,6 +330,19 @@ class SACLearner:
         """Applied (not skipped) updates."""
         self.nonfinite_streak = 0
         """Consecutive updates skipped because a loss or gradient norm was non-finite."""
+        self.anchor: TanhGaussianActor | None = None
+        """Frozen actor the update keeps the policy near (``config.anchor_weight``), or None."""
+
+    def set_anchor(self) -> None:
+        """Freeze a copy of the actor as it is now as the anchor of ``config.anchor_weight``'s trust region."""
+        self.anchor = copy.deepcopy(self.actor).requires_grad_(False)
+
+    def _anchor_distance(self, obs: Tensor) -> Tensor:
+        """(B,) squared distance between the actor's and the anchor's deterministic actions in [-1, 1] units."""
+        mean = self.actor.trunk(obs).float().chunk(2, dim=-1)[0]
+        with torch.no_grad():
+            anchor = self.anchor.trunk(obs).float().chunk(2, dim=-1)[0]
+        return (torch.tanh(mean) - torch.tanh(anchor)).pow(2).sum(-1)
 
     @property
     def alpha(self) -> float:
@@ -425,6 +444,10 @@ class SACLearner:
             else:
                 q_pi = q_pi.mean(dim=0)
             actor_loss = (alpha * log_prob - q_pi).mean()
+            anchored = self.anchor is not None and self.config.anchor_weight > 0
+            if anchored:
+                anchor_distance = self._anchor_distance(tensors["obs"]).mean()
+                actor_loss = actor_loss + self.config.anchor_weight * q_pi.detach().abs().mean() * anchor_distance
             alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
 
         # gradients: one backward pass; the three losses share no parameter
@@ -441,6 +464,8 @@ class SACLearner:
              "critic_grad_norm", "actor_grad_norm"),
             values,
         ))
+        if anchored:
+            metrics["anchor_distance"] = float(anchor_distance.detach())
         if not all(math.isfinite(v) for v in values):
             self.nonfinite_streak += 1
             return {**metrics, "skipped": 1.0}
@@ -515,6 +540,7 @@ class SACLearner:
             "generator": generator_state(self._generator),
             "num_updates": self.num_updates,
             "nonfinite_streak": self.nonfinite_streak,
+            **({} if self.anchor is None else {"anchor": self.anchor.state_dict()}),
         })
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -533,4 +559,7 @@ class SACLearner:
                 group.update(fused=True, foreach=None)
         load_generator_state(self._generator, state["generator"])
         self.num_updates = int(state["num_updates"])
+        if "anchor" in state:
+            self.set_anchor()
+            self.anchor.load_state_dict(state["anchor"])
         self.nonfinite_streak = int(state["nonfinite_streak"])

@@ -64,7 +64,7 @@ class OfflinePolicyLoop(PolicyLoop):
     """Offline mode's policy learner: its first ``policy.bc_init_updates`` batches come from ``real`` (the dataset)
     for behaviour cloning, every later one only from ``imagined`` for SAC (the first
     ``offline.critic_warmup_updates`` of them train only the critics); or it starts from ``offline.init_from``'s
-    actor. Every SAC update reports ``refine_real_rows``: rows of its batch that no imagination worker wrote (0)."""
+    actor. The actor it refines from is the anchor of ``policy.anchor_weight``'s trust region. Every SAC update reports ``refine_real_rows``: rows of its batch that no imagination worker wrote (0)."""
 
     def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool,
                  restore_from: str | None = None):
@@ -91,6 +91,8 @@ class OfflinePolicyLoop(PolicyLoop):
         if parts[0].table == "real":
             return self.learner.bc_update(batch)
         refined = self.learner.num_updates - self._bc_updates
+        if self.learner.anchor is None and self.learner.config.anchor_weight > 0:  # the cloned (or init) actor
+            self.learner.set_anchor()
         metrics = self.learner.update(batch, update_actor=refined >= self._warmup)
         roles = (batch["writer_id"] >> INDEX_BITS) & ((1 << ROLE_BITS) - 1)
         metrics["refine_real_rows"] = float((roles != ROLES["imagination"]).sum())

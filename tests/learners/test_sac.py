@@ -473,3 +473,29 @@ def test_critic_only_update_leaves_the_actor_and_temperature():
     assert not all(torch.equal(a, b) for a, b in zip(critic, learner.critic.parameters()))
     learner.update(make_batch())
     assert not all(torch.equal(a, b) for a, b in zip(actor, learner.actor.parameters()))
+
+
+def test_anchor_keeps_the_refined_actor_near_the_anchor_and_survives_a_state_round_trip(tmp_path):
+    """The same updates with and without the anchor's trust region: the anchored actor drifts less from where it
+    started; with anchor_weight=0 (or no anchor set) the update is plain SAC's."""
+    batch = make_batch(rows=128)
+    obs = torch.from_numpy(batch["obs"])
+    drift = {}
+    for weight in (0.0, 5.0):
+        learner = make_learner(anchor_weight=weight)
+        learner.set_anchor()
+        with torch.no_grad():
+            start = learner.actor(obs, deterministic=True)[0]
+        for _ in range(100):
+            metrics = learner.update(batch)
+        assert ("anchor_distance" in metrics) == (weight > 0), metrics
+        with torch.no_grad():
+            drift[weight] = float((learner.actor(obs, deterministic=True)[0] - start).pow(2).mean())
+    assert drift[5.0] < 0.5 * drift[0.0], drift
+    assert make_learner(anchor_weight=5.0).update(batch) == make_learner().update(batch)  # no anchor set: plain SAC
+
+    torch.save(learner.state_dict(), tmp_path / "sac.pt")
+    restored = make_learner(seed=1, anchor_weight=5.0)
+    restored.load_state_dict(torch.load(tmp_path / "sac.pt", weights_only=True))
+    assert all(torch.equal(a, b) for a, b in zip(restored.anchor.parameters(), learner.anchor.parameters()))
+    assert restored.update(batch) == learner.update(batch)
