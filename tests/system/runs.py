@@ -10,14 +10,85 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 
 def dynaray(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "system.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+class TrainRun:
+    """A ``dynaray train`` subprocess of one test, its Ray processes marked (``DYNARAY_TEST_RUN``, see
+    :func:`run_processes`); a thread reads its output, so that the pipe never fills.
+
+    Usage::
+
+        with TrainRun(tmp_path, "debug", "name=x", f"run.runs_dir={tmp_path}") as run:
+            run.wait_until(lambda: run.saw("run directory"), 300, "the run directory")
+            ...                               # dynaray status / scale / kills against the running system
+            run.wait(timeout=600)             # the run ends by itself
+        assert run.returncode == 0, run.tail()
+
+    Leaving the block while the run still goes on (a failed assertion) stops it as Ctrl-C does, then kills it.
+    """
+
+    def __init__(self, marker_dir: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.marker = f"DYNARAY_TEST_RUN={marker_dir}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "system.cli", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env={**os.environ, **(env or {}), "DYNARAY_TEST_RUN": str(marker_dir)}, cwd=cwd)
+        self.out: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.out.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
+
+    def __enter__(self) -> TrainRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(30)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(30)
+        return code
+
+    def saw(self, needle: str) -> str | None:
+        """The first output line holding ``needle`` so far, or None."""
+        return next((line for line in list(self.out) if needle in line), None)
+
+    def log(self) -> str:
+        return "".join(self.out)
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log()[-chars:]
+
+    def processes(self, process_title: str) -> list[int]:
+        return run_processes(self.marker, process_title)
+
+    def wait_until(self, condition: Callable[[], object], timeout: float, what: str) -> object:
+        """Poll ``condition`` until it is truthy (returns it); fails when the run ends first or at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not (result := condition()):
+            assert self.proc.poll() is None, f"the run ended before {what}:\n{self.tail()}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout:g} s:\n{self.tail()}"
+            time.sleep(0.2)
+        return result
 
 
 def run_processes(marker: str, process_title: str) -> list[int]:

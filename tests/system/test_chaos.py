@@ -8,16 +8,13 @@ Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NE
 
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.system.runs import assert_well_formed, run_processes, stored_rows
+from tests.system.runs import TrainRun, assert_well_formed, stored_rows
 
 pytestmark = [
     pytest.mark.ray,
@@ -35,19 +32,14 @@ RANDOM_POLICY_RETURN = 5.5
 """Mean return of the uniform random policy on InvertedPendulum-v5 (tests/system/test_train_e2e.py)."""
 
 
-def kill_one_and_wait_for_its_restart(marker: str, title: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+def kill_one_and_wait_for_its_restart(run: TrainRun, title: str, timeout: float = 300) -> None:
     """SIGKILL one process of the run titled ``title...``, then wait until the role has as many processes as before
     again (Ray made a new one)."""
-    deadline = time.monotonic() + timeout
-    while not (before := run_processes(marker, title)):
-        assert time.monotonic() < deadline and proc.poll() is None, f"no {title} process of the run to kill"
-        time.sleep(0.2)
+    before = run.wait_until(lambda: run.processes(title), timeout, f"a {title} process of the run to kill")
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
-    while len([p for p in run_processes(marker, title) if p != victim]) < len(before):
-        assert proc.poll() is None, f"the run ended while {title} restarted"
-        assert time.monotonic() < deadline, f"{title} was not restarted within {timeout} s"
-        time.sleep(0.2)
+    run.wait_until(lambda: len([p for p in run.processes(title) if p != victim]) >= len(before), timeout,
+                   f"{title}'s restart")
 
 
 def env_steps_so_far(run_dir) -> int:
@@ -65,38 +57,21 @@ def evals_after_a_learner_restart(run_dir, killed_at: int, every_steps: int) -> 
 
 
 def test_every_role_killed_in_turn_restarts_and_the_run_ends_by_its_budget(tmp_path):
-    marker = f"DYNARAY_TEST_RUN={tmp_path}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "system.cli", "train", "debug", "name=chaos", f"run.runs_dir={tmp_path}",
-         "run.progress=false", f"run.total_env_steps={BUDGET}", "ray.num_cpus=8",
-         "run.checkpoint_every_s=5",  # a checkpoint for the restarted learners to restore from
-         "placement.timeout_s=600", "run.startup_timeout_s=600"],  # a loaded machine starts actors slowly
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "DYNARAY_TEST_RUN": str(tmp_path)},
-    )
-    out: list[str] = []
-    try:
-        reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # never let the pipe fill
-        reader.start()
-        deadline = time.monotonic() + 300
-        while not run_processes(marker, "ray::PolicyLoop.run"):  # learners sample, rollouts insert
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(out)[-3000:]
-            time.sleep(0.2)
+    with TrainRun(tmp_path, "debug", "name=chaos", f"run.runs_dir={tmp_path}", "run.progress=false",
+                  f"run.total_env_steps={BUDGET}", "ray.num_cpus=8",
+                  "run.checkpoint_every_s=5",  # a checkpoint for the restarted learners to restore from
+                  "placement.timeout_s=600", "run.startup_timeout_s=600") as run:  # a loaded machine starts slowly
+        run.wait_until(lambda: run.processes("ray::PolicyLoop.run"), 300, "learners sampling")
         run_dir = tmp_path / "chaos"
         for title, role in VICTIMS:
             if role == "policy":  # what a restarted learner can restore: a checkpoint written before the kill
                 restorable = (run_dir / "checkpoint" / "meta.json").is_file()
                 killed_at = env_steps_so_far(run_dir)
-            kill_one_and_wait_for_its_restart(marker, title, proc)
+            kill_one_and_wait_for_its_restart(run, title)
             time.sleep(1)  # the driver's next probe sees the new process
-        proc.wait(timeout=900)
-        reader.join(30)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-    log = "".join(out)
-    assert proc.returncode == 0, log[-3000:]
+        run.wait(timeout=900)
+    log = run.log()
+    assert run.returncode == 0, log[-3000:]
     assert f"env-step budget of {BUDGET} reached" in log, log[-3000:]
 
     metrics = pq.read_table(tmp_path / "chaos" / "metrics.parquet").to_pylist()[-1]

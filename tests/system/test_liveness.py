@@ -6,11 +6,6 @@ The Ray test runs only inside a loopback-only network namespace (tests/run.sh se
 """
 
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +13,7 @@ import pytest
 from system.control import Control, ScaleError
 from system.liveness import RestartLedger, StallWatch, role_of
 from system.placement import shortfall
-from tests.system.runs import dynaray
+from tests.system.runs import TrainRun, dynaray
 
 
 def test_role_of_actor_names():
@@ -100,44 +95,29 @@ def test_control_counts_scale_requests_and_keeps_worker_demands():
 @pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 def test_scale_beyond_the_cluster_answers_at_once_and_the_run_ends_by_its_budget(tmp_path):
     budget = 1500
-    marker_env = {**os.environ, "DYNARAY_TEST_RUN": str(tmp_path)}
+    runs = ["--runs-dir", str(tmp_path)]
     # ray.num_cpus=5: the debug roles take all 5 CPUs (2 shards 0.5 each, 2 learners 1 each, rollout 1, imagination
     # 0.5, evaluator 0.5; system.placement.planned_demands); a second rollout worker (1 CPU) cannot be placed
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "system.cli", "train", "debug", "name=tight", f"run.runs_dir={tmp_path}",
-         "run.progress=false", f"run.total_env_steps={budget}", "ray.num_cpus=5", "run.stall_timeout_s=5",
-         "rollout.steps_per_call=25", "placement.timeout_s=600", "run.startup_timeout_s=600"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=marker_env,
-    )
-    out: list[str] = []
-    try:
-        reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 300
-        while not any("run directory" in line for line in out):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(out)[-3000:]
-            time.sleep(0.2)
-        runs = ["--runs-dir", str(tmp_path)]
-        while (status := dynaray("status", *runs)).returncode != 0 or "env steps" not in status.stdout:
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(out)[-3000:]
-            time.sleep(0.5)
+    with TrainRun(tmp_path, "debug", "name=tight", f"run.runs_dir={tmp_path}", "run.progress=false",
+                  f"run.total_env_steps={budget}", "ray.num_cpus=5", "run.stall_timeout_s=5",
+                  "rollout.steps_per_call=25", "placement.timeout_s=600", "run.startup_timeout_s=600") as run:
+        run.wait_until(lambda: run.saw("run directory"), 300, "the run directory")
+        run.wait_until(lambda: "env steps" in (status := dynaray("status", *runs)).stdout and status.returncode == 0,
+                       300, "a status with env steps")
         up = dynaray("scale", "rollout=2", *runs)  # answers without waiting for the worker to be made
         assert up.returncode == 0, up.stderr
         assert "run tight: rollout 1 -> 2" in up.stdout
         assert "cannot place the 1 new rollout worker(s) now" in up.stderr and "lacks CPU" in up.stderr, up.stderr
 
         # the worker that cannot be placed is reported by name once run.stall_timeout_s has passed
-        while "rollout-1 stalled" not in (status := dynaray("status", *runs)).stdout:
-            assert time.monotonic() < deadline and proc.poll() is None, status.stdout + "".join(out)[-3000:]
-            time.sleep(1)
-        assert "rollout-1 not placed" in status.stdout, status.stdout
-        proc.wait(timeout=600)
-        reader.join(30)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-    assert proc.returncode == 0, "".join(out)[-3000:]
+        def stalled() -> str | None:
+            shown = dynaray("status", *runs).stdout
+            return shown if "rollout-1 stalled" in shown else None
+
+        status = run.wait_until(stalled, 300, "rollout-1 reported stalled")
+        assert "rollout-1 not placed" in status, status
+        run.wait(timeout=600)
+    assert run.returncode == 0, run.tail()
     metrics = pq.read_table(tmp_path / "tight" / "metrics.parquet").to_pylist()
     assert metrics[-1]["env_steps"] == budget  # no step of the budget held by the worker that was never made
     assert metrics[-1]["rollout_workers"] == 1

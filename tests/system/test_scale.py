@@ -5,10 +5,6 @@ Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NE
 """
 
 import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 
 import gymnasium as gym
@@ -18,7 +14,7 @@ import pytest
 import torch
 
 from actors.gateway_client import fetch_policy, fetch_spec, send_episode
-from tests.system.runs import assert_well_formed, dynaray, run_processes, stored_rows
+from tests.system.runs import TrainRun, assert_well_formed, dynaray, stored_rows
 
 pytestmark = [
     pytest.mark.ray,
@@ -27,13 +23,6 @@ pytestmark = [
 
 BUDGET = 4000
 TOKEN = "scale-test-gateway-token-0123456789"
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def robot_episode(url: str, token: str) -> dict:
@@ -55,49 +44,34 @@ def robot_episode(url: str, token: str) -> dict:
 
 
 def test_scale_rollout_up_and_down_and_gateway_episode_while_learners_run(tmp_path):
-    marker = f"DYNARAY_TEST_RUN={tmp_path}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "system.cli", "train", "debug", "name=scaled", f"run.runs_dir={tmp_path}",
-         "run.progress=false", f"run.total_env_steps={BUDGET}", "ray.num_cpus=8", "rollout.steps_per_call=25",
-         "gateway.enabled=true", f"run.upload_to=file://{tmp_path / 'uploaded'}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "DYNARAY_TEST_RUN": str(tmp_path), "DYNARAY_GATEWAY_TOKEN": TOKEN},
-    )
     runs = ["--runs-dir", str(tmp_path)]
-    out: list[str] = []
-    try:
-        reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # never let the pipe fill
-        reader.start()
-        wait_until(lambda: any("ingest gateway at" in line for line in out), 180, "the gateway to start")
-        url = next(line.split(" at ")[1].split()[0] for line in out if "ingest gateway at" in line)
-        wait_until(lambda: run_processes(marker, "ray::PolicyLoop.run") or proc.poll() is not None, 180,
-                   "the policy learner to run")
+    with TrainRun(tmp_path, "debug", "name=scaled", f"run.runs_dir={tmp_path}", "run.progress=false",
+                  f"run.total_env_steps={BUDGET}", "ray.num_cpus=8", "rollout.steps_per_call=25",
+                  "gateway.enabled=true", f"run.upload_to=file://{tmp_path / 'uploaded'}",
+                  env={"DYNARAY_GATEWAY_TOKEN": TOKEN}) as run:
+        line = run.wait_until(lambda: run.saw("ingest gateway at"), 180, "the gateway to start")
+        url = line.split(" at ")[1].split()[0]
+        run.wait_until(lambda: run.processes("ray::PolicyLoop.run"), 180, "the policy learner to run")
         # Scale up first and send the gateway's episode while the new workers start: on a fast machine the
         # rate-limited run collects its whole budget within a minute of the policy learner's start.
         up = dynaray("scale", "rollout=3", *runs)
         assert up.returncode == 0, up.stderr
         assert "run scaled: rollout 1 -> 3" in up.stdout
-        token = TOKEN
-        wait_until(lambda: fetch_spec(url, token)["policy"]["version"] is not None, 180, "a published policy")
-        answer = robot_episode(url, token)
-        wait_until(lambda: len(run_processes(marker, "ray::RolloutWorker")) == 3, 120, "3 rollout workers")
+        run.wait_until(lambda: fetch_spec(url, TOKEN)["policy"]["version"] is not None, 180, "a published policy")
+        answer = robot_episode(url, TOKEN)
+        run.wait_until(lambda: len(run.processes("ray::RolloutWorker")) == 3, 120, "3 rollout workers")
         time.sleep(3)  # the new workers collect for a while
         down = dynaray("scale", "rollout=1", "--run", "scaled", *runs)
         assert down.returncode == 0, down.stderr
         assert "run scaled: rollout 3 -> 1" in down.stdout
-        wait_until(lambda: len(run_processes(marker, "ray::RolloutWorker")) == 1, 120, "1 rollout worker")
+        run.wait_until(lambda: len(run.processes("ray::RolloutWorker")) == 1, 120, "1 rollout worker")
 
         bad = dynaray("scale", "rollout=0", *runs)
         assert bad.returncode == 2 and "rollout=0: expected 1 <= rollout <= 4096" in bad.stderr, bad.stderr
         unknown = dynaray("scale", "learner=2", *runs)
         assert unknown.returncode == 2 and "unknown pool 'learner'" in unknown.stderr, unknown.stderr
-        proc.wait(timeout=600)
-        reader.join(30)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-    assert proc.returncode == 0, "".join(out)[-3000:]
+        run.wait(timeout=600)
+    assert run.returncode == 0, run.tail()
 
     metrics = pq.read_table(tmp_path / "scaled" / "metrics.parquet").to_pylist()
     workers = [row["rollout_workers"] for row in metrics]
@@ -119,4 +93,4 @@ def test_scale_rollout_up_and_down_and_gateway_episode_while_learners_run(tmp_pa
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any("uploaded" in p.parts for p in written) and not (tmp_path / "scaled" / "gateway_token").exists()
     assert [p for p in written if TOKEN.encode() in p.read_bytes()] == []
-    assert TOKEN not in "".join(out)
+    assert TOKEN not in run.log()

@@ -12,11 +12,6 @@ import io
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import matplotlib.image
@@ -27,7 +22,7 @@ from system.config import load_config
 from system.driver import progress_printer
 from system.run_dir import RunDir
 from system.status_cli import ActorInfo, render
-from tests.system.runs import dynaray
+from tests.system.runs import TrainRun, dynaray
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -233,26 +228,16 @@ def test_progress_on_a_terminal_is_a_live_display(monkeypatch):
 @pytest.mark.ray
 @pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 def test_status_of_a_running_debug_run(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "system.cli", "train", "debug", "name=watched", f"run.runs_dir={tmp_path}",
-         "run.progress=false", "run.total_env_steps=1000", "ray.num_cpus=8"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "DYNARAY_TEST_RUN": str(tmp_path)},
-    )
     runs = ["--runs-dir", str(tmp_path)]
-    out: list[str] = []
-    try:
-        reader = threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)  # never let the pipe fill
-        reader.start()
-        deadline, shown = time.monotonic() + 240, None
-        while True:  # until the driver has posted its first report (before: no ray.json or no control actor yet)
-            assert proc.poll() is None, "".join(out)[-3000:]
-            assert time.monotonic() < deadline, f"no status with env steps within 240 s: {shown.stderr}"
+    with TrainRun(tmp_path, "debug", "name=watched", f"run.runs_dir={tmp_path}", "run.progress=false",
+                  "run.total_env_steps=1000", "ray.num_cpus=8") as run:
+
+        def reported():  # the driver's first report is posted (before: no ray.json or no control actor yet)
             shown = dynaray("status", *runs)
             assert "Traceback" not in shown.stderr, shown.stderr
-            if shown.returncode == 0 and "env steps" in shown.stdout:
-                break
-            time.sleep(1)
+            return shown if shown.returncode == 0 and "env steps" in shown.stdout else None
+
+        shown = run.wait_until(reported, 240, "a status with env steps")
         lines = shown.stdout.splitlines()
         assert lines[0].startswith("run watched on the Ray cluster at 127.0.0.1:")
         roles = {line.split()[0]: line.split() for line in lines if line and line.split()[0].islower()}
@@ -271,10 +256,5 @@ def test_status_of_a_running_debug_run(tmp_path):
         elsewhere = dynaray("status", "--run", "wrong-name", "--address", address, *runs)
         assert elsewhere.returncode == 1 and "Traceback" not in elsewhere.stderr
         assert f"no running system named 'wrong-name' on the Ray cluster at {address}" in elsewhere.stderr
-        proc.wait(timeout=600)
-        reader.join(30)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-    assert proc.returncode == 0, "".join(out)[-3000:]
+        run.wait(timeout=600)
+    assert run.returncode == 0, run.tail()
