@@ -107,17 +107,6 @@ def run_processes(marker: str, process_title: str) -> list[int]:
     return found
 
 
-def sigkill_when_running(marker: str, process_title: str, timeout: float = 120.0) -> int:
-    """Wait until a Ray worker of the run is titled ``process_title`` (the actor is inside that method), then
-    SIGKILL it."""
-    deadline = time.monotonic() + timeout
-    while not (pids := run_processes(marker, process_title)):
-        assert time.monotonic() < deadline, f"no {process_title} process of this run within {timeout} s"
-        time.sleep(0.2)
-    os.kill(pids[0], signal.SIGKILL)
-    return pids[0]
-
-
 def stored_rows(run_dir: Path, table: str = "real") -> dict[str, np.ndarray]:
     """Rows a run persisted in ``table``, recovered from its replay directory by in-process shards."""
     from actors.envs import probe_env

@@ -96,3 +96,4 @@ def test_every_role_killed_in_turn_restarts_and_the_run_ends_by_its_budget(tmp_p
     rows = stored_rows(tmp_path / "chaos")
     assert_well_formed(rows, holes=True)  # no (writer_id, seq) twice
     assert BUDGET - 4 * 25 <= len(rows["seq"]) <= BUDGET + 50, len(rows["seq"])
+    assert len(np.unique(rows["writer_id"])) >= 2  # the rollout worker before and after its restart

@@ -1,16 +1,12 @@
 """`dynaray plot` (runs overlaid in one PNG; a directory that is not a run names the missing file), `dynaray status`
 (the role table; no running system or a wrong run name: one line and exit 1), and the live progress display of
-`dynaray train`.
-
-The test against a running `dynaray train debug` starts Ray: it runs only inside a loopback-only network namespace
-(tests/run.sh sets DYNARAY_NETNS=1 there).
+`dynaray train`. `dynaray status` against a running system: tests/system/test_liveness.py.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -22,7 +18,6 @@ from system.config import load_config
 from system.driver import progress_printer
 from system.run_dir import RunDir
 from system.status_cli import ActorInfo, render
-from tests.system.runs import TrainRun, dynaray
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -219,42 +214,3 @@ def test_progress_on_a_terminal_is_a_live_display(monkeypatch):
     for part in ("1,600/5,000 (32%)", "80 steps/s", "eta 0:42", "eval return", "25.0 @ 1,000", "val mse",
                  "0.0667", "v20", "rollout workers", "env errors", "imagination workers"):
         assert part in text, part
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# dynaray status against a running system
-
-
-@pytest.mark.ray
-@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
-def test_status_of_a_running_debug_run(tmp_path):
-    runs = ["--runs-dir", str(tmp_path)]
-    with TrainRun(tmp_path, "debug", "name=watched", f"run.runs_dir={tmp_path}", "run.progress=false",
-                  "run.total_env_steps=1000", "ray.num_cpus=8") as run:
-
-        def reported():  # the driver's first report is posted (before: no ray.json or no control actor yet)
-            shown = dynaray("status", *runs)
-            assert "Traceback" not in shown.stderr, shown.stderr
-            return shown if shown.returncode == 0 and "env steps" in shown.stdout else None
-
-        shown = run.wait_until(reported, 240, "a status with env steps")
-        lines = shown.stdout.splitlines()
-        assert lines[0].startswith("run watched on the Ray cluster at 127.0.0.1:")
-        roles = {line.split()[0]: line.split() for line in lines if line and line.split()[0].islower()}
-        for role in ("replay-shard", "weights-store", "policy-learner", "world-model-learner", "rollout",
-                     "imagination", "evaluator", "control"):
-            assert role in roles, shown.stdout
-        assert roles["rollout"][1:3] == ["1", "1/1"], shown.stdout
-        assert roles["policy-learner"][1:3] == ["1", "1/1"], shown.stdout
-
-        wrong = dynaray("status", "--run", "wrong-name", *runs)
-        assert wrong.returncode == 1
-        assert wrong.stderr.strip().splitlines() == [
-            f"dynaray: error: no running system named 'wrong-name' under {str(tmp_path)!r} (no live ray.json); "
-            f"pass --address of its Ray cluster"]
-        address = json.loads((tmp_path / "watched" / "ray.json").read_text())["address"]
-        elsewhere = dynaray("status", "--run", "wrong-name", "--address", address, *runs)
-        assert elsewhere.returncode == 1 and "Traceback" not in elsewhere.stderr
-        assert f"no running system named 'wrong-name' on the Ray cluster at {address}" in elsewhere.stderr
-        run.wait(timeout=600)
-    assert run.returncode == 0, run.tail()
