@@ -521,8 +521,8 @@ class Driver:
 
     def _keep_going(self, progress: int) -> bool:
         """Resubmit a consumer of replay unless stopping, or draining and its rate limiter admits nothing more."""
-        if self._stop_reason:
-            return False
+        if self._stop_reason:  # stopped: only while the rollout workers flush (their inserts may wait for ratios)
+            return not self._rollouts_done()
         return not (self._draining() and progress == 0)
 
     def _on_policy(self, call: _Call, report: LearnerReport) -> None:
@@ -767,9 +767,15 @@ class Driver:
             )
 
     def _finish(self) -> Summary:
-        """Let in-flight learner calls end (they return within one report interval), then checkpoint."""
+        """Have every rollout worker flush what it wrote and let in-flight learner calls end (they return within one
+        report interval), then checkpoint: every env step counted is then a row acknowledged by replay."""
         deadline = time.monotonic() + 3 * self.config.run.report_interval_s + 30
-        while (self._consumers_busy() or not self._evals_done()) and time.monotonic() < deadline:
+        flushing = {c.index for c in self._calls() if c.kind == "rollout_flush"}
+        for i in self.system.rollout:  # stopped early: the rows of its last calls may still be in flight
+            if i not in flushing and ("rollout", i) not in self._unplaced:
+                self._submit(self.system.rollout[i].flush.remote(), _Call("rollout_flush", i))
+        while (self._consumers_busy() or not self._evals_done() or not self._rollouts_done()) \
+                and time.monotonic() < deadline:
             self._pump(timeout=0.2)  # (interrupted: evaluations asked for are finished too)
         self.checkpoint(deadline=time.monotonic() + 3 * self.config.run.report_interval_s + 60)
         self._maybe_report(force=True)

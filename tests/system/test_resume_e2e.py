@@ -146,11 +146,14 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tmp_path):
     assert 600 <= checkpoint["env_steps"] < BUDGET
     assert not (run_dir / "driver.lock").exists()
 
-    writers_before = np.unique(stored_rows(run_dir)["writer_id"]).tolist()
+    before = stored_rows(run_dir)
+    assert len(before["seq"]) == checkpoint["env_steps"]  # the workers flushed before the checkpoint: no row lost
+    writers_before = np.unique(before["writer_id"]).tolist()
     resumed = resume(run_dir, tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert f"resuming from {run_dir / 'checkpoint'} ({checkpoint['env_steps']} env steps" in resumed.stdout
     check_whole_run(run_dir, checkpoint, writers_before)
+    assert len(stored_rows(run_dir)["seq"]) == BUDGET
 
 
 def test_a_killed_driver_leaves_nothing_running_and_resume_continues(tmp_path):
