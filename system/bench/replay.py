@@ -299,6 +299,12 @@ class Measurement:
     """Ray only: rows/s inserted by ``writers`` actors at once, each with its own client (rollout workers' inserts);
     ``insert_rows_s`` is one client in the bench's process."""
 
+    def record_sampling(self, calls: int, wall: float, cpu: float, latencies: Sequence[float]) -> None:
+        """Sample rows/s (wall and CPU) and p50/p99 latency of ``calls`` timed batches of :data:`SAMPLE_BATCH` rows."""
+        self.sample_rows_s = per_second(calls * SAMPLE_BATCH, wall)
+        self.sample_rows_cpu_s = per_second(calls * SAMPLE_BATCH, cpu)
+        self.p50_ms, self.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+
 
 def bench_shard(replay: ReplayConfig, sampler: str, log: bool, seconds: float, insert_batch: int, capacity: int,
                 root: str) -> Measurement:
@@ -337,9 +343,7 @@ def bench_shard(replay: ReplayConfig, sampler: str, log: bool, seconds: float, i
             return span.end()
 
         calls, wall, cpu = timed_loop(seconds, sample, latencies)
-        result.sample_rows_s = per_second(calls * SAMPLE_BATCH, wall)
-        result.sample_rows_cpu_s = per_second(calls * SAMPLE_BATCH, cpu)
-        result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+        result.record_sampling(calls, wall, cpu, latencies)
     finally:
         shard.close()
         del shard
@@ -589,9 +593,7 @@ def bench_rllib(sampler: str, seconds: float, insert_batch: int, capacity: int) 
         return span.end()
 
     calls, wall, cpu = timed_loop(seconds, sample, latencies)
-    result.sample_rows_s = per_second(calls * SAMPLE_BATCH, wall)
-    result.sample_rows_cpu_s = per_second(calls * SAMPLE_BATCH, cpu)
-    result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+    result.record_sampling(calls, wall, cpu, latencies)
     del buffer
     gc.collect()
     return result
@@ -678,9 +680,7 @@ def bench_torchrl(kind: str, seconds: float, insert_batch: int, capacity: int, r
             return span.end()
 
         calls, wall, cpu = timed_loop(seconds, sample, latencies)
-        result.sample_rows_s = per_second(calls * SAMPLE_BATCH, wall)
-        result.sample_rows_cpu_s = per_second(calls * SAMPLE_BATCH, cpu)
-        result.p50_ms, result.p99_ms = percentile_ms(latencies, 50), percentile_ms(latencies, 99)
+        result.record_sampling(calls, wall, cpu, latencies)
     finally:
         del buffer, storage
         gc.collect()
