@@ -101,6 +101,11 @@ class RayConfig:
     """Start the Ray dashboard with the embedded local Ray."""
     object_store_memory_mb: int | None = field(default=None, metadata={"check": ">= 1"})
     """Object store size of the embedded local Ray; null lets Ray choose."""
+    malloc_arena_max: int = field(default=2, metadata={"check": ">= 0", "note": "0: glibc's default"})
+    """glibc malloc arenas per process of the run (MALLOC_ARENA_MAX; glibc's default is 8 per core), so that memory
+    freed by one of many threads is not kept in an arena of its own (system/heap.py; 0: glibc's default)."""
+    heap_trim_every_s: float = field(default=60.0, metadata={"check": ">= 0", "note": "0: never"})
+    """Seconds between the hand-backs of every process's free heap pages (glibc's malloc_trim; 0: never)."""
     task_events_max: int = field(default=10_000, metadata={"check": ">= 0"})
     """Task attempts whose events the embedded local Ray's GCS keeps (Ray's task_events_max_num_task_in_gcs,
     100,000 by default, some hundreds of MB): the newest are what the dashboard and the state API list. A cluster's

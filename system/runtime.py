@@ -8,6 +8,7 @@ import os
 import re
 import socket
 
+from system import heap
 from system.config import SystemConfig
 from system.metrics import runtime_env_vars
 
@@ -125,6 +126,8 @@ def start_ray(config: SystemConfig, namespace: str) -> str:
     """
     import ray
 
+    # this process's heap, and (the environment) every process of an embedded Ray; actors do their own at creation
+    heap.start(config.ray.malloc_arena_max, config.ray.heap_trim_every_s)
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     common = {"namespace": namespace, "logging_level": logging.WARNING, "log_to_driver": True}
     if env_vars := runtime_env_vars(config.run.metrics):  # run.metrics=false reaches every process of the run

@@ -308,8 +308,9 @@ def _without_task_events(method):
     return ray.method(enable_task_events=False)(call)
 
 
-def _remote_class(cls: type, torch_threads: int):
-    """``cls`` as a Ray actor class whose process uses ``torch_threads`` intra-op threads, whose
+def _remote_class(cls: type, torch_threads: int, heap: tuple[int, float]):
+    """``cls`` as a Ray actor class whose process uses ``torch_threads`` intra-op threads and keeps its C heap lean
+    (``heap``: ``ray.malloc_arena_max`` and ``ray.heap_trim_every_s``, :mod:`system.heap`), whose
     :func:`quiet_methods` record no task events, and with one more (quiet) method, ``dynaray_incarnation() ->
     (token, pid)``: the token is new in each process (the driver counts restarts by it and waits on it for a
     restarted actor to be back), the pid is the process's."""
@@ -321,7 +322,10 @@ def _remote_class(cls: type, torch_threads: int):
 
         import torch
 
+        from system import heap as process_heap
+
         torch.set_num_threads(torch_threads)
+        process_heap.start(*heap)
         self._dynaray_incarnation = (uuid.uuid4().hex, os.getpid())
         args, kwargs = _built(args, kwargs)
         cls.__init__(self, *args, **kwargs)
@@ -348,7 +352,8 @@ class _Maker:
         if self.local:
             args, kwargs = _built(args, kwargs)
             return LocalHandle(cls(*args, **kwargs))
-        actor = _remote_class(cls, self.config.run.torch_threads)
+        heap = (self.config.ray.malloc_arena_max, self.config.ray.heap_trim_every_s)
+        actor = _remote_class(cls, self.config.run.torch_threads, heap)
         options = {"name": name, "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": dict(resources or {}),
                    "max_concurrency": max_concurrency, "max_restarts": max_restarts, **(ray_options or {})}
         handle = actor.options(**options).remote(*args, **kwargs)

@@ -75,7 +75,7 @@ def test_planned_demands_are_what_the_wiring_asks_ray_for(monkeypatch):
     from system.placement import planned_demands
 
     made = []
-    monkeypatch.setattr(wiring, "_remote_class", lambda cls, threads: _FakeActorClass(cls, made))
+    monkeypatch.setattr(wiring, "_remote_class", lambda cls, threads, heap: _FakeActorClass(cls, made))
     config = load_config(["debug"], ["imagination.device=auto",
         "rollout.num_workers=3", "rollout.resources={rollout_node: 1}", "rollout.num_cpus=0.25",
         "placement.policy.num_gpus=0.5", "placement.world_model.num_gpus=0.5", "placement.world_model.memory_mb=64",

@@ -69,8 +69,8 @@ def test_quiet_methods_name_methods_of_their_role(monkeypatch):
 def test_high_frequency_calls_record_no_task_events(local_ray, monkeypatch):
     ray = local_ray
     monkeypatch.delenv(TASK_EVENTS_ENV, raising=False)
-    store = _remote_class(WeightsStore, 1).options(num_cpus=0).remote()
-    control = _remote_class(Control, 1).options(num_cpus=0).remote("run", {"rollout": 1}, frozenset({"rollout"}))
+    store = _remote_class(WeightsStore, 1, (2, 60.0)).options(num_cpus=0).remote()
+    control = _remote_class(Control, 1, (2, 60.0)).options(num_cpus=0).remote("run", {"rollout": 1}, frozenset({"rollout"}))
     for version in range(1, 31):
         store.publish.remote("policy", version, {"w": version})
         answer = ray.get(store.latest.remote("policy", version - 1))
@@ -89,7 +89,7 @@ def test_high_frequency_calls_record_no_task_events(local_ray, monkeypatch):
 def test_task_events_all_keeps_every_method(local_ray, monkeypatch):
     ray = local_ray
     monkeypatch.setenv(TASK_EVENTS_ENV, "all")
-    store = _remote_class(WeightsStore, 1).options(num_cpus=0).remote()
+    store = _remote_class(WeightsStore, 1, (2, 60.0)).options(num_cpus=0).remote()
     for version in range(1, 6):
         ray.get(store.publish.remote("world_model", version, {"w": version}))
     assert wait_for_events("publish", 5).get("publish", 0) == 5

@@ -1,0 +1,130 @@
+"""Every process of a run keeps its C heap near what it uses: glibc's arenas capped, free pages handed back.
+
+glibc's ``malloc`` gives a thread that allocates while another holds an arena an arena of its own, up to 8 per core,
+and keeps the pages freed inside an arena unless they sit at its top. The processes of a long run allocate from many
+threads (Ray's core worker and gRPC, torch, the roles' own threads), so their resident memory creeps up by pages
+that are free but kept: the 2-hour soak (docs/benchmarks.md, "Two hours of the final code") saw the driver and the
+replay shards grow 7 MB an hour with flat Python heaps, and one driver held 112 MB free in one thread's arena.
+
+Two measures, both glibc-only (elsewhere, e.g. musl or macOS, they do nothing and say so by returning False):
+
+- :func:`limit_arenas`: at most ``ray.malloc_arena_max`` arenas (``mallopt(M_ARENA_MAX)`` in this process, which
+  holds for the arenas made from now on, and ``MALLOC_ARENA_MAX`` in the environment of the processes it starts);
+- :class:`HeapTrimmer`: a daemon thread that calls ``malloc_trim(0)`` every ``ray.heap_trim_every_s``; since glibc
+  2.8 that hands back the free pages inside every arena, not only the top of the main one.
+
+    start(arena_max=2, trim_every_s=60.0)   # once per process: the driver before Ray starts, each actor at creation
+    stats = heap_stats()                     # HeapStats(in_use=..., free=...) or None
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+from functools import cache
+
+__all__ = ["ARENA_ENV", "HeapStats", "HeapTrimmer", "heap_stats", "limit_arenas", "start", "trim"]
+
+ARENA_ENV = "MALLOC_ARENA_MAX"
+"""The environment variable glibc reads at a process's start."""
+_M_ARENA_MAX = -8
+"""``mallopt``'s parameter number for the arena cap (glibc's malloc.h)."""
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@cache
+def _libc() -> ctypes.CDLL | None:
+    """This process's C library when it is glibc (it has ``malloc_trim``), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    if not all(hasattr(libc, f) for f in ("malloc_trim", "mallopt")):
+        return None
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+        libc.mallinfo2.argtypes, libc.mallinfo2.restype = [], _MallInfo2
+    return libc
+
+
+@dataclass(frozen=True)
+class HeapStats:
+    """The C heap over every arena, in bytes (``mallinfo2``)."""
+
+    in_use: int
+    """Allocated and not freed (including blocks that have their own mmap)."""
+    free: int
+    """Freed but still held by the allocator: what :func:`trim` can hand back, in whole pages."""
+
+
+def heap_stats() -> HeapStats | None:
+    """This process's heap, or None where the C library cannot say (not glibc, or glibc older than 2.33)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    info = libc.mallinfo2()
+    return HeapStats(in_use=info.uordblks + info.hblkhd, free=info.fordblks)
+
+
+def limit_arenas(arena_max: int) -> bool:
+    """At most ``arena_max`` arenas in this process from now on and in the processes it starts (0: glibc's
+    default). False where this is not glibc."""
+    if arena_max <= 0:
+        return False
+    os.environ[ARENA_ENV] = str(arena_max)
+    libc = _libc()
+    return libc is not None and libc.mallopt(_M_ARENA_MAX, arena_max) == 1
+
+
+def trim() -> bool:
+    """Hand this process's free heap pages back to the system now; False where nothing was or could be."""
+    libc = _libc()
+    return libc is not None and libc.malloc_trim(0) == 1
+
+
+class HeapTrimmer:
+    """A daemon thread that calls :func:`trim` every ``every_s`` seconds until :meth:`stop`."""
+
+    def __init__(self, every_s: float):
+        if every_s <= 0:
+            raise ValueError(f"every_s={every_s}: expected > 0")
+        self.every_s, self.trims = every_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dynaray-heap-trim", daemon=True)
+
+    def start(self) -> HeapTrimmer:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            trim()
+            self.trims += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+_trimmer: HeapTrimmer | None = None
+_lock = threading.Lock()
+
+
+def start(arena_max: int, trim_every_s: float) -> bool:
+    """Both measures for this process (the trimmer once: a second call keeps the first's). False where this is not
+    glibc, and then nothing is started."""
+    global _trimmer
+    if _libc() is None:
+        return False
+    limit_arenas(arena_max)
+    with _lock:
+        if _trimmer is None and trim_every_s > 0:
+            _trimmer = HeapTrimmer(trim_every_s).start()
+    return True

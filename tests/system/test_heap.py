@@ -1,0 +1,91 @@
+"""system/heap.py: arenas capped and free heap pages handed back, each checked in a fresh process (glibc only)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from system import heap
+
+pytestmark = pytest.mark.skipif(heap._libc() is None, reason="the C library is not glibc")
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin"})
+
+
+ARENAS = """
+    import ctypes, threading
+    from system import heap
+    {setup}
+    barrier = threading.Barrier(8)
+    def allocate():
+        barrier.wait()
+        kept = [bytes(2048) for _ in range(1000)]  # > 512 bytes: glibc's malloc, not Python's small-object one
+        barrier.wait()
+    threads = [threading.Thread(target=allocate) for _ in range(8)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    ctypes.CDLL(None).malloc_stats()  # to stderr: one "Arena N:" block per arena
+"""
+
+
+def test_limit_arenas_caps_the_arenas_of_concurrent_threads():
+    capped = _python(ARENAS.format(setup="assert heap.limit_arenas(2)"))
+    default = _python(ARENAS.format(setup=""))
+    assert capped.returncode == 0 and default.returncode == 0, capped.stderr + default.stderr
+    capped_arenas, default_arenas = capped.stderr.count("Arena "), default.stderr.count("Arena ")
+    assert capped_arenas <= 2, capped.stderr
+    assert default_arenas > 2, default.stderr  # the check above can fail: without the cap the threads get their own
+
+
+def test_trim_hands_back_pages_freed_inside_a_thread_arena():
+    done = _python("""
+        import threading
+        from system import heap
+        def rss_mb():
+            return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+        kept = []
+        def fragment():  # 200 MB in a thread's arena, 1 block in 100 kept: the freed pages are not at the top
+            blocks = [bytes(1024) for _ in range(200_000)]
+            kept.extend(blocks[::100])
+        t = threading.Thread(target=fragment); t.start(); t.join()
+        before, stats = rss_mb(), heap.heap_stats()
+        assert stats is None or stats.free > 100 * 2**20, stats
+        heap.trim()
+        print(before, rss_mb())
+    """)
+    assert done.returncode == 0, done.stderr
+    before, after = map(float, done.stdout.split())
+    assert before - after > 100, (before, after)  # MB handed back of the ~198 MB freed
+
+
+def test_start_sets_the_environment_for_child_processes_and_trims_periodically(monkeypatch):
+    done = _python("""
+        import os, time
+        from system import heap
+        assert heap.start(3, 0.05)
+        assert heap.start(5, 10.0)  # a second call keeps the first trimmer
+        time.sleep(0.5)
+        print(os.environ["MALLOC_ARENA_MAX"], heap._trimmer.every_s, heap._trimmer.trims)
+    """)
+    assert done.returncode == 0, done.stderr
+    arenas, every_s, trims = done.stdout.split()
+    assert arenas == "5" and float(every_s) == 0.05 and int(trims) >= 3
+
+
+def test_trimmer_stops_and_refuses_a_bad_interval():
+    trimmer = heap.HeapTrimmer(0.01).start()
+    time.sleep(0.1)
+    trimmer.stop()
+    trims = trimmer.trims
+    time.sleep(0.05)
+    assert trims >= 1 and trimmer.trims == trims
+    with pytest.raises(ValueError, match=r"every_s=0: expected > 0"):
+        heap.HeapTrimmer(0)
+    assert not heap.limit_arenas(0)
