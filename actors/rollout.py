@@ -42,6 +42,11 @@ class RolloutConfig:
     """Env steps (all workers together) taken with uniform random actions before the policy acts."""
     weights_poll_steps: int = field(default=10, metadata={"check": ">= 1"})
     """Vector steps between non-blocking polls for newer policy weights."""
+    first_policy_wait_s: float = field(default=30.0, metadata={"check": ">= 0", "note": "0: no wait"})
+    """Seconds a worker that starts past the warm-up (a resumed, restarted or added worker, an offline_to_online
+    run's) waits for its first policy weights, once in its life, rather than fill replay with random actions until
+    its first non-blocking poll is answered; then it acts at random until they come. A worker that took warm-up
+    steps never waits."""
     steps_per_call: int = field(default=50, metadata={"check": ">= 1"})
     """Env steps per run() call, i.e. how often the driver hears from each worker."""
     num_cpus: float = field(default=1.0, metadata={"check": ">= 0"})
@@ -174,6 +179,7 @@ class RolloutWorker:
         self._replay, self._weights = replay, weights
         self._policy = make_policy()
         self._policy_version = RANDOM_POLICY_VERSION
+        self._wait_for_policy = True  # until this worker waited once or took a warm-up step
         self._model_weights = self._model = self._planner = None
         if config.planner.enabled:
             if model_weights is None or make_model is None:
@@ -227,8 +233,13 @@ class RolloutWorker:
 
     # acting ---------------------------------------------------------------------------------------------------
     def _refresh_policy(self) -> None:
-        """Load newer policy (and, with the planner, world-model) weights if the store has them; never blocks."""
+        """Load newer policy (and, with the planner, world-model) weights if the store has them; blocks only once,
+        for the first policy past the warm-up (``first_policy_wait_s``)."""
         state = self._weights.poll()
+        if state is None and self._wait_for_policy and self._warmup_left <= 0 \
+                and self._policy_version == RANDOM_POLICY_VERSION:
+            self._wait_for_policy = False
+            state = self._weights.wait_first(self.config.first_policy_wait_s)
         if state is not None:
             self._policy.load_state(state)
             self._policy_version = self._weights.version
@@ -241,6 +252,7 @@ class RolloutWorker:
         """Actions (N, A), the version of the policy that chose them, and whether the planner did."""
         n = self.config.envs_per_worker
         if self._warmup_left > 0 or self._policy_version == RANDOM_POLICY_VERSION:
+            self._wait_for_policy &= self._warmup_left <= 0
             self._warmup_left = max(0, self._warmup_left - n)
             return self._env.action_space.sample().astype(np.float32), RANDOM_POLICY_VERSION, False
         planned = self._planner is not None and self._model_weights.version >= 0

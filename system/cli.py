@@ -3,6 +3,7 @@
     dynaray train [PRESET ...] [key=value ...] [--address ADDR]
     dynaray train --resume RUN_DIR [key=value ...] [--address ADDR]
     dynaray train offline DATASET [PRESET ...] [key=value ...] [--init RUN_DIR]   (docs/offline.md)
+    dynaray train offline_to_online [PRESET ...] [key=value ...] --init OFFLINE_RUN_DIR   (docs/offline.md)
     dynaray eval RUN_DIR [--episodes N] | POLICY ... --in-model MODEL_RUN_DIR [--real N]   (docs/offline.md)
     dynaray scale rollout=N [imagination=M] [--run NAME] [--address ADDR]
     dynaray status [--run NAME] [--address ADDR] [--runs-dir DIR]
@@ -157,6 +158,8 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
         if args.resume:
             found = find_checkpoint(args.resume)
             check_compatible(found, describe_meta(config, spec))
+        elif config.run.init_from and not config.offline.enabled:
+            _init_dataset(config, spec)  # checked before the run directory is made
     except (ConfigError, EnvError, CheckpointError, ValueError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
 
@@ -262,14 +265,18 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
 def _offline_items(presets: list[str], overrides: list[str], init: str | None) -> tuple[list[str], list[str]]:
     """``dynaray train offline DATASET [PRESET ...]``: the dataset (the one item that is neither a preset nor a
     key=value) becomes ``offline.dataset``, ``--init RUN_DIR`` ``offline.init_from`` (and no cloning), and the
-    ``offline`` preset overlays after the others (a mode, over an env's preset)."""
+    ``offline`` preset overlays after the others (a mode, over an env's preset). Online, ``--init RUN_DIR`` goes
+    with the ``offline_to_online`` preset (overlaid last too) and becomes ``run.init_from``."""
     from system.config import ConfigError, available_presets
 
-    if "offline" not in presets:
-        if init:
-            raise ConfigError(f"--init {init!r}: expected the offline preset "
-                              f"(dynaray train offline DATASET ... --init RUN_DIR)")
-        return presets, overrides
+    if "offline" not in presets:  # online: --init continues an offline run, the offline_to_online preset last
+        if bool(init) != ("offline_to_online" in presets):
+            raise ConfigError("offline_to_online: expected both the preset and --init OFFLINE_RUN_DIR, got "
+                              + (f"--init {init!r} alone" if init else "the preset alone"))
+        if not init:
+            return presets, overrides
+        return [p for p in presets if p != "offline_to_online"] + ["offline_to_online"], [f"run.init_from={init}",
+                                                                                          *overrides]
     known = set(available_presets())
     datasets = [p for p in presets if p not in known and not p.endswith((".yaml", ".yml"))]
     if len(datasets) > 1:
@@ -285,6 +292,8 @@ def _offline_data(config, spec, run_dir, found=None):
     """Offline mode: the dataset checked and imported into the run's replay directory (None online); resumed
     (``found``, the run's checkpoint): its description from the checkpoint (the rows are in the replay already)."""
     if not config.offline.enabled:
+        if config.run.init_from and found is None:
+            _import_init_dataset(config, spec, run_dir)
         return None
     if found is not None:
         from system.offline_driver import resumed_offline_data
@@ -305,6 +314,43 @@ def _offline_data(config, spec, run_dir, found=None):
         return prepare_dataset(config, spec, str(run_dir.replay_directory(config)))
     except (OfflineDataError, OfflineError, SchemaError) as exc:
         raise ValueError(str(exc)) from None
+
+
+def _init_dataset(config, spec) -> str:
+    """``run.init_from`` (``--init RUN_DIR`` online, offline_to_online): check that the offline run's checkpoint
+    fits this run's env and networks (the learners restore themselves from it); its dataset's path.
+
+    Raises:
+        ValueError: no complete checkpoint, another env or network sizes, or not an offline run (one line).
+    """
+    from system.checkpoint import check_compatible, describe_meta, find_checkpoint
+    from system.offline_driver import resumed_offline_data
+    from system.run_dir import CheckpointError
+
+    try:
+        found = find_checkpoint(config.run.init_from)
+        check_compatible(found, describe_meta(config, spec))
+        return resumed_offline_data(found).source
+    except CheckpointError as exc:
+        raise ValueError(f"--init: {exc}") from None
+
+
+def _import_init_dataset(config, spec, run_dir) -> None:
+    """The dataset of the offline run this one continues (``run.init_from``) into this run's ``real``, before the
+    shards start; it stays there beside the new env steps.
+
+    Raises:
+        ValueError: the dataset no longer reads or fits (one line).
+    """
+    from replay.schema import SchemaError
+    from replay.stored import OfflineError
+    from system.offline import OfflineDataError, prepare_dataset
+
+    dataset = replace(config, offline=replace(config.offline, dataset=_init_dataset(config, spec)))
+    try:
+        prepare_dataset(dataset, spec, str(run_dir.replay_directory(config)))
+    except (OfflineDataError, OfflineError, SchemaError) as exc:
+        raise ValueError(f"--init {config.run.init_from!r}: its dataset: {exc}") from None
 
 
 def _offline_line(run_path: Path) -> str:
@@ -408,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in RUN_DIR from its newest checkpoint, with its saved config (key=value "
                         "overrides only for run.total_env_steps, worker counts, ray.* and the like; docs/durability.md)")
     p.add_argument("--init", default=None, metavar="RUN_DIR",
-                   help="offline mode: start the policy from this run's actor instead of behaviour cloning")
+                   help="offline mode: start the policy from this run's actor instead of behaviour cloning; online "
+                        "(offline_to_online): continue this offline run's learners, with its dataset in real")
     p.set_defaults(func=train)
 
     p = verbs.add_parser("scale", help="change the number of rollout or imagination workers of a running system")

@@ -72,6 +72,10 @@ class RunConfig:
     checkpoint_every_s: float = field(default=300.0, metadata={"check": ">= 0", "note": "0: only at the end"})
     """Seconds between whole-system checkpoints into runs/<name>/checkpoint/ (one is also written when the run
     ends or is interrupted); `dynaray train --resume RUN_DIR` continues from the newest (docs/durability.md)."""
+    init_from: str = ""
+    """An offline run (``dynaray train offline ...``) this online run continues from (``--init RUN_DIR``, the
+    ``offline_to_online`` preset): its learners' checkpointed states (policy and world model: networks, optimizers,
+    counters) and its dataset in ``real`` beside the new env steps (docs/offline.md); empty: start fresh."""
     keep_checkpoints: int = field(default=0, metadata={"check": ">= 0", "note": "0: off"})
     """Keep the policy of the newest this many checkpoints (periodic and final) in runs/<name>/checkpoints/<env steps,
     10 digits>/ (actor.pt and meta.json; an offline run's are keyed by policy updates), the oldest deleted; 0: keep

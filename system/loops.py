@@ -77,6 +77,7 @@ class LearnerLoop:
         prefetch: int = 2,
         local: bool = False,
         restore_from: str | None = None,
+        init_from: str | None = None,
     ):
         self.name, self.learner = name, learner
         self._replay, self._publisher, self._parts = replay, publisher, parts
@@ -89,20 +90,23 @@ class LearnerLoop:
         self._metrics = LearnerMetrics(name)  # Prometheus (a no-op without Ray)
         self.restored_version: int | None = None
         """The version of the checkpoint this learner was restored from at construction, or None."""
-        self._restore(restore_from)
+        if not self._restore(restore_from):  # the run's own checkpoint first, then the run it continues
+            self._restore(init_from)
 
-    def _restore(self, run_path: str | None) -> None:
+    def _restore(self, run_path: str | None) -> bool:
         """When ``run_path`` (a run directory) has a complete checkpoint with this learner's file: load the full
         learner state from it, number the next publication above the checkpoint's and the store's versions, and
-        publish the restored weights at once (``dynaray train --resume``, or Ray restarting this actor in place)."""
+        publish the restored weights at once (``dynaray train --resume``, Ray restarting this actor in place, or a
+        run continuing another, ``run.init_from``). Whether it did."""
         found = newest_checkpoint(run_path)
         saved = found.load(f"{self.name}.pt") if found is not None else None
         if saved is None:
-            return
+            return False
         self.learner.load_state_dict(saved["learner"])
         self._publisher.continue_after(saved["version"])
         self.restored_version = int(saved["version"])
         self.publish_now()
+        return True
 
     def _submit(self) -> None:
         while len(self._pending) < self._prefetch:

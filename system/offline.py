@@ -56,9 +56,17 @@ def offline_problem(config: Any) -> str | None:
     """What a system config with ``offline.enabled`` gets wrong (one line), or None."""
     offline = config.offline
     if not offline.enabled:
-        return "rollout.num_workers=0: expected >= 1 (0 only with offline.enabled=true)" \
-            if config.rollout.num_workers == 0 else None
+        rules = [
+            (config.rollout.num_workers >= 1, "rollout.num_workers=0: expected >= 1 (0 only with "
+                                              "offline.enabled=true)"),
+            (not config.run.init_from or config.replay.persist_real,
+             "replay.persist_real=false: expected true with run.init_from (the offline run's dataset reaches the "
+             "shards through the replay directory)"),
+        ]
+        return next((message for ok, message in rules if not ok), None)
     rules = [
+        (not config.run.init_from, f"run.init_from={config.run.init_from!r}: expected '' with offline.enabled=true "
+                                   f"(an offline run starts from another run's actor with offline.init_from)"),
         (config.rollout.num_workers == 0,
          f"rollout.num_workers={config.rollout.num_workers}: expected 0 with offline.enabled=true"),
         (config.world_model.enabled, "world_model.enabled=false: expected true with offline.enabled=true"),

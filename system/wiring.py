@@ -57,7 +57,8 @@ class PolicyLoop(LearnerLoop):
                                    config.imagination_enabled,
                                    config.policy.priority_eps if config.policy.prioritized else None)
         super().__init__("policy", learner, replay, WeightsPublisher(store, "policy"), parts,
-                         config.policy.publish_every, learner.policy_state, local=local, restore_from=restore_from)
+                         config.policy.publish_every, learner.policy_state, local=local, restore_from=restore_from,
+                         init_from=config.run.init_from or None)
 
 
 class OfflinePolicyLoop(PolicyLoop):
@@ -108,7 +109,7 @@ class WorldModelLoop(LearnerLoop):
         part = BatchPart("real", config.world_model.batch_size, "world_model")
         super().__init__("world_model", learner, replay, WeightsPublisher(store, "world_model"), lambda: [part],
                          config.world_model.publish_every, learner.model_state, local=local,
-                         restore_from=restore_from)
+                         restore_from=restore_from, init_from=config.run.init_from or None)
 
 
 @dataclass
@@ -390,7 +391,8 @@ def build_system(config: SystemConfig, spec: EnvSpec, local: bool = False, repla
     policy_factory = _policy_factory(config, spec)
 
     # Policy learner: samples real (+ imagined) batches from the shards, publishes "policy" to the store; restores
-    # itself from the run's checkpoint (run_path) when there is one. Offline mode (offline.enabled): the policy
+    # itself from the run's checkpoint (run_path) when there is one, else from the offline run it continues
+    # (run.init_from; the world-model learner too). Offline mode (offline.enabled): the policy
     # learner clones the dataset in "real", then samples only "imagined".
     policy_loop = OfflinePolicyLoop if config.offline.enabled else PolicyLoop
     system.policy = make(policy_loop, "policy-learner", 0, config, spec, replay_client(config.seed + SEED_POLICY),

@@ -37,6 +37,9 @@ class StaticWeights:
         self.version = self._version
         return self._state
 
+    def wait_first(self, timeout):
+        return self.poll()
+
 
 @pytest.fixture
 def recording_replay():

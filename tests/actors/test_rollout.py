@@ -96,6 +96,36 @@ def test_no_policy_yet_keeps_acting_randomly(recording_replay):
     assert np.all(recording_replay.rows()["policy_version"] == RANDOM_POLICY_VERSION)
 
 
+class SlowFirstWeights(StaticWeights):
+    """The store's answer arrives only for a waiting worker: every non-blocking poll finds it not yet answered."""
+
+    def __init__(self):
+        super().__init__(state={"w": 1}, version=7)
+        self.waits = []
+
+    def poll(self):
+        return None
+
+    def wait_first(self, timeout):
+        self.waits.append(timeout)
+        return super().poll()
+
+
+def test_a_worker_past_the_warm_up_waits_once_for_its_first_policy(recording_replay):
+    weights = SlowFirstWeights()
+    worker = make_worker(recording_replay, weights, first_policy_wait_s=12.0)
+    worker.run(40)
+    assert weights.waits == [12.0]  # once, with the configured bound
+    assert np.all(recording_replay.rows()["policy_version"] == 7)  # no random row before it
+
+
+def test_a_worker_that_warmed_up_never_waits(recording_replay):
+    weights = SlowFirstWeights()
+    worker = make_worker(recording_replay, weights, warmup_steps=20)
+    worker.run(60)
+    assert weights.waits == [] and np.all(recording_replay.rows()["policy_version"] == RANDOM_POLICY_VERSION)
+
+
 def test_close_flushes_partial_chunk(recording_replay):
     worker = make_worker(recording_replay)
     worker.run(6)

@@ -279,7 +279,15 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["train", "offline", "pendulum", f"run.runs_dir={tmp_path}"]) == 2
     assert "offline.dataset='': expected a dataset path" in capsys.readouterr().err
     assert main(["train", "debug", "--init", str(tmp_path)]) == 2
-    assert "expected the offline preset" in capsys.readouterr().err
+    assert "offline_to_online: expected both the preset and --init OFFLINE_RUN_DIR, got --init" in \
+        capsys.readouterr().err
+    assert main(["train", "offline_to_online", "debug", f"run.runs_dir={tmp_path}"]) == 2
+    assert "got the preset alone" in capsys.readouterr().err
+    runs = tmp_path / "o2o-runs"
+    assert main(["train", "offline_to_online", "debug", f"run.runs_dir={runs}", "--init", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init: " in err[0] and "has no checkpoint" in err[0], err
+    assert not runs.exists()  # refused before the run directory is made
     assert main(["train", "offline", "pendulum", str(data), f"run.runs_dir={tmp_path}", "--init",
                  str(tmp_path / "nope")]) == 2
     assert "--init: " in capsys.readouterr().err
@@ -290,6 +298,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     (["offline.dataset=x", "policy.real_ratio=0.5"], "policy.real_ratio=0.5: expected 0"),
     (["offline.dataset=x", "world_model.early_stop_patience=0"], "world_model.early_stop_patience=0: expected >= 1"),
     (["offline.dataset=x", "imagination.num_workers=0"], "imagination.num_workers=0: expected >= 1"),
+    (["offline.dataset=x", "run.init_from=y"], "run.init_from='y': expected '' with offline.enabled=true"),
 ])
 def test_offline_config_rules(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

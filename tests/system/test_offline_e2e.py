@@ -1,6 +1,7 @@
 """Offline mode on an embedded local Ray: `dynaray collect` then `dynaray train offline DATASET` with debug sizes;
 no rollout worker, no training env step, the policy refined only on imagined rows, nothing left behind; then
-`dynaray train --resume` refines it further without fitting the model again, keeping its checkpoints.
+`dynaray train --resume` refines it further without fitting the model again, keeping its checkpoints; then
+`dynaray train offline_to_online --init` continues it online with the dataset kept in `real`.
 
 Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NETNS=1 there).
 """
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -98,4 +100,30 @@ def test_collect_then_train_offline_on_ray(tmp_path):
     assert (metrics["env_steps"] == 0).all() and (metrics["policy_refine_real_rows"].dropna() == 0).all()
     kept = [find_checkpoint(path).meta for path in kept_checkpoints(run)]
     assert kept and all(m["kept_by"] == "policy_updates" for m in kept) and kept[-1]["policy_updates"] >= 90
+    assert not ray_pids(marker)
+
+    # offline_to_online: an online run continues the offline one's learners, with its dataset in `real` beside the
+    # new env steps, and no random warm-up
+    saved = {name: find_checkpoint(run).load(f"{name}.pt") for name in ("policy", "world_model")}
+    dataset_writers = set(stored_rows(run)["writer_id"].tolist())
+    online = subprocess.run(
+        [sys.executable, "-m", "system.cli", "train", "offline_to_online", "pendulum", "debug", "name=o2o",
+         f"run.runs_dir={tmp_path}", "run.total_env_steps=200", "env.max_episode_steps=50", "eval.episodes=1",
+         "imagination.batch_size=32", "policy.batch_size=32", "world_model.batch_size=64", "--init", str(run)],
+        capture_output=True, text=True, timeout=900, env=env)
+    time.sleep(1)
+    assert online.returncode == 0, online.stderr[-3000:]
+    o2o = tmp_path / "o2o"
+    rows = stored_rows(o2o)
+    new = ~np.isin(rows["writer_id"], list(dataset_writers))
+    assert (~new).sum() == 500 and new.sum() == 200  # the dataset, then every new env step
+    acted = rows["policy_version"][new]
+    # no warm-up, and the worker waits for its first policy (rollout.first_policy_wait_s) rather than act at random
+    assert (acted == -1).sum() < 50 and (acted[acted != -1] >= saved["policy"]["version"]).all(), acted
+    metrics = pq.read_table(o2o / "metrics.parquet").to_pandas()
+    for role in ("policy", "world_model"):  # counters go on from the offline run's
+        updates = metrics[f"{role}_total_updates"].dropna()
+        assert len(updates) and updates.min() >= saved[role]["learner"]["num_updates"], (role, updates.min())
+    final = pq.read_table(o2o / "evals.parquet").to_pylist()[-1]
+    assert final["env_steps"] == 200 and final["policy_version"] > saved["policy"]["version"], final
     assert not ray_pids(marker)

@@ -123,8 +123,8 @@ def check_whole_run(run_dir: Path, checkpoint: dict, writers_before: list[int]) 
     rows = stored_rows(run_dir)
     assert set(writers_before) < set(rows["writer_id"].tolist())
     resumed = ~np.isin(rows["writer_id"], writers_before)
-    # no second warm-up (WARMUP random rows): a resumed worker acts at random only until its first weights poll
-    # answers, which takes 0-50 env steps by the machine's load (a latency, not what this checks)
+    # no second warm-up (WARMUP random rows): a resumed worker waits for its first policy (rollout.first_policy_wait_s,
+    # 30 s) instead of acting at random until its first poll is answered (100 env steps at a load of 40-50)
     assert (rows["policy_version"][resumed] == -1).sum() < WARMUP // 4, rows["policy_version"][resumed][:50]
     acted = rows["policy_version"][resumed]
     acted = acted[acted != -1]  # the random rows before the first poll answers are counted above
