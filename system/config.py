@@ -110,10 +110,11 @@ class RayConfig:
     freed by one of many threads is not kept in an arena of its own (system/heap.py; 0: glibc's default)."""
     heap_trim_every_s: float = field(default=60.0, metadata={"check": ">= 0", "note": "0: never"})
     """Seconds between the hand-backs of every process's free heap pages (glibc's malloc_trim; 0: never)."""
-    task_events_max: int = field(default=10_000, metadata={"check": ">= 0"})
+    task_events_max: int = field(default=2_000, metadata={"check": ">= 0"})
     """Task attempts whose events the embedded local Ray's GCS keeps (Ray's task_events_max_num_task_in_gcs,
-    100,000 by default, some hundreds of MB): the newest are what the dashboard and the state API list. A cluster's
-    head sets its own (RAY_task_events_max_num_task_in_gcs; docs/architecture.md, Metrics and observability)."""
+    100,000 by default, some hundreds of MB; about 3.6 KB each here): the newest are what the dashboard and the state
+    API list, the last 6-7 minutes of the roles' long calls at the debug preset's rates. A cluster's head sets its
+    own (RAY_task_events_max_num_task_in_gcs; docs/architecture.md, Metrics and observability)."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, TextIO
 
 import numpy as np
+import pyarrow.compute as pc
 
 from actors.envs import EnvSpec
 from actors.evaluator import EvalResult
@@ -27,7 +28,7 @@ from system.liveness import RestartLedger, StallWatch, role_of
 from system.loops import LearnerReport
 from system.metrics import DriverMetrics
 from system.placement import locate
-from system.run_dir import CheckpointError, RunDir, TableRows
+from system.run_dir import METRICS_SPILL_DIR, CheckpointError, RunDir, TableRows
 from system.wiring import System
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,10 @@ class Driver:
         """Role -> the newest values of its columns in the metrics table."""
         self._policy_version = 0
         """Newest policy version a policy learner report named."""
-        self._rows = TableRows()
-        """The metrics table (Arrow chunks: a run of days keeps it in little memory)."""
+        self._rows = TableRows(run_dir.path / METRICS_SPILL_DIR)
+        """The metrics table (all but its newest rows on disk in parts: a run of days keeps it in little memory)."""
+        self._metrics_due = 0.0
+        """When metrics.parquet may next be rewritten (:meth:`_write_metrics`)."""
         self.evals: list[dict[str, Any]] = []
         self._next_eval = config.eval.every_steps
         self._last_eval_mark = 0
@@ -683,8 +686,16 @@ class Driver:
         if self.system.gateway is not None and not self._gateway_pending:
             self._gateway_pending = True
             self._submit(self.system.gateway.stats.remote(), _Call("gateway_stats"))
-        if len(self._rows) % 10 == 0:
-            self.run_dir.write_table("metrics", self._rows)
+        if len(self._rows) % 10 == 0 and now >= self._metrics_due:
+            self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        """Rewrite metrics.parquet whole, at most 1% of the driver's time: every ten reports while it is small, less
+        often when a run of days has made it long."""
+        start = time.monotonic()
+        self.run_dir.write_table("metrics", self._rows)
+        end = time.monotonic()
+        self._metrics_due = end + 99 * (end - start)
 
     # the loop -------------------------------------------------------------------------------------------------
     def _start_roles(self) -> None:
@@ -780,6 +791,7 @@ class Driver:
         self.checkpoint(deadline=time.monotonic() + 3 * self.config.run.report_interval_s + 60)
         self._maybe_report(force=True)
         self.run_dir.write_table("metrics", self._rows)
+        self._rows.close()
         self.evals.sort(key=lambda e: e["env_steps"])
         self.run_dir.write_table("evals", self.evals)
         scored = [e["return_mean"] for e in self.evals if not np.isnan(e["return_mean"])]
@@ -834,12 +846,11 @@ class Driver:
         self._start -= wall
         self._step_times = deque([(time.monotonic(), self.env_steps)])
         try:
-            rows = self.run_dir.read_table("metrics").to_pylist()
+            rows = self.run_dir.read_table("metrics")
         except CheckpointError:
-            rows = []
-        for row in rows:
-            if row["wall_time_s"] <= wall:
-                self._rows.append(row)
+            rows = None
+        if rows is not None:
+            self._rows.extend(rows.filter(pc.less_equal(rows["wall_time_s"], wall)))
         self._resume_marker = replay["shards"]
         self._resumed_at = self.env_steps
 
@@ -908,7 +919,7 @@ class Driver:
         if checkpoint["waiting"]:
             return
         self._checkpoint = None
-        self.run_dir.write_table("metrics", self._rows)  # every row up to the checkpoint is on disk with it
+        self._write_metrics()  # every row up to the checkpoint is on disk with it
         self._writer = threading.Thread(target=self._write, args=(checkpoint,), name="checkpoint", daemon=True)
         self._writer.start()
 

@@ -4,6 +4,7 @@ Layout::
 
     config.yaml            the resolved config (reloadable with config_from_dict)
     metrics.parquet        one row per report: env_steps, wall_time_s, eval_return_mean, rates, losses
+    .metrics-rows/         while the driver runs: its metrics rows in Parquet parts (TableRows; removed at the end)
     evals.parquet          one row per evaluation: env_steps, policy_version, return_mean, return_std, wall_time_s
     checkpoint/            policy.pt, world_model.pt (full learner state), actor.pt (acting weights), meta.json
     learning_curve.png     eval return vs env steps (offline mode: vs policy updates)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ CHECKPOINT_FILES = ("actor.pt", "meta.json")
 GATEWAY_TOKEN_FILE = "gateway_token"
 """The generated gateway token (a secret: :meth:`RunDir.upload` leaves it out)."""
 SECRET_FILES = (GATEWAY_TOKEN_FILE,)
+METRICS_SPILL_DIR = ".metrics-rows"
+"""Where the driver's metrics rows wait on disk in parts while it runs (:class:`TableRows`)."""
 
 
 class CheckpointError(ValueError):
@@ -68,9 +72,11 @@ class RunDir:
     def write_table(self, name: str, rows: "list[dict[str, Any]] | TableRows") -> None:
         if not len(rows):
             return
-        table = rows.table() if isinstance(rows, TableRows) else _table(rows)
         tmp = self.path / f".{name}.parquet.tmp"
-        pq.write_table(table, tmp)
+        if isinstance(rows, TableRows):
+            rows.write(tmp)
+        else:
+            pq.write_table(_table(rows), tmp)
         tmp.replace(self.path / f"{name}.parquet")
 
     def upload(self, uri: str) -> str:
@@ -89,7 +95,7 @@ class RunDir:
         filesystem.create_dir(destination, recursive=True)
         local, source = pafs.LocalFileSystem(), self.path.resolve()
         for entry in sorted(source.iterdir()):
-            if entry.name in SECRET_FILES:  # secrets stay on this machine
+            if entry.name in SECRET_FILES or entry.name.startswith("."):  # secrets and working files stay here
                 continue
             target = f"{destination}/{entry.name}"
             if entry.is_dir():
@@ -164,30 +170,75 @@ class RunDir:
 
 
 class TableRows:
-    """The rows of a table a run keeps whole (the metrics table: one row per report, for days), held as Arrow tables
-    of ``chunk_rows`` rows (8 bytes a number) rather than Python dicts (about 1.6 KB a metrics row), so that the
-    driver's memory grows by about 0.5 KB per report (docs/benchmarks.md, soak)."""
+    """The rows of a table a run keeps whole (the metrics table: one row per report, for days). The newest
+    ``chunk_rows`` are Python dicts; each earlier chunk is a Parquet part in ``spill_dir`` (an Arrow table in memory
+    when there is none), so that the driver's memory stays flat however long the run (docs/benchmarks.md, Soak).
 
-    def __init__(self, chunk_rows: int = 256):
-        self._chunk_rows = chunk_rows
-        self._chunks: list[pa.Table] = []
+    Usage::
+
+        rows = TableRows(run_dir / ".metrics-rows")    # emptied: parts of an earlier driver are not this one's
+        rows.append({"env_steps": 100, "loss": 0.5})   # a column may appear later, an int column become float
+        rows.write(path)                               # every row so far, streamed part by part
+        rows.close()                                   # the parts go
+    """
+
+    def __init__(self, spill_dir: Path | None = None, chunk_rows: int = 1024):
+        self._chunk_rows, self._spill_dir = chunk_rows, spill_dir
+        self._parts: list[pa.Table | Path] = []
         self._recent: list[dict[str, Any]] = []
         self._count = 0
+        if spill_dir is not None:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+            spill_dir.mkdir(parents=True)
 
     def append(self, row: dict[str, Any]) -> None:
         self._recent.append(row)
         self._count += 1
         if len(self._recent) >= self._chunk_rows:
-            self._chunks.append(_table(self._recent))
+            self._seal(_table(self._recent))
             self._recent = []
+
+    def extend(self, table: pa.Table) -> None:
+        """Append the rows of ``table`` (a resumed run's metrics up to its checkpoint), after any appended before."""
+        if self._recent:
+            self._seal(_table(self._recent))
+            self._recent = []
+        for start in range(0, table.num_rows, self._chunk_rows):
+            self._seal(table.slice(start, self._chunk_rows))
+        self._count += table.num_rows
+
+    def _seal(self, part: pa.Table) -> None:
+        if self._spill_dir is None:
+            self._parts.append(part)
+            return
+        path = self._spill_dir / f"part-{len(self._parts):06d}.parquet"
+        pq.write_table(part, path)
+        self._parts.append(path)
 
     def __len__(self) -> int:
         return self._count
 
-    def table(self) -> pa.Table:
-        """Every row so far: columns in the order they first appeared, a missing value or NaN as null."""
-        parts = [*self._chunks, *([_table(self._recent)] if self._recent else [])]
-        return pa.concat_tables(parts, promote_options="permissive")  # int and float chunks of a column: float
+    def write(self, path: Path) -> None:
+        """Every row so far as one Parquet file: columns in the order they first appeared, a missing value or NaN
+        as null, a column with ints in one part and floats in another as float. One part is in memory at a time."""
+        recent = [_table(self._recent)] if self._recent else []
+        schemas = [pq.read_schema(p) if isinstance(p, Path) else p.schema for p in self._parts]
+        schema = pa.unify_schemas([*schemas, *(t.schema for t in recent)], promote_options="permissive")
+        with pq.ParquetWriter(path, schema) as writer:
+            for part in [*self._parts, *recent]:
+                writer.write_table(_aligned(pq.read_table(part) if isinstance(part, Path) else part, schema))
+
+    def close(self) -> None:
+        """Remove the spilled parts (the table written last stays)."""
+        if self._spill_dir is not None:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+
+
+def _aligned(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns in its order: the missing ones null, the others cast to its types."""
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _table(rows: list[dict[str, Any]]) -> pa.Table:

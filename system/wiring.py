@@ -282,9 +282,8 @@ TASK_EVENTS_ENV = "DYNARAY_TASK_EVENTS"
 """``DYNARAY_TASK_EVENTS=all`` in the driver's environment keeps task events for every method (debugging)."""
 
 
-def quiet_methods(cls: type) -> tuple[str, ...]:
-    """The methods of role ``cls`` made without task events: its :data:`QUIET_METHODS` entry (or its nearest base
-    class's); none when ``$DYNARAY_TASK_EVENTS`` is ``all``.
+def all_task_events() -> bool:
+    """Whether ``$DYNARAY_TASK_EVENTS`` asks for task events of every method.
 
     Raises:
         ValueError: ``$DYNARAY_TASK_EVENTS`` is set to something else than ``all`` or empty.
@@ -292,7 +291,13 @@ def quiet_methods(cls: type) -> tuple[str, ...]:
     setting = os.environ.get(TASK_EVENTS_ENV, "")
     if setting not in ("", "all"):
         raise ValueError(f"{TASK_EVENTS_ENV}={setting!r}: expected 'all' (task events for every method) or unset")
-    if setting == "all":
+    return setting == "all"
+
+
+def quiet_methods(cls: type) -> tuple[str, ...]:
+    """The methods of role ``cls`` made without task events: its :data:`QUIET_METHODS` entry (or its nearest base
+    class's); none when ``$DYNARAY_TASK_EVENTS`` is ``all`` (:func:`all_task_events`)."""
+    if all_task_events():
         return ()
     return next((QUIET_METHODS[base] for base in cls.__mro__ if base in QUIET_METHODS), ())
 
@@ -335,9 +340,8 @@ def _remote_class(cls: type, torch_threads: int, heap: tuple[int, float]):
         return self._dynaray_incarnation
 
     members = {"__init__": __init__, "dynaray_incarnation": dynaray_incarnation}
-    quiet = quiet_methods(cls)
-    members.update({name: _without_task_events(getattr(cls, name)) for name in quiet})
-    if quiet:  # the driver probes every actor every few seconds
+    members.update({name: _without_task_events(getattr(cls, name)) for name in quiet_methods(cls)})
+    if not all_task_events():  # the driver probes every actor of every role every few seconds
         members["dynaray_incarnation"] = _without_task_events(dynaray_incarnation)
     return ray.remote(type(cls.__name__, (cls,), members))
 

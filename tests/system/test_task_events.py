@@ -79,9 +79,19 @@ def test_high_frequency_calls_record_no_task_events(local_ray, monkeypatch):
     assert ray.get(control.desired.remote(-1)) == (0, {"rollout": 1})
     assert ray.get(control.request.remote({"rollout": 2})) == {"rollout": 2}  # a long call: keeps its events
 
+    class Role:  # a role with no high-frequency methods of its own (a learner's loop, a rollout worker)
+        def run(self) -> int:
+            return 1
+
+    role = _remote_class(Role, 1, (2, 60.0)).options(num_cpus=0).remote()
+    for _ in range(10):  # the driver's liveness probe, every few seconds for every actor
+        ray.get(role.dynaray_incarnation.remote())
+    assert ray.get(role.run.remote()) == 1
+
     counts = wait_for_events("request")
-    assert counts.get("request") == 1
-    assert not {"publish", "latest", "post_status", "desired"} & set(counts), counts
+    counts = wait_for_events("run")
+    assert counts.get("request") == 1 and counts.get("run") == 1
+    assert not {"publish", "latest", "post_status", "desired", "dynaray_incarnation"} & set(counts), counts
 
 
 @pytest.mark.ray
