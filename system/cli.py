@@ -476,8 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as ``build_parser`` reads it, except that a verb's ``PRESET|key=value`` items may also come
+    after its options (``dynaray train offline_to_online --init RUN_DIR seed=3``), where argparse alone takes none."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "items", None), list) and not any(e.startswith("-") for e in extra):
+        args.items = [*args.items, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     return args.func(args)
 
 

@@ -124,3 +124,13 @@ def test_resuming_a_run_whose_driver_lives_is_refused(tmp_path, capsys):
         assert tree(tmp_path) == before
     finally:
         lock.release()
+
+
+def test_items_may_come_after_options():
+    from system.cli import parse
+
+    args = parse(["train", "offline_to_online", "--init", "runs/offline", "seed=3", "name=o2o"])
+    assert (args.items, args.init) == (["offline_to_online", "seed=3", "name=o2o"], "runs/offline")
+    assert parse(["scale", "--run", "r", "rollout=3"]).items == ["rollout=3"]
+    with pytest.raises(SystemExit):
+        parse(["train", "debug", "--init", "x", "--no-such-flag"])
