@@ -494,9 +494,8 @@ class SACLearner:
         Returns ``bc_loss`` (negative mean log-likelihood), ``bc_action_mse`` (deterministic action vs data, env
         units) and ``actor_grad_norm``; a non-finite loss or gradient changes nothing (``skipped: 1.0``).
         """
-        obs = torch.as_tensor(np.asarray(batch["obs"]), dtype=torch.float32, device=self.device)
-        action = torch.as_tensor(np.asarray(batch["action"]), dtype=torch.float32, device=self.device)
-        obs, action = obs.reshape(len(obs), self.obs_dim), action.reshape(len(action), self.act_dim)
+        tensors = to_tensors(batch, ("obs", "action"), self.obs_dim, self.act_dim, self.device)
+        obs, action = tensors["obs"].reshape(-1, self.obs_dim), tensors["action"].reshape(-1, self.act_dim)
         actor = self.actor
         unit = ((action - actor.action_bias) / actor.action_scale).clamp(-0.999, 0.999)
         pre_tanh = torch.atanh(unit)
