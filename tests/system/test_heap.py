@@ -14,9 +14,9 @@ from system import heap
 pytestmark = pytest.mark.skipif(heap._libc() is None, reason="the C library is not glibc")
 
 
-def _python(code: str) -> subprocess.CompletedProcess:
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin"})
+                          env={"PATH": "/usr/bin:/bin", **env})
 
 
 ARENAS = """
@@ -72,11 +72,12 @@ def test_start_sets_the_environment_for_child_processes_and_trims_periodically(m
         assert heap.start(3, 0.05)
         assert heap.start(5, 10.0)  # a second call keeps the first trimmer
         time.sleep(0.5)
-        print(os.environ["MALLOC_ARENA_MAX"], heap._trimmer.every_s, heap._trimmer.trims)
+        print(os.environ["MALLOC_ARENA_MAX"], heap._trimmer.every_s, heap._trimmer.trims,
+              os.environ["MIMALLOC_PURGE_DELAY"])
     """)
     assert done.returncode == 0, done.stderr
-    arenas, every_s, trims = done.stdout.split()
-    assert arenas == "5" and float(every_s) == 0.05 and int(trims) >= 3
+    arenas, every_s, trims, purge = done.stdout.split()
+    assert arenas == "5" and float(every_s) == 0.05 and int(trims) >= 3 and purge == "0"
 
 
 def test_trimmer_stops_and_refuses_a_bad_interval():
@@ -89,3 +90,33 @@ def test_trimmer_stops_and_refuses_a_bad_interval():
     with pytest.raises(ValueError, match=r"every_s=0: expected > 0"):
         heap.HeapTrimmer(0)
     assert not heap.limit_arenas(0)
+
+
+ARROW_KEPT = """
+    import ctypes, gc, threading
+    import numpy as np, pyarrow as pa
+    from system import heap
+    def rss_mb():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    start, made, stay = rss_mb(), threading.Event(), threading.Event()
+    def tables():  # about 100 MB of Arrow tables made and dropped by a thread that lives on (an actor's)
+        for _ in range(3):
+            table = pa.table({f"c{i}": np.random.rand(200_000) for i in range(20)})
+            table = pa.concat_tables([table, table]).combine_chunks()
+            del table
+            gc.collect()
+        made.set()
+        stay.wait()
+    t = threading.Thread(target=tables); t.start(); made.wait()
+    heap.trim()
+    print(rss_mb() - start)
+    stay.set(); t.join()
+"""
+
+
+def test_arrow_hands_back_freed_pages_in_the_processes_a_run_starts():
+    kept = _python(ARROW_KEPT)
+    purged = _python(ARROW_KEPT, **{heap.ARROW_PURGE_ENV: "0"})  # what heap.start sets for them
+    assert kept.returncode == 0 and purged.returncode == 0, kept.stderr + purged.stderr
+    kept_mb, purged_mb = float(kept.stdout), float(purged.stdout)
+    assert purged_mb < kept_mb - 30, (kept_mb, purged_mb)  # 54 against 120 MB here
