@@ -22,7 +22,6 @@ from actors.gateway import GatewayStats
 from actors.imagination import ImaginationReport
 from actors.rollout import RolloutReport
 from replay.handles import get, is_actor_failure, is_lost, wait
-from system import heap
 from system.checkpoint import KEPT, DriverLock, FoundCheckpoint, describe_meta, keep_checkpoint, write_checkpoint
 from system.config import SystemConfig
 from system.liveness import RestartLedger, StallWatch, role_of
@@ -695,7 +694,6 @@ class Driver:
         often when a run of days has made it long."""
         start = time.monotonic()
         self.run_dir.write_table("metrics", self._rows)
-        heap.release_arrow()  # the driver loaded pyarrow before the run's environment asked its pool to hand back
         end = time.monotonic()
         self._metrics_due = end + 99 * (end - start)
 

@@ -13,8 +13,8 @@ Two measures, both glibc-only (elsewhere, e.g. musl or macOS, they do nothing an
 - :class:`HeapTrimmer`: a daemon thread that calls ``malloc_trim(0)`` every ``ray.heap_trim_every_s``; since glibc
   2.8 that hands back the free pages inside every arena, not only the top of the main one.
 - pyarrow's memory pool (mimalloc) hands back freed pages at once in the processes a run starts
-  (:data:`ARROW_PURGE_ENV`), and :func:`release_arrow` asks it to in a process that loaded it before (the driver,
-  after each rewrite of its metrics table).
+  (:data:`ARROW_PURGE_ENV`). Not asked of a process that loaded pyarrow before (``release_unused()``): a test suite
+  whose driver called it after each metrics rewrite ended in a segmentation fault at its exit.
 
     start(arena_max=2, trim_every_s=60.0)   # once per process: the driver before Ray starts, each actor at creation
     stats = heap_stats()                     # HeapStats(in_use=..., free=...) or None
@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import ctypes
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from functools import cache
 
-__all__ = ["ARENA_ENV", "ARROW_PURGE_ENV", "HeapStats", "HeapTrimmer", "heap_stats", "limit_arenas", "release_arrow",
-           "start", "trim"]
+__all__ = ["ARENA_ENV", "ARROW_PURGE_ENV", "HeapStats", "HeapTrimmer", "heap_stats", "limit_arenas", "start", "trim"]
 
 ARENA_ENV = "MALLOC_ARENA_MAX"
 """The environment variable glibc reads at a process's start."""
@@ -96,14 +94,6 @@ def trim() -> bool:
     """Hand this process's free heap pages back to the system now; False where nothing was or could be."""
     libc = _libc()
     return libc is not None and libc.malloc_trim(0) == 1
-
-
-def release_arrow() -> None:
-    """Hand back what pyarrow's memory pool keeps free for the calling thread (call it from the thread that made
-    and dropped the tables: other threads' free pages stay); nothing where pyarrow is not loaded."""
-    arrow = sys.modules.get("pyarrow")
-    if arrow is not None:
-        arrow.default_memory_pool().release_unused()
 
 
 class HeapTrimmer:
