@@ -22,6 +22,7 @@ Two measures, both glibc-only (elsewhere, e.g. musl or macOS, they do nothing an
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import threading
@@ -136,4 +137,5 @@ def start(arena_max: int, trim_every_s: float) -> bool:
     with _lock:
         if _trimmer is None and trim_every_s > 0:
             _trimmer = HeapTrimmer(trim_every_s).start()
+            atexit.register(_trimmer.stop)  # no trim while the C libraries' teardown frees at exit
     return True
