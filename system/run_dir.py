@@ -184,7 +184,8 @@ class TableRows:
 
     def __init__(self, spill_dir: Path | None = None, chunk_rows: int = 1024):
         self._chunk_rows, self._spill_dir = chunk_rows, spill_dir
-        self._parts: list[pa.Table | Path] = []
+        self._parts: list[tuple[pa.Table | Path, pa.Schema]] = []
+        """Each sealed chunk (in memory, or its part's path) with its schema, so a rewrite reads no part twice."""
         self._recent: list[dict[str, Any]] = []
         self._count = 0
         if spill_dir is not None:
@@ -209,11 +210,11 @@ class TableRows:
 
     def _seal(self, part: pa.Table) -> None:
         if self._spill_dir is None:
-            self._parts.append(part)
+            self._parts.append((part, part.schema))
             return
         path = self._spill_dir / f"part-{len(self._parts):06d}.parquet"
         pq.write_table(part, path)
-        self._parts.append(path)
+        self._parts.append((path, part.schema))
 
     def __len__(self) -> int:
         return self._count
@@ -221,11 +222,11 @@ class TableRows:
     def write(self, path: Path) -> None:
         """Every row so far as one Parquet file: columns in the order they first appeared, a missing value or NaN
         as null, a column with ints in one part and floats in another as float. One part is in memory at a time."""
-        recent = [_table(self._recent)] if self._recent else []
-        schemas = [pq.read_schema(p) if isinstance(p, Path) else p.schema for p in self._parts]
-        schema = pa.unify_schemas([*schemas, *(t.schema for t in recent)], promote_options="permissive")
+        recent = [(table, table.schema) for table in ([_table(self._recent)] if self._recent else [])]
+        parts = [*self._parts, *recent]
+        schema = pa.unify_schemas([part_schema for _, part_schema in parts], promote_options="permissive")
         with pq.ParquetWriter(path, schema) as writer:
-            for part in [*self._parts, *recent]:
+            for part, _ in parts:
                 writer.write_table(_aligned(pq.read_table(part) if isinstance(part, Path) else part, schema))
 
     def close(self) -> None:
