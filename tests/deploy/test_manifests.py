@@ -396,3 +396,14 @@ def test_the_dockerfile_pins_its_base_runs_as_a_user_and_installs_the_dependenci
     assert f"torch=={_pinned('torch')}" in text
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv", "runs", "tests"} <= set(ignored)
+
+
+def test_the_dockerfile_sets_the_heap_environment_of_the_embedded_local_ray():
+    from system import heap
+    from system.config import RayConfig
+
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(
+        line.strip(" \\") for line in re.search(r"^ENV (.*?)(?:\n\n|\nRUN)", (DEPLOY / "Dockerfile").read_text(),
+                                                 re.MULTILINE | re.DOTALL)[1].splitlines())))
+    assert {k: env.get(k) for k in (heap.ARENA_ENV, heap.ARROW_PURGE_ENV)} == {
+        heap.ARENA_ENV: str(RayConfig().malloc_arena_max), heap.ARROW_PURGE_ENV: "0"}
