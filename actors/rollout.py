@@ -48,7 +48,8 @@ class RolloutConfig:
     its first non-blocking poll is answered; then it acts at random until they come. A worker that took warm-up
     steps never waits."""
     steps_per_call: int = field(default=50, metadata={"check": ">= 1"})
-    """Env steps per run() call, i.e. how often the driver hears from each worker."""
+    """Env steps per run() call, i.e. how often the driver hears from each worker; at least one chunk
+    (:attr:`call_steps`)."""
     num_cpus: float = field(default=1.0, metadata={"check": ">= 0"})
     """Ray CPUs per rollout worker."""
     num_gpus: float = field(default=0.0, metadata={"check": ">= 0"})
@@ -66,6 +67,14 @@ class RolloutConfig:
     its envs afresh; one more stops the run with the env's error."""
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     """Optimistic model-predictive action selection (``actors/planner.py``); off by default."""
+
+
+    @property
+    def call_steps(self) -> int:
+        """Env steps the driver asks of a worker per run() call: ``steps_per_call``, but at least one chunk
+        (``chunk_length * envs_per_worker``), so that a large vector env is not asked for a Ray call every vector
+        step or two (32 envs at 50 steps a call made one call per 2 vector steps)."""
+        return max(self.steps_per_call, self.chunk_length * self.envs_per_worker)
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,7 @@ class RolloutWorker:
 
         worker = RolloutWorker(env_config, rollout_config, replay, weights, make_policy, index=0, seed=0)
         while budget_left:
-            report = worker.run(config.steps_per_call)   # env steps, finished episodes, policy version
+            report = worker.run(config.call_steps)       # env steps, finished episodes, policy version
         worker.flush()                                    # the partial chunk, and every insert acknowledged
 
     With ``config.planner.enabled`` the worker also needs ``model_weights`` (a client of ``world_model``
@@ -194,6 +203,7 @@ class RolloutWorker:
         """Env steps whose actions the planner chose, over this worker's life."""
         self._warmup_left = config.warmup_steps // config.num_workers + (index < config.warmup_steps % config.num_workers)
         self.env_steps = 0
+        self._vector_steps = 0  # over the worker's life: polls every weights_poll_steps of them, across run() calls
         self.env_errors = 0
         self._errors_in_a_row = 0
         self._metrics = metrics(index)  # Prometheus
@@ -277,10 +287,10 @@ class RolloutWorker:
         """
         if random_steps is not None:
             self._warmup_left = random_steps
-        start, steps, vector_step, planned_steps = time.perf_counter(), 0, 0, 0
+        start, steps, planned_steps = time.perf_counter(), 0, 0
         episodes: list[tuple[float, int]] = []
         while steps < num_steps:
-            if vector_step % self.config.weights_poll_steps == 0:
+            if self._vector_steps % self.config.weights_poll_steps == 0:
                 self._refresh_policy()
             action, version, planned = self._act()
             try:
@@ -317,7 +327,7 @@ class RolloutWorker:
                 self._write_chunk()
             steps += len(action)
             planned_steps += len(action) if planned else 0
-            vector_step += 1
+            self._vector_steps += 1
         self.env_steps += steps
         self.planned_steps += planned_steps
         report = RolloutReport(

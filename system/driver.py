@@ -163,7 +163,7 @@ class Driver:
     def _submit_rollout(self, i: int) -> None:
         """Ask rollout worker ``i`` for more steps, or, once the budget is handed out, to flush what it wrote (its
         last inserts may wait for the learners' rate limiters, so the learners go on until every row is in)."""
-        steps = self.config.rollout.steps_per_call
+        steps = self.config.rollout.call_steps
         if self._stop_reason or self._retire_if_asked("rollout", i):
             return
         if self.env_steps + self._steps_in_flight >= self._step_budget:

@@ -19,7 +19,7 @@ the same load on a shared machine:
 - raw: a vector env of ``N`` copies made by :func:`actors.envs.make_vector_env` (the worker's own kind:
   gymnasium's ``SyncVectorEnv``, same-step autoreset) stepping uniform random actions: no policy, no replay.
 - collection: the :class:`actors.rollout.RolloutWorker` of the config (chunk length, weights polls, exploration
-  noise, ``steps_per_call`` env steps per ``run`` call as the driver asks), warm-up over, acting with the config's
+  noise, ``call_steps`` env steps per ``run`` call as the driver asks), warm-up over, acting with the config's
   SAC :class:`learners.sac.Policy` whose weights come from the weights store, writing its chunks through its
   :class:`replay.client.ReplayClient` to the config's replay shards (``replay.num_shards``; table ``real`` persisted
   to a temporary directory when ``replay.persist_real``, with the config's fsync, as a run persists it to its run
@@ -257,12 +257,12 @@ class CollectorProbe:
         return Turns(steps, *span.end())
 
     def collect(self, seconds: float) -> Turns:
-        """Collect with the rollout worker for ``seconds`` (``steps_per_call`` env steps a call, as the driver
-        asks), then flush."""
+        """Collect with the rollout worker for ``seconds`` (``call_steps`` env steps a call, as the driver asks),
+        then flush."""
         steps = 0
         span = Span()
         while steps == 0 or time.perf_counter() - span.wall < seconds:
-            steps += self.worker.run(self.config.steps_per_call, random_steps=0).env_steps
+            steps += self.worker.run(self.config.call_steps, random_steps=0).env_steps
         self.worker.flush()
         return Turns(steps, *span.end())
 

@@ -96,6 +96,29 @@ def test_no_policy_yet_keeps_acting_randomly(recording_replay):
     assert np.all(recording_replay.rows()["policy_version"] == RANDOM_POLICY_VERSION)
 
 
+class CountingWeights(StaticWeights):
+    def __init__(self):
+        super().__init__(state={"w": 1}, version=2)
+        self.polls = 0
+
+    def poll(self):
+        self.polls += 1
+        return super().poll()
+
+
+def test_polls_count_vector_steps_across_run_calls(recording_replay):
+    weights = CountingWeights()
+    worker = make_worker(recording_replay, weights, weights_poll_steps=10)
+    for _ in range(10):
+        worker.run(4)  # 2 vector steps a call (2 envs)
+    assert weights.polls == 2  # vector steps 0 and 10 of 20, not one poll per call
+
+
+def test_a_call_asks_at_least_one_chunk():
+    assert RolloutConfig(steps_per_call=50, chunk_length=25, envs_per_worker=1).call_steps == 50
+    assert RolloutConfig(steps_per_call=50, chunk_length=25, envs_per_worker=32).call_steps == 800
+
+
 class SlowFirstWeights(StaticWeights):
     """The store's answer arrives only for a waiting worker: every non-blocking poll finds it not yet answered."""
 
