@@ -51,7 +51,10 @@ Backends:
   ``update_tensordict_priority`` after every sample), same capacity, fed the same chunks as TensorDicts
   (``extend``) and sampled 256 rows at a time (``sample()``); only the buffer calls are timed. A buffer that cannot
   be made here (the prioritized one needs TorchRL's C++ extension, built for one torch version) is listed as not
-  measured, with why.
+  measured, with why. With ``--ray`` as well, TorchRL's Ray-remote buffer (``RayReplayBuffer``: a
+  ``ReplayBuffer`` over ``LazyTensorStorage`` in one actor of ``replay.num_cpus`` CPUs, on the same Ray, after ours
+  are ended) is measured the way its client works: ``extend`` and ``sample()`` each a blocking call, the same
+  chunks and batch size; against our client over one shard (uniform, log off) in each sample mode.
 
 Memory: every numpy array reachable from a full :class:`replay.table.Table` (columns, sampler structures, anything
 else it keeps), divided by its capacity, against the raw bytes of one row's fields.
@@ -103,6 +106,7 @@ __all__ = [
     "rllib_import_error",
     "torchrl_import_error",
     "bench_torchrl",
+    "bench_torchrl_ray",
     "run",
     "table_config",
     "table_memory",
@@ -270,7 +274,8 @@ class Measurement:
     """One benchmark configuration's results."""
 
     backend: str
-    """``shard`` (one shard object in process), ``ray`` (client over shard actors) or ``rllib``."""
+    """``shard`` (one shard object in process), ``ray`` (client over shard actors), ``rllib``, ``torchrl`` or
+    ``torchrl_ray`` (TorchRL's Ray-remote buffer)."""
     shards: int | None
     sampler: str
     log: bool | None
@@ -627,6 +632,41 @@ def torchrl_buffer_error(kind: str) -> str | None:
     return None
 
 
+def bench_torchrl_ray(seconds: float, insert_batch: int, capacity: int, num_cpus: float) -> Measurement:
+    """TorchRL's Ray-remote buffer (``RayReplayBuffer`` over ``LazyTensorStorage``, one actor of ``num_cpus`` CPUs;
+    Ray must be initialised): ``extend`` of ``--insert-batch`` rows into a full buffer and ``sample()`` of
+    :data:`SAMPLE_BATCH` rows, each call blocking as its client does; latency of one sample call."""
+    from functools import partial
+
+    from torchrl.data import LazyTensorStorage, RayReplayBuffer
+
+    buffer = RayReplayBuffer(storage=partial(LazyTensorStorage, capacity), batch_size=SAMPLE_BATCH,
+                             remote_config={"num_cpus": num_cpus})
+    result = Measurement("torchrl_ray", 1, "uniform", None, mode="RayReplayBuffer", batches_per_call=1)
+    try:
+        chunks = _torchrl_chunks(insert_batch)
+        while len(buffer) < capacity:
+            buffer.extend(next(chunks))
+
+        _measure_inserts(result, seconds, insert_batch, chunks, buffer.extend)
+        result.stored = len(buffer)
+        buffer.sample()  # untimed: one-time costs
+        latencies: list[float] = []
+
+        def sample() -> tuple[float, float]:
+            span = Span()
+            buffer.sample()
+            latencies.append(time.perf_counter() - span.wall)
+            return span.end()
+
+        calls, wall, cpu = timed_loop(seconds, sample, latencies)
+        result.record_sampling(calls, wall, cpu, latencies)
+        result.sample_rows_cpu_s = result.insert_rows_cpu_s = None  # the work is in the actor's process
+    finally:
+        buffer.close()
+    return result
+
+
 def _torchrl_chunks(insert_batch: int) -> Iterator[Any]:
     """The bench's chunks (:func:`chunk_source`) as TensorDicts of ``insert_batch`` rows, per ``next()``."""
     import torch
@@ -745,6 +785,22 @@ class Report:
                 )
         return out
 
+    def torchrl_ray_ratios(self) -> list[dict]:
+        """Per sample mode: our client over one shard actor (uniform, log off) against TorchRL's Ray-remote buffer."""
+        theirs = next((r for r in self.results if r.backend == "torchrl_ray"), None)
+        if theirs is None:
+            return []
+        return [
+            {
+                "mode": ours.mode,
+                "insert": ours.insert_rows_s / theirs.insert_rows_s,
+                "sample": ours.sample_rows_s / theirs.sample_rows_s,
+                "p99": theirs.p99_ms / ours.p99_ms,
+            }
+            for ours in self.results
+            if ours.backend == "ray" and ours.shards == 1 and ours.sampler == "uniform" and not ours.log
+        ]
+
     def targets(self) -> list[dict]:
         """The issue's per-shard targets against the in-process shard measurements, and the RLlib ratios."""
         checks: list[dict] = []
@@ -774,6 +830,9 @@ class Report:
             where = f"{ratio['buffer']}, our log {'on' if ratio['log'] else 'off'}"
             check(checks, f"insert x TorchRL ({where})", ratio["insert"], 1.0)
             check(checks, f"sample x TorchRL ({where})", ratio["sample"], 1.0)
+        for ratio in self.torchrl_ray_ratios():
+            check(checks, f"insert x TorchRL RayReplayBuffer (through Ray, {ratio['mode']})", ratio["insert"], 1.0)
+            check(checks, f"sample x TorchRL RayReplayBuffer (through Ray, {ratio['mode']})", ratio["sample"], 1.0)
         for m in self.memory:
             check(checks, f"memory overhead per row ({m.sampler})", m.overhead, TARGET_MEMORY_OVERHEAD,
                   higher_is_better=False, strict=True)
@@ -787,6 +846,7 @@ class Report:
             "results": [dataclasses.asdict(r) for r in self.results],
             "rllib_ratios": self.rllib_ratios(),
             "torchrl_ratios": self.torchrl_ratios(),
+            "torchrl_ray_ratios": self.torchrl_ray_ratios(),
             "skipped": self.skipped,
             "targets": self.targets(),
         }
@@ -844,6 +904,17 @@ class Report:
                     f"| {ratio['buffer']} | {ratio['sampler']} | {'on' if ratio['log'] else 'off'} | "
                     f"{ratio['insert']:,.1f} | {ratio['sample']:,.1f} | {ratio['p99']:,.1f} |"
                 )
+        torchrl_ray = self.torchrl_ray_ratios()
+        if torchrl_ray:
+            lines += [
+                "",
+                "| vs TorchRL RayReplayBuffer (through Ray, 1 shard, uniform, log off) | insert x | sample x | "
+                "p99 latency x |",
+                "| --- | --- | --- | --- |",
+            ]
+            for ratio in torchrl_ray:
+                lines.append(f"| ours, {ratio['mode']} | {ratio['insert']:,.1f} | {ratio['sample']:,.1f} | "
+                             f"{ratio['p99']:,.1f} |")
         if self.skipped:
             lines += ["", *(f"not measured: {line}" for line in self.skipped)]
         if self.memory:
@@ -983,6 +1054,10 @@ def run(args: argparse.Namespace) -> int:
                             report.results.extend(bench_ray(configs[shards], sampler, log, args.seconds,
                                                             args.insert_batch, args.capacity, root,
                                                             args.sample_modes, args.writers))
+                if args.torchrl and "uniform" in args.samplers:
+                    progress("TorchRL RayReplayBuffer")
+                    report.results.append(bench_torchrl_ray(args.seconds, args.insert_batch, args.capacity,
+                                                            configs[min(args.shards)].replay.num_cpus))
             finally:
                 stop_ray()
     finish(report.machine)

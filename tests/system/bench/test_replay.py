@@ -149,3 +149,20 @@ def test_bench_replay_on_ray_with_one_and_two_shards(tmp_path, capsys):
         "sample rows/s into one client, Ray, 2 shard(s), one_shard (prioritized, log off)",
         "p99 sample latency ms, Ray, 2 shard(s), one_shard (prioritized, log off)",
     ]
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
+@pytest.mark.skipif(torchrl_import_error() is not None, reason="TorchRL's replay buffers do not import here")
+def test_bench_replay_through_ray_against_torchrls_ray_buffer(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "replay", *TINY, "--samplers", "uniform", "--log", "off", "--shards", "1", "--ray",
+                 "--writers", "0", "--torchrl", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    theirs = table_rows(out, "torchrl_ray")
+    assert len(theirs) == 1 and theirs[0][1] == "RayReplayBuffer" and number(theirs[0][5]) > 0
+    assert number(theirs[0][6]) > 0 and number(theirs[0][10]) == 4096
+    report = json.loads(out_json.read_text())
+    assert [r["mode"] for r in report["torchrl_ray_ratios"]] == ["split", "one_shard"]
+    assert all(r["insert"] > 0 and r["sample"] > 0 for r in report["torchrl_ray_ratios"])
+    assert "sample x TorchRL RayReplayBuffer (through Ray, one_shard)" in [t["target"] for t in report["targets"]]
