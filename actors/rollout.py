@@ -9,6 +9,7 @@ Dimensions: T chunk length (vector steps), N envs per worker, O observation size
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -41,7 +42,10 @@ class RolloutConfig:
     warmup_steps: int = field(default=250, metadata={"check": ">= 0"})
     """Env steps (all workers together) taken with uniform random actions before the policy acts."""
     weights_poll_steps: int = field(default=10, metadata={"check": ">= 1"})
-    """Vector steps between non-blocking polls for newer policy weights."""
+    """Vector steps between non-blocking polls for newer policy weights (and ``weights_poll_s`` at least)."""
+    weights_poll_s: float = field(default=0.05, metadata={"check": ">= 0", "note": "0: by steps alone"})
+    """Least seconds between polls: a fast env at 10 vector steps a poll asked the weights store hundreds of times a
+    second (one Ray call each, on the worker's CPU and the store's) for a policy published about ten times a second."""
     first_policy_wait_s: float = field(default=30.0, metadata={"check": ">= 0", "note": "0: no wait"})
     """Seconds a worker that starts past the warm-up (a resumed, restarted or added worker, an offline_to_online
     run's) waits for its first policy weights, once in its life, rather than fill replay with random actions until
@@ -204,6 +208,7 @@ class RolloutWorker:
         self._warmup_left = config.warmup_steps // config.num_workers + (index < config.warmup_steps % config.num_workers)
         self.env_steps = 0
         self._vector_steps = 0  # over the worker's life: polls every weights_poll_steps of them, across run() calls
+        self._polled_at = -math.inf  # time.monotonic() of the last poll
         self.env_errors = 0
         self._errors_in_a_row = 0
         self._metrics = metrics(index)  # Prometheus
@@ -258,6 +263,14 @@ class RolloutWorker:
             if state is not None:
                 self._model.load_state(state)
 
+    def _poll_due(self) -> bool:
+        """Whether ``weights_poll_s`` has passed since the last poll (then it counts as made now)."""
+        now = time.monotonic()
+        if now - self._polled_at < self.config.weights_poll_s:
+            return False
+        self._polled_at = now
+        return True
+
     def _act(self) -> tuple[np.ndarray, int, bool]:
         """Actions (N, A), the version of the policy that chose them, and whether the planner did."""
         n = self.config.envs_per_worker
@@ -290,7 +303,7 @@ class RolloutWorker:
         start, steps, planned_steps = time.perf_counter(), 0, 0
         episodes: list[tuple[float, int]] = []
         while steps < num_steps:
-            if self._vector_steps % self.config.weights_poll_steps == 0:
+            if self._vector_steps % self.config.weights_poll_steps == 0 and self._poll_due():
                 self._refresh_policy()
             action, version, planned = self._act()
             try:

@@ -108,10 +108,17 @@ class CountingWeights(StaticWeights):
 
 def test_polls_count_vector_steps_across_run_calls(recording_replay):
     weights = CountingWeights()
-    worker = make_worker(recording_replay, weights, weights_poll_steps=10)
+    worker = make_worker(recording_replay, weights, weights_poll_steps=10, weights_poll_s=0.0)
     for _ in range(10):
         worker.run(4)  # 2 vector steps a call (2 envs)
     assert weights.polls == 2  # vector steps 0 and 10 of 20, not one poll per call
+
+
+def test_polls_are_at_least_weights_poll_s_apart(recording_replay):
+    weights = CountingWeights()
+    worker = make_worker(recording_replay, weights, weights_poll_steps=1, weights_poll_s=3600.0)
+    worker.run(100)
+    assert weights.polls == 1 and worker.run(2).policy_version == 2  # the first poll, at once; then none
 
 
 def test_a_call_asks_at_least_one_chunk():
