@@ -72,7 +72,6 @@ class RolloutConfig:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     """Optimistic model-predictive action selection (``actors/planner.py``); off by default."""
 
-
     @property
     def call_steps(self) -> int:
         """Env steps the driver asks of a worker per run() call: ``steps_per_call``, but at least one chunk
