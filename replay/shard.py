@@ -21,7 +21,12 @@ recovered size as if its consumer were exactly on target (``inserted = size``,
 
 Cold tier (:attr:`TableConfig.disk_capacity` ``> 0``, needs ``directory``): rows evicted from memory go to Parquet
 segment files under ``<directory>/shard-<index>/<table>/cold/`` (:mod:`replay.cold`) and stay sampleable. A full
-segment is written by the inserting thread after it released the table lock, so sampling is never held up by it.
+segment is written after the inserting call released the table lock, so sampling is never held up by it.
+
+Snapshots and cold segments are written by one thread of the shard's own (the inserting call waits for it), never
+by the threads that serve calls: pyarrow's allocator keeps a heap per thread, and a shard actor serves its calls
+from 16 threads, so a Parquet writer run on each in turn kept its buffers in each (the anonymous memory of a shard
+rose about 3 MB with every snapshot in a soak, up to some 20 MB in process with 16 threads; docs/benchmarks.md).
 A snapshot first writes (and fsyncs) every evicted row to a segment file, so that the logs it deletes hold no row
 that exists nowhere else. Recovery replays the logs, whose evictions the cold tier skips for the keys it already
 holds, then checks that the cold tier ends where memory begins (:meth:`replay.table.Table.reconcile_cold`); a
@@ -33,7 +38,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -157,6 +163,8 @@ class ReplayShard:
             )
         self.index = index
         self.directory = directory
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"replay-shard-{index}-files")
+        """The one thread that writes snapshots and cold segments (module docstring)."""
         seeds = np.random.SeedSequence([seed, index]).spawn(len(tables))
         self._tables: dict[str, _TableState] = {}
         try:
@@ -165,7 +173,7 @@ class ReplayShard:
                 state = self._tables[cfg.name] = _TableState(opened, np.random.default_rng(s))
                 if state.store is not None and state.store.needs_snapshot:
                     # damaged files: a snapshot of what was recovered, before anything is logged, lets them move aside
-                    self._snapshot(state)
+                    self._on_writer(self._snapshot, state)
         except BaseException:
             self.close()
             raise
@@ -252,10 +260,14 @@ class ReplayShard:
             due = store is not None and every > 0 and state.since_snapshot >= every
             spill = state.table.cold is not None and state.table.cold.has_pending
         if spill:
-            self._write_cold(state)
+            self._on_writer(self._write_cold, state)
         if due:
             self._auto_snapshot(state)
         return result
+
+    def _on_writer(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the shard's file-writing thread; waits for it and returns or raises what it did."""
+        return self._writer.submit(fn, *args).result()
 
     @staticmethod
     def _write_cold(state: _TableState) -> None:
@@ -273,7 +285,7 @@ class ReplayShard:
         if not state.snapshot_lock.acquire(blocking=False):
             return
         try:
-            self._snapshot(state)
+            self._on_writer(self._snapshot, state)
         except Exception:  # noqa: BLE001 - the insert succeeded; report and go on
             logger.exception("automatic snapshot of replay table %r failed", state.table.name)
         finally:
@@ -299,7 +311,7 @@ class ReplayShard:
                 f"table {table!r} is not persisted (needs TableConfig.persist=True and a ReplayShard directory)"
             )
         with state.snapshot_lock:
-            return self._snapshot(state)
+            return self._on_writer(self._snapshot, state)
 
     @staticmethod
     def _snapshot(state: _TableState) -> dict:

@@ -207,6 +207,28 @@ def test_automatic_snapshots_and_eviction_across_restart(tmp_path):
     third.close()
 
 
+def test_snapshots_are_written_by_one_thread_whichever_thread_inserts(tmp_path, monkeypatch):
+    """pyarrow keeps a heap per thread: a Parquet writer run on each serving thread in turn kept memory in each."""
+    shard = ReplayShard([config(capacity=50, every=2 * CHUNK)], directory=str(tmp_path), index=3)
+    store = shard._state("real").store
+    original, writers = store.write_snapshot, []
+
+    def recording_write(generation, image):
+        writers.append(threading.current_thread().name)
+        return original(generation, image)
+
+    monkeypatch.setattr(store, "write_snapshot", recording_write)
+    for t in range(4):  # automatic snapshots, each insert from a thread of its own
+        inserting = threading.Thread(target=fill, args=(shard, 2, 2 * t))
+        inserting.start()
+        inserting.join(10)
+    shard.snapshot("real")
+    assert len(writers) == 5 and len(set(writers)) == 1, writers
+    assert writers[0].startswith("replay-shard-3-files") and writers[0] != threading.current_thread().name
+    assert [f for f in os.listdir(table_directory(str(tmp_path), 3, "real")) if f.startswith("snapshot")]
+    shard.close()
+
+
 def test_sampling_and_inserting_go_on_during_snapshot(tmp_path, monkeypatch):
     shard = ReplayShard([config(capacity=5000)], directory=str(tmp_path))
     fill(shard, 20)
