@@ -43,9 +43,11 @@ class RolloutConfig:
     """Env steps (all workers together) taken with uniform random actions before the policy acts."""
     weights_poll_steps: int = field(default=10, metadata={"check": ">= 1"})
     """Vector steps between non-blocking polls for newer policy weights (and ``weights_poll_s`` at least)."""
-    weights_poll_s: float = field(default=0.05, metadata={"check": ">= 0", "note": "0: by steps alone"})
-    """Least seconds between polls: a fast env at 10 vector steps a poll asked the weights store hundreds of times a
-    second (one Ray call each, on the worker's CPU and the store's) for a policy published about ten times a second."""
+    weights_poll_s: float = field(default=0.0, metadata={"check": ">= 0", "note": "0: by steps alone"})
+    """Least seconds between polls, for a fast env whose polls every ``weights_poll_steps`` cost more than they
+    bring (one Ray call each, on the worker's CPU and the store's). At 0.05 s a HalfCheetah worker on Ray spent
+    less CPU on them but acted 2-3 versions behind at the median instead of 1 (docs/benchmarks.md), so 0 by
+    default."""
     first_policy_wait_s: float = field(default=30.0, metadata={"check": ">= 0", "note": "0: no wait"})
     """Seconds a worker that starts past the warm-up (a resumed, restarted or added worker, an offline_to_online
     run's) waits for its first policy weights, once in its life, rather than fill replay with random actions until
