@@ -390,8 +390,11 @@ class WorldModelLearner:
         dynamics.input_norm.update(torch.cat([t["obs"], t["action"]], dim=-1))
         dynamics.target_norm.update(target)
 
-        # targets: one bootstrap resample per member, gathered at once -> (E, B, ...)
-        index = torch.randint(rows, (dynamics.ensemble_size, rows), generator=self._generator, device=self.device)
+        # targets: one bootstrap resample per member, gathered at once -> (E, B, ...). B is always batch_size, not the
+        # training rows left after the holdout's (a count that changes every step): oneDNN's bf16 matmuls keep a
+        # compiled kernel per shape, and one per row count grew a world-model learner by 200 MB in process
+        index = torch.randint(rows, (dynamics.ensemble_size, self.config.batch_size), generator=self._generator,
+                              device=self.device)
         normalized_target = dynamics.target_norm.normalize(target)[index]
         terminated = t["terminated"][index]
         with autocast(self.device, self.dtype):

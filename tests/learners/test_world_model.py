@@ -527,3 +527,19 @@ def test_learner_reports_calibrated_intervals_on_noisy_dynamics():
     assert metrics["val_coverage_50"] == pytest.approx(0.5, abs=0.05)
     assert metrics["val_coverage_90"] == pytest.approx(0.9, abs=0.03)
     assert metrics["val_calibration_ece"] < 0.03
+
+
+def test_every_training_step_has_one_shape_whatever_the_holdout_takes():
+    """A row count per step made oneDNN's bf16 matmuls compile a kernel per count (+200 MB in one learner)."""
+    learner = WorldModelLearner(O, A, dataclasses.replace(CONFIG, batch_size=64, holdout_ratio=0.3), seed=0)
+    task, shapes, forward = LinearTask(seed=4), [], learner.dynamics.forward
+
+    def recording_forward(obs, action):
+        shapes.append(tuple(obs.shape))
+        return forward(obs, action)
+
+    learner.dynamics.forward = recording_forward
+    for _ in range(12):
+        learner.update(task.batch(64))
+    assert len(shapes) == 12 and set(shapes) == {(E, 64, O)}, shapes
+    assert learner.validation.size > 0  # the holdout took rows from these batches
