@@ -644,12 +644,7 @@ def bench_torchrl_ray(seconds: float, insert_batch: int, capacity: int, num_cpus
                              remote_config={"num_cpus": num_cpus})
     result = Measurement("torchrl_ray", 1, "uniform", None, mode="RayReplayBuffer", batches_per_call=1)
     try:
-        chunks = _torchrl_chunks(insert_batch)
-        while len(buffer) < capacity:
-            buffer.extend(next(chunks))
-
-        _measure_inserts(result, seconds, insert_batch, chunks, buffer.extend)
-        result.stored = len(buffer)
+        _torchrl_inserts(result, buffer, seconds, insert_batch, capacity)
         buffer.sample()  # untimed: one-time costs
         latencies: list[float] = []
 
@@ -665,6 +660,16 @@ def bench_torchrl_ray(seconds: float, insert_batch: int, capacity: int, num_cpus
     finally:
         buffer.close()
     return result
+
+
+def _torchrl_inserts(result: Measurement, buffer: Any, seconds: float, insert_batch: int, capacity: int) -> None:
+    """Fill a TorchRL buffer to ``capacity`` with the bench's chunks (untimed), then time its ``extend`` for
+    ``seconds`` into ``result``."""
+    chunks = _torchrl_chunks(insert_batch)
+    while len(buffer) < capacity:
+        buffer.extend(next(chunks))
+    _measure_inserts(result, seconds, insert_batch, chunks, buffer.extend)
+    result.stored = len(buffer)
 
 
 def _torchrl_chunks(insert_batch: int) -> Iterator[Any]:
@@ -699,12 +704,7 @@ def bench_torchrl(kind: str, seconds: float, insert_batch: int, capacity: int, r
         buffer = TensorDictReplayBuffer(storage=storage, batch_size=SAMPLE_BATCH)
     result = Measurement("torchrl", None, "prioritized" if prioritized else "uniform", None, mode=kind)
     try:
-        chunks = _torchrl_chunks(insert_batch)
-        while len(buffer) < capacity:
-            buffer.extend(next(chunks))
-
-        _measure_inserts(result, seconds, insert_batch, chunks, buffer.extend)
-        result.stored = len(buffer)
+        _torchrl_inserts(result, buffer, seconds, insert_batch, capacity)
 
         generator = torch.Generator().manual_seed(1)
         latencies: list[float] = []
