@@ -90,12 +90,12 @@ class PolicyConfig:
     """Policy updates between weight publications (read by ``system/``)."""
     device: str = field(default="auto", metadata={"check": device_problem})
     """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
-    precision: str = field(default="auto", metadata={"check": precision_problem})
+    precision: str = field(default="fp32", metadata={"check": precision_problem})
     """Matmul precision of the update: 'fp32'; 'bf16' (``torch.autocast`` to bfloat16: matmuls and their gradients in
     bf16, the losses, the action distribution, the optimizer and the weights in fp32); 'auto': bf16 on a CPU with
-    bf16 matrix units (Intel AMX), fp32 elsewhere (``learners._common.resolve_precision``). Default 'auto': on
-    InvertedPendulum bf16 reached the target in as few env steps as fp32 over 5 seeds (docs/benchmarks.md, "bf16 on
-    AMX")."""
+    bf16 matrix units (Intel AMX), fp32 elsewhere (``learners._common.resolve_precision``). Default fp32: bf16
+    learned as well on InvertedPendulum's 5 seeds, but its kernels per operand shape grew the processes
+    (docs/benchmarks.md, "bf16 on AMX")."""
     prioritized: bool = False
     """Prioritized replay (Schaul et al., 2016) on table ``real``: rows drawn with probability proportional to
     ``priority ** priority_alpha``, the critic loss weighted by each row's importance weight, and each sampled

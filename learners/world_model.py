@@ -80,12 +80,12 @@ class WorldModelConfig:
     """Model updates between weight publications (read by ``system/``)."""
     device: str = field(default="auto", metadata={"check": device_problem})
     """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
-    precision: str = field(default="auto", metadata={"check": precision_problem})
+    precision: str = field(default="fp32", metadata={"check": precision_problem})
     """Matmul precision of the training step: 'fp32'; 'bf16' (``torch.autocast`` to bfloat16: the network's matmuls and
     their gradients in bf16, its outputs, the losses, the optimizer and the weights in fp32); 'auto': bf16 on a CPU
-    with bf16 matrix units (Intel AMX), fp32 elsewhere. Validation always runs in fp32. Default 'auto': on
-    InvertedPendulum bf16 reached the target in as few env steps as fp32 over 5 seeds (docs/benchmarks.md, "bf16 on
-    AMX")."""
+    with bf16 matrix units (Intel AMX), fp32 elsewhere. Validation always runs in fp32. Default fp32: bf16 learned as
+    well on InvertedPendulum's 5 seeds, but its kernels per operand shape grew the processes (docs/benchmarks.md,
+    "bf16 on AMX")."""
     termination_fn: str | None = field(default=AUTO, metadata={"check": termination_fn_problem})
     """Known termination function used by imagination instead of the learned termination head: 'module:function'
     taking numpy (obs, action, next_obs) -> bool (N,) (e.g. 'learners.termination:hopper'); 'auto': the one

@@ -406,7 +406,7 @@ def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_matrix_units(cpu_bf16):
     cpu_bf16(False)
     assert make_learner(precision="auto").dtype == torch.float32
     assert make_learner(precision="bf16").dtype == torch.bfloat16
-    assert PolicyConfig().precision == "auto"  # bf16 learned as well on 5 seeds (docs/benchmarks.md, "bf16 on AMX")
+    assert PolicyConfig().precision == "fp32"  # until bf16's kernels per shape stop growing the processes
 
 
 def test_policy_config_rejects_an_unknown_precision():
