@@ -22,15 +22,15 @@ recovered size as if its consumer were exactly on target (``inserted = size``,
 Cold tier (:attr:`TableConfig.disk_capacity` ``> 0``, needs ``directory``): rows evicted from memory go to Parquet
 segment files under ``<directory>/shard-<index>/<table>/cold/`` (:mod:`replay.cold`) and stay sampleable. A full
 segment is written after the inserting call released the table lock, so sampling is never held up by it.
+A snapshot first writes (and fsyncs) every evicted row to a segment file, so that the logs it deletes hold no row
+that exists nowhere else. Recovery replays the logs, whose evictions the cold tier skips for the keys it already
+holds, then checks that the cold tier ends where memory begins (:meth:`replay.table.Table.reconcile_cold`); a
+table that is not persisted starts with an empty cold tier.
 
 Snapshots and cold segments are written by one thread of the shard's own (the inserting call waits for it), never
 by the threads that serve calls: pyarrow's allocator keeps a heap per thread, and a shard actor serves its calls
 from 16 threads, so a Parquet writer run on each in turn kept its buffers in each (the anonymous memory of a shard
 rose about 3 MB with every snapshot in a soak, up to some 20 MB in process with 16 threads; docs/benchmarks.md).
-A snapshot first writes (and fsyncs) every evicted row to a segment file, so that the logs it deletes hold no row
-that exists nowhere else. Recovery replays the logs, whose evictions the cold tier skips for the keys it already
-holds, then checks that the cold tier ends where memory begins (:meth:`replay.table.Table.reconcile_cold`); a
-table that is not persisted starts with an empty cold tier.
 """
 
 from __future__ import annotations
