@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,9 +49,11 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 GCS_PORT = 47379
+RUNTIME_ENV_AGENT_PORT = 47384
 HEAD_PORTS = ["--node-manager-port=47380", "--object-manager-port=47381", "--min-worker-port=47400",
               "--max-worker-port=47499", "--dashboard-agent-listen-port=47382", "--dashboard-agent-grpc-port=47383",
-              "--runtime-env-agent-port=47384", "--metrics-export-port=47385", "--ray-client-server-port=47386"]
+              f"--runtime-env-agent-port={RUNTIME_ENV_AGENT_PORT}", "--metrics-export-port=47385",
+              "--ray-client-server-port=47386"]
 ON_THIS_MACHINE = {"head": {"CPU": 2, "replay_node": 2},
                    "cpu_worker": {"CPU": 1, "rollout_node": 2},
                    "gpu_worker": {"CPU": 1, "GPU": 1, "learner_gpu": 1}}
@@ -113,9 +116,11 @@ def autoscaling_cluster():
     try:
         # On a heavily loaded machine the head's raylet can die waiting (about 15 s here) for its
         # dashboard agent to start: then the processes of that attempt end and the head starts again.
+        # Or `ray start` returns while an agent has failed, and the raylet, which fate-shares with its agents, ends
+        # seconds later (seen once: the runtime-env agent): the same.
         for _ in range(HEAD_ATTEMPTS):
             started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-            if started.returncode == 0:
+            if started.returncode == 0 and head_settled(temp_dir):
                 break
             end_processes(cluster_processes(temp_dir))
         assert started.returncode == 0, started.stderr[-3000:]
@@ -123,6 +128,34 @@ def autoscaling_cluster():
     finally:
         end_processes(cluster_processes(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def head_settled(temp_dir: str, settle_s: float = 5.0, timeout: float = 60.0) -> bool:
+    """Whether the head just started stays up: its runtime-env agent answers on its port and, ``settle_s`` later,
+    the raylet still runs and has logged no failed agent."""
+    def raylet_alive() -> bool:
+        for pid in cluster_processes(temp_dir):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/raylet"):
+                    return True
+            except OSError:
+                continue
+        return False
+
+    def agent_answers() -> bool:
+        with socket.socket() as probe:
+            probe.settimeout(1.0)
+            return probe.connect_ex(("127.0.0.1", RUNTIME_ENV_AGENT_PORT)) == 0
+
+    deadline = time.monotonic() + timeout
+    while not agent_answers():
+        if time.monotonic() > deadline or not raylet_alive():
+            return False
+        time.sleep(0.5)
+    time.sleep(settle_s)
+    logs = Path(temp_dir) / "session_latest" / "logs"
+    failed = any("Ray agent failed" in path.read_text(errors="replace") for path in logs.glob("raylet*.out"))
+    return raylet_alive() and not failed
 
 
 def cluster_nodes(env: dict) -> dict[str, dict]:
@@ -267,4 +300,4 @@ def test_a_role_no_node_type_can_host_stops_the_run_with_its_name(autoscaling_cl
     assert train.finish(timeout=300) == 1, train.text()
     # Searched in every line: the run's actors, ended with the driver, may print long stack traces after it.
     said = train.first(re.escape("rollout-0 asks {CPU: 0.5, rollout_node: 3}, which no node offers"))
-    assert said is not None, train.head()
+    assert said is not None, f"{train.head()}\n[...]\n{train.text()}"

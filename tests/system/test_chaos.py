@@ -61,8 +61,11 @@ def test_every_role_killed_in_turn_restarts_and_the_run_ends_by_its_budget(tmp_p
                   f"run.total_env_steps={BUDGET}", "ray.num_cpus=8",
                   "run.checkpoint_every_s=5",  # a checkpoint for the restarted learners to restore from
                   "placement.timeout_s=600", "run.startup_timeout_s=600") as run:  # a loaded machine starts slowly
-        run.wait_until(lambda: run.processes("ray::PolicyLoop.run"), 300, "learners sampling")
         run_dir = tmp_path / "chaos"
+        run.wait_until(lambda: run.processes("ray::PolicyLoop.run"), 300, "learners sampling")
+        # Rows of the first rollout worker acknowledged before its kill (counted steps minus at most 4 chunks of 25
+        # in flight): on a loaded machine its first call can still be running when the learners start.
+        run.wait_until(lambda: env_steps_so_far(run_dir) >= 200, 300, "200 env steps counted")
         for title, role in VICTIMS:
             if role == "policy":  # what a restarted learner can restore: a checkpoint written before the kill
                 restorable = (run_dir / "checkpoint" / "meta.json").is_file()
