@@ -489,6 +489,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from system.heap import return_arrow_pages
+
+    return_arrow_pages()  # before anything loads pyarrow (reading a config does)
     args = parse(argv)
     return args.func(args)
 

@@ -12,8 +12,8 @@ Two measures, both glibc-only (elsewhere, e.g. musl or macOS, they do nothing an
   holds for the arenas made from now on, and ``MALLOC_ARENA_MAX`` in the environment of the processes it starts);
 - :class:`HeapTrimmer`: a daemon thread that calls ``malloc_trim(0)`` every ``ray.heap_trim_every_s``; since glibc
   2.8 that hands back the free pages inside every arena, not only the top of the main one.
-- pyarrow's memory pool (mimalloc) hands back freed pages at once in the processes a run starts
-  (:data:`ARROW_PURGE_ENV`). Not asked of a process that loaded pyarrow before (``release_unused()``): a test suite
+- pyarrow's memory pool (mimalloc) hands back freed pages at once in the processes a run starts and in the
+  driver (:data:`ARROW_PURGE_ENV`, :func:`return_arrow_pages`). Not asked of a process that loaded pyarrow before (``release_unused()``): a test suite
   whose driver called it after each metrics rewrite ended in a segmentation fault at its exit.
 
     start(arena_max=2, trim_every_s=60.0)   # once per process: the driver before Ray starts, each actor at creation
@@ -29,7 +29,8 @@ import threading
 from dataclasses import dataclass
 from functools import cache
 
-__all__ = ["ARENA_ENV", "ARROW_PURGE_ENV", "HeapStats", "HeapTrimmer", "heap_stats", "limit_arenas", "start", "trim"]
+__all__ = ["ARENA_ENV", "ARROW_PURGE_ENV", "HeapStats", "HeapTrimmer", "heap_stats", "limit_arenas", "return_arrow_pages",
+           "start", "trim"]
 
 ARENA_ENV = "MALLOC_ARENA_MAX"
 """The environment variable glibc reads at a process's start."""
@@ -125,6 +126,13 @@ _trimmer: HeapTrimmer | None = None
 _lock = threading.Lock()
 
 
+def return_arrow_pages() -> None:
+    """Arrow's freed pages go back at once (:data:`ARROW_PURGE_ENV`) in this process, if it has not loaded pyarrow
+    yet, and in the processes it starts; a value the user set stays. The CLI asks it first thing, before any config
+    is read (reading one loads pyarrow), so the driver's own metrics writes hand their pages back too."""
+    os.environ.setdefault(ARROW_PURGE_ENV, "0")
+
+
 def start(arena_max: int, trim_every_s: float) -> bool:
     """Both measures for this process (the trimmer once: a second call keeps the first's). False where this is not
     glibc, and then nothing is started."""
@@ -132,8 +140,8 @@ def start(arena_max: int, trim_every_s: float) -> bool:
     if _libc() is None:
         return False
     limit_arenas(arena_max)
-    if trim_every_s > 0:  # processes started from now on: Arrow's freed pages go back at once (a user's value stays)
-        os.environ.setdefault(ARROW_PURGE_ENV, "0")
+    if trim_every_s > 0:  # processes started from now on
+        return_arrow_pages()
     with _lock:
         if _trimmer is None and trim_every_s > 0:
             _trimmer = HeapTrimmer(trim_every_s).start()

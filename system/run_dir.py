@@ -173,6 +173,8 @@ class TableRows:
     """The rows of a table a run keeps whole (the metrics table: one row per report, for days). The newest
     ``chunk_rows`` are Python dicts; each earlier chunk is a Parquet part in ``spill_dir`` (an Arrow table in memory
     when there is none), so that the driver's memory stays flat however long the run (docs/benchmarks.md, Soak).
+    256 rows of some 70 metrics are about 1.6 MB of dicts; at one report a second the first part is written in the
+    run's fifth minute, and with it the driver's one-off step of loading Arrow's Parquet reader and writer.
 
     Usage::
 
@@ -182,7 +184,7 @@ class TableRows:
         rows.close()                                   # the parts go
     """
 
-    def __init__(self, spill_dir: Path | None = None, chunk_rows: int = 1024):
+    def __init__(self, spill_dir: Path | None = None, chunk_rows: int = 256):
         self._chunk_rows, self._spill_dir = chunk_rows, spill_dir
         self._parts: list[tuple[pa.Table | Path, pa.Schema]] = []
         """Each sealed chunk (in memory, or its part's path) with its schema, so a rewrite reads no part twice."""

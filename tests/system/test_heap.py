@@ -120,3 +120,16 @@ def test_arrow_hands_back_freed_pages_in_the_processes_a_run_starts():
     assert kept.returncode == 0 and purged.returncode == 0, kept.stderr + purged.stderr
     kept_mb, purged_mb = float(kept.stdout), float(purged.stdout)
     assert purged_mb < kept_mb - 30, (kept_mb, purged_mb)  # 54 against 120 MB here
+
+
+def test_the_cli_asks_arrow_to_hand_back_pages_before_it_loads_pyarrow():
+    """The driver's own process: the environment is set before reading a config loads pyarrow; a user's value stays."""
+    probe = """
+        import os, sys
+        from system import cli
+        loaded_before = "pyarrow" in sys.modules
+        code = cli.main(["plot", "no-such-run-dir"])
+        print(os.environ.get("MIMALLOC_PURGE_DELAY"), loaded_before, code)
+    """
+    assert _python(probe).stdout.split() == ["0", "False", "2"]
+    assert _python(probe, MIMALLOC_PURGE_DELAY="100").stdout.split()[0] == "100"
