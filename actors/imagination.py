@@ -64,7 +64,7 @@ class ImaginationConfig:
     """Matmul precision of the model's and the policy's forwards: 'fp32'; 'bf16' (bf16 copies of the weights, inputs and
     outputs fp32); 'auto': bf16 on a CPU with bf16 matrix units (Intel AMX), fp32 elsewhere. Default fp32: bf16
     learned as well on InvertedPendulum's 5 seeds, but its kernels per operand shape grew the processes
-    (docs/benchmarks.md, "bf16 on AMX")."""
+    (docs/benchmarks.md, "bf16 on AMX"); bf16 on a CPU runs on power-of-two row counts (:func:`rollout`)."""
     max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
     """How often Ray restarts an imagination worker whose process died; -1 without limit."""
     penalty_scale: float = field(default=0.0, metadata={"check": ">= 0", "note": "0: off"})
@@ -134,6 +134,23 @@ _ROLLOUT_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "trunca
                     "penalty")
 
 
+def bucket_rows(rows: int) -> int:
+    """The row count a forward of ``rows`` rows is padded to: the next power of two (at most 2x the work, and
+    log2(B) + 1 distinct shapes however rollouts end)."""
+    return 1 << max(rows - 1, 0).bit_length()
+
+
+def _step(policy: Any, model: Any, obs: torch.Tensor, padded: bool) -> tuple[torch.Tensor, ...]:
+    """One imagined step of every row of ``obs`` (B, O): (action, next_obs, reward, terminated, disagreement). With
+    ``padded`` the forwards see :func:`bucket_rows` rows (copies of the first row fill the rest), and each output
+    keeps the first B."""
+    rows = obs.shape[0]
+    if padded and bucket_rows(rows) != rows:
+        obs = torch.cat([obs, obs[:1].expand(bucket_rows(rows) - rows, -1)])
+    action = policy.act_tensor(obs)
+    return tuple(x[:rows] for x in (action, *model.step(obs, action)))
+
+
 def rollout(
     policy: Any,
     model: Any,
@@ -141,6 +158,7 @@ def rollout(
     horizon: int,
     penalty_scale: float = 0.0,
     max_disagreement: float = math.inf,
+    padded: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Roll ``model`` out for ``horizon`` steps under ``policy`` from ``obs`` (B, O).
 
@@ -153,14 +171,17 @@ def rollout(
     before a transition that is not trusted: one with a non-finite value (counted in ``nonfinite``) or with a
     disagreement above ``max_disagreement`` (counted in ``uncertain``). An untrusted transition is not written;
     the row's previous transition, if any, is marked truncated, as the rollout was cut there.
+
+    ``padded``: the forwards see power-of-two row counts only (:func:`_step`). The live rows shrink step by step
+    and differ per batch; oneDNN's bf16 kernels on CPU are made and kept per operand shape, so a worker that saw
+    every count grew by a kernel each (docs/benchmarks.md, "bf16 on AMX").
     """
     rows: dict[str, list[torch.Tensor]] = {k: [] for k in _ROLLOUT_COLUMNS}
     start = torch.arange(obs.shape[0], device=obs.device)
     previous = None  # index of each live row in the previous step's written rows
     nonfinite = uncertain = 0
     for h in range(horizon):
-        action = policy.act_tensor(obs)
-        next_obs, reward, terminated, spread = model.step(obs, action)
+        action, next_obs, reward, terminated, spread = _step(policy, model, obs, padded)
 
         # stop untrusted rows: non-finite predictions, then disagreement above the threshold
         finite = torch.isfinite(next_obs).all(dim=1) & torch.isfinite(reward) & torch.isfinite(spread)
@@ -229,9 +250,14 @@ class ImaginationWorker:
         self._replay, self._local = replay, local
         self._policy_weights, self._model_weights = policy_weights, model_weights
         self._policy, self._model = make_policy(), make_model()
+        self._padded = False
+        """Forwards on power-of-two row counts: bf16 on a CPU (:func:`rollout`)."""
         for part in (self._policy, self._model):  # config.precision, resolved on the part's device
             if hasattr(part, "set_dtype"):
-                part.set_dtype(resolve_precision(config.precision, torch.device(part.device)))
+                device = torch.device(part.device)
+                dtype = resolve_precision(config.precision, device)
+                part.set_dtype(dtype)
+                self._padded |= dtype == torch.bfloat16 and device.type == "cpu"
         self._pending: deque = deque()
         self.transitions = 0
         self._metrics = metrics(index)  # Prometheus
@@ -287,7 +313,7 @@ class ImaginationWorker:
         obs = torch.as_tensor(starts["obs"], dtype=torch.float32)
         with torch.inference_mode():
             out = rollout(self._policy, self._model, obs, horizon, self.config.penalty_scale,
-                          self.config.max_disagreement)
+                          self.config.max_disagreement, self._padded)
         n = int(out["obs"].shape[0])
         # every start state of the batch is an episode of its own: batch_size episode ids per rollout batch
         episode_ids = self._stamper.start_episodes(self.config.batch_size)

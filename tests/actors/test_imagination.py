@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.imagination import ImaginationConfig, ImaginationWorker, rollout
+from actors.imagination import ImaginationConfig, ImaginationWorker, bucket_rows, rollout
 from learners import WorldModel, WorldModelConfig
 from system.config import ConfigError, load_config
 from tests.conftest import RecordingReplay, StaticWeights
@@ -216,3 +216,38 @@ def test_worker_runs_its_policy_and_model_at_the_configured_precision(precision,
         lambda: Policy(2, 1, -1.0, 1.0, (16,)), lambda: WorldModel(2, 1, model_config),
     )
     assert worker._policy.dtype == dtype and worker._model.dtype == dtype
+    assert worker._padded == (dtype == torch.bfloat16)  # on this CPU: padded forwards for bf16's kernels
+
+
+class ShapeLog(DriftModel):
+    """A DriftModel that records the row count of every forward."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.rows = []
+
+    def step(self, obs, action):
+        self.rows.append(obs.shape[0])
+        return super().step(obs, action)
+
+
+def test_bucket_rows_is_the_next_power_of_two():
+    assert [bucket_rows(n) for n in (0, 1, 2, 3, 5, 64, 65, 1000)] == [1, 1, 2, 4, 8, 64, 128, 1024]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"threshold": 3.0},                                              # rows end at different steps
+    {"threshold": 100.0, "nan_rows": [1, 4], "nan_call": 2},         # stopped mid-way as non-finite
+    {"threshold": 100.0, "spread_slope": 0.1, "max_disagreement": 0.35, "penalty_scale": 2.0},
+])
+def test_padded_rollouts_write_the_same_rows_on_power_of_two_shapes(kwargs):
+    rollout_keys = {k: kwargs.pop(k) for k in ("max_disagreement", "penalty_scale") if k in kwargs}
+    obs = torch.stack([torch.arange(7.0) % 3, torch.arange(7.0)], dim=1)  # 7 rows, ending at different steps
+    plain, padded = ShapeLog(**kwargs), ShapeLog(**kwargs)
+    expected = rollout(HalfPolicy(), plain, obs, horizon=4, **rollout_keys)
+    out = rollout(HalfPolicy(), padded, obs, horizon=4, padded=True, **rollout_keys)
+    assert out.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(out[key], expected[key], msg=key)
+    assert any(n & (n - 1) for n in plain.rows), plain.rows  # the counts the live rows had: not all powers of two
+    assert padded.rows == [bucket_rows(n) for n in plain.rows], (padded.rows, plain.rows)
