@@ -13,8 +13,9 @@ Two measures, both glibc-only (elsewhere, e.g. musl or macOS, they do nothing an
 - :class:`HeapTrimmer`: a daemon thread that calls ``malloc_trim(0)`` every ``ray.heap_trim_every_s``; since glibc
   2.8 that hands back the free pages inside every arena, not only the top of the main one.
 - pyarrow's memory pool (mimalloc) hands back freed pages at once in the processes a run starts and in the
-  driver (:data:`ARROW_PURGE_ENV`, :func:`return_arrow_pages`). Not asked of a process that loaded pyarrow before (``release_unused()``): a test suite
-  whose driver called it after each metrics rewrite ended in a segmentation fault at its exit.
+  driver (:data:`ARROW_PURGE_ENV`, :func:`return_arrow_pages`). Not asked of a process that loaded pyarrow before
+  (``release_unused()``): a test suite whose driver called it after each metrics rewrite ended in a segmentation
+  fault at its exit.
 
     start(arena_max=2, trim_every_s=60.0)   # once per process: the driver before Ray starts, each actor at creation
     stats = heap_stats()                     # HeapStats(in_use=..., free=...) or None
@@ -29,8 +30,8 @@ import threading
 from dataclasses import dataclass
 from functools import cache
 
-__all__ = ["ARENA_ENV", "ARROW_PURGE_ENV", "HeapStats", "HeapTrimmer", "heap_stats", "limit_arenas", "return_arrow_pages",
-           "start", "trim"]
+__all__ = ["ARENA_ENV", "ARROW_PURGE_ENV", "HeapStats", "HeapTrimmer", "heap_stats", "limit_arenas",
+           "return_arrow_pages", "start", "trim"]
 
 ARENA_ENV = "MALLOC_ARENA_MAX"
 """The environment variable glibc reads at a process's start."""
