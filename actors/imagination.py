@@ -145,8 +145,8 @@ def _step(policy: Any, model: Any, obs: torch.Tensor, padded: bool) -> tuple[tor
     ``padded`` the forwards see :func:`bucket_rows` rows (copies of the first row fill the rest), and each output
     keeps the first B."""
     rows = obs.shape[0]
-    if padded and bucket_rows(rows) != rows:
-        obs = torch.cat([obs, obs[:1].expand(bucket_rows(rows) - rows, -1)])
+    if padded and (size := bucket_rows(rows)) != rows:
+        obs = torch.cat([obs, obs[:1].expand(size - rows, -1)])
     action = policy.act_tensor(obs)
     return tuple(x[:rows] for x in (action, *model.step(obs, action)))
 

@@ -141,7 +141,7 @@ def start(arena_max: int, trim_every_s: float) -> bool:
     if _libc() is None:
         return False
     limit_arenas(arena_max)
-    if trim_every_s > 0:  # processes started from now on
+    if trim_every_s > 0:  # processes started from now on (the CLI has set it already, whatever this key says)
         return_arrow_pages()
     with _lock:
         if _trimmer is None and trim_every_s > 0:
