@@ -8,9 +8,10 @@
 One ``dynaray train`` run (the ``debug`` preset when no preset is given; presets and overrides as ``dynaray train``
 takes them) in a child process on an embedded local Ray, with an endless budget, stopped with SIGINT (as Ctrl-C
 does) ``--minutes`` after every role runs (the run's ``placement.json``: every actor's constructor has finished;
-minutes count from then, negative while the roles start). Every ``--interval`` seconds the bench reads, from ``/proc`` (Linux), the resident set
-size of every process of the run: the child (the driver) and all its descendants, which are every process of the
-embedded Ray (GCS server, raylet, the dashboard head and agents, log monitor, and the worker processes). Worker processes are named by the actor they hold (Ray's actor table, read from
+minutes count from then, negative while the roles start). Every ``--interval`` seconds the bench reads, from
+``/proc`` (Linux), the resident set size of every process of the run: the child (the driver) and all its
+descendants, which are every process of the embedded Ray (GCS server, raylet, the dashboard head and agents, log
+monitor, and the worker processes). Worker processes are named by the actor they hold (Ray's actor table, read from
 the GCS at the address the run writes to its ``ray.json``), so each role's actors are told apart; idle workers are
 ``idle worker <pid>``. From the raylet, at the same times: the object store's bytes and objects in use, and the
 object refs each worker process holds in scope (the driver's included), so that refs kept alive (published weights,
@@ -32,6 +33,13 @@ Likewise ``replay.snapshot_every_rows`` is ``--snapshot-every-rows`` (50,000 by 
 writer's buffers) that a debug run reached only after 38 minutes with the system's default, where a fit counts it as
 growth. At 50,000 the first snapshot falls inside the default warm-up of a soak of 30 minutes or more, and later ones
 repeat inside the window, so a snapshot that leaks shows as a slope.
+
+What each process's memory is made of is sampled with it (:data:`PARTS`, from ``/proc/<pid>/status`` and
+``smaps_rollup``): anonymous pages, of which in transparent huge pages, mapped files and shared memory. The report
+gives the slope of each part, and the steps of each process after the warm-up (:func:`find_steps`: rises of
+1 MB or more that stay), each with the part that rose, so that a process that grows by the kernel's doing (a huge
+page filled in around a few pages in use, or code pages read back in after the kernel dropped them) is told from one
+that allocates and keeps what it allocated.
 
 The plot (``--plot``; ``soak.png`` in the run directory by default) shows every process's RSS over time and the
 object store's use.
@@ -117,6 +125,36 @@ def rss_bytes(pid: int) -> int | None:
             return int(f.read().split()[1]) * PAGE
     except (OSError, IndexError, ValueError):
         return None
+
+
+PARTS = ("anon", "huge", "file", "shmem")
+"""What a process's resident memory is made of (``/proc/<pid>/smaps_rollup``), in :attr:`Series.parts`: ``anon``
+its anonymous pages (heaps, stacks: what only the process can free), ``huge`` the part of ``anon`` that sits in
+transparent huge pages (``AnonHugePages``: the kernel's khugepaged fills a 2 MB region around the few pages of it
+that are in use, so it moves in 2 MB steps without the process allocating anything), ``file`` pages of mapped
+files (code, libraries: page cache, which the kernel drops under pressure and reads back on use) and ``shmem``
+shared memory (Ray's object store, mapped by the raylet and every worker)."""
+_STATUS_FIELDS = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
+
+
+def memory_parts(pid: int) -> dict[str, int] | None:
+    """``pid``'s resident memory by :data:`PARTS`, in bytes (``/proc/<pid>/status``, and ``smaps_rollup`` for
+    ``huge``); None when it has ended or the kernel does not say (Linux 4.5 and later)."""
+    found: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] in _STATUS_FIELDS:
+                    found[_STATUS_FIELDS[fields[0]]] = int(fields[1]) * 1024
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            huge = next((line for line in f if line.startswith("AnonHugePages:")), None)
+    except (OSError, IndexError, ValueError):
+        return None
+    if len(found) != len(_STATUS_FIELDS):
+        return None
+    return {"anon": found["anon"], "huge": int(huge.split()[1]) * 1024 if huge else 0, "file": found["file"],
+            "shmem": found["shmem"]}
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -254,20 +292,68 @@ def theil_sen(t: np.ndarray, y: np.ndarray) -> float:
 
 @dataclass
 class Series:
-    """One process's samples (minutes since the run started, RSS MB, refs in scope or None)."""
+    """One process's samples (minutes since the run started, RSS MB, refs in scope or None, and its RSS by
+    :data:`PARTS` in MB, NaN where the kernel did not say)."""
 
     name: str
     pids: list[int] = field(default_factory=list)
     minutes: list[float] = field(default_factory=list)
     rss_mb: list[float] = field(default_factory=list)
     refs: list[int | None] = field(default_factory=list)
+    parts: dict[str, list[float]] = field(default_factory=lambda: {part: [] for part in PARTS})
 
-    def add(self, minute: float, pid: int, rss: float, refs: int | None) -> None:
+    def add(self, minute: float, pid: int, rss: float, refs: int | None, parts: dict[str, float] | None = None) -> None:
         if pid not in self.pids:
             self.pids.append(pid)
         self.minutes.append(minute)
         self.rss_mb.append(rss)
         self.refs.append(refs)
+        for part, values in self.parts.items():
+            values.append(parts[part] if parts else float("nan"))
+
+
+STEP_MB = 1.0
+"""Smallest rise of a process's RSS that :func:`find_steps` reports as a step."""
+STEP_SAMPLES = 8
+"""Samples on each side of a step whose medians it compares (2 minutes at a 15 s interval)."""
+
+
+def find_steps(series: Series, from_minute: float, min_mb: float = STEP_MB, k: int = STEP_SAMPLES) -> list[dict]:
+    """Where ``series``'s RSS rises by ``min_mb`` or more and stays up, from ``from_minute`` on.
+
+    The rise at a sample is the median of the ``k`` samples from it on minus the median of the ``k`` before it, so
+    a spike of a few samples (a garbage collection) is none. Steps are the largest rises at least ``k`` samples
+    apart, each placed at the largest single-sample rise near it. Each: ``{"minute", "mb"}`` and the same rise of
+    every part (``"anon"``, ...), which says what grew (``huge`` with ``anon``: the kernel's huge pages, not an
+    allocation).
+    """
+    rss = np.asarray(series.rss_mb, float)
+    if len(rss) < 2 * k + 1:
+        return []
+
+    def rise(values: np.ndarray, i: int) -> float:
+        return float(np.median(values[i:i + k]) - np.median(values[i - k:i]))
+
+    rises = np.full(len(rss), -np.inf)
+    for i in range(k, len(rss) - k + 1):
+        rises[i] = rise(rss, i)
+    chosen: list[int] = []
+    for i in np.argsort(-rises, kind="stable"):
+        if rises[i] < min_mb:
+            break
+        if all(abs(i - j) > k for j in chosen):
+            chosen.append(int(i))
+    steps = []
+    for i in sorted(chosen):
+        lo, hi = max(k, i - k // 2), min(len(rss) - k, i + k // 2)
+        at = lo + int(np.argmax(np.diff(rss[lo - 1:hi + 1])))  # the sample the largest single rise leads to
+        if series.minutes[at] < from_minute:
+            continue
+        step = {"minute": round(series.minutes[at], 2), "mb": round(rise(rss, at), 2)}
+        for part, values in series.parts.items():
+            step[part] = round(rise(np.asarray(values, float), at), 2)
+        steps.append(step)
+    return steps
 
 
 @dataclass(frozen=True)
@@ -289,6 +375,10 @@ class ProcessResult:
     refs_start: int | None
     refs_end: int | None
     """Object refs in scope in the process at the window's first and last sample (None: not a Ray worker)."""
+    part_slopes: dict[str, float] = field(default_factory=dict)
+    """The slope (MB/h) of each of :data:`PARTS` over the window (NaN where the kernel did not say)."""
+    steps: list[dict] = field(default_factory=list)
+    """The window's steps (:func:`find_steps`)."""
 
 
 def _window(series_minutes: list[float], warmup_minutes: float) -> np.ndarray:
@@ -307,6 +397,8 @@ def summarize(series: Series, warmup_minutes: float, window_samples: int) -> Pro
         judged=samples >= 2 and samples >= window_samples / 2, slope_mb_per_h=theil_sen(t, y),
         start_mb=float(y[0]) if samples else float("nan"), end_mb=float(y[-1]) if samples else float("nan"),
         peak_mb=float(max(series.rss_mb)), refs_start=refs[0] if refs else None, refs_end=refs[-1] if refs else None,
+        part_slopes={part: theil_sen(t, np.asarray(values, float)[inside]) for part, values in series.parts.items()},
+        steps=find_steps(series, warmup_minutes),
     )
 
 
@@ -345,18 +437,20 @@ class Report:
 
     def markdown(self) -> str:
         warmup = self.settings["warmup_minutes"]
-        lines = [f"| process | RSS slope after {warmup:g} min (MB/h) | RSS start (MB) | RSS end (MB) | peak (MB) | "
-                 "refs in scope start -> end | judged |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines = [f"| process | RSS slope after {warmup:g} min (MB/h) | {' / '.join(PARTS)} (MB/h) | RSS start (MB) | "
+                 "RSS end (MB) | peak (MB) | refs in scope start -> end | judged |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in sorted(self.processes, key=lambda p: (not p.judged, -abs(_finite_or_zero(p.slope_mb_per_h)))):
             refs = "-" if p.refs_start is None else f"{p.refs_start} -> {p.refs_end}"
             mark = "yes" if p.judged else f"no ({p.samples} samples)"
             if p.name in self.over:
                 mark = "**over**"
-            lines.append(f"| {p.name} | {p.slope_mb_per_h:+.1f} | {p.start_mb:.0f} | {p.end_mb:.0f} | "
+            parts = " / ".join(f"{p.part_slopes.get(part, float('nan')):+.1f}" for part in PARTS)
+            lines.append(f"| {p.name} | {p.slope_mb_per_h:+.1f} | {parts} | {p.start_mb:.0f} | {p.end_mb:.0f} | "
                          f"{p.peak_mb:.0f} | {refs} | {mark} |")
         if self.store:
             s = self.store
-            lines.append(f"| object store (used) | {s['slope_mb_per_h']:+.1f} | {s['start_mb']:.1f} | "
+            lines.append(f"| object store (used) | {s['slope_mb_per_h']:+.1f} | - | {s['start_mb']:.1f} | "
                          f"{s['end_mb']:.1f} | {s['peak_mb']:.1f} | objects {s['objects_start']} -> "
                          f"{s['objects_end']} | - |")
         threshold = self.settings["threshold_mb_per_h"]
@@ -369,6 +463,14 @@ class Report:
             lines.append(f"replay tables: real {t['real_capacity']} rows, imagined {t['imagined_capacity']} rows; "
                          f"{t['env_steps_at_warmup']} env steps by the end of the warm-up: real "
                          f"{full[t['real_full_at_warmup']]}; {t['env_steps_at_end']} env steps in all")
+        stepped = [p for p in self.processes if p.judged and p.steps]
+        if stepped:
+            lines.append(f"\nsteps of {STEP_MB:g} MB or more after the warm-up (minute: RSS rise, of which "
+                         f"{', '.join(PARTS)}):")
+            for p in sorted(stepped, key=lambda p: p.name):
+                lines.append(f"- {p.name}: " + "; ".join(
+                    f"{st['minute']:.1f}: +{st['mb']:.1f} ({', '.join(f'{st[part]:+.1f}' for part in PARTS)})"
+                    for st in p.steps))
         if self.error:
             lines.append(f"\nthe run failed: {self.error}")
         return "\n".join(lines)
@@ -520,7 +622,9 @@ def _sample(child: subprocess.Popen, probe: RayProbe, ready_file: Path, minutes:
                 continue
             known.add(pid)
             name = process_name(pid, _cmdline(pid), child.pid, actors)
-            series.setdefault(name, Series(name)).add(round(minute, 4), pid, rss / MB, refs.get(pid))
+            parts = memory_parts(pid)
+            series.setdefault(name, Series(name)).add(round(minute, 4), pid, rss / MB, refs.get(pid),
+                                                      {k: v / MB for k, v in parts.items()} if parts else None)
         if ready is not None and int(minute - ready) > shown:  # a progress line a minute: the biggest processes
             shown = int(minute - ready)
             now = [s for s in series.values() if s.minutes[-1] == round(minute, 4)]

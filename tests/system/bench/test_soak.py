@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from system.bench.soak import (
-    ProcessResult, Report, Series, judge, process_name, summarize, theil_sen, train_command,
+    PARTS, ProcessResult, Report, Series, find_steps, judge, memory_parts, process_name, rss_bytes, summarize,
+    theil_sen, train_command,
 )
 from system.cli import main
 from tests.system.bench.markdown import number, table_rows
@@ -88,10 +89,52 @@ def test_report_table_names_every_process_and_the_verdict():
                     "objects_end": 9}
     out = report.markdown()
     assert table_rows(out, "gcs_server")[0][1:2] == ["+12.5"] and table_rows(out, "gcs_server")[0][-1] == "**over**"
-    assert table_rows(out, "driver")[0][5:] == ["13 -> 13", "yes"]
-    assert table_rows(out, "object store (used)")[0][5] == "objects 9 -> 9"
+    assert table_rows(out, "driver")[0][6:] == ["13 -> 13", "yes"]
+    assert table_rows(out, "object store (used)")[0][6] == "objects 9 -> 9"
     assert "ABOVE 5 MB/h: gcs_server" in out
     assert json.loads(json.dumps(report.to_json()))["processes"][0]["name"] == "gcs_server"
+
+
+def test_memory_parts_add_up_to_the_rss_of_a_live_process():
+    pid = os.getpid()
+    parts, rss = memory_parts(pid), rss_bytes(pid)
+    assert set(parts) == set(PARTS)
+    assert 0 <= parts["huge"] <= parts["anon"]
+    assert abs(parts["anon"] + parts["file"] + parts["shmem"] - rss) <= 2 * 1024 * 1024, (parts, rss)
+    assert memory_parts(2**22 + 1) is None  # above Linux's largest process id: no such process
+
+
+def stepping(minutes, steps, noise=0.3, seed=0):
+    """A process of flat RSS (400 MB, sample noise of ``noise`` MB) that rises by ``mb`` of ``part`` at each
+    ``(minute, mb, part)`` of ``steps``."""
+    rng = np.random.default_rng(seed)
+    s = Series("shard")
+    for m in minutes:
+        parts = {"anon": 200.0, "huge": 0.0, "file": 150.0, "shmem": 50.0}
+        for at, mb, part in steps:
+            if m >= at:
+                parts[part] += mb
+                if part == "huge":
+                    parts["anon"] += mb
+        parts["file"] += rng.normal(0, noise)
+        s.add(m, 1, parts["anon"] + parts["file"] + parts["shmem"], None, parts)
+    return s
+
+
+def test_steps_are_found_where_they_are_and_say_what_grew():
+    minutes = np.arange(0, 90, 0.25)
+    s = stepping(minutes, [(10, 3.0, "anon"), (50, 2.0, "huge"), (71, 2.5, "anon")])
+    s.rss_mb[160] += 30.0  # a spike of one sample (a garbage collection): not a step
+    found = find_steps(s, from_minute=30)
+    assert [st["minute"] for st in found] == [50.0, 71.0]  # the warm-up's step is left out
+    assert found[0]["mb"] == pytest.approx(2.0, abs=0.3) and found[0]["huge"] == pytest.approx(2.0)
+    assert found[0]["anon"] == pytest.approx(2.0) and found[1]["huge"] == 0.0
+    assert find_steps(stepping(minutes, []), from_minute=0) == []
+    result = summarize(s, 30.0, int((minutes >= 30).sum()))
+    assert result.steps == found and result.part_slopes["shmem"] == pytest.approx(0.0)
+    report = Report({"minutes": 90, "warmup_minutes": 30, "threshold_mb_per_h": 5.0, "items": []}, {})
+    report.processes = [result]
+    assert "- shard: 50.0: +1.9 (+2.0, +2.0, -0.1, +0.0); 71.0: " in report.markdown()
 
 
 def test_train_command_runs_debug_by_default_and_the_bench_keys_come_last():
