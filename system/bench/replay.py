@@ -37,8 +37,10 @@ Backends:
   batches in flight; latency from submit to result) and ``one_shard`` (``ReplayClient.stream``, what the learners
   use: whole batches from one shard chosen in proportion to its size, ``replay.sample_batches_per_call`` batches per
   call, ``replay.sample_calls_in_flight`` calls in flight; latency of one shard call from submit to its answer).
-  Both report ``wait p99``: how long the consumer blocked for each batch. With ``--writers W`` (default 2) inserts
-  are also measured from W writer actors at once, each with its own client, as rollout workers insert.
+  Both report ``wait p99``: how long the consumer blocked for each batch, which is the latency target's measure
+  for ``one_shard`` (one of its calls carries many batches; ``split``'s target is its call's latency). With
+  ``--writers W`` (default 2) inserts are also measured from W writer actors at once, each with its own client, as
+  rollout workers insert.
 - ``rllib`` (``--rllib``): RLlib's ``EpisodeReplayBuffer`` / ``PrioritizedEpisodeReplayBuffer`` with the same
   capacity (in timesteps), fed the same data as numpy'ized ``SingleAgentEpisode`` chunks of ``--insert-batch``
   steps (``buffer.add(episodes)``) and sampled as RLlib's SAC/DQN training step does
@@ -817,11 +819,14 @@ class Report:
         for r in self.results:
             if r.backend == "ray":
                 where = f"Ray, {r.shards} shard(s), {r.mode} ({r.sampler}, log {'on' if r.log else 'off'})"
-                if r.mode == "one_shard":
+                if r.mode == "one_shard":  # a call carries many batches: the latency is the consumer's per batch
                     check(checks, f"sample rows/s into one client, {where}", r.sample_rows_s,
                           TARGET_RAY_SAMPLE_ROWS_S)
-                check(checks, f"p99 sample latency ms, {where}", r.p99_ms, TARGET_P99_MS, higher_is_better=False,
-                      strict=True)
+                    check(checks, f"p99 wait per batch ms, {where}", r.wait_p99_ms, TARGET_P99_MS,
+                          higher_is_better=False, strict=True)
+                else:
+                    check(checks, f"p99 sample latency ms, {where}", r.p99_ms, TARGET_P99_MS,
+                          higher_is_better=False, strict=True)
         for ratio in self.rllib_ratios():
             where = f"{ratio['sampler']}, our log {'on' if ratio['log'] else 'off'}"
             check(checks, f"insert x RLlib ({where})", ratio["insert"], TARGET_RLLIB_RATIO)

@@ -83,7 +83,7 @@ def test_bench_against_rllib_buffers(capsys):
                  "--log", "off"]) == 0
     out = capsys.readouterr().out
     rllib_rows = table_rows(out, "rllib")
-    assert sorted(r[2] for r in rllib_rows) == ["prioritized", "uniform"]
+    assert sorted(r[3] for r in rllib_rows) == ["prioritized", "uniform"]
     for row in rllib_rows:
         assert row[1] == "-" and row[2] == "-" and row[4] == "-"
         assert number(row[5]) > 0 and number(row[6]) > 0 and number(row[10]) > 0
@@ -144,10 +144,10 @@ def test_bench_replay_on_ray_with_one_and_two_shards(tmp_path, capsys):
     assert [t["target"] for t in report["targets"] if "Ray" in t["target"]] == [
         "p99 sample latency ms, Ray, 1 shard(s), split (prioritized, log off)",
         "sample rows/s into one client, Ray, 1 shard(s), one_shard (prioritized, log off)",
-        "p99 sample latency ms, Ray, 1 shard(s), one_shard (prioritized, log off)",
+        "p99 wait per batch ms, Ray, 1 shard(s), one_shard (prioritized, log off)",
         "p99 sample latency ms, Ray, 2 shard(s), split (prioritized, log off)",
         "sample rows/s into one client, Ray, 2 shard(s), one_shard (prioritized, log off)",
-        "p99 sample latency ms, Ray, 2 shard(s), one_shard (prioritized, log off)",
+        "p99 wait per batch ms, Ray, 2 shard(s), one_shard (prioritized, log off)",
     ]
 
 
