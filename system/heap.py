@@ -13,7 +13,8 @@ Two measures, both glibc-only (elsewhere, e.g. musl or macOS, they do nothing an
 - :class:`HeapTrimmer`: a daemon thread that calls ``malloc_trim(0)`` every ``ray.heap_trim_every_s``; since glibc
   2.8 that hands back the free pages inside every arena, not only the top of the main one.
 - pyarrow's memory pool (mimalloc) hands back freed pages at once in the processes a run starts and in the
-  driver (:data:`ARROW_PURGE_ENV`, :func:`return_arrow_pages`). Not asked of a process that loaded pyarrow before
+  driver (:data:`ARROW_PURGE_ENV`, :func:`return_arrow_pages`), and asks for no transparent huge pages
+  (:data:`ARROW_HUGE_PAGES_ENV`). Not asked of a process that loaded pyarrow before
   (``release_unused()``): a test suite whose driver called it after each metrics rewrite ended in a segmentation
   fault at its exit.
 
@@ -30,8 +31,8 @@ import threading
 from dataclasses import dataclass
 from functools import cache
 
-__all__ = ["ARENA_ENV", "ARROW_PURGE_ENV", "HeapStats", "HeapTrimmer", "heap_stats", "limit_arenas",
-           "return_arrow_pages", "start", "trim"]
+__all__ = ["ARENA_ENV", "ARROW_ENV", "ARROW_HUGE_PAGES_ENV", "ARROW_PURGE_ENV", "HeapStats", "HeapTrimmer",
+           "heap_stats", "limit_arenas", "return_arrow_pages", "start", "trim"]
 
 ARENA_ENV = "MALLOC_ARENA_MAX"
 """The environment variable glibc reads at a process's start."""
@@ -39,6 +40,15 @@ ARROW_PURGE_ENV = "MIMALLOC_PURGE_DELAY"
 """How long (ms) mimalloc, pyarrow's memory pool on Linux, keeps freed pages before it hands them back, read when a
 process loads pyarrow: its default keeps the pages a thread freed until that thread allocates again (a live thread
 that had made and dropped 100 MB of Arrow tables kept 120 MB, 54 MB with 0; tests/system/test_heap.py)."""
+ARROW_HUGE_PAGES_ENV = "MIMALLOC_ARENA_EAGER_COMMIT"
+"""Whether mimalloc commits its 1 GiB arenas up front, read when a process loads pyarrow. Its default does, and asks
+the kernel for transparent huge pages over the whole arena (``madvise(MADV_HUGEPAGE)``). The kernel's khugepaged
+then fills any 2 MB of it that holds a page in use (Linux's default ``max_ptes_none`` lets a region with one page
+in use be filled), with pages that mimalloc had handed back and counts as free. A replay shard and the driver grew
+by such 2 MB steps, minutes apart, for as long as a soak ran (docs/benchmarks.md). With 0 the arena is committed as
+it is used, without the advice; the process's other huge pages (numpy's large arrays ask for them) stay."""
+ARROW_ENV = {ARROW_PURGE_ENV: "0", ARROW_HUGE_PAGES_ENV: "0"}
+"""What :func:`return_arrow_pages` sets (where it is not set already)."""
 _M_ARENA_MAX = -8
 """``mallopt``'s parameter number for the arena cap (glibc's malloc.h)."""
 
@@ -128,10 +138,12 @@ _lock = threading.Lock()
 
 
 def return_arrow_pages() -> None:
-    """Arrow's freed pages go back at once (:data:`ARROW_PURGE_ENV`) in this process, if it has not loaded pyarrow
-    yet, and in the processes it starts; a value the user set stays. The CLI asks it first thing, before any config
-    is read (reading one loads pyarrow), so the driver's own metrics writes hand their pages back too."""
-    os.environ.setdefault(ARROW_PURGE_ENV, "0")
+    """Arrow's freed pages go back at once (:data:`ARROW_PURGE_ENV`) and stay back (:data:`ARROW_HUGE_PAGES_ENV`) in
+    this process, if it has not loaded pyarrow yet, and in the processes it starts; a value the user set stays. The
+    CLI asks it first thing, before any config is read (reading one loads pyarrow), so the driver's own metrics
+    writes hand their pages back too."""
+    for name, value in ARROW_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def start(arena_max: int, trim_every_s: float) -> bool:

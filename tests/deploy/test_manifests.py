@@ -405,5 +405,5 @@ def test_the_dockerfile_sets_the_heap_environment_of_the_embedded_local_ray():
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(
         line.strip(" \\") for line in re.search(r"^ENV (.*?)(?:\n\n|\nRUN)", (DEPLOY / "Dockerfile").read_text(),
                                                  re.MULTILINE | re.DOTALL)[1].splitlines())))
-    assert {k: env.get(k) for k in (heap.ARENA_ENV, heap.ARROW_PURGE_ENV)} == {
-        heap.ARENA_ENV: str(RayConfig().malloc_arena_max), heap.ARROW_PURGE_ENV: "0"}
+    assert {k: env.get(k) for k in (heap.ARENA_ENV, *heap.ARROW_ENV)} == {
+        heap.ARENA_ENV: str(RayConfig().malloc_arena_max), **heap.ARROW_ENV}

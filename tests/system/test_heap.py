@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -122,6 +123,25 @@ def test_arrow_hands_back_freed_pages_in_the_processes_a_run_starts():
     assert purged_mb < kept_mb - 30, (kept_mb, purged_mb)  # 54 against 120 MB here
 
 
+ARROW_HUGE = """
+    import os, re
+    import numpy as np, pyarrow as pa
+    parts = [pa.table({"x": np.arange(100_000) + i}) for i in range(20)]
+    table = pa.concat_tables(parts).combine_chunks()  # one 16 MB buffer: mimalloc takes it from an arena
+    smaps = open(f"/proc/{os.getpid()}/smaps").read()
+    print(len(re.findall(r"^VmFlags:.* hg", smaps, re.MULTILINE)))  # mappings advised to use huge pages
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage"), reason="no transparent huge pages")
+def test_arrow_asks_for_no_huge_pages_in_the_processes_a_run_starts():
+    """Its pool's arena advised to use huge pages by default; not with what heap.start sets (ARROW_HUGE_PAGES_ENV)."""
+    default = _python(ARROW_HUGE)
+    ours = _python(ARROW_HUGE, **heap.ARROW_ENV)
+    assert default.returncode == 0 and ours.returncode == 0, default.stderr + ours.stderr
+    assert (int(default.stdout), int(ours.stdout)) == (1, 0)
+
+
 def test_the_cli_asks_arrow_to_hand_back_pages_before_it_loads_pyarrow():
     """The driver's own process: the environment is set before reading a config loads pyarrow; a user's value stays."""
     probe = """
@@ -129,7 +149,8 @@ def test_the_cli_asks_arrow_to_hand_back_pages_before_it_loads_pyarrow():
         from system import cli
         loaded_before = "pyarrow" in sys.modules
         code = cli.main(["plot", "no-such-run-dir"])
-        print(os.environ.get("MIMALLOC_PURGE_DELAY"), loaded_before, code)
+        print(os.environ.get("MIMALLOC_PURGE_DELAY"), os.environ.get("MIMALLOC_ARENA_EAGER_COMMIT"), loaded_before,
+              code)
     """
-    assert _python(probe).stdout.split() == ["0", "False", "2"]
+    assert _python(probe).stdout.split() == ["0", "0", "False", "2"]
     assert _python(probe, MIMALLOC_PURGE_DELAY="100").stdout.split()[0] == "100"
