@@ -25,6 +25,7 @@ VERBS: dict[str, str] = {
     "soak": "system.bench.soak",
     "device": "system.bench.device",
     "offline": "system.bench.offline",
+    "locomotion": "system.bench.locomotion",
 }
 """``dynaray bench`` verb -> the module that defines it (``HELP``, ``DESCRIPTION``, ``add_arguments``, ``run``)."""
 

@@ -1,0 +1,93 @@
+"""``dynaray bench locomotion`` without training (the commands, the medians and ratios, the report, bad input), and
+Stable-Baselines3's side for a few hundred env steps where it imports."""
+
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from system.bench import locomotion
+from system.bench.locomotion import Run, command, return_at, sb3_import_error
+from system.cli import main
+from system.plot_cli import load_curve
+from tests.system.bench.markdown import number, table_rows
+
+ARGS = Namespace(env_steps=15000, eval_every=1000, episodes=5, set=["policy.updates_per_step=5"])
+
+
+def test_commands_run_the_envs_preset_then_the_bench_keys_then_the_overrides(tmp_path):
+    run_dir = tmp_path / "Hopper-v5-dynaray-s1-x"
+    ours = command("Hopper-v5", "dynaray", 1, run_dir, ARGS)
+    assert ours[1:6] == ["-m", "system.cli", "train", "hopper", "seed=1"]
+    assert ours[-1] == "policy.updates_per_step=5" and "run.total_env_steps=15000" in ours
+    assert {"eval.every_steps=1000", "eval.episodes=5", f"name={run_dir.name}", f"run.runs_dir={tmp_path}"} <= set(ours)
+    free = command("HalfCheetah-v5", "model_free", 0, run_dir, ARGS)
+    assert free[4:6] == ["halfcheetah", "model_free"]
+    sb3 = command("Hopper-v5", "sb3", 2, run_dir, ARGS)
+    assert sb3[1:3] == ["-m", "system.bench.sb3_sac_worker"] and sb3[sb3.index("--seed") + 1] == "2"
+    assert sb3[sb3.index("--out") + 1] == str(run_dir) and "policy.updates_per_step=5" not in sb3
+
+
+def test_a_runs_return_at_a_budget_is_its_newest_eval_at_or_before_it():
+    evals = [{"env_steps": 1000, "return_mean": 10.0}, {"env_steps": 2100, "return_mean": 30.0}]
+    assert return_at(evals, 999) is None
+    assert return_at(evals, 2000) == 10.0 and return_at(evals, 2100) == 30.0 and return_at(evals, 9000) == 30.0
+
+
+def evals(*returns, every=1000):
+    return [{"env_steps": every * (i + 1), "wall_time_s": 10.0 * (i + 1), "return_mean": r}
+            for i, r in enumerate(returns)]
+
+
+def test_medians_over_seeds_ratios_and_targets(tmp_path, capsys, monkeypatch):
+    curves = {  # (system, seed) -> returns at 1000 and 2000 env steps
+        ("dynaray", 0): (100.0, 900.0), ("dynaray", 1): (300.0, 700.0), ("dynaray", 2): (200.0, 800.0),
+        ("sb3", 0): (100.0, 300.0), ("sb3", 1): (-50.0, 500.0), ("sb3", 2): (-20.0, 400.0),
+    }
+
+    def fake_run(env, system, seed, args, stamp):
+        run = Run(env, system, seed, str(tmp_path / f"{system}-{seed}"), ["x"], process_s=5.0,
+                  evals=evals(*curves[system, seed]))
+        if (system, seed) == ("sb3", 2):
+            run.error = "exit code 1: boom"
+        return run
+
+    monkeypatch.setattr(locomotion, "one_run", fake_run)
+    monkeypatch.setattr(locomotion, "sb3_import_error", lambda: None)
+    out_json = tmp_path / "loco.json"
+    code = main(["bench", "locomotion", "--envs", "Hopper-v5", "--systems", "dynaray", "sb3", "--seeds", "0", "1",
+                 "2", "--env-steps", "2000", "--eval-every", "1000", "--from-steps", "1000", "--runs-dir",
+                 str(tmp_path), "--json", str(out_json)])
+    assert code == 1  # a run failed; the others are reported
+    out = capsys.readouterr().out
+    rows = [r for r in table_rows(out, "Hopper-v5") if len(r) == 5]
+    assert [(r[1], number(r[2]), number(r[3])) for r in rows] == [("1000", 200.0, -20.0), ("2000", 800.0, 400.0)]
+    assert [r[4] for r in rows] == ["-", "2.00"]  # no ratio where SB3's median is not positive
+    report = json.loads(out_json.read_text())
+    assert [(t["measured"], t["met"]) for t in report["targets"]] == [(2.0, True)]
+    assert [r["error"] is not None for r in report["runs"]].count(True) == 1
+    assert "FAILED" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--envs", "Ant-v5"], "--envs Ant-v5: no dynaray preset for it"),
+    (["--env-steps", "5000", "--from-steps", "6000"], "--from-steps 6000: expected at most --env-steps (5000)"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys):
+    assert main(["bench", "locomotion", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(sb3_import_error() is not None, reason="Stable-Baselines3 does not import here (bench extra)")
+def test_sb3s_run_is_a_run_directory_dynaray_plot_reads(tmp_path):
+    from system.bench.sb3_sac_worker import main as worker
+
+    out = tmp_path / "sb3-run"
+    worker(["--env", "Pendulum-v1", "--seed", "0", "--steps", "250", "--eval-every", "100", "--episodes", "1",
+            "--out", str(out)])
+    curve = load_curve(Path(out), "sb3")
+    assert curve.env_id == "Pendulum-v1" and curve.env_steps == [100, 200, 250]
+    assert all(w >= 0 for w in curve.wall_time_s) and curve.wall_time_s == sorted(curve.wall_time_s)
+    assert all(-2000 < m <= 0 for m in curve.mean)  # Pendulum's returns: 200 steps of at most 0 and above -16.3
