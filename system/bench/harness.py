@@ -1,5 +1,6 @@
 """What every ``dynaray bench`` shares: the machine record, progress lines, the report's Markdown/summary/JSON, parsers
-of the common flags, the system config a bench measures, timing over wall and CPU time, and random transitions.
+of the common flags, the system config a bench measures, timing over wall and CPU time, random transitions, and
+``dynaray train`` runs in processes of their own.
 
 A bench module (``system/bench/<name>.py``) imports this module; this module imports no bench. Each bench module
 defines ``HELP``, ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> exit code``;
@@ -13,6 +14,7 @@ import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Sequence
@@ -280,3 +282,27 @@ def end_actors(system: Any, timeout_s: float = 30.0) -> None:
             except ValueError:
                 break
             time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------------ train runs
+
+RAY_START_TIMEOUT = "timed out during startup"
+"""Ray's message when its local node did not register within its fixed 30 s (on a loaded machine): the run never
+started, and :func:`train_process` starts it again under a new name."""
+RAY_START_TRIES = 3
+
+
+def train_process(command: Callable[[str], list[str]], name: str, label: str) -> tuple[subprocess.CompletedProcess,
+                                                                                      str, float]:
+    """Run ``command(name)`` (a ``dynaray train`` command line for the run named ``name``) to its end, again as
+    ``name-tryN`` while Ray's node did not start (:data:`RAY_START_TIMEOUT`), at most :data:`RAY_START_TRIES` times
+    in all. Returns the last process (stdout and stderr captured), the name it ran under, and its wall seconds."""
+    for attempt in range(RAY_START_TRIES):
+        tried = name + (f"-try{attempt}" if attempt else "")
+        start = time.monotonic()
+        proc = subprocess.run(command(tried), capture_output=True, text=True)
+        seconds = time.monotonic() - start
+        if proc.returncode == 0 or RAY_START_TIMEOUT not in proc.stderr:
+            break
+        progress(f"{label}: Ray's node did not start within its 30 s (load); again")
+    return proc, tried, seconds

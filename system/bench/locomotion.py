@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +38,7 @@ from pathlib import Path
 
 from system.bench.harness import (
     add_json_option, check, env_ids, fail, finish, load_averages, machine, positive_int, progress, targets_table,
-    write_report,
+    train_process, write_report,
 )
 
 __all__ = ["PRESETS", "Report", "Run", "add_arguments", "command", "return_at", "run"]
@@ -100,13 +99,14 @@ def return_at(evals: list[dict], env_steps: int) -> float | None:
 
 
 def one_run(env: str, system: str, seed: int, args: argparse.Namespace, stamp: str) -> Run:
-    run_dir = Path(args.runs_dir).resolve() / f"{env}-{system}-s{seed}-{stamp}"
-    line = command(env, system, seed, run_dir, args)
-    result = Run(env, system, seed, str(run_dir), line)
-    start = time.monotonic()
-    proc = subprocess.run(line, capture_output=True, text=True)
-    result.process_s = time.monotonic() - start
-    result.evals = read_evals(run_dir)
+    """One run to its end (a dynaray run again under a new name while Ray's node does not start: a loaded
+    machine), with its evaluations."""
+    runs_dir = Path(args.runs_dir).resolve()
+    proc, name, seconds = train_process(lambda name: command(env, system, seed, runs_dir / name, args),
+                                        f"{env}-{system}-s{seed}-{stamp}", f"{env} {system} seed {seed}")
+    result = Run(env, system, seed, str(runs_dir / name), command(env, system, seed, runs_dir / name, args))
+    result.process_s = seconds
+    result.evals = read_evals(runs_dir / name)
     if proc.returncode != 0:
         result.error = f"exit code {proc.returncode}: {proc.stderr.strip()[-1500:]}"
     last = f"{result.evals[-1]['return_mean']:.1f} at {result.evals[-1]['env_steps']}" if result.evals else "none"

@@ -40,17 +40,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from system.bench.harness import add_json_option, fail, finish, load_averages, machine, positive_int, progress, \
-    write_report
+    train_process, write_report
 
 EXIT_FAILED = 1
 """Exit code when a run failed (the report of the others is still written)."""
 D3RLPY_ENV = "DYNARAY_D3RLPY_PYTHON"
 """Environment variable naming the Python of d3rlpy's venv (``--d3rlpy-python`` overrides it)."""
 ALGOS = ("iql", "td3bc", "cql")
-RAY_START_TIMEOUT = "timed out during startup"
-"""Ray's message when its local node did not register within its fixed 30 s (on a loaded machine): the run never
-started, and is tried again under a new name."""
-RAY_START_TRIES = 3
 WORKER = Path(__file__).with_name("d3rlpy_worker.py")
 
 __all__ = ["Result", "Report", "add_arguments", "d3rlpy_problem", "dataset_return", "run", "train_command"]
@@ -206,15 +202,9 @@ def train_command(dataset: str, seed: int, name: str, args: argparse.Namespace) 
 
 def dynaray_run(dataset: str, seed: int, args: argparse.Namespace, stamp: str) -> list[Result] | str:
     """One offline run to its end: its final (dynaray) and after-cloning (BC) evals, or why it failed."""
-    for attempt in range(RAY_START_TRIES):
-        name = f"{Path(dataset).name}-s{seed}-{stamp}" + (f"-try{attempt}" if attempt else "")
-        command = train_command(dataset, seed, name, args)
-        start = time.monotonic()
-        proc = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.monotonic() - start
-        if proc.returncode == 0 or RAY_START_TIMEOUT not in proc.stderr:
-            break
-        progress(f"{Path(dataset).name} seed {seed}: Ray's node did not start within its 30 s (load); again")
+    proc, name, seconds = train_process(lambda name: train_command(dataset, seed, name, args),
+                                        f"{Path(dataset).name}-s{seed}-{stamp}", f"{Path(dataset).name} seed {seed}")
+    command = train_command(dataset, seed, name, args)
     if proc.returncode != 0:
         return f"exit code {proc.returncode}: {proc.stderr.strip()[-1500:]}"
     summary = json.loads((Path(args.runs_dir) / name / "offline.json").read_text())

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from system.bench import VERBS
-from system.bench.harness import check, positive_ints, timed_loop, widths
+from system.bench.harness import RAY_START_TRIES, check, positive_ints, timed_loop, train_process, widths
 from system.cli import build_parser
 
 
@@ -70,3 +70,17 @@ def test_timed_loop_runs_once_untimed_then_at_least_once_timed():
     timed, wall, cpu = timed_loop(0.0, step, latencies)
     assert len(calls) == 2 and timed == 1 and (wall, cpu) == (0.25, 0.125)
     assert latencies == [0.5]  # the untimed call's latency was cleared
+
+
+def test_a_train_run_whose_ray_did_not_start_runs_again_under_a_new_name():
+    def command(name):  # Ray's node times out until the third try; another failure is not tried again
+        code = ("import sys; sys.stderr.write('The current node timed out during startup.'); sys.exit(1)"
+                if not name.endswith("-try2") else "print('ran')")
+        return [sys.executable, "-c", code]
+
+    proc, name, seconds = train_process(command, "run", "label")
+    assert (proc.returncode, proc.stdout.strip(), name) == (0, "ran", "run-try2") and seconds > 0
+    proc, name, _ = train_process(lambda name: [sys.executable, "-c", "import sys; sys.exit(3)"], "run", "label")
+    assert (proc.returncode, name) == (3, "run")
+    proc, name, _ = train_process(lambda name: command("never"), "run", "label")
+    assert proc.returncode == 1 and name == f"run-try{RAY_START_TRIES - 1}"
