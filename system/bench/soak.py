@@ -306,10 +306,10 @@ class Series:
         if pid not in self.pids:
             self.pids.append(pid)
         self.minutes.append(minute)
-        self.rss_mb.append(rss)
+        self.rss_mb.append(round(rss, 3))  # a kB is finer than a page: the JSON keeps what was read
         self.refs.append(refs)
         for part, values in self.parts.items():
-            values.append(parts[part] if parts else float("nan"))
+            values.append(round(parts[part], 3) if parts else float("nan"))
 
 
 STEP_MB = 1.0
