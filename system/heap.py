@@ -44,9 +44,10 @@ ARROW_HUGE_PAGES_ENV = "MIMALLOC_ARENA_EAGER_COMMIT"
 """Whether mimalloc commits its 1 GiB arenas up front, read when a process loads pyarrow. Its default does, and asks
 the kernel for transparent huge pages over the whole arena (``madvise(MADV_HUGEPAGE)``). The kernel's khugepaged
 then fills any 2 MB of it that holds a page in use (Linux's default ``max_ptes_none`` lets a region with one page
-in use be filled), with pages that mimalloc had handed back and counts as free. A replay shard and the driver grew
-by such 2 MB steps, minutes apart, for as long as a soak ran (docs/benchmarks.md). With 0 the arena is committed as
-it is used, without the advice; the process's other huge pages (numpy's large arrays ask for them) stay."""
+in use be filled) with zeroed pages, which stay resident whether mimalloc uses them or has handed them back. The
+replay shards grew by such steps, minutes apart, for as long as a soak ran (docs/benchmarks.md). With 0 the arena
+is committed as it is used, without the advice; the process's other huge pages (numpy's large arrays ask for them)
+stay."""
 ARROW_ENV = {ARROW_PURGE_ENV: "0", ARROW_HUGE_PAGES_ENV: "0"}
 """What :func:`return_arrow_pages` sets (where it is not set already)."""
 _M_ARENA_MAX = -8
