@@ -319,13 +319,13 @@ STEP_SAMPLES = 8
 
 
 def find_steps(series: Series, from_minute: float, min_mb: float = STEP_MB, k: int = STEP_SAMPLES) -> list[dict]:
-    """Where ``series``'s RSS rises by ``min_mb`` or more and stays up, from ``from_minute`` on.
+    """Where ``series``'s RSS rises by ``min_mb`` or more and stays up for ``k`` samples, from ``from_minute`` on.
 
     The rise at a sample is the median of the ``k`` samples from it on minus the median of the ``k`` before it, so
     a spike of a few samples (a garbage collection) is none. Steps are the largest rises at least ``k`` samples
-    apart, each placed at the largest single-sample rise near it. Each: ``{"minute", "mb"}`` and the same rise of
+    apart, each dated by the largest single-sample rise near it. Each: ``{"minute", "mb"}`` and the same rise of
     every part (``"anon"``, ...), which says what grew (``huge`` with ``anon``: the kernel's huge pages, not an
-    allocation).
+    allocation). A step that a later fall undoes is still one: the slope says whether the process grew.
     """
     rss = np.asarray(series.rss_mb, float)
     if len(rss) < 2 * k + 1:
@@ -349,9 +349,9 @@ def find_steps(series: Series, from_minute: float, min_mb: float = STEP_MB, k: i
         at = lo + int(np.argmax(np.diff(rss[lo - 1:hi + 1])))  # the sample the largest single rise leads to
         if series.minutes[at] < from_minute:
             continue
-        step = {"minute": round(series.minutes[at], 2), "mb": round(rise(rss, at), 2)}
+        step = {"minute": round(series.minutes[at], 2), "mb": round(float(rises[i]), 2)}
         for part, values in series.parts.items():
-            step[part] = round(rise(np.asarray(values, float), at), 2)
+            step[part] = round(rise(np.asarray(values, float), i), 2)
         steps.append(step)
     return steps
 

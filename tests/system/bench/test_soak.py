@@ -130,11 +130,14 @@ def test_steps_are_found_where_they_are_and_say_what_grew():
     assert found[0]["mb"] == pytest.approx(2.0, abs=0.3) and found[0]["huge"] == pytest.approx(2.0)
     assert found[0]["anon"] == pytest.approx(2.0) and found[1]["huge"] == 0.0
     assert find_steps(stepping(minutes, []), from_minute=0) == []
+    wobbly = stepping(minutes, [(40, 1.2, "anon")], noise=0.6, seed=3)  # a small step in loud noise
+    assert all(st["mb"] >= 1.0 for st in find_steps(wobbly, from_minute=0))  # each as large as it was found
     result = summarize(s, 30.0, int((minutes >= 30).sum()))
     assert result.steps == found and result.part_slopes["shmem"] == pytest.approx(0.0)
     report = Report({"minutes": 90, "warmup_minutes": 30, "threshold_mb_per_h": 5.0, "items": []}, {})
     report.processes = [result]
-    assert "- shard: 50.0: +1.9 (+2.0, +2.0, -0.1, +0.0); 71.0: " in report.markdown()
+    out = report.markdown()
+    assert "- shard: 50.0: +1.9 (+2.0, +2.0, " in out and "; 71.0: +2.3 (+2.5, +0.0, " in out
 
 
 def test_train_command_runs_debug_by_default_and_the_bench_keys_come_last():
