@@ -284,6 +284,15 @@ def end_actors(system: Any, timeout_s: float = 30.0) -> None:
             time.sleep(0.05)
 
 
+
+def sb3_import_error() -> str | None:
+    """Why Stable-Baselines3 (the benches' SAC anchor) does not import here, or None when it does."""
+    try:
+        import stable_baselines3  # noqa: F401
+    except Exception as exc:  # an ImportError, or a broken install
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
 # ------------------------------------------------------------------------------------------------ train runs
 
 RAY_START_TIMEOUT = "timed out during startup"

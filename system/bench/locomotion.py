@@ -38,7 +38,7 @@ from pathlib import Path
 
 from system.bench.harness import (
     add_json_option, check, env_ids, fail, finish, load_averages, machine, positive_int, progress, targets_table,
-    train_process, write_report,
+    sb3_import_error, train_process, write_report,
 )
 
 __all__ = ["PRESETS", "Report", "Run", "add_arguments", "command", "return_at", "run"]
@@ -104,9 +104,8 @@ def one_run(env: str, system: str, seed: int, args: argparse.Namespace, stamp: s
     runs_dir = Path(args.runs_dir).resolve()
     proc, name, seconds = train_process(lambda name: command(env, system, seed, runs_dir / name, args),
                                         f"{env}-{system}-s{seed}-{stamp}", f"{env} {system} seed {seed}")
-    result = Run(env, system, seed, str(runs_dir / name), command(env, system, seed, runs_dir / name, args))
-    result.process_s = seconds
-    result.evals = read_evals(runs_dir / name)
+    run_dir = runs_dir / name
+    result = Run(env, system, seed, str(run_dir), proc.args, process_s=seconds, evals=read_evals(run_dir))
     if proc.returncode != 0:
         result.error = f"exit code {proc.returncode}: {proc.stderr.strip()[-1500:]}"
     last = f"{result.evals[-1]['return_mean']:.1f} at {result.evals[-1]['env_steps']}" if result.evals else "none"
@@ -198,14 +197,6 @@ def plot_envs(report: Report, out_dir: Path) -> None:
             report.plots[env] = str(plot_runs(curves, out_dir / f"locomotion-{env}.png"))
 
 
-def sb3_import_error() -> str | None:
-    try:
-        import stable_baselines3  # noqa: F401
-    except ImportError as exc:
-        return f"{exc}; pip install -e '.[bench]'"
-    return None
-
-
 # ------------------------------------------------------------------------------------------------------ CLI
 
 HELP = "eval return against env steps on MuJoCo locomotion: dynaray, dynaray model-free and SB3's SAC, equal steps"
@@ -243,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
     if args.from_steps > args.env_steps:
         return fail(f"--from-steps {args.from_steps}: expected at most --env-steps ({args.env_steps})")
     systems = list(dict.fromkeys(args.systems))
-    skipped = {"sb3": why for why in [sb3_import_error()] if why} if "sb3" in systems else {}
+    why = sb3_import_error() if "sb3" in systems else None
+    skipped = {"sb3": f"{why}; pip install -e '.[bench]'"} if why else {}
     settings = {"envs": args.envs, "systems": systems, "seeds": args.seeds, "env_steps": args.env_steps,
                 "eval_every": args.eval_every, "from_steps": args.from_steps, "episodes": args.episodes,
                 "jobs": args.jobs, "set": args.set, "runs_dir": args.runs_dir}

@@ -39,8 +39,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from system.bench.harness import (
-    Span, add_json_option, finish, load_averages, machine, positive_int, progress, random_transitions, targets_table,
-    write_report,
+    Span, add_json_option, finish, load_averages, machine, positive_int, progress, random_transitions,
+    sb3_import_error, targets_table, write_report,
 )
 
 __all__ = ["BATCH", "HIDDEN", "VARIANTS", "Rates", "Report", "add_arguments", "matmul_peak", "run",
@@ -133,15 +133,6 @@ def ours(obs_dim: int, act_dim: int, variant: str, seed: int = 0) -> Callable[[i
             learner.update({name: column[rows] for name, column in pool.items()})
 
     return run
-
-
-def sb3_import_error() -> str | None:
-    """Why Stable-Baselines3 does not import here, or None when it does."""
-    try:
-        import stable_baselines3  # noqa: F401
-    except Exception as exc:  # an ImportError, or a broken install
-        return f"{type(exc).__name__}: {exc}"
-    return None
 
 
 def sb3(obs_dim: int, act_dim: int, seed: int = 0) -> Callable[[int], None]:

@@ -128,7 +128,7 @@ def rss_bytes(pid: int) -> int | None:
 
 
 PARTS = ("anon", "huge", "file", "shmem")
-"""What a process's resident memory is made of (``/proc/<pid>/smaps_rollup``), in :attr:`Series.parts`: ``anon``
+"""What a process's resident memory is made of (:func:`memory_parts`), in :attr:`Series.parts`: ``anon``
 its anonymous pages (heaps, stacks: what only the process can free), ``huge`` the part of ``anon`` that sits in
 transparent huge pages (``AnonHugePages``: the kernel's khugepaged fills a 2 MB region around the few pages of it
 that are in use, so it moves in 2 MB steps without the process allocating anything), ``file`` pages of mapped
@@ -139,7 +139,7 @@ _STATUS_FIELDS = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem"}
 
 def memory_parts(pid: int) -> dict[str, int] | None:
     """``pid``'s resident memory by :data:`PARTS`, in bytes (``/proc/<pid>/status``, and ``smaps_rollup`` for
-    ``huge``); None when it has ended or the kernel does not say (Linux 4.5 and later)."""
+    ``huge``); None when it has ended or the kernel does not say (``smaps_rollup``: Linux 4.14 and later)."""
     found: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
