@@ -71,7 +71,8 @@ def _load_class(path: str) -> Callable[..., gym.Env]:
 def _unknown_id_error(env_id: str) -> EnvError:
     known = sorted(gym.registry.keys())
     close = difflib.get_close_matches(env_id, known, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; expected a registered gymnasium id or 'module:Class'"
+    hint = (f"; did you mean {', '.join(repr(c) for c in close)}?" if close
+            else "; expected a registered gymnasium id or 'module:Class'")
     return EnvError(f"env.id={env_id!r} is not a registered gymnasium env{hint}")
 
 

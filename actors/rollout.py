@@ -206,7 +206,8 @@ class RolloutWorker:
             self._planner = Planner(config.planner, self._policy, self._model)
         self.planned_steps = 0
         """Env steps whose actions the planner chose, over this worker's life."""
-        self._warmup_left = config.warmup_steps // config.num_workers + (index < config.warmup_steps % config.num_workers)
+        share, extra = divmod(config.warmup_steps, config.num_workers)
+        self._warmup_left = share + (index < extra)
         self.env_steps = 0
         self._vector_steps = 0  # over the worker's life: polls every weights_poll_steps of them, across run() calls
         self._polled_at = -math.inf  # time.monotonic() of the last poll

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from learners._batch import to_tensors
 from learners._common import (
-    autocast, device_problem, generator_state, load_generator_state, precision_problem, require, resolve_precision, to_cpu,
+    autocast, device_problem, generator_state, load_generator_state, precision_problem, require, resolve_precision,
+    to_cpu,
 )
 from learners.networks import EnsembleLayerNorm, EnsembleLinear, EnsembleMLP, mlp, resolve_device, seeded_init
 

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from learners._batch import check_columns, to_tensors
 from learners._common import (
-    autocast, device_problem, generator_state, load_generator_state, precision_problem, require, resolve_precision, to_cpu,
+    autocast, device_problem, generator_state, load_generator_state, precision_problem, require, resolve_precision,
+    to_cpu,
 )
 from learners.networks import EnsembleLinear, EnsembleMLP, resolve_device, seeded_init
 from learners.termination import AUTO, TerminationFn, load_termination_fn, termination_fn_problem

@@ -34,8 +34,9 @@ page layout, is still read, by decoding the whole segment with pyarrow (an LRU c
 
 Costs: disk about 4% above the raw row bytes (levels and page headers; 213 bytes per HalfCheetah row) plus the
 dropped rows of the oldest file (up to one segment), memory ``capacity`` rows plus up to one staged segment (plus
-sealed ones not yet written, normally none), one file descriptor and one mapping per segment file. Sampled cold rows cost a page-cache read per column each, more if the
-file has to come from disk (see docs/architecture.md, "Larger than memory", for measurements).
+sealed ones not yet written, normally none), one file descriptor and one mapping per segment file. Sampled cold
+rows cost a page-cache read per column each, more if the file has to come from disk (see docs/architecture.md,
+"Larger than memory", for measurements).
 
 Restarts: the tier skips rows at or below the newest key it already holds (:attr:`ColdTier.end_key`), so a
 recovery that replays logged inserts (and evicts again) spills nothing twice. At startup it rebuilds its index from

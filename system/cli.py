@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="join this Ray cluster instead of starting a local one")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its newest checkpoint, with its saved config (key=value "
-                        "overrides only for run.total_env_steps, worker counts, ray.* and the like; docs/durability.md)")
+                        "overrides only for run.total_env_steps, worker counts, ray.* and the like; "
+                        "docs/durability.md)")
     p.add_argument("--init", default=None, metavar="RUN_DIR",
                    help="offline mode: start the policy from this run's actor instead of behaviour cloning; online "
                         "(offline_to_online): continue this offline run's learners, with its dataset in real")

@@ -207,7 +207,8 @@ class SystemConfig:
                              f"(every upload would fail)")
         if self.policy.prioritized and self.replay.real_disk_capacity > 0:
             raise ValueError("policy.prioritized=true: expected replay.real_disk_capacity=0 (rows of the cold tier on "
-                             f"disk keep no priorities), got replay.real_disk_capacity={self.replay.real_disk_capacity}")
+                             "disk keep no priorities), got "
+                             f"replay.real_disk_capacity={self.replay.real_disk_capacity}")
 
     @property
     def imagination_enabled(self) -> bool:
@@ -466,7 +467,8 @@ def read_preset(name: str) -> dict:
         known = available_presets()
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown preset {name!r}: {hint}expected one of {', '.join(known)} or a path to a .yaml file")
+        raise ConfigError(f"unknown preset {name!r}: {hint}expected one of {', '.join(known)} "
+                          "or a path to a .yaml file")
     return _read_yaml(preset, "preset")
 
 

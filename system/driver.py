@@ -950,8 +950,8 @@ class Driver:
             tensors = {f"{name}.pt": {k: state[k] for k in ("learner", "weights", "version")}
                        for name, state in learners.items()}
             tensors["actor.pt"] = learners["policy"]["weights"]
-            documents = {"driver.json": counters,
-                         "replay.json": {"shards": [checkpoint["markers"][i] for i in range(len(checkpoint["markers"]))]}}
+            markers = checkpoint["markers"]
+            documents = {"driver.json": counters, "replay.json": {"shards": [markers[i] for i in range(len(markers))]}}
             meta = {**describe_meta(self.config, self.spec), "env_steps": counters["env_steps"],
                     "policy_version": learners["policy"]["version"], "wall_time_s": counters["wall_time_s"]}
             began_writing = time.monotonic()

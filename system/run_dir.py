@@ -90,7 +90,8 @@ class RunDir:
         try:
             filesystem, base = pafs.FileSystem.from_uri(uri)
         except (ValueError, pa.ArrowInvalid) as exc:
-            raise ValueError(f"run.upload_to={uri!r}: expected a filesystem URI such as s3://bucket/runs ({exc})") from None
+            raise ValueError(f"run.upload_to={uri!r}: expected a filesystem URI such as s3://bucket/runs "
+                             f"({exc})") from None
         destination = f"{base.rstrip('/')}/{self.path.name}"
         filesystem.create_dir(destination, recursive=True)
         local, source = pafs.LocalFileSystem(), self.path.resolve()
@@ -133,7 +134,8 @@ class RunDir:
         try:
             return torch.load(path, map_location=device, weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt or not a dynaray checkpoint ({type(exc).__name__})") from None
+            raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt or not a dynaray checkpoint "
+                                  f"({type(exc).__name__})") from None
 
     # plot -----------------------------------------------------------------------------------------------------
     def plot_learning_curve(self, evals: list[dict[str, Any]], title: str, xlabel: str = "env steps") -> Path:

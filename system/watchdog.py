@@ -1,4 +1,5 @@
-"""The embedded Ray's watchdog: ends what Ray leaves behind when the driver dies (``system.runtime.watch_embedded_ray``).
+"""The embedded Ray's watchdog: ends what Ray leaves behind when the driver dies
+(``system.runtime.watch_embedded_ray``).
 
 Usage (started by the driver, in a session of its own)::
 

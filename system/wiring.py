@@ -65,7 +65,8 @@ class OfflinePolicyLoop(PolicyLoop):
     """Offline mode's policy learner: its first ``policy.bc_init_updates`` batches come from ``real`` (the dataset)
     for behaviour cloning, every later one only from ``imagined`` for SAC (the first
     ``offline.critic_warmup_updates`` of them train only the critics); or it starts from ``offline.init_from``'s
-    actor. The actor it refines from is the anchor of ``policy.anchor_weight``'s trust region. Every SAC update reports ``refine_real_rows``: rows of its batch that no imagination worker wrote (0)."""
+    actor. The actor it refines from is the anchor of ``policy.anchor_weight``'s trust region. Every SAC update
+    reports ``refine_real_rows``: rows of its batch that no imagination worker wrote (0)."""
 
     def __init__(self, config: SystemConfig, spec: EnvSpec, replay: ReplayClient, store: Any, local: bool,
                  restore_from: str | None = None):

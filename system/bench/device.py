@@ -241,7 +241,8 @@ def _hopper_run(small: bool, gpu: bool, seconds: float, runs_dir: str) -> RunRes
         done = [r for r in result.evals if r["return_mean"] is not None]
         if done:
             last = max(done, key=lambda r: r["env_steps"])
-            result.env_steps, result.run_s, result.eval_return = last["env_steps"], last["wall_time_s"], last["return_mean"]
+            result.env_steps, result.run_s = last["env_steps"], last["wall_time_s"]
+            result.eval_return = last["return_mean"]
             result.env_steps_per_s = last["env_steps"] / last["wall_time_s"] if last["wall_time_s"] else None
             result.best_return = max(r["return_mean"] for r in done)
     return result

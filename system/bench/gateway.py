@@ -156,7 +156,8 @@ def bench_uploads(clients: int, seconds: float, rows: int) -> Throughput:
         def poll(self) -> None:
             return None
 
-    tokens = [Token(f"robot-{i}", frozenset({"upload"}), f"bench-robot-token-{i:04d}-0123456789") for i in range(clients)]
+    tokens = [Token(f"robot-{i}", frozenset({"upload"}), f"bench-robot-token-{i:04d}-0123456789")
+              for i in range(clients)]
     config = GatewayConfig(max_concurrent_uploads=clients, max_rows_per_s=0)
     gateway = IngestGateway(config, replay, NoWeights(), lambda: Policy(4, 1, spec.action_low, spec.action_high),
                             spec, tokens=tokens)

@@ -393,7 +393,8 @@ def bench_ray(
             rows += insert_batch
         client.flush()
         insert_rows_s = rows / (time.perf_counter() - start)
-        writers_rows_s = _insert_from_writers(shards, config.replay, writers, seconds, insert_batch) if writers else None
+        writers_rows_s = (_insert_from_writers(shards, config.replay, writers, seconds, insert_batch) if writers
+                          else None)
         stored = sum(ray.get([s.size.remote(TABLE) for s in shards]))
         for mode in modes:
             result = Measurement("ray", num_shards, sampler, log, insert_rows_s=insert_rows_s, stored=stored,
@@ -630,7 +631,8 @@ def torchrl_buffer_error(kind: str) -> str | None:
     try:
         import torchrl._torchrl  # noqa: F401
     except ImportError as exc:
-        return f"TorchRL's C++ extension (its sum trees) does not load with this torch ({str(exc).split(': ')[-1][:60]})"
+        why = str(exc).split(": ")[-1][:60]
+        return f"TorchRL's C++ extension (its sum trees) does not load with this torch ({why})"
     return None
 
 

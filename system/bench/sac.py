@@ -382,7 +382,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"our configurations (default {','.join(VARIANTS)})")
     p.add_argument("--updates", type=positive_int, default=40, help="updates per implementation per round (default 40)")
     p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds (default 5)")
-    p.add_argument("--warmup", type=positive_int, default=5, help="untimed updates of each before the rounds (default 5)")
+    p.add_argument("--warmup", type=positive_int, default=5,
+                   help="untimed updates of each before the rounds (default 5)")
     p.add_argument("--peak-repeats", type=positive_int, default=5,
                    help="2048x2048 matmuls for the peak, best taken (default 5)")
     p.add_argument("--no-sb3", action="store_true", help="measure ours only")

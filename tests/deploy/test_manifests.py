@@ -154,7 +154,8 @@ def test_kuberay_token_auth_is_kuberays_own(name):
         for container in group["template"]["spec"]["containers"]:
             assert not [e for e in container.get("env", []) if e["name"].startswith("RAY_AUTH")], container["name"]
     # KubeRay reads the Secret's key auth_token: the documented command creates that key.
-    assert "kubectl create secret generic ray-token --from-literal=auth_token=" in (DEPLOY / "kuberay" / name).read_text()
+    documented = (DEPLOY / "kuberay" / name).read_text()
+    assert "kubectl create secret generic ray-token --from-literal=auth_token=" in documented
     assert spec["rayVersion"] == _pinned("ray")
 
 
@@ -332,7 +333,8 @@ def test_the_launcher_ships_the_token_to_every_node_and_uses_it():
 
 def test_the_launcher_runs_the_pinned_image_and_versions_with_the_documented_ports():
     config = _launcher()
-    assert config["docker"]["image"].startswith("ghcr.io/") and "--ulimit nofile=65536:65536" in config["docker"]["run_options"]
+    assert config["docker"]["image"].startswith("ghcr.io/")
+    assert "--ulimit nofile=65536:65536" in config["docker"]["run_options"]
     assert config["available_node_types"]["gpu_worker"]["docker"]["worker_image"].endswith("-cuda")
     assert config["setup_commands"] == ["pip install -q -c ~/dynaray/constraints.txt -e ~/dynaray"]
     head = " ".join(config["head_start_ray_commands"])

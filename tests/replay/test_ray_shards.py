@@ -163,7 +163,8 @@ def test_sigkilled_shard_restarts_with_every_acknowledged_row_once_and_its_prior
     pid = _call(shards[0], lambda shard: os.getpid())
     os.kill(pid, signal.SIGKILL)
     before = len(written)
-    wait_for(lambda: errors or len(written) >= before + 20, "inserts after the restart")  # the shard restarted, recovered
+    # The shard restarted and recovered: inserts go on.
+    wait_for(lambda: errors or len(written) >= before + 20, "inserts after the restart")
     stop.set()
     for thread in threads:
         thread.join(120.0)

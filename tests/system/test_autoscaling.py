@@ -289,7 +289,8 @@ def test_the_autoscaler_adds_the_nodes_roles_ask_for_and_removes_idle_ones(autos
 
     events = [f"+{t - started:.0f}s {e}" for t, e in autoscaler_events(temp_dir)]
     print(f"\nautoscaling figures: scale-up to first report from a worker on the new node "
-          f"{first_row_at - scaled_up_at:.1f} s; scale-down to the idle node's removal {removed_at - scaled_down_at:.1f} s; "
+          f"{first_row_at - scaled_up_at:.1f} s; scale-down to the idle node's removal "
+          f"{removed_at - scaled_down_at:.1f} s; "
           f"run {ended_at - started:.0f} s\nautoscaler events:\n  " + "\n  ".join(events))
 
 

@@ -63,10 +63,12 @@ def test_the_run_takes_the_token_from_the_environment_or_writes_a_new_one_0600(t
 def test_gateway_inserts_fit_the_rate_limiters_of_five_shards():
     from system.wiring import build_system, kill_system
 
-    with pytest.raises(ConfigError, match=r"gateway\.insert_chunk_rows=50: expected <= 2 \* replay\.error_buffer_steps"):
+    refused = r"gateway\.insert_chunk_rows=50: expected <= 2 \* replay\.error_buffer_steps"
+    with pytest.raises(ConfigError, match=refused):
         load_config([], ["gateway.enabled=true", "replay.num_shards=5"])  # every upload would fail: refused
     rows = load_config(["debug"], ["replay.num_shards=5"]).replay.max_insert_rows()
-    config = load_config(["debug"], ["gateway.enabled=true", "replay.num_shards=5", f"gateway.insert_chunk_rows={rows}"])
+    config = load_config(["debug"], ["gateway.enabled=true", "replay.num_shards=5",
+                                     f"gateway.insert_chunk_rows={rows}"])
     spec = probe_env(config.env)
     token = Token("default", frozenset({"upload", "download"}), SECRET)
     system = build_system(config, spec, local=True, gateway_tokens=(token,))

@@ -104,7 +104,8 @@ def test_status_table_shows_each_role_from_snapshot_and_actor_states():
                 "policy_version_acting": 118, "rollout_env_errors": 2, "imagination_transitions": 4000},
         "pools": {"rollout": {"active": [0, 2], "retiring": [], "restarts": 1, "unplaced": [2]},
                   "imagination": {"active": [0], "retiring": [], "restarts": 0}},
-        "budget": 5000, "restarts": {"rollout": 1, "imagination": 0, "policy": 3, "replay": 1}, "stalled": ["rollout-2"],
+        "budget": 5000, "restarts": {"rollout": 1, "imagination": 0, "policy": 3, "replay": 1},
+        "stalled": ["rollout-2"],
     }
     actors = [ActorInfo("replay-shard-0", "ALIVE", 0, "10.0.0.1"),
               ActorInfo("replay-shard-1", "RESTARTING", 1, "10.0.0.2"),

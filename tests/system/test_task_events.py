@@ -70,7 +70,8 @@ def test_high_frequency_calls_record_no_task_events(local_ray, monkeypatch):
     ray = local_ray
     monkeypatch.delenv(TASK_EVENTS_ENV, raising=False)
     store = _remote_class(WeightsStore, 1, (2, 60.0)).options(num_cpus=0).remote()
-    control = _remote_class(Control, 1, (2, 60.0)).options(num_cpus=0).remote("run", {"rollout": 1}, frozenset({"rollout"}))
+    control = _remote_class(Control, 1, (2, 60.0)).options(num_cpus=0).remote("run", {"rollout": 1},
+                                                                             frozenset({"rollout"}))
     for version in range(1, 31):
         store.publish.remote("policy", version, {"w": version})
         answer = ray.get(store.latest.remote("policy", version - 1))

@@ -69,7 +69,8 @@ def test_rate_limiter_ratios_come_from_config(config):
 
     model_free = load_config(["debug", "model_free"])
     assert set(real_table_limiters(model_free)) == {"policy"}
-    assert real_table_limiters(model_free)["policy"][0] == model_free.policy.updates_per_step * model_free.policy.batch_size
+    policy = model_free.policy
+    assert real_table_limiters(model_free)["policy"][0] == policy.updates_per_step * policy.batch_size
 
 
 def test_rollout_workers_get_a_world_model_only_with_the_planner(config):

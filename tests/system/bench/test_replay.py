@@ -98,7 +98,8 @@ def test_bench_against_torchrl_buffers(capsys):
     out = capsys.readouterr().out
     rows = table_rows(out, "torchrl")
     prioritized = torchrl_buffer_error("TensorDictPrioritizedReplayBuffer")
-    expected = ["LazyMemmapStorage", "LazyTensorStorage"] + ([] if prioritized else ["TensorDictPrioritizedReplayBuffer"])
+    expected = ["LazyMemmapStorage", "LazyTensorStorage"]
+    expected += [] if prioritized else ["TensorDictPrioritizedReplayBuffer"]
     assert sorted(r[1] for r in rows) == expected
     for row in rows:
         assert row[2] == "-" and row[4] == "-" and number(row[5]) > 0 and number(row[6]) > 0
@@ -131,7 +132,8 @@ def test_bench_replay_on_ray_with_one_and_two_shards(tmp_path, capsys):
     assert "| inserts through Ray | shards | sampler | log | one client rows/s | writers | writers rows/s |" in out
     ray_rows = [r for r in table_rows(out, "ray") if len(r) == 13]
     writer_rows = [r for r in table_rows(out, "ray") if len(r) == 7]
-    assert [(r[1], r[5]) for r in writer_rows] == [("1", "1"), ("2", "1")] and all(number(r[6]) > 0 for r in writer_rows)
+    assert [(r[1], r[5]) for r in writer_rows] == [("1", "1"), ("2", "1")]
+    assert all(number(r[6]) > 0 for r in writer_rows)
     assert [(r[1], r[2], r[3], r[4]) for r in ray_rows] == [
         (mode, shards, "prioritized", "off") for shards in ("1", "2") for mode in ("split", "one_shard x16")
     ]
