@@ -28,11 +28,12 @@ point where SB3's median is not positive shows no ratio.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -197,6 +198,14 @@ def plot_envs(report: Report, out_dir: Path) -> None:
             report.plots[env] = str(plot_runs(curves, out_dir / f"locomotion-{env}.png"))
 
 
+def write_partial(report: Report, planned: int, json_path: str | None) -> None:
+    """The report of the runs finished so far, to ``json_path`` (``"finished": [done, planned]``): a bench of hours
+    that is stopped keeps what it measured. The final report overwrites it."""
+    if json_path:
+        Path(json_path).write_text(json.dumps({**report.to_json(), "finished": [len(report.runs), planned]},
+                                              indent=2) + "\n")
+
+
 # ------------------------------------------------------------------------------------------------------ CLI
 
 HELP = "eval return against env steps on MuJoCo locomotion: dynaray, dynaray model-free and SB3's SAC, equal steps"
@@ -245,7 +254,11 @@ def run(args: argparse.Namespace) -> int:
             if system not in skipped]
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(one_run, env, system, seed, args, stamp) for env, system, seed in todo]
-        report.runs = [f.result() for f in futures]
+        finished = set()
+        for future in as_completed(futures):
+            finished.add(future)
+            report.runs = [f.result() for f in futures if f in finished]
+            write_partial(report, len(todo), args.json)
     plot_envs(report, Path(args.runs_dir))
     finish(report.machine)
     code = write_report(report, f"{report.machine['cpus']} CPUs, {args.jobs} run(s) at a time; "

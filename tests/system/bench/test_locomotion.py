@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from system.bench import locomotion
-from system.bench.locomotion import Run, command, return_at, sb3_import_error
+from system.bench.locomotion import Run, command, return_at, sb3_import_error, write_partial
 from system.cli import main
 from system.plot_cli import load_curve
 from tests.system.bench.markdown import number, table_rows
@@ -91,3 +91,26 @@ def test_sb3s_run_is_a_run_directory_dynaray_plot_reads(tmp_path):
     assert curve.env_id == "Pendulum-v1" and curve.env_steps == [100, 200, 250]
     assert all(w >= 0 for w in curve.wall_time_s) and curve.wall_time_s == sorted(curve.wall_time_s)
     assert all(-2000 < m <= 0 for m in curve.mean)  # Pendulum's returns: 200 steps of at most 0 and above -16.3
+
+
+def test_the_json_holds_every_finished_run_before_the_bench_ends(tmp_path, monkeypatch):
+    out_json = tmp_path / "loco.json"
+    written = []  # (finished, planned) of each partial report, as read back from the JSON
+
+    def fake_run(env, system, seed, args, stamp):
+        return Run(env, system, seed, str(tmp_path / f"{system}-{seed}"), ["x"], evals=evals(100.0 * (seed + 1)))
+
+    def partial(report, planned, json_path):
+        write_partial(report, planned, json_path)
+        written.append(tuple(json.loads(out_json.read_text())["finished"]))
+
+    monkeypatch.setattr(locomotion, "one_run", fake_run)
+    monkeypatch.setattr(locomotion, "write_partial", partial)
+    monkeypatch.setattr(locomotion, "sb3_import_error", lambda: None)
+    assert main(["bench", "locomotion", "--envs", "Hopper-v5", "--systems", "dynaray", "--seeds", "0", "1", "2",
+                 "--env-steps", "1000", "--from-steps", "1000", "--runs-dir", str(tmp_path),
+                 "--json", str(out_json)]) == 0
+    assert written == [(1, 3), (2, 3), (3, 3)]
+    report = json.loads(out_json.read_text())  # the final report: every run, in the planned order
+    assert "finished" not in report and [r["seed"] for r in report["runs"]] == [0, 1, 2]
+    assert report["medians"][0]["dynaray"] == 200.0
