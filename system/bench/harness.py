@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -84,11 +85,22 @@ def write_report(report: Any, summary: str, json_path: str | None) -> int:
     print(report.markdown())
     print(f"\n{summary}")
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(report.to_json(), f, indent=2)
-            f.write("\n")
+        write_json(json_path, report.to_json())
         progress(f"results written to {json_path}")
     return 0
+
+
+def write_partial(report: Any, json_path: str | None, done: int, planned: int) -> None:
+    """Write the report of the runs done so far to ``json_path`` when given, marked ``"complete": false`` and
+    ``"finished": [done, planned]``: a bench of hours that is stopped keeps what it measured. :func:`write_report`
+    overwrites it at the end."""
+    if json_path:
+        write_json(json_path, {**report.to_json(), "complete": False, "finished": [done, planned]})
+
+
+def write_json(path: str, data: dict) -> None:
+    """``data`` as indented JSON, ending in a newline."""
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def check(checks: list[dict], name: str, value: float, goal: float, higher_is_better: bool = True,
@@ -284,7 +296,6 @@ def end_actors(system: Any, timeout_s: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-
 def sb3_import_error() -> str | None:
     """Why Stable-Baselines3 (the benches' SAC anchor) does not import here, or None when it does."""
     try:
@@ -292,6 +303,7 @@ def sb3_import_error() -> str | None:
     except Exception as exc:  # an ImportError, or a broken install
         return f"{type(exc).__name__}: {exc}"
     return None
+
 
 # ------------------------------------------------------------------------------------------------ train runs
 

@@ -28,7 +28,6 @@ point where SB3's median is not positive shows no ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 
 from system.bench.harness import (
     add_json_option, check, env_ids, fail, finish, load_averages, machine, positive_int, progress, targets_table,
-    sb3_import_error, train_process, write_report,
+    sb3_import_error, train_process, write_partial, write_report,
 )
 
 __all__ = ["PRESETS", "Report", "Run", "add_arguments", "command", "return_at", "run"]
@@ -198,14 +197,6 @@ def plot_envs(report: Report, out_dir: Path) -> None:
             report.plots[env] = str(plot_runs(curves, out_dir / f"locomotion-{env}.png"))
 
 
-def write_partial(report: Report, planned: int, json_path: str | None) -> None:
-    """The report of the runs finished so far, to ``json_path`` (``"finished": [done, planned]``): a bench of hours
-    that is stopped keeps what it measured. The final report overwrites it."""
-    if json_path:
-        Path(json_path).write_text(json.dumps({**report.to_json(), "finished": [len(report.runs), planned]},
-                                              indent=2) + "\n")
-
-
 # ------------------------------------------------------------------------------------------------------ CLI
 
 HELP = "eval return against env steps on MuJoCo locomotion: dynaray, dynaray model-free and SB3's SAC, equal steps"
@@ -258,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         for future in as_completed(futures):
             finished.add(future)
             report.runs = [f.result() for f in futures if f in finished]
-            write_partial(report, len(todo), args.json)
+            write_partial(report, args.json, len(finished), len(todo))
     plot_envs(report, Path(args.runs_dir))
     finish(report.machine)
     code = write_report(report, f"{report.machine['cpus']} CPUs, {args.jobs} run(s) at a time; "

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from system.bench.harness import add_json_option, fail, finish, load_averages, machine, positive_int, progress, \
-    train_process, write_report
+    train_process, write_partial, write_report
 
 EXIT_FAILED = 1
 """Exit code when a run failed (the report of the others is still written)."""
@@ -344,15 +344,14 @@ def run(args: argparse.Namespace) -> int:
                                   d3rlpy_run(d, n, a, s, e, args, workdir)))
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [(dataset, method, seed, pool.submit(task)) for dataset, method, seed, task in tasks]
-        for dataset, method, seed, future in futures:
+        for done, (dataset, method, seed, future) in enumerate(futures, 1):
             outcome = future.result()
             if isinstance(outcome, str):
                 progress(f"{Path(dataset).name} {method} seed {seed}: failed, {outcome}")
                 report.failed.append({"dataset": dataset, "method": method, "seed": seed, "reason": outcome})
             else:
                 report.results.extend(outcome if isinstance(outcome, list) else [outcome])
-            if args.json:  # what is done so far, should the bench be stopped before the end
-                Path(args.json).write_text(json.dumps({**report.to_json(), "complete": False}, indent=2) + "\n")
+            write_partial(report, args.json, done, len(futures))
     finish(report.machine)
     code = write_report(report, (
         f"{args.updates} policy gradient steps per method, {len(args.seeds)} seed(s), {args.eval_episodes} eval "

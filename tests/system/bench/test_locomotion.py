@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from system.bench import locomotion
-from system.bench.locomotion import Run, command, return_at, sb3_import_error, write_partial
+from system.bench.harness import write_partial
+from system.bench.locomotion import Run, command, return_at, sb3_import_error
 from system.cli import main
 from system.plot_cli import load_curve
 from tests.system.bench.markdown import number, table_rows
@@ -100,8 +101,8 @@ def test_the_json_holds_every_finished_run_before_the_bench_ends(tmp_path, monke
     def fake_run(env, system, seed, args, stamp):
         return Run(env, system, seed, str(tmp_path / f"{system}-{seed}"), ["x"], evals=evals(100.0 * (seed + 1)))
 
-    def partial(report, planned, json_path):
-        write_partial(report, planned, json_path)
+    def partial(report, json_path, done, planned):
+        write_partial(report, json_path, done, planned)
         written.append(tuple(json.loads(out_json.read_text())["finished"]))
 
     monkeypatch.setattr(locomotion, "one_run", fake_run)
@@ -112,5 +113,5 @@ def test_the_json_holds_every_finished_run_before_the_bench_ends(tmp_path, monke
                  "--json", str(out_json)]) == 0
     assert written == [(1, 3), (2, 3), (3, 3)]
     report = json.loads(out_json.read_text())  # the final report: every run, in the planned order
-    assert "finished" not in report and [r["seed"] for r in report["runs"]] == [0, 1, 2]
+    assert "finished" not in report and "complete" not in report and [r["seed"] for r in report["runs"]] == [0, 1, 2]
     assert report["medians"][0]["dynaray"] == 200.0
