@@ -29,12 +29,12 @@ Usage::
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import sys
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
@@ -257,25 +257,36 @@ class Metrics:
 
 
 class _Refresher:
-    """One daemon thread per process that refreshes every live :class:`Metrics`."""
+    """One daemon thread per process that refreshes every live :class:`Metrics`; it ends at the process's exit,
+    before the interpreter and Ray's C++ objects are torn down under it."""
 
     _lock = threading.Lock()
     _live: "weakref.WeakSet[Metrics]" = weakref.WeakSet()
     _thread: threading.Thread | None = None
+    _stop = threading.Event()
 
     @classmethod
     def register(cls, metrics: Metrics) -> None:
         with cls._lock:
             cls._live.add(metrics)
             if cls._thread is None or not cls._thread.is_alive():
+                if cls._thread is None:
+                    atexit.register(cls.stop)
+                cls._stop.clear()
                 cls._thread = threading.Thread(target=cls._loop, name="dynaray-metrics", daemon=True)
                 cls._thread.start()
 
     @classmethod
     def _loop(cls) -> None:
-        while True:
-            time.sleep(REFRESH_S)
+        while not cls._stop.wait(REFRESH_S):
             cls.refresh_all()
+
+    @classmethod
+    def stop(cls) -> None:
+        """End the thread (a later :meth:`register` starts a new one)."""
+        cls._stop.set()
+        if (thread := cls._thread) is not None and thread is not threading.current_thread():
+            thread.join()
 
     @classmethod
     def refresh_all(cls) -> None:

@@ -12,7 +12,6 @@ Ray metric objects never travel). Without Ray in the process every recorder reco
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -38,6 +37,7 @@ from system.control import CONTROL_ACTOR, Control
 from system.loops import BatchPart, LearnerLoop, policy_batch_parts
 from system.metrics import (ControlMetrics, EvaluatorMetrics, GatewayMetrics, ImaginationMetrics, ReplayMetrics,
                             RolloutMetrics, StoreMetrics)
+from system.remote import ActorName, InActor, built, remote_class
 from system.weights import WeightsClient, WeightsPublisher, WeightsStore
 
 # Seed offsets per role, so that roles never share a random stream.
@@ -219,46 +219,6 @@ def table_configs(config: SystemConfig, spec: EnvSpec) -> list[TableConfig]:
 # making roles: Ray actors or in-process objects
 
 
-class ActorName:
-    """An actor of the run passed by its name, resolved with ``ray.get_actor`` in the process that builds the role
-    (Ray restarts an actor by running its constructor again with the same arguments: arguments that hold actor
-    handles or object refs would pin them in the object store; a name finds the actor as it is now)."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def resolve(self) -> Any:
-        import ray
-
-        return ray.get_actor(self.name)  # in the run's namespace: every actor of the run is made in it
-
-
-class InActor:
-    """An argument built where the role lives (clients hold locks and in-flight state: they do not travel)."""
-
-    def __init__(self, factory, *args, **kwargs):
-        self.factory, self.args, self.kwargs = factory, args, kwargs
-
-    def build(self) -> Any:
-        args, kwargs = _built(self.args, self.kwargs)
-        return self.factory(*args, **kwargs)
-
-
-def _resolved(value: Any) -> Any:
-    """``value`` with every :class:`InActor` built and every :class:`ActorName` resolved (in lists too)."""
-    if isinstance(value, InActor):
-        return value.build()
-    if isinstance(value, ActorName):
-        return value.resolve()
-    if isinstance(value, (list, tuple)) and any(isinstance(v, (InActor, ActorName)) for v in value):
-        return type(value)(_resolved(v) for v in value)
-    return value
-
-
-def _built(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    return tuple(_resolved(a) for a in args), {k: _resolved(v) for k, v in kwargs.items()}
-
-
 def _named(system: System, handle: Any) -> Any:
     """``handle`` as it travels to a role's constructor: by name on Ray (see :class:`ActorName`), as is in
     process."""
@@ -303,48 +263,10 @@ def quiet_methods(cls: type) -> tuple[str, ...]:
     return next((QUIET_METHODS[base] for base in cls.__mro__ if base in QUIET_METHODS), ())
 
 
-def _without_task_events(method):
-    """``method`` as a new function that Ray calls without recording task events (the role's own stays as it is)."""
-    import ray
-
-    def call(self, *args, **kwargs):
-        return method(self, *args, **kwargs)
-
-    call.__name__, call.__qualname__, call.__doc__ = method.__name__, method.__qualname__, method.__doc__
-    call.__signature__ = inspect.signature(method)  # Ray checks calls against the role's signature
-    return ray.method(enable_task_events=False)(call)
-
-
 def _remote_class(cls: type, torch_threads: int, heap: tuple[int, float]):
-    """``cls`` as a Ray actor class whose process uses ``torch_threads`` intra-op threads and keeps its C heap lean
-    (``heap``: ``ray.malloc_arena_max`` and ``ray.heap_trim_every_s``, :mod:`system.heap`), whose
-    :func:`quiet_methods` record no task events, and with one more (quiet) method, ``dynaray_incarnation() ->
-    (token, pid)``: the token is new in each process (the driver counts restarts by it and waits on it for a
-    restarted actor to be back), the pid is the process's."""
-    import ray
-
-    def __init__(self, *args, **kwargs):
-        import os
-        import uuid
-
-        import torch
-
-        from system import heap as process_heap
-
-        torch.set_num_threads(torch_threads)
-        process_heap.start(*heap)
-        self._dynaray_incarnation = (uuid.uuid4().hex, os.getpid())
-        args, kwargs = _built(args, kwargs)
-        cls.__init__(self, *args, **kwargs)
-
-    def dynaray_incarnation(self) -> tuple[str, int]:
-        return self._dynaray_incarnation
-
-    members = {"__init__": __init__, "dynaray_incarnation": dynaray_incarnation}
-    members.update({name: _without_task_events(getattr(cls, name)) for name in quiet_methods(cls)})
-    if not all_task_events():  # the driver probes every actor of every role every few seconds
-        members["dynaray_incarnation"] = _without_task_events(dynaray_incarnation)
-    return ray.remote(type(cls.__name__, (cls,), members))
+    """``cls`` as the Ray actor class of its role (:func:`system.remote.remote_class`), with its
+    :func:`quiet_methods`."""
+    return remote_class(cls, torch_threads, heap, quiet_methods(cls), quiet_incarnation=not all_task_events())
 
 
 class _Maker:
@@ -356,7 +278,7 @@ class _Maker:
         """Make role ``cls`` as actor ``name`` asking for ``num_cpus`` / ``num_gpus`` / custom ``resources``
         (``ray_options`` adds or overrides any other ``actor.options``), or in process."""
         if self.local:
-            args, kwargs = _built(args, kwargs)
+            args, kwargs = built(args, kwargs)
             return LocalHandle(cls(*args, **kwargs))
         heap = (self.config.ray.malloc_arena_max, self.config.ray.heap_trim_every_s)
         actor = _remote_class(cls, self.config.run.torch_threads, heap)

@@ -2,8 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """End the test process once pytest has reported, without the interpreter's teardown.
+
+    Tests start and end Ray in this process several times (tests/replay/test_ray_shards.py, the benches on Ray);
+    Ray's C++ threads outlive ``ray.shutdown()`` (its GCS client's io thread, gRPC's), and the teardown of C++
+    statics under them crashed this process after every test had passed (a segmentation fault once in CI; Ray
+    calls restarting it in one process with threads unsafe, ray-project/ray#31145). A run's own processes (the
+    driver, every actor) start Ray once and end normally."""
+    if _EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[_EXIT_STATUS])
 
 
 class RecordingReplay:

@@ -2,7 +2,7 @@
 # Device check (issue 16): on a machine with a GPU, in under 8 minutes, prints SAC and world-model updates/s at the
 # hopper preset's sizes, imagined transitions/s, and a `hopper` run's env steps/s and eval return after the env
 # steps that fit in 5 minutes (`dynaray bench device`, system/bench/device.py says what each number is). Without a
-# GPU, or with --small, it runs the CPU fallback: small sizes, 2 s per rate and a 20 s run (what `make test` runs,
+# GPU, or with --small, it runs the CPU fallback: small sizes, 2 s per rate and a 10 s run (what `make test` runs,
 # tests/system/bench/test_device.py).
 #
 #   tests/benchmarks/device_check.sh [--small] [OUT_DIR]     # OUT_DIR (default runs/device-check): run dir, JSON
@@ -20,8 +20,8 @@ if [ "$small" = 0 ] && "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_
     args="--seconds 15 --run-seconds 300"              # ~1 min of rates, 5 min of run, Ray start and drain
     echo "device_check: GPU found: full sizes, 300 s hopper run" >&2
 else
-    args="--small --seconds 2 --run-seconds 20"
-    echo "device_check: CPU fallback (--small): small sizes, 20 s hopper run" >&2
+    args="--small --seconds 2 --run-seconds 10"
+    echo "device_check: CPU fallback (--small): small sizes, 10 s hopper run" >&2
 fi
 bench="PYTHONPATH=\"\${PYTHONPATH:-$PWD}\" exec $PY -m system.cli bench device $args --runs-dir $out --json $out/device_check.json"
 if [ "${DYNARAY_NETNS:-0}" = 1 ]; then

@@ -5,6 +5,7 @@ Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NE
 """
 
 import os
+import sys
 import time
 
 import pytest
@@ -104,3 +105,26 @@ def test_task_events_all_keeps_every_method(local_ray, monkeypatch):
     for version in range(1, 6):
         ray.get(store.publish.remote("world_model", version, {"w": version}))
     assert wait_for_events("publish", 5).get("publish", 0) == 5
+
+
+@pytest.mark.ray
+@ray_test
+def test_an_actor_process_loads_neither_torch_nor_the_wiring_unless_its_role_does(local_ray):
+    ray = local_ray
+    control = _remote_class(Control, 2, (2, 60.0)).options(num_cpus=0).remote("run", {"rollout": 1},
+                                                                             frozenset({"rollout"}))
+    loaded = ray.get(control.__ray_call__.remote(
+        lambda self: sorted(m for m in ("torch", "system.wiring", "learners.sac") if m in sys.modules)))
+    assert loaded == []
+
+    class TorchRole:  # loads torch in its constructor: the wrapper sets its threads after
+        def __init__(self):
+            import torch
+
+            self.torch = torch
+
+        def threads(self) -> int:
+            return self.torch.get_num_threads()
+
+    role = _remote_class(TorchRole, 2, (2, 60.0)).options(num_cpus=0).remote()
+    assert ray.get(role.threads.remote()) == 2
