@@ -48,6 +48,7 @@ def test_run_result_defaults_mean_no_eval_read():
     assert RunResult(["x"], 1, 2.0).env_steps is None
 
 
+@pytest.mark.ray
 @pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 def test_device_check_script_cpu_fallback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
