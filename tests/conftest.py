@@ -11,20 +11,6 @@ import pytest
 _EXIT_STATUS = pytest.StashKey[int]()
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    """In a pytest-xdist worker (tests/run.sh: ``-n 2 --dist loadgroup``): the tests that start Ray form one group,
-    collected first, so that one worker runs them one after another from the start while the other tests, grouped
-    by module (their module fixtures made once), go to the other worker. Two Ray runs at once would share the two
-    cores; a run leaves about a fifth of them idle, which the unit tests take."""
-    if not hasattr(config, "workerinput"):
-        return
-    for item in items:
-        group = "ray" if item.get_closest_marker("ray") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.get_closest_marker("ray") is None)  # stable: each part keeps its order
-
-
 def pytest_sessionfinish(session, exitstatus):
     session.config.stash[_EXIT_STATUS] = int(exitstatus)
 
@@ -37,8 +23,7 @@ def pytest_unconfigure(config):
     Ray's C++ threads outlive ``ray.shutdown()`` (its GCS client's io thread, gRPC's), and the teardown of C++
     statics under them crashed this process after every test had passed (a segmentation fault once in CI; Ray
     calls restarting it in one process with threads unsafe, ray-project/ray#31145). A run's own processes (the
-    driver, every actor) start Ray once and end normally. In a pytest-xdist worker this comes after the worker has
-    sent its last report, which the controller takes as the worker's end."""
+    driver, every actor) start Ray once and end normally."""
     if _EXIT_STATUS in config.stash:
         sys.stdout.flush()
         sys.stderr.flush()
