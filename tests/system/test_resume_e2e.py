@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
-BUDGET = 1200
+BUDGET = 1400
 WARMUP = 300  # debug preset: rollout.warmup_steps
 START_TIMEOUT_S = 900.0
 GONE_WITHIN_S = 60.0
@@ -135,13 +135,13 @@ def check_whole_run(run_dir: Path, checkpoint: dict, writers_before: list[int]) 
 
 
 def test_sigterm_checkpoints_a_killed_driver_leaves_nothing_running_and_resume_finishes(tmp_path):
-    """One run stopped twice and resumed each time: SIGTERM at 600 env steps (a checkpoint with every row, exit
-    143); resumed, its driver SIGKILLed 250 env steps later (no process of the run left); resumed again to its
-    budget."""
+    """One run stopped twice and resumed each time: SIGTERM from 400 env steps on (a checkpoint with every row, exit
+    143); resumed, its driver SIGKILLed once it has checkpointed again (no process of the run left); resumed again
+    to its budget."""
     run_dir, marker = tmp_path / "t", f"DYNARAY_TEST_RUN={tmp_path}"
 
     # SIGTERM: a checkpoint with every row counted, exit code 143
-    proc, _ = start_run(tmp_path, "t", 600)
+    proc, _ = start_run(tmp_path, "t", 400)
     try:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=300)
@@ -159,7 +159,7 @@ def test_sigterm_checkpoints_a_killed_driver_leaves_nothing_running_and_resume_f
     assert (run_dir / "learning_curve.png").is_file() == any(e["policy_version"] >= 0 for e in evals), evals
     assert not (run_dir / ".metrics-rows").exists(), "the driver's spilled metrics rows go when it ends"
     stopped = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
-    assert 600 <= stopped["env_steps"] < BUDGET - 250
+    assert 400 <= stopped["env_steps"] < BUDGET - 400
     assert not (run_dir / "driver.lock").exists()
     before = stored_rows(run_dir)
     assert len(before["seq"]) == stopped["env_steps"]  # the workers flushed before the checkpoint: no row lost
@@ -167,7 +167,7 @@ def test_sigterm_checkpoints_a_killed_driver_leaves_nothing_running_and_resume_f
 
     # resumed, then its driver SIGKILLed: found while the raylet lives (an orphaned worker whose title overwrote
     # its environment is found by its pid), every process of the run gone within GONE_WITHIN_S
-    proc, _ = start_run(tmp_path, "t", stopped["env_steps"] + 250, resumed=True)
+    proc, _ = start_run(tmp_path, "t", stopped["env_steps"] + 1, resumed=True)
     try:
         before = run_process_ids(marker)
         assert before, "the run's Ray processes were not found"
@@ -182,6 +182,7 @@ def test_sigterm_checkpoints_a_killed_driver_leaves_nothing_running_and_resume_f
         assert time.monotonic() < deadline, f"processes of the killed run still running: {left}"
         time.sleep(0.5)
     checkpoint = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
+    assert checkpoint["env_steps"] < BUDGET, checkpoint  # the run was killed before its end
     rows = stored_rows(run_dir)
     first_resume = ~np.isin(rows["writer_id"], writers_stopped)
     assert (rows["policy_version"][first_resume] == -1).sum() < WARMUP // 4  # no second warm-up (check_whole_run)
@@ -193,4 +194,3 @@ def test_sigterm_checkpoints_a_killed_driver_leaves_nothing_running_and_resume_f
     line = next(x for x in resumed.stdout.splitlines() if "first new env steps" in x)
     assert int(line.split("resumed at ")[1].split()[0]) >= checkpoint["env_steps"]
     check_whole_run(run_dir, checkpoint, writers_before)
-    assert len(stored_rows(run_dir)["seq"]) == BUDGET
