@@ -17,9 +17,6 @@ from tests.replay.helpers import make_chunk, table_config
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(
-        os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run in a loopback-only netns with DYNARAY_NETNS=1"
-    ),
 ]
 
 SPI, MIN_SIZE, ERROR_BUFFER = 2.0, 128, 128.0

@@ -43,7 +43,6 @@ from tests.system.test_cluster import cluster_processes, end_processes
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,6 @@ from tests.system.runs import TrainRun, assert_well_formed, stored_rows
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
 BUDGET = 3000

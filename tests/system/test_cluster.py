@@ -19,7 +19,6 @@ import pytest
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,6 @@ The Ray test runs only inside a loopback-only network namespace (tests/run.sh se
 """
 
 import json
-import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -94,7 +93,6 @@ def test_control_counts_scale_requests_and_keeps_worker_demands():
 
 
 @pytest.mark.ray
-@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 def test_scale_beyond_the_cluster_answers_at_once_and_the_run_ends_by_its_budget(tmp_path):
     budget = 2000
     runs = ["--runs-dir", str(tmp_path)]

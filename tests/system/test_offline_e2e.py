@@ -7,7 +7,6 @@ Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NE
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -22,7 +21,6 @@ from tests.system.test_train_e2e import marked_env, ray_pids
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
 TINY = ["env.max_episode_steps=50", "offline.total_updates=60", "policy.bc_init_updates=30",

@@ -34,7 +34,6 @@ RUN = "prom"
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
     pytest.mark.skipif(shutil.which("prometheus") is None,
                        reason="the prometheus binary is not installed (Debian: apt-get install prometheus; "
                               "make setup-test does it where apt-get can)"),

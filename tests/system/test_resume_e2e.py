@@ -21,7 +21,6 @@ from tests.system.runs import stored_rows
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
 BUDGET = 1400

@@ -4,7 +4,6 @@ run) and an external agent that downloads the policy and sends an episode throug
 Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NETNS=1 there).
 """
 
-import os
 import time
 
 import gymnasium as gym
@@ -18,7 +17,6 @@ from tests.system.runs import TrainRun, assert_well_formed, dynaray, stored_rows
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
 BUDGET = 4000

@@ -4,7 +4,6 @@
 Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NETNS=1 there).
 """
 
-import os
 import sys
 import time
 
@@ -13,8 +12,6 @@ import pytest
 from system.control import Control
 from system.weights import WeightsStore
 from system.wiring import QUIET_METHODS, TASK_EVENTS_ENV, _remote_class, quiet_methods
-
-ray_test = pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +63,6 @@ def test_quiet_methods_name_methods_of_their_role(monkeypatch):
 
 
 @pytest.mark.ray
-@ray_test
 def test_high_frequency_calls_record_no_task_events(local_ray, monkeypatch):
     ray = local_ray
     monkeypatch.delenv(TASK_EVENTS_ENV, raising=False)
@@ -97,7 +93,6 @@ def test_high_frequency_calls_record_no_task_events(local_ray, monkeypatch):
 
 
 @pytest.mark.ray
-@ray_test
 def test_task_events_all_keeps_every_method(local_ray, monkeypatch):
     ray = local_ray
     monkeypatch.setenv(TASK_EVENTS_ENV, "all")
@@ -108,7 +103,6 @@ def test_task_events_all_keeps_every_method(local_ray, monkeypatch):
 
 
 @pytest.mark.ray
-@ray_test
 def test_an_actor_process_loads_neither_torch_nor_the_wiring_unless_its_role_does(local_ray):
     ray = local_ray
     control = _remote_class(Control, 2, (2, 60.0)).options(num_cpus=0).remote("run", {"rollout": 1},

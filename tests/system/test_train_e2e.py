@@ -17,7 +17,6 @@ from tests.system.runs import assert_well_formed, stored_rows
 
 pytestmark = [
     pytest.mark.ray,
-    pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh"),
 ]
 
 # Measured (docs/benchmarks.md): the uniform random policy scores 5.5 on average on InvertedPendulum-v5 (200

@@ -49,7 +49,6 @@ def test_run_result_defaults_mean_no_eval_read():
 
 
 @pytest.mark.ray
-@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 def test_device_check_script_cpu_fallback(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(["bash", str(ROOT / "tests/benchmarks/device_check.sh"), "--small", str(tmp_path)],

@@ -4,7 +4,6 @@ Nothing here asserts a speed; the numbers are only checked to be positive.
 """
 
 import json
-import os
 
 import pytest
 
@@ -123,7 +122,6 @@ def test_bench_replay_logs_with_the_configs_fsync(tmp_path):
 
 
 @pytest.mark.ray
-@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 def test_bench_replay_on_ray_with_one_and_two_shards(tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     assert main(["bench", "replay", *TINY, "--samplers", "prioritized", "--log", "off", "--shards", "1,2", "--ray",
@@ -154,7 +152,6 @@ def test_bench_replay_on_ray_with_one_and_two_shards(tmp_path, capsys):
 
 
 @pytest.mark.ray
-@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 @pytest.mark.skipif(torchrl_import_error() is not None, reason="TorchRL's replay buffers do not import here")
 def test_bench_replay_through_ray_against_torchrls_ray_buffer(tmp_path, capsys):
     out_json = tmp_path / "bench.json"

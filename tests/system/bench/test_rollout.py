@@ -4,7 +4,6 @@ Nothing here asserts a speed; the numbers are only checked to be positive.
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -122,7 +121,6 @@ def test_bench_rollout_rejects_a_bad_preset_or_override(capsys):
 
 
 @pytest.mark.ray
-@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 def test_bench_rollout_on_ray_builds_one_and_two_workers(tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     assert main(["bench", "rollout", "--envs", "Hopper-v5", "--envs-per-worker", "2", "--seconds", "0.4",

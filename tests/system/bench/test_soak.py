@@ -160,7 +160,6 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, capsys):
 
 
 @pytest.mark.ray
-@pytest.mark.skipif(os.environ.get("DYNARAY_NETNS") != "1", reason="starts Ray: run inside tests/run.sh")
 def test_a_debug_run_stays_in_bounds(tmp_path, capsys):
     """A 2.5-minute soak of the debug preset (from when every role runs; replay tables of 1000 rows, full within the
     first minute), sampled every 3 s; the slopes are fitted over the last 1.5 minutes.
