@@ -431,15 +431,17 @@ def scale(args: argparse.Namespace) -> int:
 def _say_what_cannot_be_placed(pool: str, added: int, demands: dict, free: dict) -> None:
     """One line when the cluster has not the free resources for ``added`` new workers of ``pool`` now: they wait
     for them (the run goes on with the workers it has) until resources free up or an autoscaler adds a node."""
-    from system.placement import shortfall
+    from system.placement import fitting, shortfall
 
     missing = shortfall(demands.get(pool, {}), added, free) if added > 0 else {}
     if missing:
         asks = ", ".join(f"{k} {v:g}" for k, v in sorted(demands[pool].items()) if v)
         lacks = ", ".join(f"{k} {v:g}" for k, v in sorted(missing.items()))
-        print(f"dynaray: the cluster cannot place the {added} new {pool} worker(s) now: each asks {asks}, the cluster "
-              f"lacks {lacks}; the run goes on with the workers it has, and the new ones start once the resources are "
-              f"free or an autoscaler adds a node", file=sys.stderr)
+        fits = fitting(demands[pool], added, free)
+        which = f"the {added}" if fits == 0 else f"{added - fits} of the {added}"
+        print(f"dynaray: the cluster cannot place {which} new {pool} worker(s) now: each asks {asks}, the cluster "
+              f"lacks {lacks} for all {added}; the run goes on with the workers it has, and the new ones start once "
+              f"the resources are free or an autoscaler adds a node", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,6 +121,13 @@ def shortfall(demand: Mapping[str, float], count: int, available: Mapping[str, f
             if amount > 0 and count * amount > available.get(resource, 0.0) + 1e-9}
 
 
+def fitting(demand: Mapping[str, float], count: int, available: Mapping[str, float]) -> int:
+    """How many of ``count`` more actors asking ``demand`` each fit in ``available`` (an upper bound, as
+    :func:`shortfall`'s is a lower one: each actor must also fit on one node)."""
+    fits = [int((available.get(resource, 0.0) + 1e-9) // amount) for resource, amount in demand.items() if amount > 0]
+    return min([count, *fits])
+
+
 def _short(resources: Mapping[str, float]) -> str:
     shown = {k: v for k, v in resources.items() if v and not k.startswith(("node:", "object_store_memory"))}
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(shown.items())) + "}"
