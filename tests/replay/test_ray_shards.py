@@ -15,9 +15,7 @@ import pytest
 from replay import RateLimiterConfig, ReplayClient, ReplayConfig, ReplayShard, TableConfig
 from tests.replay.helpers import make_chunk, table_config
 
-pytestmark = [
-    pytest.mark.ray,
-]
+pytestmark = pytest.mark.ray
 
 SPI, MIN_SIZE, ERROR_BUFFER = 2.0, 128, 128.0
 CHUNK, BATCH = 32, 64

@@ -11,7 +11,7 @@ import pytest
 from replay import ReplayShard, SchemaError, TableConfig, arrow_schema, transition_columns
 from replay.persistence import TableStore, table_directory
 from replay.schema import ColumnSpec, columns_from_arrow_schema
-from replay.stored import OfflineError, read_table
+from replay.stored import read_table
 from tests.replay.helpers import CHUNK, COLUMNS, files_state, fill, live_rows, make_chunk, persisted, write_two_shards
 
 

@@ -41,9 +41,7 @@ import yaml
 from tests.system.runs import assert_well_formed, stored_rows
 from tests.system.test_cluster import cluster_processes, end_processes
 
-pytestmark = [
-    pytest.mark.ray,
-]
+pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))

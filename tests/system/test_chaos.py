@@ -16,9 +16,7 @@ import pytest
 
 from tests.system.runs import TrainRun, assert_well_formed, stored_rows
 
-pytestmark = [
-    pytest.mark.ray,
-]
+pytestmark = pytest.mark.ray
 
 BUDGET = 3000
 """Enough env steps for the seven kills and restarts on a loaded 2-core machine (the debug preset's 2,000 can end

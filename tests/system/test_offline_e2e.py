@@ -19,9 +19,7 @@ from system.checkpoint import find_checkpoint, kept_checkpoints
 from tests.system.runs import stored_rows
 from tests.system.test_train_e2e import marked_env, ray_pids
 
-pytestmark = [
-    pytest.mark.ray,
-]
+pytestmark = pytest.mark.ray
 
 TINY = ["env.max_episode_steps=50", "offline.total_updates=60", "policy.bc_init_updates=30",
         "offline.critic_warmup_updates=5", "offline.eval_every_updates=20", "world_model.early_stop_patience=1",

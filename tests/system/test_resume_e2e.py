@@ -19,9 +19,7 @@ import pytest
 
 from tests.system.runs import stored_rows
 
-pytestmark = [
-    pytest.mark.ray,
-]
+pytestmark = pytest.mark.ray
 
 BUDGET = 1400
 WARMUP = 300  # debug preset: rollout.warmup_steps

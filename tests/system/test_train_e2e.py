@@ -15,9 +15,7 @@ import pytest
 
 from tests.system.runs import assert_well_formed, stored_rows
 
-pytestmark = [
-    pytest.mark.ray,
-]
+pytestmark = pytest.mark.ray
 
 # Measured (docs/benchmarks.md): the uniform random policy scores 5.5 on average on InvertedPendulum-v5 (200
 # episodes, max 22); debug runs of this preset reached best eval returns of 46-74 over seeds. The bar sits between.
