@@ -439,8 +439,9 @@ def _say_what_cannot_be_placed(pool: str, added: int, demands: dict, free: dict)
         lacks = ", ".join(f"{k} {v:g}" for k, v in sorted(missing.items()))
         fits = fitting(demands[pool], added, free)
         which = f"the {added}" if fits == 0 else f"{added - fits} of the {added}"
+        for_all = f" for all {added}" if added > 1 else ""
         print(f"dynaray: the cluster cannot place {which} new {pool} worker(s) now: each asks {asks}, the cluster "
-              f"lacks {lacks} for all {added}; the run goes on with the workers it has, and the new ones start once "
+              f"lacks {lacks}{for_all}; the run goes on with the workers it has, and the new ones start once "
               f"the resources are free or an autoscaler adds a node", file=sys.stderr)
 
 
