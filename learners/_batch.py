@@ -61,9 +61,12 @@ def to_tensors(
     obs_dim: int,
     act_dim: int,
     device: torch.device,
+    checked: bool = False,
 ) -> dict[str, Tensor]:
-    """Validated float32 tensors on ``device`` for ``columns`` (flags become 0./1. floats)."""
-    check_columns(batch, columns, obs_dim, act_dim)
+    """Validated float32 tensors on ``device`` for ``columns`` (flags become 0./1. floats); ``checked``: the caller
+    has already run ``check_columns`` on the same columns."""
+    if not checked:
+        check_columns(batch, columns, obs_dim, act_dim)
     out = {}
     for column in columns:
         if column not in _FLOAT_COLUMNS + _FLAG_COLUMNS:

@@ -90,5 +90,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> torch.autocast:
-    """``torch.autocast`` on ``device`` to ``dtype``; disabled (fp32 throughout) when ``dtype`` is float32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype != torch.float32)
+    """``torch.autocast`` on ``device`` to ``dtype``; disabled (fp32 throughout) when ``dtype`` is float32. On CUDA
+    without autocast's cache of cast weights, which a CUDA graph cannot hold (learners/cuda_graphs.py)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype != torch.float32,
+                          cache_enabled=device.type != "cuda")

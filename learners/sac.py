@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from learners._batch import to_tensors
+from learners._batch import check_columns, to_tensors
 from learners._common import (
     autocast, device_problem, generator_state, load_generator_state, precision_problem, require, resolve_precision,
     to_cpu,
 )
+from learners.cuda_graphs import CapturedCall, PinnedBatch
 from learners.networks import EnsembleLayerNorm, EnsembleLinear, EnsembleMLP, mlp, resolve_device, seeded_init
 
 LOG_STD_MIN = -20.0
@@ -46,6 +47,9 @@ likelihood would drive it down without end, and its gradients up with it."""
 _LOG_2 = math.log(2.0)
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _BATCH_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+_METRICS = ("critic_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "q_mean", "critic_grad_norm",
+            "actor_grad_norm")
+"""What ``SACLearner.update`` returns, in the order of ``SACLearner._losses``'s values."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,11 @@ class PolicyConfig:
     bf16 matrix units (Intel AMX), fp32 elsewhere (``learners._common.resolve_precision``). Default fp32: bf16
     learned as well on InvertedPendulum's 5 seeds, but its kernels per operand shape grew the processes
     (docs/benchmarks.md, "bf16 on AMX")."""
+    cuda_graphs: bool = True
+    """On CUDA, run each update as two CUDA graphs (its losses and gradients, then its optimizer steps and target
+    update), captured after a few eager updates and then replayed: the same kernels on the same values, launched
+    once per graph instead of one by one from Python (``learners/cuda_graphs.py``; docs/benchmarks.md, "GPU").
+    Ignored off CUDA, and with REDQ subsets (``critic_subset`` < ``num_critics``: the subset's draw stays eager)."""
     prioritized: bool = False
     """Prioritized replay (Schaul et al., 2016) on table ``real``: rows drawn with probability proportional to
     ``priority ** priority_alpha``, the critic loss weighted by each row's importance weight, and each sampled
@@ -319,15 +328,20 @@ class SACLearner:
         self.critic.to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, fused=True)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, fused=True)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr, fused=True)
+        graphs = config.cuda_graphs and self.device.type == "cuda" and config.critic_subset == config.num_critics
+        self._adam = {"fused": True, "capturable": graphs}
+        """Options of the three Adams: fused kernels; capturable (their step counts on the device) for graphs."""
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, **self._adam)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, **self._adam)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr, **self._adam)
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(seed)
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.target_critic.parameters())
         self._actor_params = list(self.actor.parameters())
         self._critic_plan = _plan(self.critic)
+        self._graphs = UpdateGraphs(self) if graphs else None
+        """The update as CUDA graphs (``config.cuda_graphs`` on CUDA), or None: eager."""
         self.num_updates = 0
         """Applied (not skipped) updates."""
         self.nonfinite_streak = 0
@@ -338,6 +352,12 @@ class SACLearner:
     def set_anchor(self) -> None:
         """Freeze a copy of the actor as it is now as the anchor of ``config.anchor_weight``'s trust region."""
         self.anchor = copy.deepcopy(self.actor).requires_grad_(False)
+        self._recapture()
+
+    def _recapture(self) -> None:
+        """Drop the captured graphs: tensors they read were replaced (the anchor, the optimizers' state)."""
+        if self._graphs is not None:
+            self._graphs = UpdateGraphs(self)
 
     def _anchor_distance(self, obs: Tensor) -> Tensor:
         """(B,) squared distance between the actor's and the anchor's deterministic actions in [-1, 1] units."""
@@ -381,9 +401,6 @@ class SACLearner:
         order = torch.randperm(self.config.num_critics, generator=self._generator, device=self.device)
         return order[: self.config.critic_subset]
 
-    def _tensors(self, batch: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
-        return to_tensors(batch, _BATCH_COLUMNS, self.obs_dim, self.act_dim, self.device)
-
     @torch.no_grad()
     def _targets(self, tensors: Mapping[str, Tensor], alpha: Tensor | None = None) -> Tensor:
         """Soft Bellman targets (B,): r + gamma * (1 - terminated) * (min_M Q'(s', a') - alpha * log pi(a'|s')).
@@ -400,19 +417,21 @@ class SACLearner:
         next_value = torch.where(tensors["terminated"] > 0, 0.0, next_q - alpha * next_log_prob)
         return tensors["reward"] + self.config.gamma * next_value
 
-    def _weights(self, batch: Mapping[str, np.ndarray], rows: int) -> Tensor:
-        """Importance weights (B,) from the batch's ``weight`` column (all 1 without one), divided by their
-        maximum."""
+    def _tensors(self, batch: Mapping[str, np.ndarray], checked: bool = False) -> dict[str, Tensor]:
+        return to_tensors(batch, _BATCH_COLUMNS, self.obs_dim, self.act_dim, self.device, checked=checked)
+
+    def _weights(self, batch: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+        """Importance weights (B,) from the batch's ``weight`` column (all 1 without one), validated; the update
+        divides them by their maximum."""
         if "weight" not in batch:
-            return torch.ones(rows, device=self.device)
+            return np.ones(rows, dtype=np.float32)
         weights = np.asarray(batch["weight"], dtype=np.float32)
         if weights.shape != (rows,) or not (np.isfinite(weights).all() and (weights > 0).all()):
             raise ValueError(
                 f"batch['weight'] has shape {weights.shape} and range [{weights.min(initial=np.inf):g}, "
                 f"{weights.max(initial=-np.inf):g}], expected ({rows},) finite weights > 0"
             )
-        weights = torch.from_numpy(np.ascontiguousarray(weights)).to(self.device, non_blocking=True)
-        return weights / weights.max()
+        return weights
 
     def update(self, batch: Mapping[str, np.ndarray], update_actor: bool = True) -> dict[str, Any]:
         """One SAC update on ``batch`` (columns per docs/architecture.md; extra columns ignored).
@@ -425,9 +444,43 @@ class SACLearner:
         error in the critic loss is weighted by the batch's ``weight`` column (importance weights, divided by
         their maximum; all 1 when the column is missing), and an applied update also returns ``td_error``: each
         row's |Q - target| averaged over the critics, a float32 array (B,), for the rows' new priorities.
+
+        On CUDA with ``config.cuda_graphs`` the losses and the step are replays of CUDA graphs (``UpdateGraphs``):
+        the same kernels on the same values, one read-back per update (the metrics).
         """
-        tensors = self._tensors(batch)
-        weights = self._weights(batch, len(tensors["reward"])) if self.config.prioritized else None
+        rows = check_columns(batch, _BATCH_COLUMNS, self.obs_dim, self.act_dim)
+        anchored = self.anchor is not None and self.config.anchor_weight > 0
+        if self.config.prioritized:
+            batch = {**batch, "weight": self._weights(batch, rows)}
+        if self._graphs is not None:
+            values, td, grads = self._graphs.losses(batch, rows, anchored)
+        else:
+            tensors = self._tensors(batch, checked=True)
+            weights = None
+            if self.config.prioritized:
+                weights = torch.from_numpy(batch["weight"]).to(self.device, non_blocking=True)
+            values, td, grads = self._losses(tensors, weights, anchored)
+
+        values = values.tolist()  # the one read-back of the update
+        metrics = dict(zip(_METRICS + (("anchor_distance",) if anchored else ()), values))
+        if not all(math.isfinite(v) for v in values):
+            self.nonfinite_streak += 1
+            return {**metrics, "skipped": 1.0}
+        if self.config.prioritized:  # read back before the step's kernels are queued (one wait on an accelerator)
+            metrics["td_error"] = td.abs().mean(dim=0).cpu().numpy()
+        if self._graphs is not None:
+            self._graphs.step(grads, rows, anchored, update_actor)
+        else:
+            self._step(grads, update_actor)
+        self.num_updates += 1
+        self.nonfinite_streak = 0
+        return metrics
+
+    def _losses(self, tensors: Mapping[str, Tensor], weights: Tensor | None, anchored: bool,
+                ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """The update's losses and gradients, with no host read and no parameter change (a CUDA graph replays
+        it): the metrics (``_METRICS``, then the anchor distance when ``anchored``) as one tensor, the TD errors
+        (E, B) and the gradients of the critics, the actor and log(alpha) in that order."""
         alpha = self.log_alpha.detach().exp()
         critic_params, actor_params = self._critic_params, self._actor_params
 
@@ -438,7 +491,8 @@ class SACLearner:
             # losses (the actor reads the critics through detached parameters: no gradient reaches them from it)
             q = self._q_with(critic_params, tensors["obs"], tensors["action"])
             td = q - target  # (E, B)
-            critic_loss = (td.pow(2) if weights is None else td.pow(2) * weights).mean(dim=1).sum()
+            squared = td.pow(2) if weights is None else td.pow(2) * (weights / weights.max())
+            critic_loss = squared.mean(dim=1).sum()
             action, log_prob = self.actor(tensors["obs"], generator=self._generator)
             q_pi = self._q_with([p.detach() for p in critic_params], tensors["obs"], action)
             if self.config.critic_subset == self.config.num_critics:
@@ -446,10 +500,11 @@ class SACLearner:
             else:
                 q_pi = q_pi.mean(dim=0)
             actor_loss = (alpha * log_prob - q_pi).mean()
-            anchored = self.anchor is not None and self.config.anchor_weight > 0
+            extra = []
             if anchored:
                 anchor_distance = self._anchor_distance(tensors["obs"]).mean()
                 actor_loss = actor_loss + self.config.anchor_weight * q_pi.detach().abs().mean() * anchor_distance
+                extra.append(anchor_distance.detach())
             alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
 
         # gradients: one backward pass; the three losses share no parameter
@@ -459,33 +514,21 @@ class SACLearner:
         values = torch.stack([
             critic_loss.detach(), actor_loss.detach(), alpha, alpha_loss.detach(), -log_prob.detach().mean(),
             q.detach().mean(), torch.nn.utils.get_total_norm(critic_grads),
-            torch.nn.utils.get_total_norm(actor_grads),
-        ]).tolist()
-        metrics = dict(zip(
-            ("critic_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "q_mean",
-             "critic_grad_norm", "actor_grad_norm"),
-            values,
-        ))
-        if anchored:
-            metrics["anchor_distance"] = float(anchor_distance.detach())
-        if not all(math.isfinite(v) for v in values):
-            self.nonfinite_streak += 1
-            return {**metrics, "skipped": 1.0}
-        if weights is not None:  # read back before the step's kernels are queued (one wait on an accelerator)
-            metrics["td_error"] = td.detach().abs().mean(dim=0).cpu().numpy()
+            torch.nn.utils.get_total_norm(actor_grads), *extra,
+        ])
+        return values, td.detach(), grads
 
-        # step
-        for param, grad in zip([*critic_params, *actor_params, self.log_alpha], grads):
+    def _step(self, grads: Sequence[Tensor], update_actor: bool) -> None:
+        """Apply ``_losses``'s gradients: the Adam steps (the critics'; the actor's and the temperature's too when
+        ``update_actor``), then the Polyak update of the target critics. No host read (a CUDA graph replays it)."""
+        for param, grad in zip([*self._critic_params, *self._actor_params, self.log_alpha], grads):
             param.grad = grad
         self.critic_optimizer.step()
         if update_actor:
             self.actor_optimizer.step()
             self.alpha_optimizer.step()
         with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, critic_params, self.config.tau)
-        self.num_updates += 1
-        self.nonfinite_streak = 0
-        return metrics
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.config.tau)
 
     def bc_update(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """One behaviour-cloning step of the actor on ``batch``'s (obs, action): maximise the tanh-Gaussian
@@ -556,11 +599,60 @@ class SACLearner:
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         for optimizer in (self.actor_optimizer, self.critic_optimizer, self.alpha_optimizer):
-            for group in optimizer.param_groups:  # saved groups replace ours: keep the fused kernels
-                group.update(fused=True, foreach=None)
+            for group in optimizer.param_groups:  # saved groups replace ours: keep our kernels' options
+                group.update(foreach=None, **self._adam)
+        self._recapture()
         load_generator_state(self._generator, state["generator"])
         self.num_updates = int(state["num_updates"])
         if "anchor" in state:
             self.set_anchor()
             self.anchor.load_state_dict(state["anchor"])
         self.nonfinite_streak = int(state["nonfinite_streak"])
+
+
+class UpdateGraphs:
+    """``SACLearner.update``'s losses and step as CUDA graphs (``learners/cuda_graphs.py``), one pair per batch size
+    and anchoring: the batch's columns arrive through a ``PinnedBatch``; ``_losses`` and ``_step`` (one per value of
+    ``update_actor``) are ``CapturedCall``s. The step's graph reads the gradients the losses' graph writes."""
+
+    _COLUMNS = ("obs", "action", "reward", "next_obs", "terminated")
+
+    def __init__(self, learner: SACLearner):
+        self._learner = learner
+        self._entries: dict[tuple[int, bool], tuple[PinnedBatch, CapturedCall, dict[bool, CapturedCall]]] = {}
+
+    def _entry(self, rows: int, anchored: bool) -> tuple[PinnedBatch, CapturedCall, dict[bool, CapturedCall]]:
+        key = (rows, anchored)
+        if key not in self._entries:
+            learner = self._learner
+            obs, act = learner.obs_dim, learner.act_dim
+            shapes = {"obs": (rows, obs), "action": (rows, act), "reward": (rows,), "next_obs": (rows, obs),
+                      "terminated": (rows,)}
+            if learner.config.prioritized:
+                shapes["weight"] = (rows,)
+            names = self._COLUMNS
+
+            def losses(*columns: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+                weights = columns[len(names)] if len(columns) > len(names) else None
+                return learner._losses(dict(zip(names, columns)), weights, anchored)
+
+            def step(update_actor: bool) -> CapturedCall:
+                return CapturedCall(lambda *grads: learner._step(grads, update_actor), learner.device)
+
+            self._entries[key] = (
+                PinnedBatch(shapes, learner.device),
+                CapturedCall(losses, learner.device, generators=[learner._generator]),
+                {True: step(True), False: step(False)},
+            )
+        return self._entries[key]
+
+    def losses(self, batch: Mapping[str, np.ndarray], rows: int, anchored: bool,
+               ) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
+        """``SACLearner._losses`` on ``batch`` (checked by the caller: ``rows`` rows)."""
+        staged, losses, _ = self._entry(rows, anchored)
+        columns = staged.load(batch)
+        return losses(*columns.values())
+
+    def step(self, grads: Sequence[Tensor], rows: int, anchored: bool, update_actor: bool) -> None:
+        """``SACLearner._step`` with the gradients ``losses`` returned for the same batch."""
+        self._entry(rows, anchored)[2][update_actor](*grads)

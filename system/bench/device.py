@@ -9,7 +9,9 @@ process on one torch thread (as the actors run with ``run.torch_threads=1``), on
 
 - ``sac``: ``SACLearner.update`` per second, the hopper preset's policy (obs 11, action 3, 256x256, batch 256, twin
   critics) at ``policy.precision=auto``; each batch drawn from a pool of random transitions (numpy fancy indexing,
-  timed with the update) and moved to the device by the update, as in a run.
+  timed with the update) and moved to the device by the update, as in a run. On CUDA the update replays CUDA
+  graphs (``policy.cuda_graphs``), and two more rates compare: ``sac_eager`` without them, ``sac_bf16`` with
+  ``policy.precision=bf16``.
 - ``world_model``: ``WorldModelLearner.update`` per second, the preset's model (7 members x 200x4, batch 256) at
   ``world_model.precision=auto`` (holdout routing and the periodic validation included).
 - ``imagination``: imagined transitions per second of one horizon-1 :func:`actors.imagination.rollout` of 4,096
@@ -134,10 +136,11 @@ def _measure(name: str, unit: str, per_call: int, seconds: float, call: Callable
                 str(precision).replace("torch.", ""), sizes)
 
 
-def _sac(sizes: dict, seconds: float) -> Rate:
+def _sac(sizes: dict, seconds: float, name: str = "sac", **overrides: Any) -> Rate:
     from learners.sac import PolicyConfig, SACLearner
 
-    config = PolicyConfig(hidden_sizes=sizes["policy_hidden"], batch_size=sizes["policy_batch"], precision="auto")
+    config = PolicyConfig(hidden_sizes=sizes["policy_hidden"], batch_size=sizes["policy_batch"], precision="auto",
+                          **overrides)
     learner = SACLearner(OBS, ACT, -1.0, 1.0, config, seed=0)
     rng = np.random.default_rng(0)
     pool = random_transitions(POOL_ROWS, OBS, ACT, rng, terminated_rate=0.01)
@@ -147,8 +150,9 @@ def _sac(sizes: dict, seconds: float) -> Rate:
         learner.update({name: column[rows] for name, column in pool.items()})
 
     hidden = "x".join(map(str, sizes["policy_hidden"]))
-    return _measure("sac", "updates", 1, seconds, call, learner.device, learner.dtype,
-                    f"obs {OBS}, action {ACT}, {hidden}, batch {sizes['policy_batch']}, twin critics")
+    graphs = "CUDA graphs" if learner._graphs is not None else "eager"
+    return _measure(name, "updates", 1, seconds, call, learner.device, learner.dtype,
+                    f"obs {OBS}, action {ACT}, {hidden}, batch {sizes['policy_batch']}, twin critics, {graphs}")
 
 
 def _world_model(sizes: dict, seconds: float) -> Rate:
@@ -298,7 +302,12 @@ def run(args: argparse.Namespace) -> int:
     settings = {"small": args.small, "seconds": args.seconds, "run_seconds": args.run_seconds, "device": str(device),
                 "device_name": torch.cuda.get_device_name(device) if gpu else "cpu", "sizes": sizes}
     report = Report(settings, machine("torch", torch_threads=torch.get_num_threads()))
-    for name, measure in (("sac", _sac), ("world_model", _world_model), ("imagination", _imagination)):
+    measures: list[tuple[str, Callable[[dict, float], Rate]]] = [("sac", _sac)]
+    if gpu:  # the same update without CUDA graphs, and in bf16: each against the default in one run
+        measures += [("sac_eager", lambda s, t: _sac(s, t, "sac_eager", cuda_graphs=False)),
+                     ("sac_bf16", lambda s, t: _sac(s, t, "sac_bf16", precision="bf16"))]
+    measures += [("world_model", _world_model), ("imagination", _imagination)]
+    for name, measure in measures:
         progress(f"{name} on {device}")
         report.rates.append(measure(sizes, args.seconds))
     if args.run_seconds > 0:
