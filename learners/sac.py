@@ -328,7 +328,8 @@ class SACLearner:
         self.critic.to(self.device)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
-        graphs = config.cuda_graphs and self.device.type == "cuda" and config.critic_subset == config.num_critics
+        graphs = (config.cuda_graphs and self.device.type == "cuda" and config.critic_subset == config.num_critics
+                  and hasattr(torch.cuda.CUDAGraph, "register_generator_state"))  # torch >= 2.6: our generator
         self._adam = {"fused": True, "capturable": graphs}
         """Options of the three Adams: fused kernels; capturable (their step counts on the device) for graphs."""
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr, **self._adam)
