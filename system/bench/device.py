@@ -139,8 +139,8 @@ def _measure(name: str, unit: str, per_call: int, seconds: float, call: Callable
 def _sac(sizes: dict, seconds: float, name: str = "sac", **overrides: Any) -> Rate:
     from learners.sac import PolicyConfig, SACLearner
 
-    config = PolicyConfig(hidden_sizes=sizes["policy_hidden"], batch_size=sizes["policy_batch"], precision="auto",
-                          **overrides)
+    config = PolicyConfig(**{"hidden_sizes": sizes["policy_hidden"], "batch_size": sizes["policy_batch"],
+                             "precision": "auto", **overrides})
     learner = SACLearner(OBS, ACT, -1.0, 1.0, config, seed=0)
     rng = np.random.default_rng(0)
     pool = random_transitions(POOL_ROWS, OBS, ACT, rng, terminated_rate=0.01)

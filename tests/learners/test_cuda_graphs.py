@@ -32,7 +32,7 @@ def make_batch(rows, seed, prioritized=False):
 def learner_pair(device, **overrides):
     """Two learners from the same seed: eager, and through ``UpdateGraphs`` (forced on the CPU, where
     ``cuda_graphs`` is ignored)."""
-    config = PolicyConfig(hidden_sizes=(32, 32), device=device, precision="fp32", **overrides)
+    config = PolicyConfig(**{"hidden_sizes": (32, 32), "device": device, "precision": "fp32", **overrides})
     eager = SACLearner(O, A, -1.0, 1.0, PolicyConfig(**{**config.__dict__, "cuda_graphs": False}), seed=3)
     graphed = SACLearner(O, A, -1.0, 1.0, config, seed=3)
     if graphed._graphs is None:
