@@ -135,3 +135,22 @@ def test_replayed_graphs_give_the_eager_updates_values_on_cuda(precision):
     print(f"cuda graphs vs eager ({precision}): worst relative metric difference {worst:.2e}, "
           f"largest parameter difference {params:.2e}")
     assert worst < 1e-4 and params < 1e-4
+
+
+def test_compiled_losses_give_the_plain_updates_values():
+    """``policy.compile`` (on CUDA; forced here on the CPU): inductor's fused kernels may round differently, so the
+    values agree to float32 precision, not bit for bit."""
+    eager, graphed = learner_pair("cpu")
+    graphed._compile_losses()
+    eager_metrics, graphed_metrics = run_both(eager, graphed, [(16, True), (16, False), (16, True)])
+    for a, b in zip(eager_metrics, graphed_metrics):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(state_tensors(eager), state_tensors(graphed)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_is_off_by_default_and_ignored_on_the_cpu():
+    assert not PolicyConfig().compile
+    learner = SACLearner(O, A, -1.0, 1.0, PolicyConfig(device="cpu", compile=True))
+    assert "_losses" not in vars(learner)
