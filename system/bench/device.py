@@ -10,8 +10,8 @@ process on one torch thread (as the actors run with ``run.torch_threads=1``), on
 - ``sac``: ``SACLearner.update`` per second, the hopper preset's policy (obs 11, action 3, 256x256, batch 256, twin
   critics) at ``policy.precision=auto``; each batch drawn from a pool of random transitions (numpy fancy indexing,
   timed with the update) and moved to the device by the update, as in a run. On CUDA the update replays CUDA
-  graphs (``policy.cuda_graphs``), and two more rates compare: ``sac_eager`` without them, ``sac_bf16`` with
-  ``policy.precision=bf16``.
+  graphs (``policy.cuda_graphs``), and three more rates compare: ``sac_eager`` without them, ``sac_bf16`` with
+  ``policy.precision=bf16``, ``sac_compiled`` with ``policy.compile`` (each after 5 untimed updates).
 - ``world_model``: ``WorldModelLearner.update`` per second, the preset's model (7 members x 200x4, batch 256) at
   ``world_model.precision=auto`` (holdout routing and the periodic validation included).
 - ``imagination``: imagined transitions per second of one horizon-1 :func:`actors.imagination.rollout` of 4,096
@@ -149,8 +149,12 @@ def _sac(sizes: dict, seconds: float, name: str = "sac", **overrides: Any) -> Ra
         rows = rng.integers(0, POOL_ROWS, sizes["policy_batch"])
         learner.update({name: column[rows] for name, column in pool.items()})
 
+    for _ in range(5):  # untimed: the eager updates before the graphs' capture, the capture, any compiling
+        call()
     hidden = "x".join(map(str, sizes["policy_hidden"]))
     graphs = "CUDA graphs" if learner._graphs is not None else "eager"
+    if "_losses" in vars(learner):
+        graphs += ", compiled"
     return _measure(name, "updates", 1, seconds, call, learner.device, learner.dtype,
                     f"obs {OBS}, action {ACT}, {hidden}, batch {sizes['policy_batch']}, twin critics, {graphs}")
 
@@ -305,7 +309,8 @@ def run(args: argparse.Namespace) -> int:
     measures: list[tuple[str, Callable[[dict, float], Rate]]] = [("sac", _sac)]
     if gpu:  # the same update without CUDA graphs, and in bf16: each against the default in one run
         measures += [("sac_eager", lambda s, t: _sac(s, t, "sac_eager", cuda_graphs=False)),
-                     ("sac_bf16", lambda s, t: _sac(s, t, "sac_bf16", precision="bf16"))]
+                     ("sac_bf16", lambda s, t: _sac(s, t, "sac_bf16", precision="bf16")),
+                     ("sac_compiled", lambda s, t: _sac(s, t, "sac_compiled", compile=True))]
     measures += [("world_model", _world_model), ("imagination", _imagination)]
     for name, measure in measures:
         progress(f"{name} on {device}")

@@ -30,7 +30,7 @@ def test_bench_device_small_rates_in_process(tmp_path, capsys):
     out = tmp_path / "device.json"
     assert main(["bench", "device", "--small", "--seconds", "0.2", "--run-seconds", "0", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    gpu = ["sac_eager", "sac_bf16"] if report["settings"]["device"].startswith("cuda") else []
+    gpu = ["sac_eager", "sac_bf16", "sac_compiled"] if report["settings"]["device"].startswith("cuda") else []
     assert [r["name"] for r in report["rates"]] == ["sac", *gpu, "world_model", "imagination"]
     assert all(r["per_s"] > 0 and r["calls"] >= 1 for r in report["rates"])
     assert report["run"] is None and report["settings"]["device"] in ("cpu", "cuda")
