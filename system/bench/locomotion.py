@@ -19,7 +19,7 @@ Each (env, system, seed) is one run in its own process, ``--jobs`` at a time:
 Every run is a directory under ``--runs-dir`` that ``dynaray plot`` reads (``config.yaml``, ``evals.parquet``);
 the bench writes one plot per env with every run of it (return against env steps and against wall time). At each
 budget point (every ``--eval-every`` env steps from ``--from-steps`` on) a run's return is that of its newest
-evaluation at or before that many env steps; the report gives, per env and point, every system's median over seeds,
+evaluation at or before that many env steps (a failed run's only up to its last evaluation); the report gives, per env and point, every system's median over seeds,
 and dynaray's median over SB3's: the target is 2 at every point (issue 16; MBPO's published gap at these budgets is
 larger). Returns of these envs are positive once a policy moves forward, so the ratio means "twice as far"; a
 point where SB3's median is not positive shows no ratio.
@@ -66,6 +66,11 @@ class Run:
     evals: list[dict] = field(default_factory=list)
     """``{"env_steps", "wall_time_s", "return_mean"}`` of every evaluation, by env steps."""
     error: str | None = None
+
+    def reached(self, env_steps: int) -> bool:
+        """Whether the run speaks for a budget of ``env_steps``: it finished, or it failed after evaluating there
+        or later (a run stopped at 4,000 env steps has no return at 10,000)."""
+        return self.error is None or bool(self.evals and self.evals[-1]["env_steps"] >= env_steps)
 
 
 def command(env: str, system: str, seed: int, run_dir: Path, args: argparse.Namespace) -> list[str]:
@@ -138,7 +143,8 @@ class Report:
             for point in self.points():
                 row: dict = {"env": env, "env_steps": point}
                 for system in self.settings["systems"]:
-                    values = [return_at(r.evals, point) for r in self.runs if (r.env, r.system) == (env, system)]
+                    values = [return_at(r.evals, point) for r in self.runs
+                              if (r.env, r.system) == (env, system) and r.reached(point)]
                     values = [v for v in values if v is not None]
                     row[system] = statistics.median(values) if values else None
                 theirs, ours = row.get("sb3"), row.get("dynaray")

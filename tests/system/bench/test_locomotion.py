@@ -36,6 +36,14 @@ def test_a_runs_return_at_a_budget_is_its_newest_eval_at_or_before_it():
     assert return_at(evals, 2000) == 10.0 and return_at(evals, 2100) == 30.0 and return_at(evals, 9000) == 30.0
 
 
+def test_a_failed_run_has_no_return_past_its_last_eval():
+    run = Run("HalfCheetah-v5", "dynaray", 0, "d", ["x"], evals=[{"env_steps": 4000, "return_mean": -824.1}],
+              error="exit code 143: stopped")
+    assert run.reached(4000) and not run.reached(10000)
+    run.error = None
+    assert run.reached(10000)
+
+
 def evals(*returns, every=1000):
     return [{"env_steps": every * (i + 1), "wall_time_s": 10.0 * (i + 1), "return_mean": r}
             for i, r in enumerate(returns)]
