@@ -3,7 +3,9 @@
 # holds torch (CUDA), numpy, pyarrow and the rest, but not Ray, gymnasium or MuJoCo (the device tool's nvidia-h200:
 # Python 3.12; its package list is in ../.library/device/KINDS.md). The bundle: those three and what they import,
 # at constraints.txt's versions, unpacked for CPython PYTHON_VERSION on x86-64 Linux and pruned to what a dynaray run
-# imports (no Java, no RLlib/Serve/Data/Tune/Train, no dashboard web page); about 27 MB. Needs PyPI.
+# imports (no Java, no RLlib/Serve/Data/Tune/Train, no dashboard web page); about 27 MB. Needs PyPI. Ray runs in
+# its minimal form there (without `ray[default]`'s packages: no dashboard and no Prometheus export, which the device
+# check does not use; its figures come from the run's own metrics.parquet and evals.parquet).
 #
 #   tests/benchmarks/device_bundle.sh [PYTHON_VERSION]      # default 3.12
 #
