@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
                 "device_name": torch.cuda.get_device_name(device) if gpu else "cpu", "sizes": sizes}
     report = Report(settings, machine("torch", torch_threads=torch.get_num_threads()))
     measures: list[tuple[str, Callable[[dict, float], Rate]]] = [("sac", _sac)]
-    if gpu:  # the same update without CUDA graphs, and in bf16: each against the default in one run
+    if gpu:  # the same update without CUDA graphs, in bf16, and compiled: each against the default in one run
         measures += [("sac_eager", lambda s, t: _sac(s, t, "sac_eager", cuda_graphs=False)),
                      ("sac_bf16", lambda s, t: _sac(s, t, "sac_bf16", precision="bf16")),
                      ("sac_compiled", lambda s, t: _sac(s, t, "sac_compiled", compile=True))]

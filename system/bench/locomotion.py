@@ -19,10 +19,10 @@ Each (env, system, seed) is one run in its own process, ``--jobs`` at a time:
 Every run is a directory under ``--runs-dir`` that ``dynaray plot`` reads (``config.yaml``, ``evals.parquet``);
 the bench writes one plot per env with every run of it (return against env steps and against wall time). At each
 budget point (every ``--eval-every`` env steps from ``--from-steps`` on) a run's return is that of its newest
-evaluation at or before that many env steps (a failed run's only up to its last evaluation); the report gives, per env and point, every system's median over seeds,
-and dynaray's median over SB3's: the target is 2 at every point (issue 16; MBPO's published gap at these budgets is
-larger). Returns of these envs are positive once a policy moves forward, so the ratio means "twice as far"; a
-point where SB3's median is not positive shows no ratio.
+evaluation at or before that many env steps (a failed run's only up to its last evaluation); the report gives, per
+env and point, every system's median over seeds, and dynaray's median over SB3's: the target is 2 at every point
+(issue 16; MBPO's published gap at these budgets is larger). Returns of these envs are positive once a policy moves
+forward, so the ratio means "twice as far"; a point where SB3's median is not positive shows no ratio.
 """
 
 from __future__ import annotations
