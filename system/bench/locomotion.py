@@ -5,7 +5,8 @@ model-based preset, the same system model-free, and Stable-Baselines3's SAC, at 
         [--systems dynaray model_free sb3] [--from-steps 10000] [--episodes 5] [--jobs 2] \
         [--set key=value ...] [--runs-dir runs/bench/locomotion] [--json OUT]
 
-Each (env, system, seed) is one run in its own process, ``--jobs`` at a time:
+Each (env, system, seed) is one run in its own process, ``--jobs`` at a time, in ``--systems``' order (every seed
+of the first system, then the next's: list the costly one first and Stable-Baselines3's cheap runs go last):
 
 - ``dynaray``: ``dynaray train ENV_PRESET seed=S`` (the env's preset, :data:`PRESETS`: MBPO's settings) with
   ``run.total_env_steps=--env-steps``, ``eval.every_steps=--eval-every``, ``eval.episodes=--episodes``, no early
@@ -247,8 +248,9 @@ def run(args: argparse.Namespace) -> int:
                 "jobs": args.jobs, "set": args.set, "runs_dir": args.runs_dir}
     report = Report(settings, machine("torch", "stable_baselines3"), skipped=skipped)
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    todo = [(env, system, seed) for env in args.envs for seed in args.seeds for system in systems
-            if system not in skipped]
+    # In --systems' order, every seed of one system before the next: the costly runs start first.
+    todo = [(env, system, seed) for env in args.envs for system in systems if system not in skipped
+            for seed in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(one_run, env, system, seed, args, stamp) for env, system, seed in todo]
         finished = set()

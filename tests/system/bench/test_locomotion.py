@@ -123,3 +123,17 @@ def test_the_json_holds_every_finished_run_before_the_bench_ends(tmp_path, monke
     report = json.loads(out_json.read_text())  # the final report: every run, in the planned order
     assert "finished" not in report and "complete" not in report and [r["seed"] for r in report["runs"]] == [0, 1, 2]
     assert report["medians"][0]["dynaray"] == 200.0
+
+
+def test_runs_start_in_the_systems_order_every_seed_of_one_before_the_next(tmp_path, monkeypatch):
+    started = []
+
+    def fake_run(env, system, seed, args, stamp):
+        started.append((system, seed))
+        return Run(env, system, seed, str(tmp_path / f"{system}-{seed}"), ["x"], evals=evals(100.0))
+
+    monkeypatch.setattr(locomotion, "one_run", fake_run)
+    monkeypatch.setattr(locomotion, "sb3_import_error", lambda: None)
+    assert main(["bench", "locomotion", "--envs", "Hopper-v5", "--systems", "sb3", "dynaray", "--seeds", "0", "1",
+                 "--env-steps", "1000", "--from-steps", "1000", "--jobs", "1", "--runs-dir", str(tmp_path)]) == 0
+    assert started == [("sb3", 0), ("sb3", 1), ("dynaray", 0), ("dynaray", 1)]
