@@ -23,7 +23,10 @@ if [ "${DYNARAY_NETNS:-0}" != 1 ]; then
     echo "tests/run.sh: no network namespace available; tests that start Ray are skipped" >&2
 fi
 export PYTHONFAULTHANDLER=1
-pytest=(.venv/bin/python -X faulthandler -m pytest -q)
+# Each pytest dies with this script (--pdeathsig), even when it is killed with SIGKILL and cannot clean up.
+orphan_guard=()
+if setpriv --pdeathsig KILL true 2>/dev/null; then orphan_guard=(setpriv --pdeathsig KILL); fi
+pytest=("${orphan_guard[@]}" .venv/bin/python -X faulthandler -m pytest -q)
 if [ $# -gt 0 ]; then
     exec "${pytest[@]}" "$@"
 fi
