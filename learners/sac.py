@@ -110,9 +110,9 @@ class PolicyConfig:
     compile: bool = False
     """On CUDA, compile the update's losses and gradients with ``torch.compile`` (inductor fuses their small
     elementwise kernels) before the CUDA graphs capture them: 1.52x the graphed update's rate on an H200 (2,544
-    against 1,677 updates/s at the hopper preset's sizes, metrics equal to 1.2e-7 relative), measured alone, not yet
-    in a run; about 20 s of compiling when the learner starts. Ignored off CUDA, where it was slower
-    (docs/benchmarks.md, "Device check")."""
+    against 1,677 updates/s at the hopper preset's sizes, metrics equal to 1.2e-7 relative) measured alone, but only
+    about 5% in a run whose learners share the GPU with other processes, after some 30 s of compiling. Ignored off
+    CUDA, where it was slower (docs/benchmarks.md, "Device check")."""
     prioritized: bool = False
     """Prioritized replay (Schaul et al., 2016) on table ``real``: rows drawn with probability proportional to
     ``priority ** priority_alpha``, the critic loss weighted by each row's importance weight, and each sampled
