@@ -4,6 +4,7 @@ model-based preset, the same system model-free, and Stable-Baselines3's SAC, at 
     dynaray bench locomotion --envs Hopper-v5,HalfCheetah-v5 --seeds 0 1 2 --env-steps 15000 --eval-every 1000 \
         [--systems dynaray model_free sb3] [--from-steps 10000] [--episodes 5] [--jobs 2] \
         [--set key=value ...] [--runs-dir runs/bench/locomotion] [--json OUT]
+    dynaray bench locomotion --merge A.json B.json [--runs-dir DIR] [--json OUT]   # one report of earlier runs
 
 Each (env, system, seed) is one run in its own process, ``--jobs`` at a time, in ``--systems``' order (every seed
 of the first system, then the next's: list the costly one first and Stable-Baselines3's cheap runs go last):
@@ -29,6 +30,7 @@ forward, so the ratio means "twice as far"; a point where SB3's median is not po
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -189,19 +191,47 @@ class Report:
 
 
 def plot_envs(report: Report, out_dir: Path) -> None:
-    """One ``dynaray plot`` PNG per env, every run of it that has an evaluation."""
-    from system.plot_cli import PlotError, load_curve, plot_runs
+    """One ``dynaray plot`` PNG per env, every run of it that has an evaluation (drawn from the runs' evaluations,
+    so merged reports plot runs whose directories are elsewhere)."""
+    from system.plot_cli import Curve, plot_runs
 
     for env in report.settings["envs"]:
-        curves = []
-        for r in report.runs:
-            if r.env == env:
-                try:
-                    curves.append(load_curve(Path(r.run_dir), f"{r.system} s{r.seed}"))
-                except PlotError:
-                    continue
+        curves = [Curve(f"{r.system} s{r.seed}", env, [e["env_steps"] for e in r.evals],
+                        [e["wall_time_s"] for e in r.evals], [e["return_mean"] for e in r.evals], [None] * len(r.evals))
+                  for r in report.runs if r.env == env and r.evals]
         if curves:
             report.plots[env] = str(plot_runs(curves, out_dir / f"locomotion-{env}.png"))
+
+
+MERGED_SETTINGS = ("envs", "env_steps", "eval_every", "from_steps", "episodes")
+"""What every report merged with ``--merge`` must share: the same envs, budget points and evaluations."""
+
+
+def merged(paths: list[str]) -> Report:
+    """One report of the runs of earlier ``--json`` outputs (:data:`MERGED_SETTINGS` equal in all): the systems and
+    seeds of all, in order; the first's machine record, with every report's own (and its ``--jobs``) under
+    ``merged_from``.
+
+    Raises:
+        ValueError: a file that does not read as a locomotion report, or settings that differ.
+    """
+    reports = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            reports.append((path, data["settings"], data["machine"], [Run(**r) for r in data["runs"]]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--merge {path}: not a `dynaray bench locomotion --json` report ({e})") from None
+    first_path, settings, record, _ = reports[0]
+    for path, other, _, _ in reports[1:]:
+        for key in MERGED_SETTINGS:
+            if other.get(key) != settings.get(key):
+                raise ValueError(f"--merge {path}: {key} is {other.get(key)!r}, expected {settings.get(key)!r} "
+                                 f"as in {first_path}")
+    settings = {**settings, "systems": list(dict.fromkeys(s for _, o, _, _ in reports for s in o["systems"])),
+                "seeds": list(dict.fromkeys(s for _, o, _, _ in reports for s in o["seeds"])), "merged": paths}
+    record = {**record, "merged_from": [{"json": p, "jobs": o.get("jobs"), "machine": m} for p, o, m, _ in reports]}
+    return Report(settings, record, runs=[r for *_, runs in reports for r in runs])
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -230,11 +260,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "runs/bench/locomotion)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for every dynaray and model_free run, after the bench's keys")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="make no runs: report the runs of these earlier --json outputs together (the same envs and "
+                        "budget points; e.g. SB3's runs made at nice 19 beside a bench of dynaray's), with plots "
+                        "in --runs-dir")
     add_json_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
     """``dynaray bench locomotion``: every run, the medians per budget point, the plots."""
+    if args.merge:
+        try:
+            report = merged(args.merge)
+        except ValueError as e:
+            return fail(str(e))
+        plot_envs(report, Path(args.runs_dir))
+        return write_report(report, f"merged from {', '.join(args.merge)}", args.json)
     unknown = [env for env in args.envs if env not in PRESETS]
     if unknown:
         return fail(f"--envs {','.join(unknown)}: no dynaray preset for it; expected one of {', '.join(PRESETS)}")

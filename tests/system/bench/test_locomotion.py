@@ -137,3 +137,44 @@ def test_runs_start_in_the_systems_order_every_seed_of_one_before_the_next(tmp_p
     assert main(["bench", "locomotion", "--envs", "Hopper-v5", "--systems", "sb3", "dynaray", "--seeds", "0", "1",
                  "--env-steps", "1000", "--from-steps", "1000", "--jobs", "1", "--runs-dir", str(tmp_path)]) == 0
     assert started == [("sb3", 0), ("sb3", 1), ("dynaray", 0), ("dynaray", 1)]
+
+
+def bench_json(tmp_path, monkeypatch, system, returns, name, env_steps="2000"):
+    """The --json of a bench of ``system`` on Hopper-v5, seeds 0 and 1, whose runs return ``returns[seed]``."""
+    def fake_run(env, system_, seed, args, stamp):
+        return Run(env, system_, seed, str(tmp_path / f"{system_}-{seed}"), ["x"], evals=evals(*returns[seed]))
+
+    monkeypatch.setattr(locomotion, "one_run", fake_run)
+    monkeypatch.setattr(locomotion, "sb3_import_error", lambda: None)
+    out = tmp_path / name
+    assert main(["bench", "locomotion", "--envs", "Hopper-v5", "--systems", system, "--seeds", "0", "1",
+                 "--env-steps", env_steps, "--from-steps", "1000", "--runs-dir", str(tmp_path),
+                 "--json", str(out)]) == 0
+    return str(out)
+
+
+def test_merge_reports_the_runs_of_two_benches_together(tmp_path, monkeypatch, capsys):
+    ours = bench_json(tmp_path, monkeypatch, "dynaray", {0: (100.0, 400.0), 1: (300.0, 600.0)}, "ours.json")
+    theirs = bench_json(tmp_path, monkeypatch, "sb3", {0: (50.0, 200.0), 1: (150.0, 300.0)}, "theirs.json")
+    monkeypatch.setattr(locomotion, "one_run", lambda *a: pytest.fail("--merge makes no runs"))
+    out = tmp_path / "merged.json"
+    assert main(["bench", "locomotion", "--merge", ours, theirs, "--runs-dir", str(tmp_path / "plots"),
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["systems"] == ["dynaray", "sb3"] and len(report["runs"]) == 4
+    assert [(m["env_steps"], m["dynaray"], m["sb3"], m["ratio"]) for m in report["medians"]] == [
+        (1000, 200.0, 100.0, 2.0), (2000, 500.0, 250.0, 2.0)]
+    assert [m["json"] for m in report["machine"]["merged_from"]] == [ours, theirs]
+    assert (tmp_path / "plots" / "locomotion-Hopper-v5.png").is_file()  # drawn from the JSONs' evaluations
+
+
+def test_merge_refuses_reports_of_other_budgets_and_files_that_are_not_reports(tmp_path, monkeypatch, capsys):
+    ours = bench_json(tmp_path, monkeypatch, "dynaray", {0: (1.0, 2.0), 1: (1.0, 2.0)}, "ours.json")
+    other = bench_json(tmp_path, monkeypatch, "sb3", {0: (1.0,), 1: (1.0,)}, "other.json", env_steps="1000")
+    capsys.readouterr()
+    assert main(["bench", "locomotion", "--merge", ours, other]) == 2
+    assert f"--merge {other}: env_steps is 1000, expected 2000 as in {ours}" in capsys.readouterr().err
+    junk = tmp_path / "junk.json"
+    junk.write_text('{"runs": []}')
+    assert main(["bench", "locomotion", "--merge", ours, str(junk)]) == 2
+    assert f"--merge {junk}: not a `dynaray bench locomotion --json` report" in capsys.readouterr().err
