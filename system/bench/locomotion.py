@@ -219,7 +219,9 @@ def merged(paths: list[str]) -> Report:
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
-            reports.append((path, data["settings"], data["machine"], [Run(**r) for r in data["runs"]]))
+            settings = {**data["settings"], "systems": list(data["settings"]["systems"]),
+                        "seeds": list(data["settings"]["seeds"])}
+            reports.append((path, settings, dict(data["machine"]), [Run(**r) for r in data["runs"]]))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--merge {path}: not a `dynaray bench locomotion --json` report ({e})") from None
     first_path, settings, record, _ = reports[0]

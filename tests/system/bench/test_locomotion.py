@@ -175,6 +175,7 @@ def test_merge_refuses_reports_of_other_budgets_and_files_that_are_not_reports(t
     assert main(["bench", "locomotion", "--merge", ours, other]) == 2
     assert f"--merge {other}: env_steps is 1000, expected 2000 as in {ours}" in capsys.readouterr().err
     junk = tmp_path / "junk.json"
-    junk.write_text('{"runs": []}')
-    assert main(["bench", "locomotion", "--merge", ours, str(junk)]) == 2
-    assert f"--merge {junk}: not a `dynaray bench locomotion --json` report" in capsys.readouterr().err
+    for text in ('{"runs": []}', '{"settings": {}, "machine": {}, "runs": []}', "[1, 2"):
+        junk.write_text(text)
+        assert main(["bench", "locomotion", "--merge", ours, str(junk)]) == 2
+        assert f"--merge {junk}: not a `dynaray bench locomotion --json` report" in capsys.readouterr().err
