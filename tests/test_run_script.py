@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.system.runs import alive
+
 RUN_SH = Path(__file__).with_name("run.sh")
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux's setpriv")

@@ -107,6 +107,14 @@ def run_processes(marker: str, process_title: str) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (its files, a shard's replay lock included, still open)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def stored_rows(run_dir: Path, table: str = "real") -> dict[str, np.ndarray]:
     """Rows a run persisted in ``table``, recovered from its replay directory by in-process shards."""
     from actors.envs import probe_env

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.system.runs import stored_rows
+from tests.system.runs import alive, stored_rows
 
 pytestmark = pytest.mark.ray
 
@@ -43,14 +43,6 @@ def run_process_ids(marker: str) -> list[int]:
         if any(marker.encode() in environ.split(b"\0") for environ in environs):
             found.append(int(entry.name))
     return found
-
-
-def alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (its files, a shard's replay lock included, still open)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def start(runs: Path, *args: str) -> subprocess.Popen:
