@@ -65,6 +65,16 @@ class _Call:
     payload: Any = None
 
 
+@dataclass(frozen=True)
+class _EvalAsk:
+    """One evaluation asked for: the policy published at ``mark`` (env steps; policy updates offline), run for
+    ``episodes`` real episodes (0: scored in the model only), ``tag`` saying why (offline: the phase). It travels
+    in the calls' payloads, so two evaluations asked at the same mark stay two."""
+    mark: int
+    episodes: int
+    tag: str = ""
+
+
 @dataclass
 class Summary:
     env_steps: int
@@ -122,8 +132,6 @@ class Driver:
         self._next_eval = config.eval.every_steps
         self._last_eval_mark = 0
         self._eval_round_robin = 0
-        self._real_episodes: dict[int, int] = {}
-        """Mark -> real episodes of each evaluation asked for (eval.in_model: 0 between eval.real_every-th ones)."""
         self._evals_asked = 0
         self._last_row_time = self._start
         self._step_times: deque[tuple[float, int]] = deque([(self._start, 0)])
@@ -188,13 +196,13 @@ class Driver:
         ref = self.system.imagination[i].run.remote(self.env_steps, self.config.run.report_interval_s)
         self._submit(ref, _Call("imagination", i))
 
-    def _request_eval(self, mark: int, final: bool = False) -> None:
+    def _request_eval(self, mark: int, final: bool = False, tag: str = "") -> None:
         """Take the policy published now (at ``mark`` env steps) and queue it for evaluation (``final``: the run's
-        last)."""
+        last; eval.in_model: real episodes only at every eval.real_every-th one and the last)."""
         self._last_eval_mark = mark
-        self._real_episodes[mark] = self.config.eval.real_episodes(self._evals_asked, final)
+        ask = _EvalAsk(mark, self.config.eval.real_episodes(self._evals_asked, final), tag)
         self._evals_asked += 1
-        self._submit(self.system.store.latest.remote("policy", -1), _Call("eval_weights", payload=mark))
+        self._submit(self.system.store.latest.remote("policy", -1), _Call("eval_weights", payload=ask))
 
     # handling -------------------------------------------------------------------------------------------------
     def _handle(self, ref: Any, call: _Call) -> None:
@@ -489,9 +497,8 @@ class Driver:
         elif kind == "eval_weights":
             self._submit(self.system.store.latest.remote("policy", -1), call)
         elif kind == "eval":
-            ref, mark, version = call.payload
-            episodes = self._real_episodes.get(mark, self.config.eval.episodes)
-            self._submit(self.system.evaluators[i].evaluate.remote(ref, episodes, env_steps=mark,
+            ref, ask, version = call.payload
+            self._submit(self.system.evaluators[i].evaluate.remote(ref, ask.episodes, env_steps=ask.mark,
                                                                    version=version, in_model=self.config.eval.in_model),
                          call)
 
@@ -587,14 +594,14 @@ class Driver:
 
     def _on_eval(self, call: _Call, result: EvalResult) -> None:
         self._stalls.idle(self.system.name_of(self.system.evaluators[call.index]))
-        self.evals.append(self._eval_row(result.env_steps, result.version, result))
+        self.evals.append(self._eval_row(call.payload[1], result.version, result))
         target = self.config.run.target_return
         if target is not None and result.return_mean >= target and not self._stop_reason:
             self._stop_reason = f"target return {target:g} reached at {result.env_steps} env steps"
 
-    def _eval_row(self, env_steps: int, version: int, result: EvalResult | None) -> dict[str, Any]:
+    def _eval_row(self, ask: _EvalAsk, version: int, result: EvalResult | None) -> dict[str, Any]:
         return {
-            "env_steps": env_steps,
+            "env_steps": ask.mark,
             "policy_version": version,
             "return_mean": result.return_mean if result else float("nan"),
             "return_std": result.return_std if result else float("nan"),
@@ -931,7 +938,7 @@ class Driver:
 
     def _counters(self) -> dict[str, Any]:
         """The driver's part of a checkpoint (evaluations asked for but not done yet are asked for again)."""
-        pending = [c.payload if c.kind == "eval_weights" else c.payload[1]  # eval: (weights, mark, version)
+        pending = [c.payload.mark if c.kind == "eval_weights" else c.payload[1].mark  # eval: (weights, ask, version)
                    for c in self._calls() if c.kind in ("eval_weights", "eval")]
         redo = min(pending, default=None)  # evaluations from this mark on are made again on resume
         evals = [dict(e) for e in self.evals if redo is None or e["env_steps"] < redo]

@@ -10,7 +10,7 @@ and publishes it, and the imagination workers get the conservatism again.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from replay.handles import get
@@ -50,7 +50,6 @@ class OfflineDriver(Driver):
         self.conservatism: dict[str, float] = {}
         self.calibration: dict[str, float] = {}
         self._next_offline_eval = config.policy.bc_init_updates + config.offline.eval_every_updates
-        self._eval_phase: dict[int, str] = {}
         self._resumed = kwargs.get("resume") is not None
         if self._resumed:
             self._restore_offline(kwargs["resume"])
@@ -149,16 +148,15 @@ class OfflineDriver(Driver):
 
     # evaluations (real env, never training data) ----------------------------------------------------------------
     def _offline_eval(self, phase: str) -> None:
-        self._eval_phase[self.policy_updates] = phase
-        self._request_eval(self.policy_updates, final=phase in ("final", "interrupted"))
+        self._request_eval(self.policy_updates, final=phase in ("final", "interrupted"), tag=phase)
 
     def _on_eval(self, call: _Call, result: Any) -> None:
         self.eval_env_steps += int(sum(result.lengths))
         super()._on_eval(call, result)
 
-    def _eval_row(self, env_steps: int, version: int, result: Any) -> dict[str, Any]:
-        row = super()._eval_row(0, version, result)
-        row.update(policy_updates=env_steps, phase=self._eval_phase.get(env_steps, self.phase),
+    def _eval_row(self, ask: Any, version: int, result: Any) -> dict[str, Any]:
+        row = super()._eval_row(replace(ask, mark=0), version, result)
+        row.update(policy_updates=ask.mark, phase=ask.tag,
                    eval_env_steps_total=self.eval_env_steps)
         return row
 
@@ -178,14 +176,14 @@ class OfflineDriver(Driver):
         """The base driver's counters plus ``offline``: what :meth:`_restore_offline` continues from (evaluations
         asked for but not done are asked for again at their mark)."""
         counters = super()._counters()
-        pending = [c.payload if c.kind == "eval_weights" else c.payload[1]
+        pending = [c.payload.mark if c.kind == "eval_weights" else c.payload[1].mark
                    for c in self._calls() if c.kind in ("eval_weights", "eval")]
         counters["offline"] = _plain({
             "phase": self.phase, "model_frozen": self.model_frozen, "bc_done": self.bc_done,
             "policy_updates": self.policy_updates, "eval_env_steps": self.eval_env_steps,
             "conservatism": self.conservatism, "calibration": self.calibration,
             "next_eval": min([self._next_offline_eval, *pending]),
-            "eval_phase": {str(k): v for k, v in self._eval_phase.items()}, "data": asdict(self.data),
+            "data": asdict(self.data),
         })
         return counters
 
@@ -199,7 +197,6 @@ class OfflineDriver(Driver):
         self.policy_updates, self.eval_env_steps = int(saved["policy_updates"]), int(saved["eval_env_steps"])
         self.conservatism, self.calibration = dict(saved["conservatism"]), dict(saved["calibration"])
         self._next_offline_eval = int(saved["next_eval"])
-        self._eval_phase = {int(k): v for k, v in saved["eval_phase"].items()}
         self._last_eval_mark = max([e["policy_updates"] for e in self.evals], default=0)
 
     # the loop -----------------------------------------------------------------------------------------------------

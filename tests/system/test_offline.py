@@ -308,3 +308,28 @@ def test_offline_config_rules(overrides, message):
 def test_no_rollout_workers_only_offline():
     with pytest.raises(ConfigError, match=r"rollout.num_workers=0: expected >= 1 \(0 only with offline"):
         load_config([], ["rollout.num_workers=0"])
+
+
+def test_two_evaluations_asked_at_the_same_mark_keep_their_own_episodes_and_phase(offline_run, tmp_path):
+    """The last periodic evaluation and the final one can be asked at the same policy update: the periodic one is
+    scored in the model only (eval.real_every=2) and the final one for real, each with its own phase."""
+    config, system, run_dir, prepared, summary, rows = offline_run
+    config = replace(config, eval=replace(config.eval, in_model=True, real_every=2, model_starts=8))
+    replay_dir = shutil.copytree(run_dir.replay_directory(config), tmp_path / "replay",
+                                 ignore=shutil.ignore_patterns("LOCK"))  # the dataset, where model starts come from
+    scoring = build_system(config, probe_env(config.env), local=True, replay_dir=str(replay_dir))
+    for name in ("policy", "world_model"):  # the fitted run's weights, where the evaluators read them
+        scoring.store.wrapped.publish(name, *system.store.wrapped.latest(name))
+    driver = OfflineDriver(config, probe_env(config.env), scoring, run_dir, prepared)
+    driver.policy_updates = 40
+    for phase in ("bc", "refine", "final"):  # asked 0 and 2 run real episodes; asked 1 (refine) does not
+        driver._offline_eval(phase)
+    deadline = time.monotonic() + 120
+    while not driver._evals_done() and time.monotonic() < deadline:
+        driver._pump(timeout=0.1)
+    kill_system(scoring)
+    by_phase = {e["phase"]: e for e in driver.evals}
+    assert sorted(by_phase) == ["bc", "final", "refine"], driver.evals
+    assert all(e["policy_updates"] == 40 and e["model_version"] >= 0 for e in driver.evals), driver.evals
+    real = {phase: not math.isnan(e["return_mean"]) for phase, e in by_phase.items()}
+    assert real == {"bc": True, "refine": False, "final": True}, driver.evals
