@@ -583,7 +583,7 @@ class Driver:
             self._delay(RETRY_S, _Call("eval_weights", call.index + 1, call.payload))  # empty until the learner
             return                                                                      # publishes again
         if latest is None:  # no policy published yet (or none came back): the random policy is what acts
-            self.evals.append(self._eval_row(call.payload, -1, None))
+            self._add_eval(self._eval_row(call.payload, -1, None))
             return
         version, weights = latest
         i = self._eval_round_robin % len(self.system.evaluators)
@@ -594,10 +594,16 @@ class Driver:
 
     def _on_eval(self, call: _Call, result: EvalResult) -> None:
         self._stalls.idle(self.system.name_of(self.system.evaluators[call.index]))
-        self.evals.append(self._eval_row(call.payload[1], result.version, result))
+        self._add_eval(self._eval_row(call.payload[1], result.version, result))
         target = self.config.run.target_return
         if target is not None and result.return_mean >= target and not self._stop_reason:
             self._stop_reason = f"target return {target:g} reached at {result.env_steps} env steps"
+
+    def _add_eval(self, row: dict[str, Any]) -> None:
+        """Keep an evaluation's row; evals.parquet is rewritten with it (a run killed later keeps its curve)."""
+        self.evals.append(row)
+        self.evals.sort(key=lambda e: e["env_steps"])
+        self.run_dir.write_table("evals", self.evals)
 
     def _eval_row(self, ask: _EvalAsk, version: int, result: EvalResult | None) -> dict[str, Any]:
         return {
@@ -799,8 +805,7 @@ class Driver:
         self._maybe_report(force=True)
         self.run_dir.write_table("metrics", self._rows)
         self._rows.close()
-        self.evals.sort(key=lambda e: e["env_steps"])
-        self.run_dir.write_table("evals", self.evals)
+        self.run_dir.write_table("evals", self.evals)  # also a resumed run's that made no evaluation of its own
         scored = [e["return_mean"] for e in self.evals if not np.isnan(e["return_mean"])]
         if scored or any(e["policy_version"] >= 0 for e in self.evals):
             self.run_dir.plot_learning_curve(self.evals, f"{self.config.env.id} ({self.run_dir.path.name})")

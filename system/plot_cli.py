@@ -3,9 +3,9 @@
     dynaray plot RUN_DIR [RUN_DIR ...] [--out PNG]
 
 Two panels: deterministic eval return vs env steps, and vs wall time, one line per run (with the spread over the
-eval episodes as a band where known). A run's evaluations come from ``evals.parquet`` (written when the run ends);
-a run still going has only ``metrics.parquet`` (rewritten every ten reports, less often in a run of days), whose
-newest eval return per report is used instead. A directory that is not a run, or that holds neither table, is
+eval episodes as a band where known). A run's evaluations come from ``evals.parquet`` (rewritten after every
+evaluation); a run without one (made by an older dynaray, which wrote it only at the end) has ``metrics.parquet``
+(rewritten every ten reports, less often in a run of days), whose newest eval return per report is used instead. A directory that is not a run, or that holds neither table, is
 refused with the missing file named (exit 2); so is a run with no scored evaluation yet.
 """
 
@@ -73,7 +73,7 @@ def load_curve(path: Path, label: str) -> Curve:
                 first.setdefault(r["eval_env_steps"], point)
         points = list(first.values())
     else:
-        raise PlotError(f"{str(path)!r} has no evaluations: evals.parquet is missing (written when the run ends), "
+        raise PlotError(f"{str(path)!r} has no evaluations: evals.parquet is missing (written after each evaluation), "
                         f"and so is metrics.parquet (written while it runs)")
     points = sorted(p for p in points if _finite(p[2]))
     if not points:

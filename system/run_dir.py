@@ -6,6 +6,7 @@ Layout::
     metrics.parquet        one row per report: env_steps, wall_time_s, eval_return_mean, rates, losses
     .metrics-rows/         while the driver runs: its metrics rows in Parquet parts (TableRows; removed at the end)
     evals.parquet          one row per evaluation: env_steps, policy_version, return_mean, return_std, wall_time_s
+                           (rewritten after every evaluation)
     checkpoint/            policy.pt, world_model.pt (full learner state), actor.pt (acting weights), meta.json
     learning_curve.png     eval return vs env steps (offline mode: vs policy updates)
     offline.json           offline mode: dataset, calibration, conservatism, eval returns by phase, eval env steps

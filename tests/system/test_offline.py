@@ -312,7 +312,8 @@ def test_no_rollout_workers_only_offline():
 
 def test_two_evaluations_asked_at_the_same_mark_keep_their_own_episodes_and_phase(offline_run, tmp_path):
     """The last periodic evaluation and the final one can be asked at the same policy update: the periodic one is
-    scored in the model only (eval.real_every=2) and the final one for real, each with its own phase."""
+    scored in the model only (eval.real_every=2) and the final one for real, each with its own phase; each is in
+    evals.parquet as soon as it is done."""
     config, system, run_dir, prepared, summary, rows = offline_run
     config = replace(config, eval=replace(config.eval, in_model=True, real_every=2, model_starts=8))
     replay_dir = shutil.copytree(run_dir.replay_directory(config), tmp_path / "replay",
@@ -320,7 +321,8 @@ def test_two_evaluations_asked_at_the_same_mark_keep_their_own_episodes_and_phas
     scoring = build_system(config, probe_env(config.env), local=True, replay_dir=str(replay_dir))
     for name in ("policy", "world_model"):  # the fitted run's weights, where the evaluators read them
         scoring.store.wrapped.publish(name, *system.store.wrapped.latest(name))
-    driver = OfflineDriver(config, probe_env(config.env), scoring, run_dir, prepared)
+    scores = RunDir(tmp_path / "scores").create(config)
+    driver = OfflineDriver(config, probe_env(config.env), scoring, scores, prepared)
     driver.policy_updates = 40
     for phase in ("bc", "refine", "final"):  # asked 0 and 2 run real episodes; asked 1 (refine) does not
         driver._offline_eval(phase)
@@ -333,3 +335,4 @@ def test_two_evaluations_asked_at_the_same_mark_keep_their_own_episodes_and_phas
     assert all(e["policy_updates"] == 40 and e["model_version"] >= 0 for e in driver.evals), driver.evals
     real = {phase: not math.isnan(e["return_mean"]) for phase, e in by_phase.items()}
     assert real == {"bc": True, "refine": False, "final": True}, driver.evals
+    assert len(pq.read_table(scores.path / "evals.parquet")) == 3  # on disk after each, before any end of the run
