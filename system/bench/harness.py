@@ -14,9 +14,12 @@ import importlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -313,17 +316,107 @@ started, and :func:`train_process` starts it again under a new name."""
 RAY_START_TRIES = 3
 
 
+class BenchStopped(Exception):
+    """A run was not started: the bench is stopping (:func:`run_all`)."""
+
+
+class _Children:
+    """The processes of the bench's runs now going, each in a session of its own, so that a signal to the bench's
+    process group (a shell's Ctrl-C, ``timeout``) reaches them once, from :func:`run_all`, and not twice (a second
+    SIGINT or SIGTERM makes ``dynaray train`` stop without its checkpoint)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: set[subprocess.Popen] = set()
+        self.stopping = 0
+        """The signal that stops the bench (0: none yet): no process starts after it."""
+
+    def run(self, command: list[str]) -> subprocess.CompletedProcess:
+        """``command`` to its end, stdout and stderr captured (as ``subprocess.run``)."""
+        with self._lock:
+            if self.stopping:
+                raise BenchStopped(f"not started: the bench was stopped by {signal.Signals(self.stopping).name}")
+            child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+            self._live.add(child)
+        try:
+            out, err = child.communicate()
+        finally:
+            with self._lock:
+                self._live.discard(child)
+        return subprocess.CompletedProcess(child.args, child.returncode, out, err)
+
+    def stop(self, signum: int) -> None:
+        """Start no more processes; send ``signum`` to every one going."""
+        with self._lock:
+            self.stopping = signum
+            for child in self._live:
+                child.send_signal(signum)
+
+
+_CHILDREN = _Children()
+
+
+def child_process(command: list[str]) -> subprocess.CompletedProcess:
+    """``command`` to its end, stdout and stderr captured, as one of the runs that :func:`run_all` stops.
+
+    Raises:
+        BenchStopped: the bench is stopping, so it was not started.
+    """
+    return _CHILDREN.run(command)
+
+
+def run_all(tasks: Sequence[Callable[[], Any]], jobs: int, on_done: Callable[[int, Any], None]) -> int:
+    """Run ``tasks`` (each one or more runs through :func:`train_process`), ``jobs`` at a time, in their order;
+    ``on_done(index, result)`` in this thread as each ends. Returns 0, or the signal that stopped the bench: the
+    first SIGINT or SIGTERM goes on to every run going (``dynaray train`` checkpoints, writes its evaluations and
+    ends, exit 128 + signal), no task starts after it, and ``on_done`` still gets every task that ended; a second
+    one ends the bench at once. Call from the main thread (signal handlers)."""
+    caught: list[int] = []
+
+    def handle(signum: int, frame: Any) -> None:
+        if caught:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        caught.append(signum)
+        progress(f"{signal.Signals(signum).name}: stopping every run going (again to end at once)")
+
+    before = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ThreadPoolExecutor(jobs) as pool:
+            futures: dict[Future, int] = {pool.submit(task): i for i, task in enumerate(tasks)}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=futures.get):
+                    if not future.cancelled() and not isinstance(future.exception(), BenchStopped):
+                        on_done(futures[future], future.result())
+                if caught and not _CHILDREN.stopping:
+                    _CHILDREN.stop(caught[0])
+                    for future in pending:
+                        future.cancel()  # those not started
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        _CHILDREN.stopping = 0
+    return caught[0] if caught else 0
+
+
 def train_process(command: Callable[[str], list[str]], name: str, label: str) -> tuple[subprocess.CompletedProcess,
                                                                                       str, float]:
     """Run ``command(name)`` (a ``dynaray train`` command line for the run named ``name``) to its end, again as
     ``name-tryN`` while Ray's node did not start (:data:`RAY_START_TIMEOUT`), at most :data:`RAY_START_TRIES` times
-    in all. Returns the last process (stdout and stderr captured), the name it ran under, and its wall seconds."""
+    in all. Returns the last process (stdout and stderr captured), the name it ran under, and its wall seconds.
+
+    Raises:
+        BenchStopped: the bench is stopping (:func:`run_all`), so no process was started.
+    """
     for attempt in range(RAY_START_TRIES):
         tried = name + (f"-try{attempt}" if attempt else "")
         start = time.monotonic()
-        proc = subprocess.run(command(tried), capture_output=True, text=True)
+        proc = child_process(command(tried))
         seconds = time.monotonic() - start
-        if proc.returncode == 0 or RAY_START_TIMEOUT not in proc.stderr:
+        if proc.returncode == 0 or RAY_START_TIMEOUT not in proc.stderr or _CHILDREN.stopping:
             break
         progress(f"{label}: Ray's node did not start within its 30 s (load); again")
     return proc, tried, seconds

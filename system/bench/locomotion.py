@@ -32,16 +32,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from system.bench.harness import (
     add_json_option, check, env_ids, fail, finish, load_averages, machine, positive_int, progress, targets_table,
-    sb3_import_error, train_process, write_partial, write_report,
+    run_all, sb3_import_error, train_process, write_partial, write_report,
 )
 
 __all__ = ["PRESETS", "Report", "Run", "add_arguments", "command", "return_at", "run"]
@@ -294,15 +294,22 @@ def run(args: argparse.Namespace) -> int:
     # In --systems' order, every seed of one system before the next: the costly runs start first.
     todo = [(env, system, seed) for env in args.envs for system in systems if system not in skipped
             for seed in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(one_run, env, system, seed, args, stamp) for env, system, seed in todo]
-        finished = set()
-        for future in as_completed(futures):
-            finished.add(future)
-            report.runs = [f.result() for f in futures if f in finished]
-            write_partial(report, args.json, len(finished), len(todo))
+    finished: dict[int, Run] = {}
+
+    def done(index: int, result: Run) -> None:
+        finished[index] = result
+        report.runs = [finished[i] for i in sorted(finished)]  # in the planned order
+        write_partial(report, args.json, len(finished), len(todo))
+
+    stopped = run_all([lambda task=task: one_run(*task, args, stamp) for task in todo], args.jobs, done)
     plot_envs(report, Path(args.runs_dir))
     finish(report.machine)
-    code = write_report(report, f"{report.machine['cpus']} CPUs, {args.jobs} run(s) at a time; "
-                                f"{load_averages(report.machine)}", args.json)
+    summary = f"{report.machine['cpus']} CPUs, {args.jobs} run(s) at a time; {load_averages(report.machine)}"
+    if stopped:  # what the runs evaluated before the signal (a stopped run speaks up to its last evaluation)
+        name = signal.Signals(stopped).name
+        write_report(report, f"Stopped by {name}: {len(finished)} of {len(todo)} runs ended (those going then "
+                             f"with their evaluations so far); {summary}", None)
+        write_partial(report, args.json, len(finished), len(todo))
+        return 128 + stopped
+    code = write_report(report, summary, args.json)
     return EXIT_FAILED if any(r.error for r in report.runs) else code

@@ -31,16 +31,17 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from system.bench.harness import add_json_option, fail, finish, load_averages, machine, positive_int, progress, \
-    train_process, write_partial, write_report
+from system.bench.harness import add_json_option, child_process, fail, finish, load_averages, machine, \
+    positive_int, progress, run_all, train_process, write_partial, write_report
 
 EXIT_FAILED = 1
 """Exit code when a run failed (the report of the others is still written)."""
@@ -253,7 +254,7 @@ def d3rlpy_run(dataset: str, npz: Path, algo: str, seed: int, env_id: str, args:
     command = [args.d3rlpy_python, str(WORKER), "--data", str(npz), "--algo", algo, "--steps", str(args.updates),
                "--seed", str(seed), "--out", str(out)]
     start = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = child_process(command)
     if proc.returncode != 0:
         return f"exit code {proc.returncode}: {proc.stderr.strip()[-1500:]}"
     mean, std = evaluate_torchscript(out, env_id, args.eval_episodes, seed)
@@ -342,19 +343,26 @@ def run(args: argparse.Namespace) -> int:
                 for algo in args.algos:
                     tasks.append((dataset, algo, seed, lambda d=dataset, a=algo, s=seed, n=npz, e=env_id:
                                   d3rlpy_run(d, n, a, s, e, args, workdir)))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [(dataset, method, seed, pool.submit(task)) for dataset, method, seed, task in tasks]
-        for done, (dataset, method, seed, future) in enumerate(futures, 1):
-            outcome = future.result()
-            if isinstance(outcome, str):
-                progress(f"{Path(dataset).name} {method} seed {seed}: failed, {outcome}")
-                report.failed.append({"dataset": dataset, "method": method, "seed": seed, "reason": outcome})
-            else:
-                report.results.extend(outcome if isinstance(outcome, list) else [outcome])
-            write_partial(report, args.json, done, len(futures))
+    ended: list[int] = []
+
+    def done(index: int, outcome: Any) -> None:
+        dataset, method, seed, _ = tasks[index]
+        ended.append(index)
+        if isinstance(outcome, str):
+            progress(f"{Path(dataset).name} {method} seed {seed}: failed, {outcome}")
+            report.failed.append({"dataset": dataset, "method": method, "seed": seed, "reason": outcome})
+        else:
+            report.results.extend(outcome if isinstance(outcome, list) else [outcome])
+        write_partial(report, args.json, len(ended), len(tasks))
+
+    stopped = run_all([task for *_, task in tasks], args.jobs, done)
     finish(report.machine)
-    code = write_report(report, (
-        f"{args.updates} policy gradient steps per method, {len(args.seeds)} seed(s), {args.eval_episodes} eval "
-        f"episodes per policy, {args.jobs} job(s) at a time; {load_averages(report.machine)}"
-    ), args.json)
+    summary = (f"{args.updates} policy gradient steps per method, {len(args.seeds)} seed(s), {args.eval_episodes} "
+               f"eval episodes per policy, {args.jobs} job(s) at a time; {load_averages(report.machine)}")
+    if stopped:
+        write_report(report, f"Stopped by {signal.Signals(stopped).name}: {len(ended)} of {len(tasks)} runs "
+                             f"ended; {summary}", None)
+        write_partial(report, args.json, len(ended), len(tasks))
+        return 128 + stopped
+    code = write_report(report, summary, args.json)
     return EXIT_FAILED if report.failed else code

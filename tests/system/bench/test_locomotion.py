@@ -2,6 +2,11 @@
 Stable-Baselines3's side for a few hundred env steps where it imports."""
 
 import json
+import os
+import signal
+import sys
+import threading
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -179,3 +184,49 @@ def test_merge_refuses_reports_of_other_budgets_and_files_that_are_not_reports(t
         junk.write_text(text)
         assert main(["bench", "locomotion", "--merge", ours, str(junk)]) == 2
         assert f"--merge {junk}: not a `dynaray bench locomotion --json` report" in capsys.readouterr().err
+
+
+FAKE_RUN = """
+import os, signal, sys, time
+import pyarrow as pa, pyarrow.parquet as pq
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+got = []
+signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+rows = []
+while not got:  # an evaluation every 0.1 s, on disk after each (as dynaray train writes evals.parquet)
+    rows.append({"env_steps": 1000 * (len(rows) + 1), "wall_time_s": 0.1 * len(rows), "return_mean": 10.0})
+    pq.write_table(pa.Table.from_pylist(rows), os.path.join(out, "evals.parquet"))
+    time.sleep(0.1)
+time.sleep(0.5)  # a second signal would be counted
+open(os.path.join(out, "signals"), "w").write(str(len(got)))
+sys.exit(128 + signal.SIGTERM)
+"""
+
+
+def test_a_stopped_bench_stops_its_runs_once_and_reports_their_evaluations(tmp_path, monkeypatch, capsys):
+    """SIGTERM to the bench (a device's timeout, say): each run going gets it once and ends with its evaluations so
+    far, the run not started yet never starts, and the JSON holds what was measured, marked incomplete."""
+    monkeypatch.setattr(locomotion, "command", lambda env, system, seed, run_dir, args: [
+        sys.executable, "-c", FAKE_RUN, str(run_dir)])
+    out_json = tmp_path / "loco.json"
+
+    def stop_when_both_evaluated():
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*/evals.parquet"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_when_both_evaluated, daemon=True).start()
+    code = main(["bench", "locomotion", "--envs", "Hopper-v5", "--systems", "dynaray", "--seeds", "0", "1", "2",
+                 "--jobs", "2", "--env-steps", "50000", "--from-steps", "1000", "--runs-dir", str(tmp_path),
+                 "--json", str(out_json)])
+    assert code == 128 + signal.SIGTERM
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert [(p.name.split("-")[3], (p / "signals").read_text()) for p in runs] == [("s0", "1"), ("s1", "1")]
+    report = json.loads(out_json.read_text())
+    assert report["complete"] is False and report["finished"] == [2, 3]
+    assert [r["seed"] for r in report["runs"]] == [0, 1]
+    assert all(r["evals"] and r["error"].startswith("exit code 143") for r in report["runs"])
+    assert "Stopped by SIGTERM: 2 of 3 runs ended" in capsys.readouterr().out

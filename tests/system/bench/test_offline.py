@@ -5,7 +5,7 @@ from argparse import Namespace
 
 import numpy as np
 
-from system.bench import offline
+from system.bench import harness, offline
 from system.bench.harness import machine
 from system.bench.offline import Result, d3rlpy_problem, dataset_return, train_command, write_npz
 from system.cli import main
@@ -92,7 +92,7 @@ def test_report_without_d3rlpy_gives_means_margins_and_the_skip_reason(tmp_path,
 def test_a_run_whose_ray_never_started_is_tried_again_under_a_new_name(tmp_path, monkeypatch):
     names = []
 
-    def fake_subprocess_run(command, **kwargs):
+    def fake_child_process(command):
         name = next(a for a in command if a.startswith("name="))[5:]
         names.append(name)
         if len(names) == 1:
@@ -104,7 +104,7 @@ def test_a_run_whose_ray_never_started_is_tried_again_under_a_new_name(tmp_path,
                 {"phase": "final", "policy_updates": 50, "return_mean": -300.0, "return_std": 2.0}]}))
         return Namespace(returncode=0, stderr="")
 
-    monkeypatch.setattr(offline.subprocess, "run", fake_subprocess_run)
+    monkeypatch.setattr(harness, "child_process", fake_child_process)
     args = Namespace(preset="pendulum", runs_dir=str(tmp_path), updates=50, eval_episodes=2, set=[])
     dyn, bc = offline.dynaray_run("data/p-medium", 0, args, "stamp")
     assert names == ["p-medium-s0-stamp", "p-medium-s0-stamp-try1"]
