@@ -18,16 +18,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import statistics
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from system.bench.harness import (
-    add_json_option, finish, load_averages, machine, positive_int, progress, write_report,
+    add_json_option, finish, load_averages, machine, positive_int, progress, run_all, train_process, write_partial,
+    write_report,
 )
 
 EXIT_FAILED = 1
@@ -74,10 +74,8 @@ def train_command(preset: str, seed: int, name: str, args: argparse.Namespace) -
 
 def train_run(preset: str, seed: int, args: argparse.Namespace, stamp: str) -> Result | None:
     """One ``dynaray train`` run to its end; its result, or None (with its stderr's tail) when it failed."""
-    name = f"{preset.replace('+', '-')}-s{seed}-{stamp}"
-    start = time.monotonic()
-    proc = subprocess.run(train_command(preset, seed, name, args), capture_output=True, text=True)
-    process_s = time.monotonic() - start
+    proc, name, process_s = train_process(lambda name: train_command(preset, seed, name, args),
+                                          f"{preset.replace('+', '-')}-s{seed}-{stamp}", f"{preset} seed {seed}")
     if proc.returncode != 0:
         progress(f"{preset} seed {seed}: failed (exit code {proc.returncode})\n{proc.stderr[-2000:]}")
         return None
@@ -157,16 +155,21 @@ def run(args: argparse.Namespace) -> int:
     report = Report(settings, machine())
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     runs = [(preset, seed) for preset in args.presets for seed in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(train_run, preset, seed, args, stamp) for preset, seed in runs]
-        for (preset, seed), future in zip(runs, futures):
-            result = future.result()
-            if result is None:
-                report.failed.append({"preset": preset, "seed": seed})
-            else:
-                report.results.append(result)
+    ended: dict[int, Result | None] = {}
+
+    def done(index: int, result: Result | None) -> None:
+        ended[index] = result
+        report.results = [ended[i] for i in sorted(ended) if ended[i] is not None]  # in the planned order
+        report.failed = [{"preset": runs[i][0], "seed": runs[i][1]} for i in sorted(ended) if ended[i] is None]
+        write_partial(report, args.json, len(ended), len(runs))
+
+    stopped = run_all([lambda run=run: train_run(*run, args, stamp) for run in runs], args.jobs, done)
     finish(report.machine)
-    code = write_report(report, (
-        f"{report.machine['cpus']} CPUs, {args.jobs} run(s) at a time; {load_averages(report.machine)}"
-    ), args.json)
+    summary = f"{report.machine['cpus']} CPUs, {args.jobs} run(s) at a time; {load_averages(report.machine)}"
+    if stopped:
+        write_report(report, f"Stopped by {signal.Signals(stopped).name}: {len(ended)} of {len(runs)} runs ended; "
+                             f"{summary}", None)
+        write_partial(report, args.json, len(ended), len(runs))
+        return 128 + stopped
+    code = write_report(report, summary, args.json)
     return EXIT_FAILED if report.failed else code
