@@ -101,6 +101,15 @@ def write_partial(report: Any, json_path: str | None, done: int, planned: int) -
         write_json(json_path, {**report.to_json(), "complete": False, "finished": [done, planned]})
 
 
+def write_stopped(report: Any, signum: int, done: int, planned: int, summary: str, json_path: str | None) -> int:
+    """The report of a bench that signal ``signum`` stopped (:func:`run_all`) when ``done`` of its ``planned`` runs
+    had ended: printed, and written as :func:`write_partial` does. Returns the exit code, 128 + ``signum``."""
+    write_report(report, f"Stopped by {signal.Signals(signum).name}: {done} of {planned} runs ended (those going "
+                         f"then with what they measured so far); {summary}", None)
+    write_partial(report, json_path, done, planned)
+    return 128 + signum
+
+
 def write_json(path: str, data: dict) -> None:
     """``data`` as indented JSON, ending in a newline."""
     Path(path).write_text(json.dumps(data, indent=2) + "\n")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 
 from system.bench.harness import (
     add_json_option, check, env_ids, fail, finish, load_averages, machine, positive_int, progress, targets_table,
-    run_all, sb3_import_error, train_process, write_partial, write_report,
+    run_all, sb3_import_error, train_process, write_partial, write_report, write_stopped,
 )
 
 __all__ = ["PRESETS", "Report", "Run", "add_arguments", "command", "return_at", "run"]
@@ -306,10 +305,6 @@ def run(args: argparse.Namespace) -> int:
     finish(report.machine)
     summary = f"{report.machine['cpus']} CPUs, {args.jobs} run(s) at a time; {load_averages(report.machine)}"
     if stopped:  # what the runs evaluated before the signal (a stopped run speaks up to its last evaluation)
-        name = signal.Signals(stopped).name
-        write_report(report, f"Stopped by {name}: {len(finished)} of {len(todo)} runs ended (those going then "
-                             f"with their evaluations so far); {summary}", None)
-        write_partial(report, args.json, len(finished), len(todo))
-        return 128 + stopped
+        return write_stopped(report, stopped, len(finished), len(todo), summary, args.json)
     code = write_report(report, summary, args.json)
     return EXIT_FAILED if any(r.error for r in report.runs) else code

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from system.bench.harness import add_json_option, child_process, fail, finish, load_averages, machine, \
-    positive_int, progress, run_all, train_process, write_partial, write_report
+    positive_int, progress, run_all, train_process, write_partial, write_report, write_stopped
 
 EXIT_FAILED = 1
 """Exit code when a run failed (the report of the others is still written)."""
@@ -360,9 +359,6 @@ def run(args: argparse.Namespace) -> int:
     summary = (f"{args.updates} policy gradient steps per method, {len(args.seeds)} seed(s), {args.eval_episodes} "
                f"eval episodes per policy, {args.jobs} job(s) at a time; {load_averages(report.machine)}")
     if stopped:
-        write_report(report, f"Stopped by {signal.Signals(stopped).name}: {len(ended)} of {len(tasks)} runs "
-                             f"ended; {summary}", None)
-        write_partial(report, args.json, len(ended), len(tasks))
-        return 128 + stopped
+        return write_stopped(report, stopped, len(ended), len(tasks), summary, args.json)
     code = write_report(report, summary, args.json)
     return EXIT_FAILED if report.failed else code

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from system.bench.harness import (
     add_json_option, finish, load_averages, machine, positive_int, progress, run_all, train_process, write_partial,
-    write_report,
+    write_report, write_stopped,
 )
 
 EXIT_FAILED = 1
@@ -167,9 +166,6 @@ def run(args: argparse.Namespace) -> int:
     finish(report.machine)
     summary = f"{report.machine['cpus']} CPUs, {args.jobs} run(s) at a time; {load_averages(report.machine)}"
     if stopped:
-        write_report(report, f"Stopped by {signal.Signals(stopped).name}: {len(ended)} of {len(runs)} runs ended; "
-                             f"{summary}", None)
-        write_partial(report, args.json, len(ended), len(runs))
-        return 128 + stopped
+        return write_stopped(report, stopped, len(ended), len(runs), summary, args.json)
     code = write_report(report, summary, args.json)
     return EXIT_FAILED if report.failed else code
