@@ -53,6 +53,8 @@ TARGET_RATIO = 2.0
 """dynaray's median eval return over SB3's SAC's at every budget point (issue 16)."""
 EXIT_FAILED = 1
 """Exit code when a run failed (the report of the others is still written)."""
+RANDOM_EPISODES = 10
+"""Episodes of the uniform random policy whose mean return is each env's floor (:func:`random_return`)."""
 
 
 @dataclass
@@ -105,6 +107,25 @@ def return_at(evals: list[dict], env_steps: int) -> float | None:
     return before[-1] if before else None
 
 
+def random_return(env_id: str, episodes: int = RANDOM_EPISODES, seed: int = 0) -> float:
+    """The mean return of uniformly random actions over ``episodes`` episodes of ``env_id`` (seeded, so the same
+    number every time): the floor that :meth:`Report.medians`' ratio over random counts from."""
+    from actors.envs import EnvConfig, make_env
+
+    env = make_env(EnvConfig(id=env_id))
+    env.action_space.seed(seed)
+    total = 0.0
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+            total += float(reward)
+            done = terminated or truncated
+    env.close()
+    return total / episodes
+
+
 def one_run(env: str, system: str, seed: int, args: argparse.Namespace, stamp: str) -> Run:
     """One run to its end (a dynaray run again under a new name while Ray's node does not start: a loaded
     machine), with its evaluations."""
@@ -132,6 +153,8 @@ class Report:
     """System -> why it was not run."""
     plots: dict = field(default_factory=dict)
     """Env -> the PNG of its runs."""
+    random: dict = field(default_factory=dict)
+    """Env -> the mean return of the uniform random policy (:func:`random_return`)."""
 
     def points(self) -> list[int]:
         s = self.settings
@@ -139,7 +162,9 @@ class Report:
 
     def medians(self) -> list[dict]:
         """Per env and budget point: every system's median return over its seeds (None: no run had evaluated by
-        then), and dynaray's over SB3's."""
+        then), dynaray's over SB3's (``ratio``: where SB3's is positive), and dynaray's gain over the random policy
+        over SB3's (``over_random``: where SB3's is above random; what a ratio of returns can say when SB3's is
+        negative, as on HalfCheetah in its first 10,000 steps)."""
         rows = []
         for env in self.settings["envs"]:
             for point in self.points():
@@ -151,6 +176,9 @@ class Report:
                     row[system] = statistics.median(values) if values else None
                 theirs, ours = row.get("sb3"), row.get("dynaray")
                 row["ratio"] = ours / theirs if ours is not None and theirs is not None and theirs > 0 else None
+                floor = self.random.get(env)
+                row["over_random"] = ((ours - floor) / (theirs - floor) if None not in (ours, theirs, floor)
+                                      and theirs > floor else None)
                 rows.append(row)
         return rows
 
@@ -164,16 +192,21 @@ class Report:
 
     def to_json(self) -> dict:
         return {"settings": self.settings, "machine": self.machine, "runs": [asdict(r) for r in self.runs],
-                "skipped": self.skipped, "plots": self.plots, "medians": self.medians(), "targets": self.targets()}
+                "skipped": self.skipped, "plots": self.plots, "random": self.random, "medians": self.medians(),
+                "targets": self.targets()}
 
     def markdown(self) -> str:
         systems = self.settings["systems"]
-        lines = [f"| env | env steps | {' | '.join(f'{s} median' for s in systems)} | dynaray x sb3 |",
-                 "| --- | --- | " + "--- | " * len(systems) + "--- |"]
+        lines = [f"| env | env steps | {' | '.join(f'{s} median' for s in systems)} | dynaray x sb3 | over random |",
+                 "| --- | --- | " + "--- | " * len(systems) + "--- | --- |"]
         for row in self.medians():
             values = " | ".join("-" if row[s] is None else f"{row[s]:.1f}" for s in systems)
-            ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
-            lines.append(f"| {row['env']} | {row['env_steps']} | {values} | {ratio} |")
+            ratios = " | ".join("-" if row[k] is None else f"{row[k]:.2f}" for k in ("ratio", "over_random"))
+            lines.append(f"| {row['env']} | {row['env_steps']} | {values} | {ratios} |")
+        floors = ", ".join(f"{env} {value:.1f}" for env, value in self.random.items())
+        if floors:
+            lines.append(f"\nrandom policy (mean of {RANDOM_EPISODES} episodes; \"over random\": dynaray's median minus "
+                         f"it, over SB3's minus it): {floors}")
         lines += ["", "| env | system | seed | last eval (env steps: return) | wall s of the run | process s |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in self.runs:
@@ -232,7 +265,8 @@ def merged(paths: list[str]) -> Report:
     settings = {**settings, "systems": list(dict.fromkeys(s for _, o, _, _ in reports for s in o["systems"])),
                 "seeds": list(dict.fromkeys(s for _, o, _, _ in reports for s in o["seeds"])), "merged": paths}
     record = {**record, "merged_from": [{"json": p, "jobs": o.get("jobs"), "machine": m} for p, o, m, _ in reports]}
-    return Report(settings, record, runs=[r for *_, runs in reports for r in runs])
+    return Report(settings, record, runs=[r for *_, runs in reports for r in runs],
+                  random={env: random_return(env) for env in settings["envs"]})
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -288,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
     settings = {"envs": args.envs, "systems": systems, "seeds": args.seeds, "env_steps": args.env_steps,
                 "eval_every": args.eval_every, "from_steps": args.from_steps, "episodes": args.episodes,
                 "jobs": args.jobs, "set": args.set, "runs_dir": args.runs_dir}
-    report = Report(settings, machine("torch", "stable_baselines3"), skipped=skipped)
+    report = Report(settings, machine("torch", "stable_baselines3"), skipped=skipped,
+                    random={env: random_return(env) for env in args.envs})
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     # In --systems' order, every seed of one system before the next: the costly runs start first.
     todo = [(env, system, seed) for env in args.envs for system in systems if system not in skipped

@@ -41,6 +41,23 @@ def test_a_runs_return_at_a_budget_is_its_newest_eval_at_or_before_it():
     assert return_at(evals, 2000) == 10.0 and return_at(evals, 2100) == 30.0 and return_at(evals, 9000) == 30.0
 
 
+def test_the_random_policys_return_is_the_same_every_time_and_low():
+    first = locomotion.random_return("Hopper-v5", episodes=3)
+    assert first == locomotion.random_return("Hopper-v5", episodes=3)
+    assert -50.0 < first < 100.0  # random actions fall within tens of steps at about 1 per step
+
+
+def test_no_ratio_over_random_where_sb3_is_not_above_it():
+    report = locomotion.Report({"envs": ["Hopper-v5"], "systems": ["dynaray", "sb3"], "from_steps": 1000,
+                                "env_steps": 1000, "eval_every": 1000}, {}, random={"Hopper-v5": 50.0})
+    report.runs = [Run("Hopper-v5", "dynaray", 0, "d", ["x"], evals=evals(300.0)),
+                   Run("Hopper-v5", "sb3", 0, "d", ["x"], evals=evals(40.0))]
+    assert report.medians()[0]["over_random"] is None and report.medians()[0]["ratio"] == 7.5
+    report.random = {}  # an older report: no floor, no ratio over it
+    report.runs[1].evals = evals(60.0)
+    assert report.medians()[0]["over_random"] is None
+
+
 def test_a_failed_run_has_no_return_past_its_last_eval():
     run = Run("HalfCheetah-v5", "dynaray", 0, "d", ["x"], evals=[{"env_steps": 4000, "return_mean": -824.1}],
               error="exit code 143: stopped")
@@ -69,16 +86,19 @@ def test_medians_over_seeds_ratios_and_targets(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(locomotion, "one_run", fake_run)
     monkeypatch.setattr(locomotion, "sb3_import_error", lambda: None)
+    monkeypatch.setattr(locomotion, "random_return", lambda env: -100.0)
     out_json = tmp_path / "loco.json"
     code = main(["bench", "locomotion", "--envs", "Hopper-v5", "--systems", "dynaray", "sb3", "--seeds", "0", "1",
                  "2", "--env-steps", "2000", "--eval-every", "1000", "--from-steps", "1000", "--runs-dir",
                  str(tmp_path), "--json", str(out_json)])
     assert code == 1  # a run failed; the others are reported
     out = capsys.readouterr().out
-    rows = [r for r in table_rows(out, "Hopper-v5") if len(r) == 5]
+    rows = [r for r in table_rows(out, "Hopper-v5") if len(r) == 6 and r[1].isdigit()]  # the medians table
     assert [(r[1], number(r[2]), number(r[3])) for r in rows] == [("1000", 200.0, -20.0), ("2000", 800.0, 400.0)]
     assert [r[4] for r in rows] == ["-", "2.00"]  # no ratio where SB3's median is not positive
+    assert [r[5] for r in rows] == ["3.75", "1.80"]  # over the random policy's -100: 300 / 80 and 900 / 500
     report = json.loads(out_json.read_text())
+    assert report["random"] == {"Hopper-v5": -100.0} and report["medians"][0]["over_random"] == 3.75
     assert [(t["measured"], t["met"]) for t in report["targets"]] == [(2.0, True)]
     assert [r["error"] is not None for r in report["runs"]].count(True) == 1
     assert "FAILED" in out
