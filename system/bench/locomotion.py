@@ -24,7 +24,9 @@ budget point (every ``--eval-every`` env steps from ``--from-steps`` on) a run's
 evaluation at or before that many env steps (a failed run's only up to its last evaluation); the report gives, per
 env and point, every system's median over seeds, and dynaray's median over SB3's: the target is 2 at every point
 (issue 16; MBPO's published gap at these budgets is larger). Returns of these envs are positive once a policy moves
-forward, so the ratio means "twice as far"; a point where SB3's median is not positive shows no ratio.
+forward, so the ratio means "twice as far"; a point where SB3's median is not positive shows no ratio. Beside it,
+"over random" counts both medians from a uniform random policy's mean return (:func:`random_return`), which is
+defined wherever SB3 beats random (HalfCheetah-v5's returns are negative for SB3 in its first 10,000 steps).
 """
 
 from __future__ import annotations
