@@ -6,9 +6,9 @@
 #   bash tests/run.sh PYTEST_ARGS  # one pytest process with these arguments (paths, -k, -s, ...)
 #
 # The whole suite runs as two pytest processes that share the two cores: one runs the tests that start Ray
-# (-m ray), one after another, and prints as it goes; the other runs the rest meanwhile (a Ray run leaves about a
-# fifth of the cores idle, which they take), and its report follows. Two Ray runs at once would only share the
-# cores. The exit code is the first process's unless that one passed.
+# (-m ray), one after another, and prints as it goes, then its 12 slowest; the other runs the rest meanwhile (a Ray
+# run leaves about a fifth of the cores idle, which they take), and its report follows. Two Ray runs at once would
+# only share the cores. The exit code is the first process's unless that one passed.
 # -X faulthandler (PYTHONFAULTHANDLER): a crash at any point of a process, not only inside a test, prints every
 # thread's stack.
 set -euo pipefail
@@ -35,7 +35,7 @@ trap 'rm -f "$others"' EXIT
 "${pytest[@]}" tests -m "not ray" -p no:cacheprovider > "$others" 2>&1 &
 others_pid=$!
 set +e
-"${pytest[@]}" tests -m ray
+"${pytest[@]}" tests -m ray --durations=12
 ray_code=$?
 wait "$others_pid"
 others_code=$?
