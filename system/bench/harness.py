@@ -83,13 +83,13 @@ def torch_threads(count: int) -> str:
 
 
 def write_report(report: Any, summary: str, json_path: str | None) -> int:
-    """Print ``report.markdown()`` and the ``summary`` paragraph under it; write ``report.to_json()`` to
-    ``json_path`` when given. Returns the command's exit code."""
-    print(report.markdown())
-    print(f"\n{summary}")
+    """Write ``report.to_json()`` to ``json_path`` when given (first: a closed stdout loses no measurement), then
+    print ``report.markdown()`` and the ``summary`` paragraph under it. Returns the command's exit code."""
     if json_path:
         write_json(json_path, report.to_json())
         progress(f"results written to {json_path}")
+    print(report.markdown())
+    print(f"\n{summary}")
     return 0
 
 
