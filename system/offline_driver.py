@@ -15,7 +15,7 @@ from typing import Any
 
 from replay.handles import get
 from system.checkpoint import FoundCheckpoint
-from system.driver import Driver, Summary, _Call, _plain
+from system.driver import Driver, Summary, _Call, _EvalAsk, _plain
 from system.loops import LearnerReport
 from system.offline import OfflineData, conservatism_from_calibration
 from system.run_dir import CheckpointError
@@ -154,7 +154,7 @@ class OfflineDriver(Driver):
         self.eval_env_steps += int(sum(result.lengths))
         super()._on_eval(call, result)
 
-    def _eval_row(self, ask: Any, version: int, result: Any) -> dict[str, Any]:
+    def _eval_row(self, ask: _EvalAsk, version: int, result: Any) -> dict[str, Any]:
         row = super()._eval_row(replace(ask, mark=0), version, result)
         row.update(policy_updates=ask.mark, phase=ask.tag,
                    eval_env_steps_total=self.eval_env_steps)

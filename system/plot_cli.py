@@ -5,8 +5,9 @@
 Two panels: deterministic eval return vs env steps, and vs wall time, one line per run (with the spread over the
 eval episodes as a band where known). A run's evaluations come from ``evals.parquet`` (rewritten after every
 evaluation); a run without one (made by an older dynaray, which wrote it only at the end) has ``metrics.parquet``
-(rewritten every ten reports, less often in a run of days), whose newest eval return per report is used instead. A directory that is not a run, or that holds neither table, is
-refused with the missing file named (exit 2); so is a run with no scored evaluation yet.
+(rewritten every ten reports, less often in a run of days), whose newest eval return per report is used instead.
+A directory that is not a run, or that holds neither table, is refused with the missing file named (exit 2); so is
+a run with no scored evaluation yet.
 """
 
 from __future__ import annotations

@@ -207,8 +207,8 @@ class Report:
             lines.append(f"| {row['env']} | {row['env_steps']} | {values} | {ratios} |")
         floors = ", ".join(f"{env} {value:.1f}" for env, value in self.random.items())
         if floors:
-            lines.append(f"\nrandom policy (mean of {RANDOM_EPISODES} episodes; \"over random\": dynaray's median minus "
-                         f"it, over SB3's minus it): {floors}")
+            lines.append(f"\nrandom policy (mean of {RANDOM_EPISODES} episodes; \"over random\": dynaray's median "
+                         f"minus it, over SB3's minus it): {floors}")
         lines += ["", "| env | system | seed | last eval (env steps: return) | wall s of the run | process s |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for r in self.runs:

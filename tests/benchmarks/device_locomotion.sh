@@ -22,16 +22,19 @@ mkdir -p "$out"
 runs=$(mktemp -d)
 gpu=""
 if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    gpu="placement.policy.num_gpus=0.5 placement.world_model.num_gpus=0.25 imagination.num_gpus=0.25 imagination.device=auto"
+    gpu="placement.policy.num_gpus=0.5 placement.world_model.num_gpus=0.25 imagination.num_gpus=0.25"
+    gpu="$gpu imagination.device=auto"
 else
     echo "device_locomotion: no GPU: every role on the CPU" >&2
 fi
 warmup="rollout.warmup_steps=2000 policy.learning_starts=2000 world_model.learning_starts=2000"
 # shellcheck disable=SC2086  # the lists are word-split on purpose
-timeout --preserve-status -s TERM -k 120 "${BUDGET_S:-480}" "$PY" -m system.cli bench locomotion --envs "${ENVS:-Hopper-v5}" \
-    --systems ${SYSTEMS:-dynaray sb3} --seeds ${SEEDS:-0 1 2} --env-steps "${ENV_STEPS:-10000}" \
+timeout --preserve-status -s TERM -k 120 "${BUDGET_S:-480}" "$PY" -m system.cli bench locomotion \
+    --envs "${ENVS:-Hopper-v5}" --systems ${SYSTEMS:-dynaray sb3} --seeds ${SEEDS:-0 1 2} \
+    --env-steps "${ENV_STEPS:-10000}" \
     --eval-every "${EVAL_EVERY:-2000}" --from-steps "${EVAL_EVERY:-2000}" --episodes 3 --jobs "${JOBS:-6}" \
-    --runs-dir "$runs" --json "$out/locomotion.json" --set $warmup $gpu ${SET:-} > "$out/locomotion.md" 2> "$out/bench.log"
+    --runs-dir "$runs" --json "$out/locomotion.json" --set $warmup $gpu ${SET:-} \
+    > "$out/locomotion.md" 2> "$out/bench.log"
 code=$?
 cp "$runs"/*.png "$out/" 2>/dev/null
 tar czf "$out/runs.tgz" -C "$runs" --exclude='checkpoint*' --exclude=replay --exclude='.metrics-rows' .
