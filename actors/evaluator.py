@@ -4,52 +4,20 @@ the newest world model (``eval.in_model``: :mod:`actors.model_evaluator`, from s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 
 from actors.envs import EnvConfig, make_env
 from actors.metrics import EvaluatorRecorder
-from actors.model_evaluator import ModelEvalConfig, ModelEvalResult, ModelEvaluator
+from actors.config import ModelEvalConfig
+from actors.model_evaluator import ModelEvalResult, ModelEvaluator
 
 FIRST_MODEL_WAIT_S = 30.0
 """Longest wait for the first world model an in-model evaluation needs (none published yet: no estimate)."""
 START_SEEDS = 10**9
 """Reset seeds of the in-model start states begin here (real episodes use seed + 1000 * evaluation + episode)."""
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Evaluation schedule and evaluators. ``metadata["check"]`` declares a field's constraint (checked by
-    ``system.config``)."""
-
-    every_steps: int = field(default=250, metadata={"check": ">= 1"})
-    """Evaluate the policy published at every multiple of this many env steps."""
-    episodes: int = field(default=5, metadata={"check": ">= 1"})
-    """Episodes per evaluation."""
-    num_workers: int = field(default=1, metadata={"check": ">= 1"})
-    """Evaluator actors; evaluations queue round robin over them."""
-    num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
-    """Ray CPUs per evaluator."""
-    max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
-    """How often Ray restarts an evaluator when its process dies (the driver sends it the lost evaluation again)."""
-    in_model: bool = False
-    """Also estimate every evaluated policy's return in the newest world model (no env steps; needs
-    world_model.enabled): the evals table and the learning curve get it beside the real return."""
-    real_every: int = field(default=1, metadata={"check": ">= 1"})
-    """With ``in_model``: run the real episodes only at every this-many-th evaluation (and the last); the others
-    are scored in the model alone."""
-    model_starts: int = field(default=32, metadata={"check": ">= 1"})
-    """With ``in_model``: start states (the evaluator's own env resets) rolled out once per elite member."""
-    model_horizon: int = field(default=0, metadata={"check": ">= 0", "note": "0: the env's episode limit"})
-    """With ``in_model``: model steps per rollout."""
-
-    def real_episodes(self, index: int, final: bool = False) -> int:
-        """Real episodes of a run's ``index``-th evaluation (0, 1, ...): all of them, or with ``in_model`` only at
-        every ``real_every``-th and the ``final`` one."""
-        due = not self.in_model or final or index % self.real_every == 0
-        return self.episodes if due else 0
 
 
 @dataclass(frozen=True)

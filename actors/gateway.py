@@ -52,7 +52,6 @@ import asyncio
 import base64
 import concurrent.futures
 import hashlib
-import ipaddress
 import json
 import logging
 import math
@@ -61,13 +60,14 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import numpy as np
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from actors.config import GatewayConfig
 from actors.metrics import GatewayRecorder
 from actors.gateway_tokens import (
     TOKEN_ENV, Token, TokenError, TokenSet, env_token, new_token, read_token_file,
@@ -84,7 +84,6 @@ __all__ = [
     "API_PREFIX",
     "ARROW_STREAM_TYPE",
     "DeterministicActor",
-    "GatewayConfig",
     "GatewayStats",
     "IngestGateway",
     "OPTIONAL_COLUMNS",
@@ -98,7 +97,6 @@ __all__ = [
     "env_token",
     "export_onnx",
     "export_torchscript",
-    "is_loopback",
     "new_token",
     "read_token_file",
 ]
@@ -130,98 +128,6 @@ TOKEN_KEY = web.RequestKey("token", Token)
 BODY_READ_KEY = web.RequestKey("body_read", bool)
 """Whether the request's body was read in full (a refused request whose body was not is answered, drained for
 :data:`LINGER_S`, and its connection closed)."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address) is this machine only: ``localhost``, 127.0.0.0/8, ``::1``."""
-    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    """The ingest gateway: where it listens, who may talk to it, and how much it accepts. ``metadata["check"]``
-    declares a field's constraint (checked by ``system.config``); the cross-field rules are in ``__post_init__``.
-
-    Tokens are not settings: they come from ``$DYNARAY_GATEWAY_TOKEN`` and ``token_file`` (docs/gateway.md), so
-    that no config file, command line or run directory holds one.
-    """
-
-    enabled: bool = False
-    """Start the gateway with the run."""
-    host: str = field(default="127.0.0.1", metadata={
-        "check": lambda host: None if host.strip() else "a host name or IP address such as '127.0.0.1'"})
-    """Address to listen on. The default accepts local connections only; any other needs ``tls_cert`` and
-    ``tls_key`` (or ``allow_plain_http``)."""
-    port: int = field(default=0, metadata={"check": "in [0, 65535]", "note": "0: pick a free port"})
-    """TCP port; 0 picks a free one (read it from ``IngestGateway.url()``; a restarted gateway picks a new one, so
-    robots should be given a fixed port)."""
-    token_file: str = ""
-    """Token file: one ``<id> <scopes> <token>`` per line, mode 0600, re-read when it changes (removing a line
-    revokes that token). Empty: only ``$DYNARAY_GATEWAY_TOKEN`` (or the token the run generates)."""
-    tls_cert: str = ""
-    """PEM certificate chain to serve HTTPS with (together with ``tls_key``)."""
-    tls_key: str = ""
-    """PEM private key of ``tls_cert``."""
-    allow_plain_http: bool = False
-    """Serve plain HTTP on a non-loopback ``host`` (only behind a TLS reverse proxy or on a private link: the
-    bearer token crosses the network in clear otherwise)."""
-    max_body_bytes: int = field(default=16 * 1024 * 1024, metadata={"check": ">= 1024"})
-    """Largest upload body accepted; a larger one is refused with 413 before it is read."""
-    max_decoded_bytes: int = field(default=64 * 1024 * 1024, metadata={"check": ">= 1024"})
-    """Largest size the upload's Arrow record batches may decode to (compressed buffers are measured before they
-    are decompressed); 413 beyond."""
-    max_episode_rows: int = field(default=10_000, metadata={"check": ">= 1"})
-    """Most rows one upload may hold (413 beyond: send a longer episode in parts)."""
-    max_abs_value: float = field(default=1e6, metadata={"check": "> 0"})
-    """Largest magnitude accepted in ``obs``, ``next_obs`` and ``reward`` (400 beyond)."""
-    max_concurrent_uploads: int = field(default=4, metadata={"check": ">= 1"})
-    """Uploads read, validated and stored at once (each holds its body in memory); more are refused with 503."""
-    max_uploads_per_token: int = field(default=2, metadata={"check": ">= 1"})
-    """Uploads in progress at once per token, so one robot cannot hold every upload slot; 503 beyond."""
-    max_rows_per_s: float = field(default=10_000.0, metadata={"check": ">= 0", "note": "0: no limit"})
-    """Rows per second each token may upload on average (bursts up to one second's worth); 429 with Retry-After
-    beyond. 0: no limit."""
-    max_connections: int = field(default=64, metadata={"check": ">= 1"})
-    """Open connections; a new one past this closes the oldest connection that has not authenticated (else the
-    oldest idle one, else itself)."""
-    request_timeout_s: float = field(default=60.0, metadata={"check": "> 0"})
-    """Whole-request deadline: headers and body must have arrived this many seconds after the connection opened
-    (or the previous answer was sent), however slowly they trickle in; else the connection is closed (408 when
-    the body was being read). Also the TLS handshake timeout."""
-    socket_timeout_s: float = field(default=30.0, metadata={"check": "> 0"})
-    """A connection that sends nothing for this long (an idle keep-alive, a stalled upload) is closed."""
-    max_idempotency_keys: int = field(default=10_000, metadata={"check": ">= 1"})
-    """Uploads remembered for idempotent retries (oldest forgotten first)."""
-    insert_chunk_rows: int = field(default=50, metadata={"check": ">= 1"})
-    """Rows per replay insert when an episode is stored (the replay rate limiter refuses inserts of more than
-    ``2 * replay.error_buffer_steps / replay.num_shards`` rows; the system config checks it)."""
-    weights_poll_s: float = field(default=1.0, metadata={"check": "> 0"})
-    """Seconds between non-blocking polls for newer policy weights."""
-    num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
-    """Ray CPUs reserved for the gateway actor (read by system/)."""
-    max_restarts: int = field(default=3, metadata={"check": ">= -1", "note": "-1: no limit"})
-    """How often Ray restarts the gateway actor when its process dies (read by system/)."""
-
-    def __post_init__(self) -> None:
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError(f"gateway.tls_cert={self.tls_cert!r}, gateway.tls_key={self.tls_key!r}: expected both "
-                             f"(certificate chain and private key, PEM) or neither")
-        if not self.tls and not self.allow_plain_http and not is_loopback(self.host):
-            raise ValueError(
-                f"gateway.host={self.host!r} is reachable from the network: expected gateway.tls_cert and "
-                f"gateway.tls_key (HTTPS), or gateway.allow_plain_http=true behind a TLS reverse proxy (bearer "
-                f"tokens would otherwise cross the network in clear)"
-            )
-
-    @property
-    def tls(self) -> bool:
-        """Whether the gateway serves HTTPS."""
-        return bool(self.tls_cert)
 
 
 def server_ssl_context(config: GatewayConfig) -> ssl.SSLContext:

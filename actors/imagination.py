@@ -17,76 +17,17 @@ import math
 import time
 from collections import deque
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from actors.metrics import ImaginationRecorder
-from learners._common import device_problem, precision_problem, resolve_precision
+from actors.config import ImaginationConfig
+from learners._common import resolve_precision
 from replay.writers import RowStamper
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImaginationConfig:
-    """Imagination workers. Defaults: the settings measured best on InvertedPendulum-v5 (docs/benchmarks.md).
-    ``metadata["check"]`` declares a field's constraint (checked by ``system.config``)."""
-
-    num_workers: int = field(default=1, metadata={"check": ">= 0", "note": "0: imagination off"})
-    """Imagination worker actors (0 turns imagination off)."""
-    batch_size: int = field(default=256, metadata={"check": ">= 1"})
-    """Start states (B) per rollout batch."""
-    starts_per_step: float = field(default=25.0, metadata={"check": "> 0"})
-    """Start states sampled per real env step: the rate limiter holds imagination to this ratio."""
-    horizon_start: int = field(default=1, metadata={"check": ">= 1"})
-    """Rollout horizon H at the start of the schedule."""
-    horizon_end: int = field(default=3, metadata={"check": ">= 1"})
-    """Rollout horizon H at the end of the schedule."""
-    horizon_ramp_start: int = field(default=500, metadata={"check": ">= 0"})
-    """Env steps at which H starts rising from horizon_start."""
-    horizon_ramp_end: int = 2500
-    """Env steps at which H reaches horizon_end (>= horizon_ramp_start)."""
-    prefetch: int = field(default=2, metadata={"check": ">= 1"})
-    """Start-state batches requested ahead of use."""
-    num_cpus: float = field(default=0.5, metadata={"check": ">= 0"})
-    """Ray CPUs per imagination worker."""
-    num_gpus: float = field(default=0.0, metadata={"check": ">= 0"})
-    """Ray GPUs per imagination worker (fractions share one GPU); with device 'auto' it then runs on CUDA."""
-    resources: Mapping[str, float] = field(default_factory=dict, metadata={"check": ">= 0"})
-    """Custom Ray resources per imagination worker, e.g. ``{learner_gpu: 0.25}`` to land on nodes that offer
-    them (empty: any node with the CPUs and GPUs)."""
-    device: str = field(default="cpu", metadata={"check": device_problem})
-    """Torch device for model and policy forwards: 'auto' (CUDA when the worker's process sees a GPU, i.e. with
-    num_gpus > 0), 'cpu', 'cuda' or 'cuda:<i>'; resolved in the worker's own process."""
-    precision: str = field(default="fp32", metadata={"check": precision_problem})
-    """Matmul precision of the model's and the policy's forwards: 'fp32'; 'bf16' (bf16 copies of the weights, inputs and
-    outputs fp32); 'auto': bf16 on a CPU with bf16 matrix units (Intel AMX), fp32 elsewhere. Default fp32: bf16
-    learned as well on InvertedPendulum's 5 seeds, but its kernels per operand shape grew the processes
-    (docs/benchmarks.md, "bf16 on AMX"); bf16 on a CPU runs on power-of-two row counts (:func:`rollout`)."""
-    max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
-    """How often Ray restarts an imagination worker whose process died; -1 without limit."""
-    penalty_scale: float = field(default=0.0, metadata={"check": ">= 0", "note": "0: off"})
-    """Imagined rewards are lowered by penalty_scale * disagreement (MOPO/COPlanner); 0 turns the penalty off."""
-    max_disagreement: float = field(default=math.inf, metadata={"check": "> 0", "inf": True, "note": "inf: off"})
-    """A row stops before a transition whose disagreement exceeds this (it is not written); inf turns it off."""
-
-    def __post_init__(self):
-        if self.horizon_ramp_end < self.horizon_ramp_start:
-            raise ValueError(
-                f"imagination.horizon_ramp_end={self.horizon_ramp_end}: expected >= horizon_ramp_start "
-                f"({self.horizon_ramp_start})"
-            )
-
-    def horizon(self, env_steps: int) -> int:
-        """H after ``env_steps`` real env steps: linear from horizon_start to horizon_end over the ramp."""
-        if env_steps <= self.horizon_ramp_start:
-            return self.horizon_start
-        if env_steps >= self.horizon_ramp_end:
-            return self.horizon_end
-        frac = (env_steps - self.horizon_ramp_start) / (self.horizon_ramp_end - self.horizon_ramp_start)
-        return int(self.horizon_start + frac * (self.horizon_end - self.horizon_start))
 
 
 @dataclass(frozen=True)

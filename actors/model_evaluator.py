@@ -23,32 +23,16 @@ Dims: K elites, B start states, O obs.
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-__all__ = ["ModelEvalConfig", "ModelEvalResult", "ModelEvaluator"]
+from actors.config import ModelEvalConfig
 
-
-@dataclass(frozen=True)
-class ModelEvalConfig:
-    """How a policy is evaluated in the model. ``metadata["check"]`` declares a field's constraint."""
-
-    starts: int = field(default=128, metadata={"check": ">= 1"})
-    """B: start states per evaluation (each rolled out once per elite member)."""
-    horizon: int = field(default=1000, metadata={"check": ">= 0"})
-    """Longest rollout, in model steps (the env's episode limit for returns comparable with real ones); 0 only for
-    ``actors.evaluator.Evaluator``, which puts its env's limit in its place."""
-    gamma: float = field(default=1.0, metadata={"check": "in (0, 1]"})
-    """Discount of the estimated return (1: the undiscounted return, as the real evaluation reports)."""
-    penalty_scale: float = field(default=0.0, metadata={"check": ">= 0"})
-    """Score = estimate - penalty_scale * summed disagreement per rollout (0: the score is the estimate)."""
-    max_disagreement: float = field(default=math.inf, metadata={"check": "> 0", "inf": True})
-    """A rollout stops, untrusted, before a transition whose elite disagreement exceeds this (inf: never)."""
+__all__ = ["ModelEvalResult", "ModelEvaluator"]
 
 
 @dataclass(frozen=True)

@@ -23,30 +23,13 @@ size, A action size. Rows of the batched model rollout are ordered obs-major: ro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class PlannerConfig:
-    """``rollout.planner``: optimistic model-predictive action selection on rollout workers. ``metadata["check"]``
-    declares a field's constraint (checked by ``system.config``)."""
-
-    enabled: bool = False
-    """Rollout workers act through the planner once a world model has been published (needs
-    ``world_model.enabled``); off: they act with the policy alone."""
-    num_candidates: int = field(default=8, metadata={"check": ">= 1"})
-    """K: candidate action sequences per env observation, each drawn from the stochastic policy."""
-    horizon: int = field(default=5, metadata={"check": ">= 1"})
-    """H: model steps each candidate is rolled out and scored over."""
-    bonus_scale: float = field(default=1.0, metadata={"check": ">= 0", "note": "0: no bonus"})
-    """Optimism: each step's score is reward + bonus_scale * disagreement (0: plain predicted return)."""
-    gamma: float = field(default=0.99, metadata={"check": "in (0, 1]"})
-    """Discount of the per-step scores over the horizon."""
+from actors.config import PlannerConfig
 
 
 def _rollout_scores(

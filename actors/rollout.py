@@ -11,75 +11,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
 from actors.envs import EnvConfig, make_vector_env
 from actors.metrics import RolloutRecorder
-from actors.planner import Planner, PlannerConfig
+from actors.config import RolloutConfig
+from actors.planner import Planner
 from replay.writers import RowStamper
 
 logger = logging.getLogger(__name__)
 
 RANDOM_POLICY_VERSION = -1
 """``policy_version`` of rows whose actions were drawn uniformly during warm-up."""
-
-
-@dataclass(frozen=True)
-class RolloutConfig:
-    """Rollout workers. ``metadata["check"]`` declares a field's constraint (checked by ``system.config``)."""
-
-    num_workers: int = field(default=1, metadata={"check": ">= 0", "note": "0: offline mode only"})
-    """Rollout worker actors (0 only in offline mode, ``offline.enabled``)."""
-    envs_per_worker: int = field(default=1, metadata={"check": ">= 1"})
-    """Env copies in each worker's vector env (one batched policy forward per vector step)."""
-    vector_mode: str = field(default="sync", metadata={"check": ("sync", "async")})
-    """'sync' steps the copies in the worker's process, 'async' in subprocesses."""
-    chunk_length: int = field(default=25, metadata={"check": ">= 1"})
-    """Vector steps per chunk written to replay; a chunk holds chunk_length * envs_per_worker rows."""
-    warmup_steps: int = field(default=250, metadata={"check": ">= 0"})
-    """Env steps (all workers together) taken with uniform random actions before the policy acts."""
-    weights_poll_steps: int = field(default=10, metadata={"check": ">= 1"})
-    """Vector steps between non-blocking polls for newer policy weights (and ``weights_poll_s`` at least)."""
-    weights_poll_s: float = field(default=0.0, metadata={"check": ">= 0", "note": "0: by steps alone"})
-    """Least seconds between polls, for a fast env whose polls every ``weights_poll_steps`` cost more than they
-    bring (one Ray call each, on the worker's CPU and the store's). At 0.05 s a HalfCheetah worker on Ray spent
-    less CPU on them but acted 2-3 versions behind at the median instead of 1 (docs/benchmarks.md), so 0 by
-    default."""
-    first_policy_wait_s: float = field(default=30.0, metadata={"check": ">= 0", "note": "0: no wait"})
-    """Seconds a worker that starts past the warm-up (a resumed, restarted or added worker, an offline_to_online
-    run's) waits for its first policy weights, once in its life, rather than fill replay with random actions until
-    its first non-blocking poll is answered; then it acts at random until they come. A worker that took warm-up
-    steps never waits."""
-    steps_per_call: int = field(default=50, metadata={"check": ">= 1"})
-    """Env steps per run() call, i.e. how often the driver hears from each worker; at least one chunk
-    (:attr:`call_steps`)."""
-    num_cpus: float = field(default=1.0, metadata={"check": ">= 0"})
-    """Ray CPUs per rollout worker."""
-    num_gpus: float = field(default=0.0, metadata={"check": ">= 0"})
-    """Ray GPUs per rollout worker."""
-    resources: Mapping[str, float] = field(default_factory=dict, metadata={"check": ">= 0"})
-    """Custom Ray resources per rollout worker, e.g. ``{rollout_node: 1}`` to keep workers on nodes that offer it
-    (an autoscaler adds such nodes when workers wait for them)."""
-    exploration_noise: tuple[float, ...] = field(default=(), metadata={"check": "in [0, 10]"})
-    """Std of Gaussian noise added to the policy's (stochastic) actions, as a fraction of each action's half-range,
-    per worker index (worker i uses entry i mod length), so a pool explores at several scales; empty: none."""
-    max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
-    """How often Ray restarts a rollout worker whose process died (it resumes from the current weights)."""
-    max_env_errors_in_a_row: int = field(default=20, metadata={"check": ">= 1"})
-    """Env failures (an exception, or NaN/inf in an observation or reward) a worker survives in a row by making
-    its envs afresh; one more stops the run with the env's error."""
-    planner: PlannerConfig = field(default_factory=PlannerConfig)
-    """Optimistic model-predictive action selection (``actors/planner.py``); off by default."""
-
-    @property
-    def call_steps(self) -> int:
-        """Env steps the driver asks of a worker per run() call: ``steps_per_call``, but at least one chunk
-        (``chunk_length * envs_per_worker``), so that a large vector env is not asked for a Ray call every vector
-        step or two (32 envs at 50 steps a call made one call per 2 vector steps)."""
-        return max(self.steps_per_call, self.chunk_length * self.envs_per_worker)
 
 
 @dataclass(frozen=True)

@@ -8,24 +8,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-
-def require(ok: bool, section: str, field: str, value: Any, allowed: str) -> None:
-    """Raise ``ValueError("<section>.<field>=<value>: expected <allowed>")`` unless ``ok`` (cross-field rules of the
-    configs' ``__post_init__``; single fields declare their constraint as ``metadata={"check": ...}``)."""
-    if not ok:
-        raise ValueError(f"{section}.{field}={value!r}: expected {allowed}")
-
-
-def device_problem(name: Any) -> str | None:
-    """``metadata["check"]`` of a ``device`` field: what was expected, or None when ``name`` is a device name.
-    Syntax only: whether CUDA exists is decided where the learner runs (``resolve_device``)."""
-    ok = isinstance(name, str)
-    if ok and name != "auto":
-        try:
-            torch.device(name)
-        except (RuntimeError, TypeError):
-            ok = False
-    return None if ok else "'auto', 'cpu', 'cuda' or 'cuda:<index>'"
+from learners.config import PRECISIONS
 
 
 def to_cpu(obj: Any) -> Any:
@@ -48,18 +31,6 @@ def load_generator_state(generator: torch.Generator, state: Mapping[str, Any]) -
     """Restore ``generator_state`` output; a state saved on another device type is not portable and is skipped."""
     if state["device_type"] == generator.device.type:
         generator.set_state(state["state"].cpu())
-
-
-PRECISIONS = ("auto", "fp32", "bf16")
-"""Values of a ``precision`` field: 'fp32'; 'bf16' (matmuls in bfloat16: autocast in the learners, bf16 weight copies
-in inference); 'auto': bf16 on a CPU with bf16 matrix units (:func:`cpu_has_bf16_matmul`), fp32 elsewhere (CUDA
-included: its mixed precision is not measured yet)."""
-
-
-def precision_problem(name: Any) -> str | None:
-    """``metadata["check"]`` of a ``precision`` field: what was expected, or None when ``name`` is one of
-    :data:`PRECISIONS`."""
-    return None if name in PRECISIONS else "'auto', 'fp32' or 'bf16'"
 
 
 _CPU_BF16: bool | None = None

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,10 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from learners._batch import check_columns, to_tensors
-from learners._common import (
-    autocast, device_problem, generator_state, load_generator_state, precision_problem, require, resolve_precision,
-    to_cpu,
-)
+from learners._common import autocast, generator_state, load_generator_state, resolve_precision, to_cpu
+from learners.config import PolicyConfig
 from learners.cuda_graphs import CapturedCall, PinnedBatch
 from learners.networks import EnsembleLayerNorm, EnsembleLinear, EnsembleMLP, mlp, resolve_device, seeded_init
 
@@ -50,98 +47,6 @@ _BATCH_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "truncate
 _METRICS = ("critic_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "q_mean", "critic_grad_norm",
             "actor_grad_norm")
 """What ``SACLearner.update`` returns, in the order of ``SACLearner._losses``'s values."""
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    """Hyper-parameters of the SAC policy learner (and the policy-side schedule read by ``system/``).
-
-    Defaults: the settings measured best on InvertedPendulum-v5 (docs/benchmarks.md). ``metadata["check"]`` declares
-    each field's constraint; ``system.config`` checks it when a config is loaded."""
-
-    hidden_sizes: tuple[int, ...] = field(default=(128, 128), metadata={"check": ">= 1", "nonempty": True})
-    """Hidden layer widths of the actor and of each critic."""
-    actor_lr: float = field(default=1e-3, metadata={"check": "> 0"})
-    """Adam learning rate of the actor."""
-    critic_lr: float = field(default=1e-3, metadata={"check": "> 0"})
-    """Adam learning rate of the critics."""
-    alpha_lr: float = field(default=3e-4, metadata={"check": "> 0"})
-    """Adam learning rate of log(alpha), the entropy temperature."""
-    gamma: float = field(default=0.99, metadata={"check": "in (0, 1]"})
-    """Discount factor."""
-    tau: float = field(default=0.005, metadata={"check": "in (0, 1]"})
-    """Polyak averaging rate of the target critics (1 = hard copy every update)."""
-    batch_size: int = field(default=256, metadata={"check": ">= 1"})
-    """Rows per update batch (sampled by ``system/``)."""
-    init_alpha: float = field(default=0.2, metadata={"check": "> 0"})
-    """Initial entropy temperature."""
-    target_entropy: float | None = None
-    """Entropy target of automatic temperature tuning; None means -action_dim."""
-    critic_layer_norm: bool = False
-    """LayerNorm after each hidden layer of the critics."""
-    num_critics: int = field(default=2, metadata={"check": ">= 2"})
-    """Number of critics E (one batched ensemble)."""
-    critic_subset: int = 2
-    """Critics M in each Bellman target's minimum, 1 <= M <= E. M = E: the minimum over all critics for the target and
-    the actor (clipped double Q). M < E: REDQ: a fresh random subset of M target critics per update, the actor on the
-    mean of all E critics."""
-    updates_per_step: float = field(default=10.0, metadata={"check": "> 0"})
-    """Policy updates per real env step (read by ``system/``)."""
-    real_ratio: float = field(default=0.5, metadata={"check": "in [0, 1]"})
-    """Fraction of each batch drawn from real rather than imagined transitions (read by ``system/``)."""
-    learning_starts: int = field(default=250, metadata={"check": ">= 0"})
-    """Real env steps before the first policy update (read by ``system/``)."""
-    publish_every: int = field(default=10, metadata={"check": ">= 1"})
-    """Policy updates between weight publications (read by ``system/``)."""
-    device: str = field(default="auto", metadata={"check": device_problem})
-    """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
-    precision: str = field(default="fp32", metadata={"check": precision_problem})
-    """Matmul precision of the update: 'fp32'; 'bf16' (``torch.autocast`` to bfloat16: matmuls and their gradients in
-    bf16, the losses, the action distribution, the optimizer and the weights in fp32); 'auto': bf16 on a CPU with
-    bf16 matrix units (Intel AMX), fp32 elsewhere (``learners._common.resolve_precision``). Default fp32: bf16
-    learned as well on InvertedPendulum's 5 seeds, but its kernels per operand shape grew the processes
-    (docs/benchmarks.md, "bf16 on AMX")."""
-    cuda_graphs: bool = True
-    """On CUDA, run each update as two CUDA graphs (its losses and gradients, then its optimizer steps and target
-    update), captured after a few eager updates and then replayed: the same kernels on the same values, launched
-    once per graph instead of one by one from Python (``learners/cuda_graphs.py``; 6.5x the eager update on an
-    H200, docs/benchmarks.md, "Device check").
-    Ignored off CUDA, and with REDQ subsets (``critic_subset`` < ``num_critics``: the subset's draw stays eager)."""
-    compile: bool = False
-    """On CUDA, compile the update's losses and gradients with ``torch.compile`` (inductor fuses their small
-    elementwise kernels) before the CUDA graphs capture them: 1.52x the graphed update's rate on an H200 (2,544
-    against 1,677 updates/s at the hopper preset's sizes, metrics equal to 1.2e-7 relative) measured alone, but only
-    about 5% in a run whose learners share the GPU with other processes, after some 30 s of compiling. Ignored off
-    CUDA, where it was slower (docs/benchmarks.md, "Device check")."""
-    prioritized: bool = False
-    """Prioritized replay (Schaul et al., 2016) on table ``real``: rows drawn with probability proportional to
-    ``priority ** priority_alpha``, the critic loss weighted by each row's importance weight, and each sampled
-    row's priority set to its |TD error| + ``priority_eps`` after the update. The table's sampler serves every
-    consumer of ``real``: the world-model learner and the imagination start states are then drawn by priority
-    too (without weights). Imagined rows stay uniform."""
-    priority_alpha: float = field(default=0.6, metadata={"check": ">= 0"})
-    """Priority exponent alpha: ``P(i) = p_i^alpha / sum_j p_j^alpha``; 0 samples uniformly."""
-    priority_beta: float = field(default=0.4, metadata={"check": "in [0, 1]"})
-    """Importance exponent beta in [0, 1]: row weights ``(N * P(i))^-beta``, normalised by the batch maximum; 1
-    corrects the sampling bias fully, 0 not at all."""
-    priority_eps: float = field(default=1e-6, metadata={"check": "> 0"})
-    """Added to |TD error| so that no row's priority is 0 (it would never be drawn again)."""
-    bc_init_updates: int = field(default=0, metadata={"check": ">= 0", "note": "0: none"})
-    """Offline mode (read by ``system/``): the policy's first updates are this many behaviour-cloning updates
-    (``SACLearner.bc_update``) on dataset rows, before any SAC update."""
-    anchor_weight: float = field(default=0.0, metadata={"check": ">= 0", "note": "0: none"})
-    """Trust region around a frozen anchor actor (``SACLearner.set_anchor``: offline mode anchors the cloned
-    policy): the actor loss adds ``anchor_weight * mean|Q| *`` the squared distance between its deterministic action
-    and the anchor's on the batch's states, in [-1, 1] action units (TD3+BC's scale-free weighting: 0.4 is its
-    alpha of 2.5). SAC's entropy bonus and a young critic otherwise pull a cloned policy away from the data in its
-    first updates."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
-        require(
-            1 <= self.critic_subset <= self.num_critics, "policy", "critic_subset", self.critic_subset,
-            f"1 <= critic_subset <= num_critics ({self.num_critics})",
-        )
 
 
 def _bound(value: Any, act_dim: int, name: str) -> np.ndarray:

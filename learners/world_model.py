@@ -18,7 +18,6 @@ T = O + 1 target dim (state delta and reward), Q calibration bins.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -27,12 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from learners._batch import check_columns, to_tensors
-from learners._common import (
-    autocast, device_problem, generator_state, load_generator_state, precision_problem, require, resolve_precision,
-    to_cpu,
-)
+from learners._common import autocast, generator_state, load_generator_state, resolve_precision, to_cpu
+from learners.config import WorldModelConfig
 from learners.networks import EnsembleLinear, EnsembleMLP, resolve_device, seeded_init
-from learners.termination import AUTO, TerminationFn, load_termination_fn, termination_fn_problem
+from learners.termination import AUTO, TerminationFn, load_termination_fn
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _FLOAT_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated")
@@ -44,68 +41,6 @@ INTERVAL_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 """Central interval probabilities 0.05, 0.10, ..., 0.95 whose coverage ``validate()`` measures (ECE over these)."""
 """Rows per block of ``WorldModel``'s forward: (K, 512, 200) float32 activations are 2 MB; on a 2-core EPYC VM with
 1 MB of L2 per core this gave 75% of the matmul peak at 4096 rows, against 58% for the whole batch at once."""
-
-
-@dataclass(frozen=True)
-class WorldModelConfig:
-    """Hyper-parameters of the dynamics ensemble (and the model-side schedule read by ``system/``).
-
-    Defaults: the settings measured best on InvertedPendulum-v5 (docs/benchmarks.md). ``metadata["check"]`` declares
-    each field's constraint; ``system.config`` checks it when a config is loaded."""
-
-    enabled: bool = True
-    """Train the model and imagine rollouts; False runs model-free SAC (read by ``system/``)."""
-    ensemble_size: int = field(default=7, metadata={"check": ">= 1"})
-    """Number of ensemble members E."""
-    num_elites: int = 5
-    """Members with the lowest validation MSE used for imagination, 1 <= num_elites <= ensemble_size."""
-    hidden_sizes: tuple[int, ...] = field(default=(200, 200, 200, 200), metadata={"check": ">= 1", "nonempty": True})
-    """Hidden layer widths of each member."""
-    lr: float = field(default=1e-3, metadata={"check": "> 0"})
-    """Adam learning rate."""
-    weight_decay: float = field(default=5e-5, metadata={"check": ">= 0"})
-    """L2 coefficient on the linear weights, added to the loss as weight_decay * sum(W^2) / 2."""
-    batch_size: int = field(default=256, metadata={"check": ">= 1"})
-    """Rows per update batch (sampled by ``system/``)."""
-    holdout_ratio: float = field(default=0.1, metadata={"check": "in [0, 1)"})
-    """Fraction of rows (by hash of episode_id, step) held out for validation and never trained on."""
-    validation_size: int = field(default=5000, metadata={"check": ">= 1"})
-    """Capacity of the FIFO buffer of holdout rows."""
-    validate_every: int = field(default=100, metadata={"check": ">= 1"})
-    """Updates between validations (member ranking and elite selection)."""
-    updates_per_step: float = field(default=2.0, metadata={"check": "> 0"})
-    """Model updates per real env step (read by ``system/``)."""
-    learning_starts: int = field(default=250, metadata={"check": ">= 0"})
-    """Real env steps before the first model update (read by ``system/``)."""
-    publish_every: int = field(default=100, metadata={"check": ">= 1"})
-    """Model updates between weight publications (read by ``system/``)."""
-    device: str = field(default="auto", metadata={"check": device_problem})
-    """Torch device of the learner: 'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:<i>'."""
-    precision: str = field(default="fp32", metadata={"check": precision_problem})
-    """Matmul precision of the training step: 'fp32'; 'bf16' (``torch.autocast`` to bfloat16: the network's matmuls and
-    their gradients in bf16, its outputs, the losses, the optimizer and the weights in fp32); 'auto': bf16 on a CPU
-    with bf16 matrix units (Intel AMX), fp32 elsewhere. Validation always runs in fp32. Default fp32: bf16 learned as
-    well on InvertedPendulum's 5 seeds, but its kernels per operand shape grew the processes (docs/benchmarks.md,
-    "bf16 on AMX")."""
-    termination_fn: str | None = field(default=AUTO, metadata={"check": termination_fn_problem})
-    """Known termination function used by imagination instead of the learned termination head: 'module:function'
-    taking numpy (obs, action, next_obs) -> bool (N,) (e.g. 'learners.termination:hopper'); 'auto': the one
-    ``learners.termination.KNOWN`` lists for the env (resolved by ``system/`` from ``env.id``), else the learned
-    head; None: the learned head. A ``WorldModel`` made directly with 'auto' has no env to go by: learned head."""
-    improvement_threshold: float = field(default=0.01, metadata={"check": "in [0, 1)"})
-    """Relative decrease of a member's holdout MSE that counts as an improvement (early-stopping signal)."""
-    early_stop_patience: int = field(default=0, metadata={"check": ">= 0", "note": "0: never pause"})
-    """Validations without improvement after which gradient steps pause until the holdout MSE gets worse
-    (new data); 0 never pauses (the signal ``val_since_improvement`` is reported either way)."""
-    calibration_bins: int = field(default=5, metadata={"check": ">= 1"})
-    """Q: disagreement quantile bins of the calibration table reported by ``validate()``."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
-        require(
-            1 <= self.num_elites <= self.ensemble_size, "world_model", "num_elites", self.num_elites,
-            f"1 <= num_elites <= ensemble_size={self.ensemble_size}",
-        )
 
 
 def holdout_mask(episode_id: np.ndarray, step: np.ndarray, holdout_ratio: float) -> np.ndarray:

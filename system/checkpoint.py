@@ -46,7 +46,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 
 from replay.files import fsync_path
 from system.run_dir import CheckpointError
@@ -133,6 +132,8 @@ def _write_files(tmp: Path, tensors: Mapping[str, Any], documents: Mapping[str, 
                  meta: Mapping[str, Any]) -> None:
     """Write a checkpoint's files into the new directory ``tmp`` (replacing one left by a crash), each fsynced,
     ``meta.json`` last, then the directory itself."""
+    import torch  # here, not at the top: the driver finds and checks checkpoints before it has loaded torch
+
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -200,6 +201,8 @@ class FoundCheckpoint:
         path = self.path / name
         if name not in self.meta["files"]:
             return None
+        import torch
+
         try:
             return torch.load(path, map_location=device, weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure to read is a corrupt file

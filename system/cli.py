@@ -23,10 +23,12 @@ processes left behind.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -137,6 +139,21 @@ def train(args: argparse.Namespace) -> int:
         signals.restore()
 
 
+def _preload(*modules: str) -> None:
+    """Import ``modules`` in a thread of their own while this one goes on (torch, the roles and the driver take about
+    3 s of one core, which Ray's start would otherwise wait for). An import that fails there fails again where the
+    module is imported for use, with its error. Not a daemon: the process ends after the imports, never in one."""
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except BaseException:  # noqa: BLE001 - raised again by the import that uses it
+                return
+
+    threading.Thread(target=load, name="dynaray-preload").start()
+
+
 def _train(args: argparse.Namespace, signals: _Signals) -> int:
     from actors.envs import EnvError, probe_env
     from system.checkpoint import DriverLock, RunLockedError, check_compatible, describe_meta, find_checkpoint
@@ -163,19 +180,16 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     except (ConfigError, EnvError, CheckpointError, ValueError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
 
-    import torch
+    _preload("torch", "system.driver", "system.wiring")  # while the run directory is made and Ray starts
+    from ray.exceptions import RayActorError
 
     from replay.handles import get
     from system.attach import remove_ray_file, write_ray_file
     from system.control import namespace
-    from ray.exceptions import RayActorError
-
-    from system.driver import Driver, RoleError, describe_error, progress_printer, run_progress
+    from system.liveness import RoleError, describe_error
     from system.placement import PlacementError, describe as describe_placement, wait_for_placement
     from system.runtime import ClusterVersionError, start_ray, stop_ray, watch_embedded_ray
-    from system.wiring import build_system, kill_system
 
-    torch.set_num_threads(config.run.torch_threads)
     if args.resume:
         run_dir = RunDir(args.resume)
     else:
@@ -193,9 +207,7 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     except (ValueError, CheckpointError) as exc:
         lock.release()
         return _fail(str(exc), EXIT_BAD_INPUT)
-    counter, budget = run_progress(config)  # offline: policy updates toward offline.total_updates
-    show = progress_printer(budget, counter=counter) if config.run.progress else None
-    system = None
+    show = system = None
     try:
         if found is not None:
             done = (f"{found.document('driver.json')['offline']['policy_updates']} policy updates"
@@ -207,6 +219,14 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
         signals.install()
         write_ray_file(run_dir.path, config.name)
         print(f"dynaray: run {config.name} on {where}; run directory {run_dir.path}", file=sys.stderr)
+        import torch
+
+        from system.driver import Driver, progress_printer, run_progress
+        from system.wiring import build_system, kill_system
+
+        torch.set_num_threads(config.run.torch_threads)
+        counter, budget = run_progress(config)  # offline: policy updates toward offline.total_updates
+        show = progress_printer(budget, counter=counter) if config.run.progress else None
         system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)),
                               gateway_tokens=gateway_tokens, run_path=str(run_dir.path.resolve()))
         placement = wait_for_placement(system, config.placement.timeout_s)
@@ -404,7 +424,7 @@ def scale(args: argparse.Namespace) -> int:
         if sizes[pool] < 0:
             return _fail(f"{item!r}: expected a count >= 0", EXIT_BAD_INPUT)
     from system.attach import AttachError, attach, locate
-    from system.driver import describe_error
+    from system.liveness import describe_error
 
     try:
         run, address = locate(args.runs_dir, args.run, args.address)

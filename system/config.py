@@ -29,12 +29,12 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from actors.envs import EnvConfig
-from actors.evaluator import EvalConfig
-from actors.gateway import GatewayConfig
-from actors.imagination import ImaginationConfig
-from actors.rollout import RolloutConfig
-from learners.sac import PolicyConfig
-from learners.world_model import WorldModelConfig
+from actors.config import EvalConfig
+from actors.config import GatewayConfig
+from actors.config import ImaginationConfig
+from actors.config import RolloutConfig
+from learners.config import PolicyConfig
+from learners.config import WorldModelConfig
 from replay.config import ReplayConfig
 from system.offline import OfflineConfig, offline_problem
 

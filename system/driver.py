@@ -24,7 +24,7 @@ from actors.rollout import RolloutReport
 from replay.handles import get, is_actor_failure, is_lost, wait
 from system.checkpoint import KEPT, DriverLock, FoundCheckpoint, describe_meta, keep_checkpoint, write_checkpoint
 from system.config import SystemConfig
-from system.liveness import RestartLedger, StallWatch, role_of
+from system.liveness import RestartLedger, RoleError, StallWatch, describe_error, role_of
 from system.loops import LearnerReport
 from system.metrics import DriverMetrics
 from system.placement import locate
@@ -54,10 +54,6 @@ CHECKPOINT_CALLS = ("checkpoint_learner", "checkpoint_marker")
 """Calls that gather a checkpoint; one that fails abandons that checkpoint (the previous one stays)."""
 
 
-class RoleError(RuntimeError):
-    """A role failed; the message names the role and the cause."""
-
-
 @dataclass
 class _Call:
     kind: str
@@ -84,18 +80,6 @@ class Summary:
     stopped_because: str
     policy_version: int
     run_dir: str
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line for an error raised in a role (Ray wraps it; unwrap to the original where possible)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}".splitlines()[0]
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error:" in line or "Exception:" in line:
-            return line
-    return lines[-1] if lines else type(exc).__name__
 
 
 class Driver:

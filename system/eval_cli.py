@@ -283,7 +283,8 @@ def _real_only(args: argparse.Namespace) -> int:
 
 
 def _in_model(args: argparse.Namespace) -> int:
-    from actors.model_evaluator import ModelEvalConfig, ModelEvaluator
+    from actors.config import ModelEvalConfig
+    from actors.model_evaluator import ModelEvaluator
 
     policies = load_policies(args.policies)
     model_config = _run_config(Path(args.in_model))

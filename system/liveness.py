@@ -127,3 +127,19 @@ class StallWatch:
     def stalled(self, now: float) -> list[str]:
         """Names without progress for more than ``timeout_s``, sorted."""
         return sorted(name for name, since in self._since.items() if now - since > self.timeout_s)
+
+
+class RoleError(RuntimeError):
+    """A role failed; the message names the role and the cause."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an error raised in a role (Ray wraps it; unwrap to the original where possible)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error:" in line or "Exception:" in line:
+            return line
+    return lines[-1] if lines else type(exc).__name__

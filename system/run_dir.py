@@ -25,7 +25,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 import yaml
 
 from system.config import SystemConfig, config_from_dict, to_dict
@@ -118,6 +117,8 @@ class RunDir:
     # checkpoint -----------------------------------------------------------------------------------------------
     def save_checkpoint(self, states: dict[str, Any], meta: dict[str, Any]) -> None:
         """Write each state dict with torch.save (loadable with weights_only=True) and the meta as JSON."""
+        import torch  # here, not at the top: the driver reads run directories before it has loaded torch
+
         self.checkpoint.mkdir(parents=True, exist_ok=True)
         for name, state in states.items():
             tmp = self.checkpoint / f".{name}.pt.tmp"
@@ -133,6 +134,8 @@ class RunDir:
         if not path.is_file():
             raise CheckpointError(f"checkpoint in {str(self.path)!r} has no {path.name}")
         try:
+            import torch
+
             return torch.load(path, map_location=device, weights_only=True)
         except Exception as exc:
             raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt or not a dynaray checkpoint "

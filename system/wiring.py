@@ -21,7 +21,7 @@ from actors.envs import EnvSpec
 from actors.evaluator import Evaluator
 from actors.gateway import IngestGateway
 from actors.imagination import ImaginationWorker
-from actors.model_evaluator import ModelEvalConfig
+from actors.config import ModelEvalConfig
 from actors.rollout import RolloutWorker
 from learners.sac import Policy, SACLearner
 from learners.termination import resolve_termination_fn

@@ -120,8 +120,10 @@ def run(args: argparse.Namespace) -> int:
     """``dynaray bench components``: time every component, print the table, optionally write JSON."""
     import torch
 
-    from learners.sac import Policy, PolicyConfig, SACLearner
-    from learners.world_model import WorldModel, WorldModelConfig, WorldModelLearner
+    from learners.config import PolicyConfig
+    from learners.sac import Policy, SACLearner
+    from learners.config import WorldModelConfig
+    from learners.world_model import WorldModel, WorldModelLearner
     from replay.schema import transition_columns
     from replay.shard import ReplayShard
     from replay.table import TableConfig

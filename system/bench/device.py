@@ -137,7 +137,8 @@ def _measure(name: str, unit: str, per_call: int, seconds: float, call: Callable
 
 
 def _sac(sizes: dict, seconds: float, name: str = "sac", **overrides: Any) -> Rate:
-    from learners.sac import PolicyConfig, SACLearner
+    from learners.config import PolicyConfig
+    from learners.sac import SACLearner
 
     config = PolicyConfig(**{"hidden_sizes": sizes["policy_hidden"], "batch_size": sizes["policy_batch"],
                              "precision": "auto", **overrides})
@@ -160,7 +161,8 @@ def _sac(sizes: dict, seconds: float, name: str = "sac", **overrides: Any) -> Ra
 
 
 def _world_model(sizes: dict, seconds: float) -> Rate:
-    from learners.world_model import WorldModelConfig, WorldModelLearner
+    from learners.config import WorldModelConfig
+    from learners.world_model import WorldModelLearner
 
     config = WorldModelConfig(ensemble_size=sizes["model_members"], num_elites=sizes["model_elites"],
                               hidden_sizes=sizes["model_hidden"], batch_size=sizes["model_batch"], precision="auto")
@@ -185,7 +187,8 @@ def _imagination(sizes: dict, seconds: float) -> Rate:
     from learners._common import resolve_precision
     from learners.networks import resolve_device
     from learners.sac import Policy
-    from learners.world_model import WorldModel, WorldModelConfig
+    from learners.config import WorldModelConfig
+    from learners.world_model import WorldModel
 
     device = resolve_device("auto")
     dtype = resolve_precision("auto", device)

@@ -135,7 +135,8 @@ class Throughput:
 def bench_uploads(clients: int, seconds: float, rows: int) -> Throughput:
     """Upload throughput of one in-process gateway with ``clients`` robot threads in another process."""
     from actors.envs import EnvSpec
-    from actors.gateway import GatewayConfig, IngestGateway
+    from actors.config import GatewayConfig
+    from actors.gateway import IngestGateway
     from actors.gateway_tokens import Token
     from learners.sac import Policy
     from replay.client import ReplayClient

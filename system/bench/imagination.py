@@ -203,7 +203,8 @@ def _models(obs_dim: int, act_dim: int, args: argparse.Namespace) -> tuple[Any, 
     import numpy as np
 
     from learners.sac import Policy
-    from learners.world_model import WorldModel, WorldModelConfig
+    from learners.config import WorldModelConfig
+    from learners.world_model import WorldModel
 
     config = WorldModelConfig(ensemble_size=args.ensemble, num_elites=args.elites, hidden_sizes=tuple(args.hidden),
                               device="cpu")

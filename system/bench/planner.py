@@ -158,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     import torch
 
-    from actors.planner import Planner, PlannerConfig
+    from actors.config import PlannerConfig
+    from actors.planner import Planner
     from learners.sac import Policy
     from learners.world_model import WorldModel, WorldModelLearner
 

@@ -120,7 +120,8 @@ def _pool(obs_dim: int, act_dim: int, rows: int, seed: int = 0) -> dict[str, np.
 
 def ours(obs_dim: int, act_dim: int, variant: str, seed: int = 0) -> Callable[[int], None]:
     """A function running ``n`` of our updates (each on a fresh batch sampled from a random pool)."""
-    from learners.sac import PolicyConfig, SACLearner
+    from learners.config import PolicyConfig
+    from learners.sac import SACLearner
 
     config = PolicyConfig(hidden_sizes=HIDDEN, batch_size=BATCH, device="cpu", **VARIANTS[variant])
     learner = SACLearner(obs_dim, act_dim, -1.0, 1.0, config, seed=seed)

@@ -80,8 +80,10 @@ def steps_to_target(args: argparse.Namespace, seed: int, evals: list[tuple[int, 
 
     from actors.imagination import rollout
     from learners._common import resolve_precision
-    from learners.sac import Policy, PolicyConfig, SACLearner
-    from learners.world_model import WorldModel, WorldModelConfig, WorldModelLearner
+    from learners.config import PolicyConfig
+    from learners.sac import Policy, SACLearner
+    from learners.config import WorldModelConfig
+    from learners.world_model import WorldModel, WorldModelLearner
 
     env, eval_env = gym.make(args.env), gym.make(args.env)
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -233,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import yaml
 
-    from learners.sac import PolicyConfig
+    from learners.config import PolicyConfig
 
     try:
         args.overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}

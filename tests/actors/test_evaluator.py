@@ -43,9 +43,10 @@ class StubWeights:
 def test_in_model_evaluations_estimate_from_the_envs_own_start_states():
     import torch
 
-    from actors.model_evaluator import ModelEvalConfig
+    from actors.config import ModelEvalConfig
     from learners.sac import Policy
-    from learners.world_model import WorldModel, WorldModelConfig
+    from learners.config import WorldModelConfig
+    from learners.world_model import WorldModel
 
     env = EnvConfig("InvertedPendulum-v5", max_episode_steps=30)
     model_config = WorldModelConfig(ensemble_size=3, num_elites=2, hidden_sizes=(16,),
@@ -74,7 +75,7 @@ def test_in_model_evaluations_estimate_from_the_envs_own_start_states():
 
 
 def test_real_episodes_run_at_every_real_every_th_evaluation_and_the_last():
-    from actors.evaluator import EvalConfig
+    from actors.config import EvalConfig
 
     config = EvalConfig(episodes=5, in_model=True, real_every=3)
     assert [config.real_episodes(i) for i in range(7)] == [5, 0, 0, 5, 0, 0, 5]

@@ -28,10 +28,12 @@ from replay.writers import episode_id, writer_index, writer_role
 import torch
 
 from actors.envs import EnvSpec
-from actors.gateway import ARROW_STREAM_TYPE, TOKEN_ENV, GatewayConfig, IngestGateway, export_torchscript
+from actors.config import GatewayConfig
+from actors.gateway import ARROW_STREAM_TYPE, TOKEN_ENV, IngestGateway, export_torchscript
 from actors.gateway_tokens import SCOPES, Token, TokenError, env_token, new_token
 from actors.gateway_client import GatewayError, episode_to_arrow, fetch_policy, fetch_spec, load_policy, send_episode
-from learners.sac import Policy, PolicyConfig, SACLearner
+from learners.config import PolicyConfig
+from learners.sac import Policy, SACLearner
 from replay.client import ReplayClient
 from replay.config import ReplayConfig
 from replay.handles import LocalHandle

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.gateway import ARROW_STREAM_TYPE, GatewayConfig, IngestGateway
+from actors.config import GatewayConfig
+from actors.gateway import ARROW_STREAM_TYPE, IngestGateway
 from actors.gateway_client import (
     GatewayError, episode_to_arrow, fetch_policy, fetch_policy_bytes, fetch_spec, load_token, send_episode,
 )

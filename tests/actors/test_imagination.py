@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from actors.imagination import ImaginationConfig, ImaginationWorker, bucket_rows, rollout
+from actors.config import ImaginationConfig
+from actors.imagination import ImaginationWorker, bucket_rows, rollout
 from learners import WorldModel, WorldModelConfig
 from system.config import ConfigError, load_config
 from tests.conftest import RecordingReplay, StaticWeights

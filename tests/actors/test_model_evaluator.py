@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from actors.model_evaluator import ModelEvalConfig, ModelEvaluator
+from actors.config import ModelEvalConfig
+from actors.model_evaluator import ModelEvaluator
 from learners.sac import Policy
-from learners.world_model import ModelStep, WorldModel, WorldModelConfig
+from learners.config import WorldModelConfig
+from learners.world_model import ModelStep, WorldModel
 
 
 class LineModel:

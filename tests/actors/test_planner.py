@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from actors.envs import EnvConfig
-from actors.planner import Planner, PlannerConfig, best_first_actions, score_sequences
-from actors.rollout import RANDOM_POLICY_VERSION, RolloutConfig, RolloutWorker
+from actors.config import PlannerConfig
+from actors.planner import Planner, best_first_actions, score_sequences
+from actors.config import RolloutConfig
+from actors.rollout import RANDOM_POLICY_VERSION, RolloutWorker
 from learners import WorldModel, WorldModelConfig
 from learners.sac import Policy
 from system.config import ConfigError, load_config

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from actors.envs import EnvConfig
-from actors.rollout import RANDOM_POLICY_VERSION, ChunkBuilder, RolloutConfig, RolloutWorker
+from actors.config import RolloutConfig
+from actors.rollout import RANDOM_POLICY_VERSION, ChunkBuilder, RolloutWorker
 from system.config import ConfigError, load_config
 from tests.conftest import StaticWeights
 

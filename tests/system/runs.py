@@ -107,6 +107,20 @@ def run_processes(marker: str, process_title: str) -> list[int]:
     return found
 
 
+def ray_pids(marker: str) -> set[int]:
+    """Raylets and GCS servers whose environment holds ``marker`` (those of the run the test started, not Ray
+    processes of other runs on this machine)."""
+    out = subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True, text=True).stdout
+    found = set()
+    for pid in out.split():
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.add(int(pid))
+        except OSError:
+            continue
+    return found
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (its files, a shard's replay lock included, still open)."""
     try:

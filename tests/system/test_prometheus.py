@@ -26,11 +26,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.system.runs import ray_pids
+
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "dynaray.json"
 DISCOVERY_FILE = "prom_metrics_service_discovery.json"
 RUN = "prom"
+NO_END = 10**7
+"""The run's env-step budget: more than it reaches, so that it goes on until the test stops it with Ctrl-C."""
 
 pytestmark = [
     pytest.mark.ray,
@@ -193,7 +197,7 @@ def monitored_run():
            "RAY_metrics_report_interval_ms": "2000"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "system.cli", "train", "debug", f"name={RUN}", f"run.runs_dir={runs}",
-         "run.progress=false", "run.total_env_steps=1000", "ray.include_dashboard=true", "gateway.enabled=true",
+         "run.progress=false", f"run.total_env_steps={NO_END}", "ray.include_dashboard=true", "gateway.enabled=true",
          "ray.num_cpus=8"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
     )
@@ -266,4 +270,12 @@ def test_every_role_on_prometheus_and_every_dashboard_query_evaluates(monitored_
     assert not errors, "\n".join(errors)
     assert evaluated >= 50 and with_data >= evaluated // 2, (evaluated, with_data)
 
-    assert proc.wait(timeout=600) == 0, lines.text()[-3000:]
+    # Ctrl-C: every role stops and no Ray process of the run is left (started the usual way; one started with
+    # SIGINT ignored: tests/system/test_train_e2e.py)
+    assert proc.poll() is None, lines.text()[-3000:]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130, lines.text()[-3000:]
+    out = lines.text()  # (the reader's end: the process has ended)
+    assert "interrupted; stopping every role" in out and "Traceback" not in out, out[-3000:]
+    time.sleep(1)
+    assert not ray_pids(f"DYNARAY_TEST_RUN={run_dir.parent.parent}"), "Ray processes left behind after Ctrl-C"
