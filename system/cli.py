@@ -23,7 +23,6 @@ processes left behind.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import signal
@@ -139,21 +138,6 @@ def train(args: argparse.Namespace) -> int:
         signals.restore()
 
 
-def _preload(*modules: str) -> None:
-    """Import ``modules`` in a thread of their own while this one goes on (torch, the roles and the driver take about
-    3 s of one core, which Ray's start would otherwise wait for). An import that fails there fails again where the
-    module is imported for use, with its error. Not a daemon: the process ends after the imports, never in one."""
-
-    def load() -> None:
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except BaseException:  # noqa: BLE001 - raised again by the import that uses it
-                return
-
-    threading.Thread(target=load, name="dynaray-preload").start()
-
-
 def _train(args: argparse.Namespace, signals: _Signals) -> int:
     from actors.envs import EnvError, probe_env
     from system.checkpoint import DriverLock, RunLockedError, check_compatible, describe_meta, find_checkpoint
@@ -180,7 +164,7 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     except (ConfigError, EnvError, CheckpointError, ValueError) as exc:
         return _fail(str(exc), EXIT_BAD_INPUT)
 
-    _preload("torch", "system.driver", "system.wiring")  # while the run directory is made and Ray starts
+    import torch
     from ray.exceptions import RayActorError
 
     from replay.handles import get
@@ -189,7 +173,11 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     from system.liveness import RoleError, describe_error
     from system.placement import PlacementError, describe as describe_placement, wait_for_placement
     from system.runtime import ClusterVersionError, start_ray, stop_ray, watch_embedded_ray
+    from system.wiring import build_system, kill_system
 
+    from system.driver import Driver, progress_printer, run_progress
+
+    torch.set_num_threads(config.run.torch_threads)
     if args.resume:
         run_dir = RunDir(args.resume)
     else:
@@ -219,12 +207,6 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
         signals.install()
         write_ray_file(run_dir.path, config.name)
         print(f"dynaray: run {config.name} on {where}; run directory {run_dir.path}", file=sys.stderr)
-        import torch
-
-        from system.driver import Driver, progress_printer, run_progress
-        from system.wiring import build_system, kill_system
-
-        torch.set_num_threads(config.run.torch_threads)
         counter, budget = run_progress(config)  # offline: policy updates toward offline.total_updates
         show = progress_printer(budget, counter=counter) if config.run.progress else None
         system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)),

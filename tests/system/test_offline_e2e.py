@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from system.checkpoint import find_checkpoint, kept_checkpoints
-from tests.system.runs import stored_rows
-from tests.system.test_train_e2e import marked_env, ray_pids
+from tests.system.runs import ray_pids, stored_rows
+from tests.system.test_train_e2e import marked_env
 
 pytestmark = pytest.mark.ray
 
