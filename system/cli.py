@@ -86,6 +86,29 @@ class _Signals:
               f"stops at once)", file=sys.stderr)
         self.driver.interrupt(f"interrupted by {name}")
 
+    def stop_with_parent(self) -> None:
+        """With ``$DYNARAY_STOP_WITH_PARENT`` set to this process's parent's id (a bench sets it for each of its
+        runs, system/bench/harness.py): when that parent dies, SIGKILL included, this process gets one SIGTERM,
+        as from the parent, unless a signal has come already (one from the parent before it died: a second would
+        stop the run without its checkpoint). A parent-death signal (``prctl``) cannot be used: the kernel sends it
+        when the thread that started the process exits, which can happen more than once in a threaded parent."""
+        expected = os.environ.pop(STOP_WITH_PARENT_ENV, "")
+        if not expected.isdigit() or int(expected) != os.getppid():  # inherited by a process the run started
+            return
+
+        def watch() -> None:
+            while os.getppid() == int(expected):
+                time.sleep(PARENT_POLL_S)
+            if self.received is None:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="dynaray-parent-watch", daemon=True).start()
+
+
+STOP_WITH_PARENT_ENV = "DYNARAY_STOP_WITH_PARENT"
+PARENT_POLL_S = 0.5
+"""How often ``dynaray train`` checks that the process named by ``$DYNARAY_STOP_WITH_PARENT`` is still its parent."""
+
 
 RESUME_OVERRIDES = ("run.total_env_steps", "run.target_return", "run.report_interval_s", "run.progress",
                     "run.metrics", "run.checkpoint_every_s", "run.keep_checkpoints", "run.startup_timeout_s",
@@ -129,6 +152,7 @@ def train(args: argparse.Namespace) -> int:
     # (a background job of a shell without job control inherits SIG_IGN, and Python then keeps it).
     signals = _Signals()
     signals.install()
+    signals.stop_with_parent()
     try:
         return _train(args, signals)
     except KeyboardInterrupt:  # ours, or Ray's own for a signal that came while it waited

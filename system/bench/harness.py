@@ -25,6 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from system.cli import STOP_WITH_PARENT_ENV
+
 EXIT_BAD_INPUT = 2
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -332,7 +334,9 @@ class BenchStopped(Exception):
 class _Children:
     """The processes of the bench's runs now going, each in a session of its own, so that a signal to the bench's
     process group (a shell's Ctrl-C, ``timeout``) reaches them once, from :func:`run_all`, and not twice (a second
-    SIGINT or SIGTERM makes ``dynaray train`` stop without its checkpoint)."""
+    SIGINT or SIGTERM makes ``dynaray train`` stop without its checkpoint). Each knows the bench's process id
+    (``$DYNARAY_STOP_WITH_PARENT``): a ``dynaray train`` run stops as on SIGTERM when the bench dies without having
+    stopped it (SIGKILL)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -345,8 +349,9 @@ class _Children:
         with self._lock:
             if self.stopping:
                 raise BenchStopped(f"not started: the bench was stopped by {signal.Signals(self.stopping).name}")
+            env = {**os.environ, STOP_WITH_PARENT_ENV: str(os.getpid())}
             child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, env=env)
             self._live.add(child)
         try:
             out, err = child.communicate()

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -134,3 +135,55 @@ def test_items_may_come_after_options():
     assert parse(["scale", "--run", "r", "rollout=3"]).items == ["rollout=3"]
     with pytest.raises(SystemExit):
         parse(["train", "debug", "--init", "x", "--no-such-flag"])
+
+
+WATCHED_RUN = """
+import signal, sys, time
+from system.cli import _Signals
+
+class Driver:  # what a signal asks of the driver
+    def interrupt(self, why):
+        print(why, flush=True)
+
+signals = _Signals()
+signals.install()
+signals.driver = Driver()
+if sys.argv[1] == "signalled":  # the parent's own SIGTERM came before it died
+    signals.received = signal.SIGTERM
+signals.stop_with_parent()
+print("watching", flush=True)
+time.sleep(3)
+print("end", flush=True)
+"""
+BENCH = """
+import os, subprocess, sys, time
+watched = {"own": str(os.getpid()), "signalled": str(os.getpid()), "inherited": "1"}[sys.argv[1]]
+child = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[1]], stdout=open(sys.argv[3], "w"),
+                         stderr=subprocess.DEVNULL, env={**os.environ, "DYNARAY_STOP_WITH_PARENT": watched})
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("case, lines", [("own", ["watching", "interrupted by SIGTERM", "end"]),
+                                         ("signalled", ["watching", "end"]), ("inherited", ["watching", "end"])])
+def test_a_run_whose_bench_is_killed_stops_as_on_one_sigterm(tmp_path, case, lines):
+    """``$DYNARAY_STOP_WITH_PARENT`` (set by a bench for its runs): when the bench is SIGKILLed, the run gets one
+    SIGTERM, none when a signal came already (a second would stop it without its checkpoint), none when the
+    variable names another process than its parent (inherited from further up)."""
+    from tests.system.runs import alive
+
+    out = tmp_path / "out.txt"
+    bench = subprocess.Popen([sys.executable, "-c", BENCH, case, WATCHED_RUN, str(out)], stdout=subprocess.PIPE,
+                             text=True)
+    run = int(bench.stdout.readline())
+    deadline = time.monotonic() + 60
+    while "watching" not in (out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline and alive(run), "the run never started watching"
+        time.sleep(0.05)
+    bench.kill()
+    bench.wait()
+    while alive(run):
+        assert time.monotonic() < deadline, "the run did not end"
+        time.sleep(0.05)
+    assert out.read_text().split("\n")[:-1] == lines
