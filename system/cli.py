@@ -26,6 +26,7 @@ import argparse
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -90,7 +91,8 @@ class _Signals:
         """With ``$DYNARAY_STOP_WITH_PARENT`` set to this process's parent's id (a bench sets it for each of its
         runs, system/bench/harness.py): when that parent dies, SIGKILL included, this process gets one SIGTERM,
         as from the parent, unless a signal has come already (one from the parent before it died: a second would
-        stop the run without its checkpoint). A parent-death signal (``prctl``) cannot be used: the kernel sends it
+        stop the run without its checkpoint); its stdout and stderr, where they were pipes to the parent, go to
+        /dev/null from then on. A parent-death signal (``prctl``) cannot be used: the kernel sends it
         when the thread that started the process exits, which can happen more than once in a threaded parent."""
         expected = os.environ.pop(STOP_WITH_PARENT_ENV, "")
         if not expected.isdigit() or int(expected) != os.getppid():  # inherited by a process the run started
@@ -99,6 +101,9 @@ class _Signals:
         def watch() -> None:
             while os.getppid() == int(expected):
                 time.sleep(PARENT_POLL_S)
+            for fd in (1, 2):  # pipes the parent read: what is written to them now would fail (BrokenPipeError)
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
             if self.received is None:
                 os.kill(os.getpid(), signal.SIGTERM)
 

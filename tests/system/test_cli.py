@@ -141,9 +141,12 @@ WATCHED_RUN = """
 import signal, sys, time
 from system.cli import _Signals
 
+record = open(sys.argv[2], "w", buffering=1)
+
 class Driver:  # what a signal asks of the driver
     def interrupt(self, why):
-        print(why, flush=True)
+        record.write(why + "\\n")
+        print(why, flush=True)  # to the dead bench's pipe
 
 signals = _Signals()
 signals.install()
@@ -151,15 +154,17 @@ signals.driver = Driver()
 if sys.argv[1] == "signalled":  # the parent's own SIGTERM came before it died
     signals.received = signal.SIGTERM
 signals.stop_with_parent()
-print("watching", flush=True)
+record.write("watching\\n")
 time.sleep(3)
-print("end", flush=True)
+if sys.argv[1] != "inherited":  # (not watched: nothing keeps its pipes from failing)
+    print("still here", flush=True)
+record.write("end\\n")
 """
 BENCH = """
 import os, subprocess, sys, time
 watched = {"own": str(os.getpid()), "signalled": str(os.getpid()), "inherited": "1"}[sys.argv[1]]
-child = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[1]], stdout=open(sys.argv[3], "w"),
-                         stderr=subprocess.DEVNULL, env={**os.environ, "DYNARAY_STOP_WITH_PARENT": watched})
+child = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[1], sys.argv[3]], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**os.environ, "DYNARAY_STOP_WITH_PARENT": watched})
 print(child.pid, flush=True)
 time.sleep(60)
 """
@@ -170,7 +175,8 @@ time.sleep(60)
 def test_a_run_whose_bench_is_killed_stops_as_on_one_sigterm(tmp_path, case, lines):
     """``$DYNARAY_STOP_WITH_PARENT`` (set by a bench for its runs): when the bench is SIGKILLed, the run gets one
     SIGTERM, none when a signal came already (a second would stop it without its checkpoint), none when the
-    variable names another process than its parent (inherited from further up)."""
+    variable names another process than its parent (inherited from further up). What the run writes to its stdout
+    and stderr, pipes to the dead bench, raises no BrokenPipeError."""
     from tests.system.runs import alive
 
     out = tmp_path / "out.txt"
