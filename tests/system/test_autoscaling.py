@@ -92,7 +92,7 @@ def autoscaling_config(temp_dir: str) -> dict:
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def autoscaling_cluster():
     temp_dir = tempfile.mkdtemp(prefix="dras", dir="/tmp")  # short: Ray's socket paths live below it
     from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
