@@ -1,10 +1,10 @@
 """The actors' settings: one frozen dataclass per role (rollout and its planner, imagination, evaluation in the env
 and in the model, the ingest gateway).
 
-Light on purpose (no torch, no aiohttp): ``system.config`` composes these into the run's config, and every command
-that only reads a config (``dynaray status``, ``dynaray scale``, the driver before it starts Ray) imports them
-without the roles. ``metadata["check"]`` declares a field's constraint (checked by ``system.config``); cross-field
-rules are in ``__post_init__``.
+Light on purpose (no torch, no aiohttp): ``system.config`` composes these into the run's config, and a command that
+only reads a config (``dynaray status``, ``dynaray scale``, ``dynaray train`` up to its checks of the input) imports
+them without the roles. ``metadata["check"]`` declares a field's constraint (checked by ``system.config``);
+cross-field rules are in ``__post_init__``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The learners' settings: one frozen dataclass per learner and the checks their fields declare.
 
-Light on purpose (no torch): ``system.config`` composes these into the run's config, and every command that only reads
-a config (``dynaray status``, ``dynaray scale``, the driver before it starts Ray) imports them without the learners.
+Light on purpose (no torch): ``system.config`` composes these into the run's config, and a command that only reads a
+config (``dynaray status``, ``dynaray scale``, ``dynaray train`` up to its checks of the input) imports them without
+the learners.
 ``metadata["check"]`` declares a field's constraint (checked by ``system.config``); cross-field rules are in
 ``__post_init__``.
 """

@@ -92,8 +92,8 @@ class _Signals:
         runs, system/bench/harness.py): when that parent dies, SIGKILL included, this process gets one SIGTERM,
         as from the parent, unless a signal has come already (one from the parent before it died: a second would
         stop the run without its checkpoint); its stdout and stderr, where they were pipes to the parent, go to
-        /dev/null from then on. A parent-death signal (``prctl``) cannot be used: the kernel sends it
-        when the thread that started the process exits, which can happen more than once in a threaded parent."""
+        /dev/null from then on. (Not a parent-death signal, ``prctl``: the kernel sends it when the thread that
+        started the process exits, which can happen more than once in a threaded parent.)"""
         expected = os.environ.pop(STOP_WITH_PARENT_ENV, "")
         if not expected.isdigit() or int(expected) != os.getppid():  # inherited by a process the run started
             return
@@ -111,6 +111,7 @@ class _Signals:
 
 
 STOP_WITH_PARENT_ENV = "DYNARAY_STOP_WITH_PARENT"
+"""Names the process whose death stops ``dynaray train`` as one SIGTERM would (:meth:`_Signals.stop_with_parent`)."""
 PARENT_POLL_S = 0.5
 """How often ``dynaray train`` checks that the process named by ``$DYNARAY_STOP_WITH_PARENT`` is still its parent."""
 
@@ -201,10 +202,9 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     from system.control import namespace
     from system.liveness import RoleError, describe_error
     from system.placement import PlacementError, describe as describe_placement, wait_for_placement
+    from system.driver import Driver, progress_printer, run_progress
     from system.runtime import ClusterVersionError, start_ray, stop_ray, watch_embedded_ray
     from system.wiring import build_system, kill_system
-
-    from system.driver import Driver, progress_printer, run_progress
 
     torch.set_num_threads(config.run.torch_threads)
     if args.resume:
@@ -224,7 +224,9 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
     except (ValueError, CheckpointError) as exc:
         lock.release()
         return _fail(str(exc), EXIT_BAD_INPUT)
-    show = system = None
+    counter, budget = run_progress(config)  # offline: policy updates toward offline.total_updates
+    show = progress_printer(budget, counter=counter) if config.run.progress else None
+    system = None
     try:
         if found is not None:
             done = (f"{found.document('driver.json')['offline']['policy_updates']} policy updates"
@@ -236,8 +238,6 @@ def _train(args: argparse.Namespace, signals: _Signals) -> int:
         signals.install()
         write_ray_file(run_dir.path, config.name)
         print(f"dynaray: run {config.name} on {where}; run directory {run_dir.path}", file=sys.stderr)
-        counter, budget = run_progress(config)  # offline: policy updates toward offline.total_updates
-        show = progress_printer(budget, counter=counter) if config.run.progress else None
         system = build_system(config, spec, replay_dir=str(run_dir.replay_directory(config)),
                               gateway_tokens=gateway_tokens, run_path=str(run_dir.path.resolve()))
         placement = wait_for_placement(system, config.placement.timeout_s)
