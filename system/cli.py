@@ -101,9 +101,11 @@ class _Signals:
         def watch() -> None:
             while os.getppid() == int(expected):
                 time.sleep(PARENT_POLL_S)
+            devnull = os.open(os.devnull, os.O_WRONLY)
             for fd in (1, 2):  # pipes the parent read: what is written to them now would fail (BrokenPipeError)
                 if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+                    os.dup2(devnull, fd)
+            os.close(devnull)
             if self.received is None:
                 os.kill(os.getpid(), signal.SIGTERM)
 

@@ -28,13 +28,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from actors.config import EvalConfig, GatewayConfig, ImaginationConfig, RolloutConfig
 from actors.envs import EnvConfig
-from actors.config import EvalConfig
-from actors.config import GatewayConfig
-from actors.config import ImaginationConfig
-from actors.config import RolloutConfig
-from learners.config import PolicyConfig
-from learners.config import WorldModelConfig
+from learners.config import PolicyConfig, WorldModelConfig
 from replay.config import ReplayConfig
 from system.offline import OfflineConfig, offline_problem
 

@@ -120,9 +120,8 @@ def run(args: argparse.Namespace) -> int:
     """``dynaray bench components``: time every component, print the table, optionally write JSON."""
     import torch
 
-    from learners.config import PolicyConfig
+    from learners.config import PolicyConfig, WorldModelConfig
     from learners.sac import Policy, SACLearner
-    from learners.config import WorldModelConfig
     from learners.world_model import WorldModel, WorldModelLearner
     from replay.schema import transition_columns
     from replay.shard import ReplayShard

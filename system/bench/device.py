@@ -185,9 +185,9 @@ def _imagination(sizes: dict, seconds: float) -> Rate:
 
     from actors.imagination import rollout
     from learners._common import resolve_precision
+    from learners.config import WorldModelConfig
     from learners.networks import resolve_device
     from learners.sac import Policy
-    from learners.config import WorldModelConfig
     from learners.world_model import WorldModel
 
     device = resolve_device("auto")

@@ -80,9 +80,8 @@ def steps_to_target(args: argparse.Namespace, seed: int, evals: list[tuple[int, 
 
     from actors.imagination import rollout
     from learners._common import resolve_precision
-    from learners.config import PolicyConfig
+    from learners.config import PolicyConfig, WorldModelConfig
     from learners.sac import Policy, SACLearner
-    from learners.config import WorldModelConfig
     from learners.world_model import WorldModel, WorldModelLearner
 
     env, eval_env = gym.make(args.env), gym.make(args.env)

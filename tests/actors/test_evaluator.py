@@ -44,8 +44,8 @@ def test_in_model_evaluations_estimate_from_the_envs_own_start_states():
     import torch
 
     from actors.config import ModelEvalConfig
-    from learners.sac import Policy
     from learners.config import WorldModelConfig
+    from learners.sac import Policy
     from learners.world_model import WorldModel
 
     env = EnvConfig("InvertedPendulum-v5", max_episode_steps=30)

@@ -27,8 +27,8 @@ import pytest
 from replay.writers import episode_id, writer_index, writer_role
 import torch
 
-from actors.envs import EnvSpec
 from actors.config import GatewayConfig
+from actors.envs import EnvSpec
 from actors.gateway import ARROW_STREAM_TYPE, TOKEN_ENV, IngestGateway, export_torchscript
 from actors.gateway_tokens import SCOPES, Token, TokenError, env_token, new_token
 from actors.gateway_client import GatewayError, episode_to_arrow, fetch_policy, fetch_spec, load_policy, send_episode

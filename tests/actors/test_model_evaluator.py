@@ -10,8 +10,8 @@ import torch
 
 from actors.config import ModelEvalConfig
 from actors.model_evaluator import ModelEvaluator
-from learners.sac import Policy
 from learners.config import WorldModelConfig
+from learners.sac import Policy
 from learners.world_model import ModelStep, WorldModel
 
 

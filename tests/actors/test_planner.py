@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from actors.config import PlannerConfig, RolloutConfig
 from actors.envs import EnvConfig
-from actors.config import PlannerConfig
 from actors.planner import Planner, best_first_actions, score_sequences
-from actors.config import RolloutConfig
 from actors.rollout import RANDOM_POLICY_VERSION, RolloutWorker
 from learners import WorldModel, WorldModelConfig
 from learners.sac import Policy
