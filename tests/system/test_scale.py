@@ -2,7 +2,8 @@
 rollout workers 1 -> 4 -> 1 while the learners run (one more than the cluster can place: `scale` answers at once
 with what is missing, the run goes on with the workers it has, and the one never made is reported as stalled), an
 external agent that downloads the policy and sends an episode through the ingest gateway, and SIGTERM at the end:
-every env step counted is a stored row, and the learners kept their ratio to the rows through it all.
+exit 143 with a checkpoint, every env step counted is a stored row, and the learners kept their ratio to the rows
+through it all.
 
 One run for all of it (each run starts Ray and nine roles, about half a minute on 2 cores). Runs only inside a
 loopback-only network namespace (tests/run.sh sets DYNARAY_NETNS=1 there).
@@ -119,6 +120,16 @@ def test_status_scale_within_and_beyond_the_cluster_and_a_gateway_episode_while_
         run.proc.send_signal(signal.SIGTERM)
         run.wait(timeout=600)
     assert run.returncode == 143 and "Traceback" not in run.log(), run.tail()
+    # SIGTERM's end: a checkpoint and every file a finished run writes, the driver's spill and lock gone
+    run_dir = tmp_path / "scaled"
+    for name in ("checkpoint/meta.json", "checkpoint/policy.pt", "checkpoint/world_model.pt", "checkpoint/actor.pt",
+                 "evals.parquet", "metrics.parquet"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / ".metrics-rows").exists(), "the driver's spilled metrics rows go when it ends"
+    assert not (run_dir / "driver.lock").exists()
+    evals = pq.read_table(run_dir / "evals.parquet").to_pylist()
+    # the curve is drawn once an evaluation had a policy
+    assert (run_dir / "learning_curve.png").is_file() == any(e["policy_version"] >= 0 for e in evals), evals
 
     metrics = pq.read_table(tmp_path / "scaled" / "metrics.parquet").to_pylist()
     workers = [row["rollout_workers"] for row in metrics]

@@ -4,7 +4,6 @@ Runs only inside a loopback-only network namespace (tests/run.sh sets DYNARAY_NE
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -81,33 +80,6 @@ def test_eval_reloads_the_checkpoint(trained_run):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "InvertedPendulum-v5: mean return" in proc.stdout
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def test_ctrl_c_stops_every_role_and_leaves_no_ray_processes_also_when_started_with_sigint_ignored(tmp_path):
-    """Started as a background job of a shell without job control, which inherits SIGINT ignored (a run started the
-    usual way is stopped by Ctrl-C at the end of tests/system/test_prometheus.py)."""
-    env, marker = marked_env(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "system.cli", "train", "debug", "name=interrupted", f"run.runs_dir={tmp_path}",
-         "run.progress=false"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        preexec_fn=_ignore_sigint,
-    )
-    for line in proc.stdout:  # wait until the run has started its roles
-        if "run directory" in line:
-            break
-    time.sleep(5)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out[-2000:]
-    assert "interrupted; stopping every role" in out
-    assert "Traceback" not in out, out[-2000:]
-    time.sleep(1)
-    assert not ray_pids(marker), "Ray processes left behind after Ctrl-C"
 
 
 def test_real_table_is_persisted_in_the_run_directory(trained_run):
