@@ -20,7 +20,10 @@ from tests.system.runs import alive, stored_rows
 
 pytestmark = pytest.mark.ray
 
-BUDGET = 1400
+NO_END = 10**7
+"""The first run's env-step budget: more than it reaches before the test kills it, however fast the machine."""
+RESUMED_STEPS = 600
+"""Env steps the resumed run collects past the killed run's checkpoint before its budget."""
 WARMUP = 300  # debug preset: rollout.warmup_steps
 START_TIMEOUT_S = 900.0
 GONE_WITHIN_S = 60.0
@@ -57,10 +60,10 @@ starts the command again, as tests/system/test_autoscaling.py does for its head.
 
 
 def start_run(runs: Path, name: str, env_steps: int) -> tuple[subprocess.Popen, dict]:
-    """``dynaray train debug`` with a checkpoint every 3 s, and the meta of its first checkpoint with at least
-    ``env_steps``."""
+    """``dynaray train debug`` with a checkpoint every 3 s and no end of its own, and the meta of its first
+    checkpoint with at least ``env_steps``."""
     run_dir = runs / name
-    args = ("debug", f"name={name}", f"run.runs_dir={runs}", f"run.total_env_steps={BUDGET}",
+    args = ("debug", f"name={name}", f"run.runs_dir={runs}", f"run.total_env_steps={NO_END}",
             "run.checkpoint_every_s=3")
     for _ in range(3):
         proc = start(runs, *args)
@@ -81,24 +84,24 @@ def start_run(runs: Path, name: str, env_steps: int) -> tuple[subprocess.Popen, 
     raise AssertionError("Ray did not start in 3 tries")
 
 
-def resume(run_dir: Path, runs: Path) -> subprocess.CompletedProcess:
+def resume(run_dir: Path, runs: Path, budget: int) -> subprocess.CompletedProcess:
     for _ in range(3):
-        proc = start(runs, "--resume", str(run_dir))
+        proc = start(runs, "--resume", str(run_dir), f"run.total_env_steps={budget}")
         out, _ = proc.communicate(timeout=900)
         if RAY_START_TIMED_OUT not in out:
             break
     return subprocess.CompletedProcess(proc.args, proc.returncode, out)
 
 
-def check_whole_run(run_dir: Path, checkpoint: dict, writers_before: list[int]) -> None:
+def check_whole_run(run_dir: Path, checkpoint: dict, writers_before: list[int], budget: int) -> None:
     """Metrics and evals cover the run once, the policy versions go on, there was no second warm-up."""
     metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     steps, walls = [r["env_steps"] for r in metrics], [r["wall_time_s"] for r in metrics]
     assert steps == sorted(steps) and walls == sorted(walls), "metrics rows overlap"
-    assert steps[0] < checkpoint["env_steps"] and steps[-1] == BUDGET
+    assert steps[0] < checkpoint["env_steps"] and steps[-1] == budget
     evals = pq.read_table(run_dir / "evals.parquet").to_pylist()
     marks = [e["env_steps"] for e in evals]
-    assert marks == [500, 1000, BUDGET], marks  # debug preset: eval.every_steps=500, and one at the end
+    assert marks == [*range(500, budget, 500), budget], marks  # debug preset: eval.every_steps=500, one at the end
     versions = [e["policy_version"] for e in evals]
     assert versions == sorted(versions)
     # the evals of marks past the checkpoint came after the resume: never with an older policy than the checkpoint's
@@ -146,14 +149,15 @@ def test_a_killed_driver_leaves_nothing_running_and_resume_finishes_the_run(tmp_
         assert time.monotonic() < deadline, f"processes of the killed run still running: {left}"
         time.sleep(0.5)
     checkpoint = json.loads((run_dir / "checkpoint" / "meta.json").read_text())
-    assert 400 <= checkpoint["env_steps"] < BUDGET, checkpoint  # the run was killed before its end
+    assert checkpoint["env_steps"] >= 400, checkpoint
     writers_before = np.unique(stored_rows(run_dir)["writer_id"]).tolist()
 
-    # resumed: on to the budget from the killed run's last checkpoint
-    resumed = resume(run_dir, tmp_path)
+    # resumed with a budget (a key --resume may change): on to it from the killed run's last checkpoint
+    budget = checkpoint["env_steps"] + RESUMED_STEPS
+    resumed = resume(run_dir, tmp_path, budget)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert f"resuming from {run_dir / 'checkpoint'} ({checkpoint['env_steps']} env steps" in resumed.stdout, \
         resumed.stdout[-3000:]
     line = next(x for x in resumed.stdout.splitlines() if "first new env steps" in x)
     assert int(line.split("resumed at ")[1].split()[0]) >= checkpoint["env_steps"]
-    check_whole_run(run_dir, checkpoint, writers_before)
+    check_whole_run(run_dir, checkpoint, writers_before, budget)
