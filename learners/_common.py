@@ -36,10 +36,15 @@ def load_generator_state(generator: torch.Generator, state: Mapping[str, Any]) -
 _CPU_BF16: bool | None = None
 
 
+BF16_MATMUL_FLAGS = ("amx_bf16", "avx512_bf16")
+"""CPU flags (/proc/cpuinfo) of bf16 matrix instructions that oneDNN's bf16 matmuls use. Measured, one core, fp32
+accumulation (docs/benchmarks.md): Intel AMX 4.1x fp32 at 256x256; AMD Zen 4's AVX-512 BF16 2.0-2.2x."""
+
+
 def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU has bf16 matrix units (Intel AMX: the ``amx_bf16`` flag of /proc/cpuinfo), where a bf16
-    matmul runs several times faster than fp32 (docs/benchmarks.md). The one place that decides what 'auto' means;
-    False where /proc/cpuinfo cannot be read (not Linux)."""
+    """Whether this CPU has bf16 matrix instructions (:data:`BF16_MATMUL_FLAGS`), where a bf16 matmul runs at
+    least twice as fast as fp32. The one place that decides what 'auto' means; False where /proc/cpuinfo cannot be
+    read (not Linux)."""
     global _CPU_BF16
     if _CPU_BF16 is None:
         try:
@@ -47,7 +52,7 @@ def cpu_has_bf16_matmul() -> bool:
                 flags = next((line for line in f if line.startswith("flags")), "")
         except OSError:
             flags = ""
-        _CPU_BF16 = "amx_bf16" in flags.split()
+        _CPU_BF16 = any(flag in flags.split() for flag in BF16_MATMUL_FLAGS)
     return _CPU_BF16
 
 

@@ -17,7 +17,7 @@ from learners.termination import AUTO, termination_fn_problem
 
 PRECISIONS = ("auto", "fp32", "bf16")
 """Values of a ``precision`` field: 'fp32'; 'bf16' (matmuls in bfloat16: autocast in the learners, bf16 weight copies
-in inference); 'auto': bf16 on a CPU with bf16 matrix units (:func:`learners._common.cpu_has_bf16_matmul`), fp32
+in inference); 'auto': bf16 on a CPU with bf16 matrix instructions (:func:`learners._common.cpu_has_bf16_matmul`), fp32
 elsewhere (CUDA included: its mixed precision is not measured yet)."""
 
 
