@@ -33,12 +33,11 @@ def load_generator_state(generator: torch.Generator, state: Mapping[str, Any]) -
         generator.set_state(state["state"].cpu())
 
 
-_CPU_BF16: bool | None = None
-
-
 BF16_MATMUL_FLAGS = ("amx_bf16", "avx512_bf16")
 """CPU flags (/proc/cpuinfo) of bf16 matrix instructions that oneDNN's bf16 matmuls use. Measured, one core, fp32
 accumulation (docs/benchmarks.md): Intel AMX 4.1x fp32 at 256x256; AMD Zen 4's AVX-512 BF16 2.0-2.2x."""
+CPUINFO = "/proc/cpuinfo"
+_CPU_BF16: bool | None = None
 
 
 def cpu_has_bf16_matmul() -> bool:
@@ -48,7 +47,7 @@ def cpu_has_bf16_matmul() -> bool:
     global _CPU_BF16
     if _CPU_BF16 is None:
         try:
-            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            with open(CPUINFO, encoding="ascii", errors="replace") as f:
                 flags = next((line for line in f if line.startswith("flags")), "")
         except OSError:
             flags = ""

@@ -397,7 +397,7 @@ def cpu_bf16(monkeypatch):
     return set_answer
 
 
-def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_matrix_units(cpu_bf16):
+def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_matrix_instructions(cpu_bf16):
     from learners._common import resolve_precision
 
     cpu_bf16(True)
@@ -407,6 +407,22 @@ def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_matrix_units(cpu_bf16):
     assert make_learner(precision="auto").dtype == torch.float32
     assert make_learner(precision="bf16").dtype == torch.bfloat16
     assert PolicyConfig().precision == "fp32"  # until bf16's kernels per shape stop growing the processes
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4
+                                             ("fpu avx512f amx_bf16 amx_tile avx512_bf16", True),  # Intel AMX
+                                             ("fpu sse avx2 avx512f avx512_vnni", False), ("", False)])
+def test_bf16_matmul_is_found_by_the_cpu_flags_of_amx_or_avx512_bf16(flags, expected, tmp_path, monkeypatch):
+    import learners._common as common
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    monkeypatch.setattr(common, "CPUINFO", str(cpuinfo))
+    monkeypatch.setattr(common, "_CPU_BF16", None)
+    assert common.cpu_has_bf16_matmul() is expected
+    monkeypatch.setattr(common, "CPUINFO", str(tmp_path / "missing"))
+    monkeypatch.setattr(common, "_CPU_BF16", None)
+    assert common.cpu_has_bf16_matmul() is False
 
 
 def test_policy_config_rejects_an_unknown_precision():
