@@ -121,11 +121,11 @@ class ImaginationConfig:
     device: str = field(default="cpu", metadata={"check": device_problem})
     """Torch device for model and policy forwards: 'auto' (CUDA when the worker's process sees a GPU, i.e. with
     num_gpus > 0), 'cpu', 'cuda' or 'cuda:<i>'; resolved in the worker's own process."""
-    precision: str = field(default="fp32", metadata={"check": precision_problem})
+    precision: str = field(default="auto", metadata={"check": precision_problem})
     """Matmul precision of the model's and the policy's forwards: 'fp32'; 'bf16' (bf16 copies of the weights, inputs and
-    outputs fp32); 'auto': bf16 on a CPU with bf16 matrix units (Intel AMX), fp32 elsewhere. Default fp32: bf16
-    learned as well on InvertedPendulum's 5 seeds, but its kernels per operand shape grew the processes
-    (docs/benchmarks.md, "bf16 on AMX"); bf16 on a CPU runs on power-of-two row counts (:func:`rollout`)."""
+    outputs fp32); 'auto': bf16 for each of the two networks where the CPU has bf16 matrix instructions and the
+    network is at least 200 wide (``learners.config.PRECISIONS``). bf16 on a CPU runs on power-of-two row counts
+    (:func:`rollout`), so that oneDNN keeps a few kernels, not one per row count."""
     max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
     """How often Ray restarts an imagination worker whose process died; -1 without limit."""
     penalty_scale: float = field(default=0.0, metadata={"check": ">= 0", "note": "0: off"})

@@ -196,7 +196,7 @@ class ImaginationWorker:
         for part in (self._policy, self._model):  # config.precision, resolved on the part's device
             if hasattr(part, "set_dtype"):
                 device = torch.device(part.device)
-                dtype = resolve_precision(config.precision, device)
+                dtype = resolve_precision(config.precision, device, part.hidden_sizes)
                 part.set_dtype(dtype)
                 self._padded |= dtype == torch.bfloat16 and device.type == "cpu"
         self._pending: deque = deque()

@@ -3,7 +3,7 @@ what `precision: auto` resolves to on this machine."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -40,10 +40,16 @@ CPUINFO = "/proc/cpuinfo"
 _CPU_BF16: bool | None = None
 
 
+BF16_MIN_WIDTH = 200
+"""'auto' is bf16 only for networks whose every hidden layer is at least this wide: below it autocast's casts and
+bf16's slower elementwise kernels cost more than the matmuls gain. Measured on AMD Zen 4, one core, bf16 over fp32
+(docs/benchmarks.md): SAC update 0.72x at 64x64, 1.00x at 128x128, 1.42x at 256x256; world-model step 0.74x at
+3 x 32x32, 1.48x at 7 x 200x200x200x200; imagination 0.79x and 1.58x at the same sizes."""
+
+
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU has bf16 matrix instructions (:data:`BF16_MATMUL_FLAGS`), where a bf16 matmul runs at
-    least twice as fast as fp32. The one place that decides what 'auto' means; False where /proc/cpuinfo cannot be
-    read (not Linux)."""
+    least twice as fast as fp32; False where /proc/cpuinfo cannot be read (not Linux)."""
     global _CPU_BF16
     if _CPU_BF16 is None:
         try:
@@ -55,12 +61,16 @@ def cpu_has_bf16_matmul() -> bool:
     return _CPU_BF16
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The matmul dtype of ``precision`` ``name`` on ``device``: torch.bfloat16 or torch.float32."""
+def resolve_precision(name: str, device: torch.device, hidden_sizes: Sequence[int]) -> torch.dtype:
+    """The matmul dtype of ``precision`` ``name`` for a network of ``hidden_sizes`` on ``device``: torch.bfloat16
+    or torch.float32. The one place that decides what 'auto' means: bf16 on a CPU with bf16 matrix instructions for
+    a network at least :data:`BF16_MIN_WIDTH` wide, fp32 elsewhere (CUDA included: its mixed precision is not
+    measured yet)."""
     if name not in PRECISIONS:
         raise ValueError(f"precision={name!r}: expected 'auto', 'fp32' or 'bf16'")
     if name == "auto":
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16_matmul() else torch.float32
+        wide = len(hidden_sizes) > 0 and min(hidden_sizes) >= BF16_MIN_WIDTH
+        return torch.bfloat16 if device.type == "cpu" and wide and cpu_has_bf16_matmul() else torch.float32
     return torch.bfloat16 if name == "bf16" else torch.float32
 
 

@@ -118,6 +118,7 @@ class Policy:
     ):
         self.obs_dim = obs_dim
         self.act_dim = act_dim
+        self.hidden_sizes = tuple(hidden_sizes)
         self.device = resolve_device(device)
         with seeded_init(seed):
             actor = TanhGaussianActor(obs_dim, act_dim, hidden_sizes, action_low, action_high)
@@ -227,7 +228,7 @@ class SACLearner:
         self.act_dim = act_dim
         self.config = config
         self.device = resolve_device(config.device)
-        self.dtype = resolve_precision(config.precision, self.device)
+        self.dtype = resolve_precision(config.precision, self.device, config.hidden_sizes)
         """Matmul dtype of the update (``config.precision`` resolved on this machine)."""
         self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
         with seeded_init(seed):

@@ -254,7 +254,7 @@ class WorldModelLearner:
         self.act_dim = act_dim
         self.config = config
         self.device = resolve_device(config.device)
-        self.dtype = resolve_precision(config.precision, self.device)
+        self.dtype = resolve_precision(config.precision, self.device, config.hidden_sizes)
         """Matmul dtype of the training step (``config.precision`` resolved on this machine)."""
         with seeded_init(seed):
             dynamics = EnsembleDynamics(obs_dim, act_dim, config.ensemble_size, config.hidden_sizes)
@@ -563,6 +563,7 @@ class WorldModel:
     def __init__(self, obs_dim: int, act_dim: int, config: WorldModelConfig, seed: int = 0, device: str = "cpu"):
         self.obs_dim = obs_dim
         self.act_dim = act_dim
+        self.hidden_sizes = tuple(config.hidden_sizes)
         self.device = resolve_device(device)
         with seeded_init(seed):
             dynamics = EnsembleDynamics(obs_dim, act_dim, config.ensemble_size, config.hidden_sizes)

@@ -191,7 +191,7 @@ def _imagination(sizes: dict, seconds: float) -> Rate:
     from learners.world_model import WorldModel
 
     device = resolve_device("auto")
-    dtype = resolve_precision("auto", device)
+    dtype = resolve_precision("auto", device, (*sizes["model_hidden"], *sizes["policy_hidden"]))
     config = WorldModelConfig(ensemble_size=sizes["model_members"], num_elites=sizes["model_elites"],
                               hidden_sizes=sizes["model_hidden"])
     model = WorldModel(OBS, ACT, config, seed=0, device=str(device))

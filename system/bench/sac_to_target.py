@@ -97,7 +97,7 @@ def steps_to_target(args: argparse.Namespace, seed: int, evals: list[tuple[int, 
     # imagination's own policy, as in the system: the env is stepped in fp32, imagination at --precision
     dreamer = Policy(obs_dim, act_dim, low, high, config.hidden_sizes, seed=seed) if args.dyna else None
     if args.dyna:
-        dtype = resolve_precision(args.precision, model.device)
+        dtype = resolve_precision(args.precision, model.device, (*config.hidden_sizes, *model_config.hidden_sizes))
         model.set_dtype(dtype)
         dreamer.set_dtype(dtype)
     rng = np.random.default_rng(seed)

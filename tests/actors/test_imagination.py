@@ -220,6 +220,21 @@ def test_worker_runs_its_policy_and_model_at_the_configured_precision(precision,
     assert worker._padded == (dtype == torch.bfloat16)  # on this CPU: padded forwards for bf16's kernels
 
 
+def test_auto_precision_is_decided_for_each_network_by_its_width(monkeypatch):
+    import learners._common as common
+    from learners import Policy
+
+    monkeypatch.setattr(common, "_CPU_BF16", True)  # as on a CPU with bf16 matrix instructions
+    wide = (common.BF16_MIN_WIDTH,)
+    model_config = WorldModelConfig(ensemble_size=3, num_elites=2, hidden_sizes=wide, device="cpu")
+    worker = ImaginationWorker(
+        ImaginationConfig(precision="auto"), RecordingReplay(), StaticWeights(), StaticWeights(),
+        lambda: Policy(2, 1, -1.0, 1.0, (16,)), lambda: WorldModel(2, 1, model_config),
+    )
+    assert worker._policy.dtype == torch.float32 and worker._model.dtype == torch.bfloat16
+    assert worker._padded
+
+
 class ShapeLog(DriftModel):
     """A DriftModel that records the row count of every forward."""
 

@@ -397,16 +397,20 @@ def cpu_bf16(monkeypatch):
     return set_answer
 
 
-def test_precision_auto_is_bf16_only_on_a_cpu_with_bf16_matrix_instructions(cpu_bf16):
-    from learners._common import resolve_precision
+def test_precision_auto_is_bf16_only_for_wide_networks_on_a_cpu_with_bf16_matrix_instructions(cpu_bf16):
+    from learners._common import BF16_MIN_WIDTH, resolve_precision
 
+    wide = (BF16_MIN_WIDTH, BF16_MIN_WIDTH)
     cpu_bf16(True)
-    assert make_learner(precision="auto").dtype == torch.bfloat16
-    assert resolve_precision("auto", torch.device("cuda")) == torch.float32
+    assert make_learner(precision="auto", hidden_sizes=wide).dtype == torch.bfloat16
+    assert make_learner(precision="auto").dtype == torch.float32  # narrow: bf16 would be slower
+    assert resolve_precision("auto", torch.device("cpu"), (BF16_MIN_WIDTH, BF16_MIN_WIDTH - 1)) == torch.float32
+    assert resolve_precision("auto", torch.device("cuda"), wide) == torch.float32
     cpu_bf16(False)
-    assert make_learner(precision="auto").dtype == torch.float32
+    assert make_learner(precision="auto", hidden_sizes=wide).dtype == torch.float32
     assert make_learner(precision="bf16").dtype == torch.bfloat16
-    assert PolicyConfig().precision == "fp32"  # until bf16's kernels per shape stop growing the processes
+    assert make_learner(precision="fp32", hidden_sizes=wide).dtype == torch.float32
+    assert PolicyConfig().precision == "auto"
 
 
 @pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4
