@@ -173,7 +173,9 @@ def test_a_debug_run_stays_in_bounds(tmp_path, capsys):
     2-core Xeon, load average 19-92) had 148 MB/h (a replay shard, 45-s warm-up) and 227 MB/h (the driver, a
     1.5-minute window). The bound, 1,000 MB/h, is four times the largest of those and a fifth of the GCS server's
     growth above.
-    (Until 2026-12-04 this soak ran 2.5 minutes against 400 MB/h; the suite's time, docs/architecture.md.)
+    (Until 2026-12-04 this soak ran 2.5 minutes against 400 MB/h; the suite's time, docs/architecture.md. Not
+    shorter: with 1 minute, a 30-s warm-up and a 30-s window, one of two tries on 2026-12-05 read the world-model
+    learner at 1,431 MB/h.)
     """
     out_json = tmp_path / "soak.json"
     code = main(["bench", "soak", "--minutes", str(SOAK_MINUTES), "--warmup-minutes", str(SOAK_WARMUP_MINUTES),
