@@ -124,7 +124,7 @@ class ImaginationConfig:
     precision: str = field(default="auto", metadata={"check": precision_problem})
     """Matmul precision of the model's and the policy's forwards: 'fp32'; 'bf16' (bf16 copies of the weights, inputs and
     outputs fp32); 'auto': bf16 for each of the two networks where the CPU has bf16 matrix instructions and the
-    network is at least 200 wide (``learners.config.PRECISIONS``). bf16 on a CPU runs on power-of-two row counts
+    network is wide enough (``learners.config.PRECISIONS``). bf16 on a CPU runs on power-of-two row counts
     (:func:`rollout`), so that oneDNN keeps a few kernels, not one per row count."""
     max_restarts: int = field(default=10, metadata={"check": ">= -1", "note": "-1: no limit"})
     """How often Ray restarts an imagination worker whose process died; -1 without limit."""

@@ -18,8 +18,8 @@ from learners.termination import AUTO, termination_fn_problem
 PRECISIONS = ("auto", "fp32", "bf16")
 """Values of a ``precision`` field: 'fp32'; 'bf16' (matmuls in bfloat16: autocast in the learners, bf16 weight copies
 in inference); 'auto' (the default): bf16 on a CPU with bf16 matrix instructions (Intel AMX, AVX-512 BF16) for
-networks whose hidden layers are all at least 200 wide, where it is faster, fp32 elsewhere, CUDA included
-(:func:`learners._common.resolve_precision`)."""
+networks whose hidden layers are all at least ``learners._common.BF16_MIN_WIDTH`` wide, where it is the faster,
+fp32 elsewhere, CUDA included (:func:`learners._common.resolve_precision`)."""
 
 
 def require(ok: bool, section: str, field: str, value: Any, allowed: str) -> None:
@@ -99,7 +99,7 @@ class PolicyConfig:
     precision: str = field(default="auto", metadata={"check": precision_problem})
     """Matmul precision of the update: 'fp32'; 'bf16' (``torch.autocast`` to bfloat16: matmuls and their gradients in
     bf16, the losses, the action distribution, the optimizer and the weights in fp32); 'auto': bf16 where the CPU
-    has bf16 matrix instructions and the networks are at least 200 wide (:data:`PRECISIONS`). bf16 learned as well
+    has bf16 matrix instructions and the networks are wide enough (:data:`PRECISIONS`). bf16 learned as well
     on InvertedPendulum's 5 seeds, and a 30-minute soak holds every process flat in it (docs/benchmarks.md, "bf16 on
     AMX and the fp32 ceiling")."""
     cuda_graphs: bool = True
@@ -183,8 +183,8 @@ class WorldModelConfig:
     precision: str = field(default="auto", metadata={"check": precision_problem})
     """Matmul precision of the training step: 'fp32'; 'bf16' (``torch.autocast`` to bfloat16: the network's matmuls and
     their gradients in bf16, its outputs, the losses, the optimizer and the weights in fp32); 'auto': bf16 where the
-    CPU has bf16 matrix instructions and the network is at least 200 wide (:data:`PRECISIONS`). Validation always
-    runs in fp32."""
+    CPU has bf16 matrix instructions and the network is wide enough (:data:`PRECISIONS`). Validation always runs in
+    fp32."""
     termination_fn: str | None = field(default=AUTO, metadata={"check": termination_fn_problem})
     """Known termination function used by imagination instead of the learned termination head: 'module:function'
     taking numpy (obs, action, next_obs) -> bool (N,) (e.g. 'learners.termination:hopper'); 'auto': the one
