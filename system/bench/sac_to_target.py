@@ -97,9 +97,8 @@ def steps_to_target(args: argparse.Namespace, seed: int, evals: list[tuple[int, 
     # imagination's own policy, as in the system: the env is stepped in fp32, imagination at --precision
     dreamer = Policy(obs_dim, act_dim, low, high, config.hidden_sizes, seed=seed) if args.dyna else None
     if args.dyna:
-        dtype = resolve_precision(args.precision, model.device, (*config.hidden_sizes, *model_config.hidden_sizes))
-        model.set_dtype(dtype)
-        dreamer.set_dtype(dtype)
+        for part in (model, dreamer):  # decided for each network, as the imagination worker does
+            part.set_dtype(resolve_precision(args.precision, part.device, part.hidden_sizes))
     rng = np.random.default_rng(seed)
     episode, step = np.zeros(args.budget, np.int64), np.zeros(args.budget, np.int64)
     episode_index = episode_step = 0

@@ -131,18 +131,18 @@ def test_status_scale_within_and_beyond_the_cluster_and_a_gateway_episode_while_
     # the curve is drawn once an evaluation had a policy
     assert (run_dir / "learning_curve.png").is_file() == any(e["policy_version"] >= 0 for e in evals), evals
 
-    metrics = pq.read_table(tmp_path / "scaled" / "metrics.parquet").to_pylist()
+    metrics = pq.read_table(run_dir / "metrics.parquet").to_pylist()
     workers = [row["rollout_workers"] for row in metrics]
     assert max(workers) == 3 and workers[-1] == 1, workers
     assert any("rollout-3" in row["stalled"] for row in metrics), [row["stalled"] for row in metrics]
     # The learners kept their ratio through the changes: 3 policy updates per row of real after 300 learning starts
     # (the gateway's rows count too), within the error buffer of 100 rows (the rate limiter holds back inserts as
     # well as samples, and after the last insert the learners only sampled what their ratio allowed).
-    env_steps = json.loads((tmp_path / "scaled" / "checkpoint" / "meta.json").read_text())["env_steps"]
+    env_steps = json.loads((run_dir / "checkpoint" / "meta.json").read_text())["env_steps"]
     inserted = env_steps + answer["rows"]
     assert abs(metrics[-1]["policy_total_updates"] - 3 * (inserted - 300)) <= 3 * 100, metrics[-1]
     assert metrics[-1]["gateway_episodes"] == 1 and metrics[-1]["gateway_requests_200"] >= 2, metrics[-1]
-    rows = stored_rows(tmp_path / "scaled")
+    rows = stored_rows(run_dir)
     from_gateway = rows["writer_id"] == answer["writer_id"]
     assert from_gateway.sum() == answer["rows"] > 0
     # every env step counted is a stored row: retired workers flushed what they collected, the others did at SIGTERM
@@ -153,6 +153,6 @@ def test_status_scale_within_and_beyond_the_cluster_and_a_gateway_episode_while_
 
     # The token (from the environment) is in no file the run wrote, nor in the copy run.upload_to made.
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert any("uploaded" in p.parts for p in written) and not (tmp_path / "scaled" / "gateway_token").exists()
+    assert any("uploaded" in p.parts for p in written) and not (run_dir / "gateway_token").exists()
     assert [p for p in written if TOKEN.encode() in p.read_bytes()] == []
     assert TOKEN not in run.log()
