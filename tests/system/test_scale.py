@@ -40,6 +40,8 @@ def robot_episode(url: str, token: str) -> dict:
     while not done:
         action = policy(torch.as_tensor(obs, dtype=torch.float32)[None]).numpy()[0]
         next_obs, reward, terminated, truncated, _ = env.step(action)
+        truncated = truncated and not terminated  # the time limit on a falling step: an end, not a cut (the
+        # gateway takes at most one of the two on a row)
         for key, value in zip(columns, (obs, action, reward, next_obs, terminated, truncated)):
             columns[key].append(value)
         obs, done = next_obs, terminated or truncated
