@@ -73,6 +73,12 @@ class Run:
     """``{"env_steps", "wall_time_s", "return_mean"}`` of every evaluation, by env steps."""
     error: str | None = None
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the run ended on a SIGINT or SIGTERM (exit 130 or 143: ``dynaray train`` checkpointed and wrote
+        its evaluations), not by a failure; a report still counts it only up to its last evaluation."""
+        return self.error is not None and self.error.startswith(("exit code 130:", "exit code 143:"))
+
     def reached(self, env_steps: int) -> bool:
         """Whether the run speaks for a budget of ``env_steps``: it finished, or it failed after evaluating there
         or later (a run stopped at 4,000 env steps has no return at 10,000)."""
@@ -139,8 +145,8 @@ def one_run(env: str, system: str, seed: int, args: argparse.Namespace, stamp: s
     if proc.returncode != 0:
         result.error = f"exit code {proc.returncode}: {proc.stderr.strip()[-1500:]}"
     last = f"{result.evals[-1]['return_mean']:.1f} at {result.evals[-1]['env_steps']}" if result.evals else "none"
-    progress(f"{env} {system} seed {seed}: {'FAILED ' + result.error if result.error else 'done'}; last eval "
-             f"{last}; {result.process_s:.0f} s")
+    ended = "done" if result.error is None else ("stopped" if result.stopped else "FAILED " + result.error)
+    progress(f"{env} {system} seed {seed}: {ended}; last eval {last}; {result.process_s:.0f} s")
     return result
 
 
@@ -215,7 +221,7 @@ class Report:
             last = f"{r.evals[-1]['env_steps']}: {r.evals[-1]['return_mean']:.1f}" if r.evals else "-"
             wall = f"{r.evals[-1]['wall_time_s']:.0f}" if r.evals else "-"
             lines.append(f"| {r.env} | {r.system} | {r.seed} | {last} | {wall} | {r.process_s:.0f} |"
-                         + (" FAILED" if r.error else ""))
+                         + ("" if r.error is None else " stopped" if r.stopped else " FAILED"))
         lines += targets_table(self.targets(), lambda c: f"{c['measured']:.2f}", lambda c: f"{c['goal']:g}")
         for system, why in self.skipped.items():
             lines.append(f"\n{system}: not run ({why})")

@@ -24,7 +24,11 @@ their work.
 FLOP/s: the matmul FLOPs of one of our updates (:func:`update_flops`: 2 per multiply-add; the backward of a
 trained layer is twice its forward, weight and input gradients, less the input gradient of a first layer, whose
 inputs need none) times updates per CPU second, against the best of several 2048x2048 fp32 ``torch.mm`` on this
-thread in the same run (also per CPU second): how close the update gets to the core's matmul peak.
+thread in the same run (also per CPU second): how close the update gets to the core's matmul peak. Beside each of
+our variants, in the same rounds, its matmuls alone: the matmul calls of one of its updates, recorded as the
+kernels saw them (shapes, strides, dtypes) and replayed on random operands with nothing else between them; the
+same FLOPs over their time give the ceiling an eager update of these shapes could reach if every other op (the
+activations' backward, the Q head, Adam, the sampling) were free.
 
 torch and Stable-Baselines3 are imported when the benchmark runs, not when the CLI is built.
 """
@@ -43,8 +47,8 @@ from system.bench.harness import (
     sb3_import_error, targets_table, write_report,
 )
 
-__all__ = ["BATCH", "HIDDEN", "VARIANTS", "Rates", "Report", "add_arguments", "matmul_peak", "run",
-           "sb3_import_error", "update_flops"]
+__all__ = ["BATCH", "HIDDEN", "MATMULS", "VARIANTS", "Rates", "Report", "add_arguments", "matmul_calls",
+           "matmul_peak", "matmuls_alone", "run", "sb3_import_error", "update_flops"]
 
 BATCH = 256
 """Rows per update, ours and SB3's."""
@@ -63,6 +67,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 DEFAULT_DIMS = ((17, 6), (11, 3))
 TARGET_SB3_RATIO = 2.0
 """The issue's target: our updates/s at least twice SB3's (twin critics, the same sizes)."""
+TARGET_PEAK_FRACTION = 0.85
+"""Issue 16's target: an update's matmul GFLOP/s (per CPU second) at least this share of the measured fp32 peak."""
 SB3_INSTALL = "pip install stable-baselines3 (or: pip install -e '.[bench]')"
 
 
@@ -109,6 +115,60 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> dict[str, float]:
         wall.append(spent[0])
         cpu.append(spent[1])
     return {"size": size, "gflops_wall": flops / min(wall) / 1e9, "gflops_cpu": flops / max(min(cpu), 1e-9) / 1e9}
+
+
+# -------------------------------------------------------------------------------------- the matmuls alone
+
+MATMULS = ("mm", "addmm", "bmm", "baddbmm")
+"""The aten matmuls an update's time is compared with (every matmul of ``SACLearner.update`` is one of these)."""
+
+
+def matmul_calls(run: Callable[[int], None]) -> list[tuple[str, list, dict]]:
+    """The matmul calls (:data:`MATMULS`) of one ``run(1)``, in order, as the kernels saw them (below autograd and
+    autocast, so with their dtypes): (aten name, operands, keyword arguments), each tensor operand as (shape,
+    stride, dtype)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: list[tuple[str, list, dict]] = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func.overloadpacket.__name__ in MATMULS:
+                calls.append((func.overloadpacket.__name__, [
+                    (tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args
+                ], dict(kwargs)))
+            return func(*args, **kwargs)
+
+    with Recorder():
+        run(1)
+    return calls
+
+
+def matmuls_alone(calls: list[tuple[str, list, dict]], seed: int = 0) -> Callable[[int], None]:
+    """A function running ``n`` times the recorded ``calls`` on random operands of the same shapes, strides (so the
+    same transposed layouts) and dtypes: an update's matmuls with every other op left out, the ceiling of an eager
+    update's GFLOP/s."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def operand(spec: Any) -> Any:
+        if not (isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[2], torch.dtype)):
+            return spec
+        shape, stride, dtype = spec
+        size = 1 + sum((n - 1) * s for n, s in zip(shape, stride) if n > 0)
+        return torch.randn(size, generator=generator).to(dtype).as_strided(shape, stride)
+
+    replay = [(getattr(torch.ops.aten, name), [operand(a) for a in args], kwargs) for name, args, kwargs in calls]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            for op, args, kwargs in replay:
+                op(*args, **kwargs)
+
+    return run
 
 
 # ------------------------------------------------------------------------------------------- implementations
@@ -184,7 +244,7 @@ class Rates:
     """One implementation at one size: updates per second in every round."""
 
     implementation: str
-    """``ours`` or ``sb3``."""
+    """``ours``, ``sb3``, or ``matmuls``: the matmul calls of one of our updates alone (:func:`matmuls_alone`)."""
     variant: str
     """One of :data:`VARIANTS` (SB3: ``twin``)."""
     obs_dim: int
@@ -194,7 +254,7 @@ class Rates:
     cpu: list[float] = field(default_factory=list)
     """Updates per CPU second of this process, per round."""
     flops: int | None = None
-    """Matmul FLOPs of one update (ours only)."""
+    """Matmul FLOPs of one update (ours and its matmuls alone)."""
 
     @property
     def median_wall(self) -> float:
@@ -228,12 +288,15 @@ class Report:
             if r.implementation != "ours":
                 continue
             theirs = self.find("sb3", "twin", r.obs_dim, r.act_dim)
+            alone = self.find("matmuls", r.variant, r.obs_dim, r.act_dim)
             row = {
                 "obs_dim": r.obs_dim, "act_dim": r.act_dim, "variant": r.variant,
                 "updates_s": r.median_wall, "updates_cpu_s": r.median_cpu,
                 "sb3_updates_s": None, "sb3_updates_cpu_s": None, "ratio": None, "ratio_cpu": None,
                 "gflops_cpu": r.flops * r.median_cpu / 1e9,
                 "peak_fraction": r.flops * r.median_cpu / 1e9 / self.peak["gflops_cpu"] if self.peak else None,
+                "matmuls_peak_fraction": (alone.flops * alone.median_cpu / 1e9 / self.peak["gflops_cpu"]
+                                          if self.peak and alone is not None else None),
             }
             if theirs is not None:
                 row.update(
@@ -246,12 +309,21 @@ class Report:
         return out
 
     def targets(self) -> list[dict]:
-        """The issue's target: twin critics, ours against SB3, per size (wall-clock ratio)."""
+        """The issues' targets, per size: twin critics against SB3 (wall-clock ratio); twin critics, fp32 and bf16,
+        against the fp32 matmul peak."""
+        rows = self.rows()
         return [
             {"target": f"updates/s x SB3 SAC (twin critics, obs {row['obs_dim']}, action {row['act_dim']})",
              "measured": row["ratio"], "goal": TARGET_SB3_RATIO, "met": bool(row["ratio"] >= TARGET_SB3_RATIO)}
-            for row in self.rows()
+            for row in rows
             if row["variant"] == "twin" and row["ratio"] is not None
+        ] + [
+            {"target": f"GFLOP/s of the fp32 matmul peak ({row['variant']}, obs {row['obs_dim']}, action "
+                       f"{row['act_dim']})",
+             "measured": row["peak_fraction"], "goal": TARGET_PEAK_FRACTION,
+             "met": bool(row["peak_fraction"] >= TARGET_PEAK_FRACTION)}
+            for row in rows
+            if row["variant"] in ("twin", "twin_bf16") and row["peak_fraction"] is not None
         ]
 
     def to_json(self) -> dict:
@@ -271,15 +343,15 @@ class Report:
 
         lines = [
             "| obs x action | variant | updates/s | updates/CPU-s | SB3 updates/s | SB3 updates/CPU-s | x SB3 "
-            "| x SB3 (CPU) | GFLOP/s (CPU) | of matmul peak |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| x SB3 (CPU) | GFLOP/s (CPU) | of matmul peak | its matmuls alone, of peak |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in self.rows():
             lines.append(
                 f"| {row['obs_dim']} x {row['act_dim']} | {row['variant']} | {num(row['updates_s'])} | "
                 f"{num(row['updates_cpu_s'])} | {num(row['sb3_updates_s'])} | {num(row['sb3_updates_cpu_s'])} | "
                 f"{num(row['ratio'], '.2f')} | {num(row['ratio_cpu'], '.2f')} | {num(row['gflops_cpu'])} | "
-                f"{num(row['peak_fraction'], '.0%')} |"
+                f"{num(row['peak_fraction'], '.0%')} | {num(row['matmuls_peak_fraction'], '.0%')} |"
             )
         lines += [
             "",
@@ -329,7 +401,11 @@ def run(args: argparse.Namespace) -> int:
         for variant in args.variants:
             flops = update_flops(obs_dim, act_dim, HIDDEN, VARIANTS[variant]["num_critics"],
                                  VARIANTS[variant]["critic_subset"])
-            contenders.append((Rates("ours", variant, obs_dim, act_dim, flops=flops), ours(obs_dim, act_dim, variant)))
+            update = ours(obs_dim, act_dim, variant)
+            contenders.append((Rates("ours", variant, obs_dim, act_dim, flops=flops), update))
+            update(args.warmup)  # the recorded update is a warm one
+            contenders.append((Rates("matmuls", variant, obs_dim, act_dim, flops=flops),
+                               matmuls_alone(matmul_calls(update))))
         if with_sb3:
             contenders.append((Rates("sb3", "twin", obs_dim, act_dim), sb3(obs_dim, act_dim)))
         for _, run in contenders:

@@ -61,7 +61,9 @@ def test_no_ratio_over_random_where_sb3_is_not_above_it():
 def test_a_failed_run_has_no_return_past_its_last_eval():
     run = Run("HalfCheetah-v5", "dynaray", 0, "d", ["x"], evals=[{"env_steps": 4000, "return_mean": -824.1}],
               error="exit code 143: stopped")
-    assert run.reached(4000) and not run.reached(10000)
+    assert run.reached(4000) and not run.reached(10000) and run.stopped
+    run.error = "exit code 1: boom"
+    assert run.reached(4000) and not run.reached(10000) and not run.stopped
     run.error = None
     assert run.reached(10000)
 
@@ -249,4 +251,6 @@ def test_a_stopped_bench_stops_its_runs_once_and_reports_their_evaluations(tmp_p
     assert report["complete"] is False and report["finished"] == [2, 3]
     assert [r["seed"] for r in report["runs"]] == [0, 1]
     assert all(r["evals"] and r["error"].startswith("exit code 143") for r in report["runs"])
-    assert "Stopped by SIGTERM: 2 of 3 runs ended" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Stopped by SIGTERM: 2 of 3 runs ended" in out
+    assert out.count(" | stopped\n") == 2 and "FAILED" not in out  # stopped by the bench, not failed
