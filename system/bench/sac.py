@@ -38,7 +38,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -47,8 +47,8 @@ from system.bench.harness import (
     sb3_import_error, targets_table, write_report,
 )
 
-__all__ = ["BATCH", "HIDDEN", "MATMULS", "VARIANTS", "Rates", "Report", "add_arguments", "matmul_calls",
-           "matmul_peak", "matmuls_alone", "run", "sb3_import_error", "update_flops"]
+__all__ = ["BATCH", "HIDDEN", "MATMULS", "VARIANTS", "Operand", "Rates", "Report", "add_arguments",
+           "matmul_calls", "matmul_peak", "matmuls_alone", "run", "sb3_import_error", "update_flops"]
 
 BATCH = 256
 """Rows per update, ours and SB3's."""
@@ -123,10 +123,19 @@ MATMULS = ("mm", "addmm", "bmm", "baddbmm")
 """The aten matmuls an update's time is compared with (every matmul of ``SACLearner.update`` is one of these)."""
 
 
+class Operand(NamedTuple):
+    """A recorded tensor operand of a matmul: its layout and dtype, not its values."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: Any
+    """A ``torch.dtype``."""
+
+
 def matmul_calls(run: Callable[[int], None]) -> list[tuple[str, list, dict]]:
     """The matmul calls (:data:`MATMULS`) of one ``run(1)``, in order, as the kernels saw them (below autograd and
-    autocast, so with their dtypes): (aten name, operands, keyword arguments), each tensor operand as (shape,
-    stride, dtype)."""
+    autocast, so with their dtypes): (aten name, operands, keyword arguments), each tensor operand an
+    :class:`Operand`."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -137,7 +146,7 @@ def matmul_calls(run: Callable[[int], None]) -> list[tuple[str, list, dict]]:
             kwargs = kwargs or {}
             if func.overloadpacket.__name__ in MATMULS:
                 calls.append((func.overloadpacket.__name__, [
-                    (tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args
+                    Operand(tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args
                 ], dict(kwargs)))
             return func(*args, **kwargs)
 
@@ -155,11 +164,10 @@ def matmuls_alone(calls: list[tuple[str, list, dict]], seed: int = 0) -> Callabl
     generator = torch.Generator().manual_seed(seed)
 
     def operand(spec: Any) -> Any:
-        if not (isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[2], torch.dtype)):
+        if not isinstance(spec, Operand):
             return spec
-        shape, stride, dtype = spec
-        size = 1 + sum((n - 1) * s for n, s in zip(shape, stride) if n > 0)
-        return torch.randn(size, generator=generator).to(dtype).as_strided(shape, stride)
+        size = 1 + sum((n - 1) * s for n, s in zip(spec.shape, spec.stride) if n > 0)
+        return torch.randn(size, generator=generator).to(spec.dtype).as_strided(spec.shape, spec.stride)
 
     replay = [(getattr(torch.ops.aten, name), [operand(a) for a in args], kwargs) for name, args, kwargs in calls]
 
@@ -264,6 +272,11 @@ class Rates:
     def median_cpu(self) -> float:
         return statistics.median(self.cpu)
 
+    @property
+    def gflops_cpu(self) -> float:
+        """Matmul GFLOP per CPU second at the median rate (``flops`` must be set)."""
+        return self.flops * self.median_cpu / 1e9
+
 
 @dataclass
 class Report:
@@ -293,9 +306,9 @@ class Report:
                 "obs_dim": r.obs_dim, "act_dim": r.act_dim, "variant": r.variant,
                 "updates_s": r.median_wall, "updates_cpu_s": r.median_cpu,
                 "sb3_updates_s": None, "sb3_updates_cpu_s": None, "ratio": None, "ratio_cpu": None,
-                "gflops_cpu": r.flops * r.median_cpu / 1e9,
-                "peak_fraction": r.flops * r.median_cpu / 1e9 / self.peak["gflops_cpu"] if self.peak else None,
-                "matmuls_peak_fraction": (alone.flops * alone.median_cpu / 1e9 / self.peak["gflops_cpu"]
+                "gflops_cpu": r.gflops_cpu,
+                "peak_fraction": r.gflops_cpu / self.peak["gflops_cpu"] if self.peak else None,
+                "matmuls_peak_fraction": (alone.gflops_cpu / self.peak["gflops_cpu"]
                                           if self.peak and alone is not None else None),
             }
             if theirs is not None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from system.bench import sac as bench_sac
-from system.bench.sac import MATMULS, matmul_calls, matmuls_alone, ours, sb3_import_error, update_flops
+from system.bench.sac import MATMULS, Operand, matmul_calls, matmuls_alone, ours, sb3_import_error, update_flops
 from system.cli import main
 from tests.system.bench.markdown import number, table_rows
 
@@ -78,7 +78,7 @@ def test_update_flops_counts_forward_and_backward_matmuls():
 def test_matmul_calls_record_every_matmul_of_an_update_as_the_kernels_saw_it(variant, dtype):
     calls = matmul_calls(ours(5, 2, variant))
     assert calls and {name for name, _, _ in calls} <= set(MATMULS)
-    operands = [a for _, args, _ in calls for a in args if isinstance(a, tuple)]
+    operands = [a for _, args, _ in calls for a in args if isinstance(a, Operand)]
     # under bf16 autocast every matmul runs on bf16 operands: none is left in fp32
     assert {dtype_ for _, _, dtype_ in operands} == {dtype}
     # the backward's weight gradients read transposed operands: their layouts are kept
